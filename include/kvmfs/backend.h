@@ -1,0 +1,69 @@
+// Backend: the only way any layer above touches bytes on the host.
+//
+// A backend is one host object (a local file, a block device, later an object
+// in a store) addressed by byte offset. Format drivers and codecs never call
+// pread/pwrite themselves (after leveldb's Env).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvmfs/image.h"
+#include "kvmfs/status.h"
+
+namespace kvmfs {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // Reads exactly `len` bytes at `off` into `buf`. Bytes at or past the end of
+  // the object read as zeros (qcow2 files may end inside a cluster). Fails with
+  // kIOError on a host error. Thread-safe: may be called concurrently.
+  virtual Status ReadAt(uint64_t off, void* buf, size_t len) = 0;
+
+  // Writes `len` bytes at `off`, extending the object if needed. Fails with
+  // kReadOnly when the backend was opened read-only. Thread-safe.
+  virtual Status WriteAt(uint64_t off, const void* buf, size_t len) = 0;
+
+  // Makes completed writes durable (fdatasync). Thread-safe.
+  virtual Status Flush() = 0;
+
+  // Current length of the object in bytes. Thread-safe.
+  virtual Result<uint64_t> Size() = 0;
+
+  // Sets the length of the object. Fails with kReadOnly when read-only.
+  virtual Status Truncate(uint64_t size) = 0;
+
+  // Bytes the host really stores for this object (st_blocks * 512), as
+  // `qemu-img info` reports in "actual-size".
+  virtual Result<uint64_t> AllocatedBytes() = 0;
+
+  // Whether the host stores data for the run starting at `off` (at most `len`
+  // bytes): kData, or kZero for a hole (SEEK_DATA/SEEK_HOLE). Default: all data.
+  virtual Result<BlockStatus> GetAllocation(uint64_t /*off*/, uint64_t len) {
+    return BlockStatus{Allocation::kData, len};
+  }
+
+  // The host file descriptor, or -1 when there is none (memory, object store).
+  // For splice and for QEMU-compatible image locks; never for plain I/O.
+  virtual int fd() const { return -1; }
+
+  virtual bool writable() const = 0;
+
+  // Path or name used in every message about this object.
+  virtual const std::string& name() const = 0;
+};
+
+// Opens a regular file or block device. `writable` opens O_RDWR, else O_RDONLY.
+// Errors: kNotFound when the path does not exist, kPermission, kIOError.
+Result<std::unique_ptr<Backend>> OpenLocalFile(const std::string& path, bool writable);
+
+// An in-memory backend (tests, fuzzing). Grows on write; shares nothing.
+std::unique_ptr<Backend> NewMemBackend(std::string name, std::vector<uint8_t> data = {},
+                                       bool writable = true);
+
+}  // namespace kvmfs

@@ -1,0 +1,48 @@
+// Opening an image file with its whole backing chain.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvmfs/image.h"
+#include "kvmfs/status.h"
+
+namespace kvmfs {
+
+// Maximum backing-chain depth (the top image counts as 1).
+inline constexpr int kMaxChainDepth = 64;
+
+struct ChainPolicy {
+  // Canonical directories an image of the chain may live in: the pool root
+  // and the configured backing roots. A backing file elsewhere is refused
+  // with kPermission, because image content must not choose host files.
+  std::vector<std::string> allowed_roots;
+  int max_depth = kMaxChainDepth;
+};
+
+struct Layer {
+  std::string path;      // canonical host path of the file
+  std::string format;    // driver name
+  std::shared_ptr<Image> image;
+};
+
+struct Chain {
+  std::vector<Layer> layers;  // [0] is the top image, [1] its backing file, ...
+  const std::shared_ptr<Image>& top() const { return layers.front().image; }
+};
+
+// The format to use for `path`: "raw" for names that say raw (.raw, .iso),
+// else by content (ProbeFormat), else raw. `format_hint` non-empty wins.
+Result<std::string> DetectFormat(const std::string& path, const std::string& format_hint);
+
+// Opens `path` read-only with every backing layer. Backing names are resolved
+// relative to the directory of the image naming them; the recorded backing
+// format is honoured (probed only when absent). Errors, each naming the image:
+// kNotFound (missing backing file), kPermission (outside allowed_roots),
+// kInvalidArgument (loop, or deeper than max_depth), and whatever the format
+// driver reports.
+Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
+                        const std::string& format_hint = "");
+
+}  // namespace kvmfs

@@ -1,0 +1,120 @@
+// Image: one virtual disk as the guest sees it (a layer over its backing).
+//
+// An Image is produced by a format driver (format.h) for one layer of a chain.
+// The chain opener (chain.h) attaches the backing Image; a driver reads from its
+// backing through ReadBacking() for every range the layer does not allocate.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "kvmfs/status.h"
+
+namespace kvmfs {
+
+// What one layer says about a range of the virtual disk.
+enum class Allocation {
+  kData,         // this layer holds the bytes (normal or compressed cluster)
+  kZero,         // this layer says zeros; the backing is not consulted
+  kUnallocated,  // this layer has nothing; the backing (or zeros) shows through
+};
+
+struct BlockStatus {
+  Allocation kind = Allocation::kUnallocated;
+  uint64_t length = 0;  // > 0: the run of `kind` starting at the queried offset
+};
+
+// One internal snapshot, with the fields `qemu-img info` prints.
+struct SnapshotInfo {
+  std::string id;
+  std::string name;
+  uint64_t vm_state_size = 0;
+  uint32_t date_sec = 0;
+  uint32_t date_nsec = 0;
+  uint64_t vm_clock_nsec = 0;
+  uint64_t icount = 0;
+  bool has_icount = false;  // v3 entries with >= 24 bytes of extra data
+  uint64_t disk_size = 0;   // the virtual size at snapshot time
+};
+
+// A `qemu-img info` value: bool, number or string.
+using InfoValue = std::variant<bool, int64_t, std::string>;
+struct InfoField {
+  std::string key;
+  InfoValue value;
+};
+
+// Layer metadata, with the meaning of `qemu-img info --output=json` keys.
+struct ImageInfo {
+  std::string format;                   // "qcow2", "raw", ...
+  uint64_t virtual_size = 0;
+  std::optional<uint64_t> cluster_size;  // absent for raw
+  bool encrypted = false;
+  bool dirty = false;
+  std::string backing_filename;          // as stored in the image; empty: none
+  std::string backing_format;            // as stored; empty: not recorded
+  std::string format_specific_type;      // "qcow2"; empty: no "format-specific"
+  std::vector<InfoField> format_specific;  // in qemu-img's order
+};
+
+class Image {
+ public:
+  virtual ~Image() = default;
+
+  // Virtual size in bytes.
+  virtual uint64_t size() const = 0;
+
+  // Reads [off, off+len) of the guest view: this layer over its backing.
+  // Requires off + len <= size(). Ranges beyond the backing's size read as
+  // zeros. Fails with kCorruption (naming the image and offset) on bad
+  // metadata, kIOError on host errors. Thread-safe: concurrent readers allowed.
+  virtual Status Read(uint64_t off, void* buf, size_t len) = 0;
+
+  // Writes the guest view. Default: kReadOnly. Thread-safe where supported.
+  virtual Status Write(uint64_t off, const void* buf, size_t len);
+
+  // Makes completed writes durable. Default: OK (nothing to do).
+  virtual Status Flush();
+
+  // What this layer alone says of the range starting at `off`, at most `len`
+  // bytes long (the returned length is in (0, len]). Requires off < size().
+  virtual Result<BlockStatus> GetBlockStatus(uint64_t off, uint64_t len) = 0;
+
+  // Metadata of this layer only (the backing is described by its own Image).
+  virtual ImageInfo Info() const = 0;
+
+  // Internal snapshots of this layer, in table order. Default: none.
+  virtual std::vector<SnapshotInfo> Snapshots() const;
+
+  // A read-only view of snapshot `id` (SnapshotInfo::id), reading through the
+  // snapshot's own tables over the same backing. Default: kNotSupported.
+  virtual Result<std::unique_ptr<Image>> OpenSnapshot(const std::string& id);
+
+  // Host bytes used by this layer's file(s), for "actual-size".
+  virtual Result<uint64_t> ActualSize() = 0;
+
+  // The layer below, or nullptr. Set once by the chain opener, before use.
+  const std::shared_ptr<Image>& backing() const { return backing_; }
+  void SetBacking(std::shared_ptr<Image> backing) { backing_ = std::move(backing); }
+
+ protected:
+  // Reads [off, off+len) from the backing; zeros where there is no backing or
+  // the backing is shorter. For drivers' unallocated ranges.
+  Status ReadBacking(uint64_t off, void* buf, size_t len);
+
+ private:
+  std::shared_ptr<Image> backing_;
+};
+
+// The allocation of the flattened chain at `off`: walks down through backing
+// layers while they say kUnallocated. Returns a run (length in (0, len]) that
+// is kData if any layer holds data for all of it, kZero if some layer says zero,
+// kUnallocated when no layer has it (reads as zeros). For SEEK_DATA/SEEK_HOLE
+// and st_blocks.
+Result<BlockStatus> ChainBlockStatus(Image& top, uint64_t off, uint64_t len);
+
+}  // namespace kvmfs

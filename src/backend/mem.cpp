@@ -1,0 +1,61 @@
+// An in-memory backend for tests and fuzzing.
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+
+#include "kvmfs/backend.h"
+
+namespace kvmfs {
+namespace {
+
+class MemBackend final : public Backend {
+ public:
+  MemBackend(std::string name, std::vector<uint8_t> data, bool writable)
+      : name_(std::move(name)), data_(std::move(data)), writable_(writable) {}
+
+  Status ReadAt(uint64_t off, void* buf, size_t len) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto* p = static_cast<uint8_t*>(buf);
+    std::memset(p, 0, len);
+    if (off < data_.size()) {
+      size_t n = std::min<uint64_t>(len, data_.size() - off);
+      std::memcpy(p, data_.data() + off, n);
+    }
+    return Status::OK();
+  }
+  Status WriteAt(uint64_t off, const void* buf, size_t len) override {
+    if (!writable_) return Status::ReadOnly(name_ + ": read-only");
+    std::lock_guard<std::mutex> lock(mu_);
+    if (off + len > data_.size()) data_.resize(off + len);
+    std::memcpy(data_.data() + off, buf, len);
+    return Status::OK();
+  }
+  Status Flush() override { return Status::OK(); }
+  Result<uint64_t> Size() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<uint64_t>(data_.size());
+  }
+  Status Truncate(uint64_t size) override {
+    if (!writable_) return Status::ReadOnly(name_ + ": read-only");
+    std::lock_guard<std::mutex> lock(mu_);
+    data_.resize(size);
+    return Status::OK();
+  }
+  Result<uint64_t> AllocatedBytes() override { return Size(); }
+  bool writable() const override { return writable_; }
+  const std::string& name() const override { return name_; }
+
+ private:
+  const std::string name_;
+  std::mutex mu_;
+  std::vector<uint8_t> data_;  // guarded by mu_
+  const bool writable_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> NewMemBackend(std::string name, std::vector<uint8_t> data, bool writable) {
+  return std::make_unique<MemBackend>(std::move(name), std::move(data), writable);
+}
+
+}  // namespace kvmfs

@@ -1,0 +1,140 @@
+// Opening an image with its backing chain, as QEMU resolves it, under a policy
+// that keeps image content from choosing arbitrary host files.
+#include "kvmfs/chain.h"
+
+#include <limits.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <set>
+
+#include "kvmfs/backend.h"
+#include "kvmfs/format.h"
+
+namespace kvmfs {
+namespace {
+
+std::string DirName(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string LowerExtension(const std::string& path) {
+  size_t slash = path.rfind('/');
+  size_t dot = path.rfind('.');
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return "";
+  std::string ext = path.substr(dot);
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  return ext;
+}
+
+Result<std::string> Canonical(const std::string& path) {
+  char buf[PATH_MAX];
+  if (::realpath(path.c_str(), buf) == nullptr) return Status::FromErrno(errno, path);
+  return std::string(buf);
+}
+
+bool UnderRoot(const std::string& path, const std::string& root) {
+  if (root == "/") return true;
+  return path == root || (path.size() > root.size() && path.compare(0, root.size(), root) == 0 &&
+                          path[root.size()] == '/');
+}
+
+bool Allowed(const std::string& path, const ChainPolicy& policy) {
+  return std::any_of(policy.allowed_roots.begin(), policy.allowed_roots.end(),
+                     [&](const std::string& root) { return UnderRoot(path, root); });
+}
+
+// Resolves a name stored in an image (backing or data file) to a canonical
+// host path, refusing protocol and json: names and paths outside the roots.
+Result<std::string> ResolveRelated(const std::string& image_path, const std::string& name,
+                                   const std::string& what, const ChainPolicy& policy) {
+  if (name.rfind("json:", 0) == 0)
+    return Status::NotSupported(image_path + ": " + what + " '" + name +
+                                "' is a json: specification, which kvmfs does not follow");
+  std::string joined = name[0] == '/' ? name : DirName(image_path) + "/" + name;
+  auto canon = Canonical(joined);
+  if (!canon.ok()) {
+    if (canon.status().IsNotFound())
+      return Status::NotFound(image_path + ": " + what + " '" + name + "' not found (" + joined + ")");
+    return canon.status().WithContext(image_path + ": " + what);
+  }
+  if (!Allowed(*canon, policy))
+    return Status::Permission(image_path + ": " + what + " '" + name + "' resolves to " + *canon +
+                              ", outside the pool and the allowed backing roots "
+                              "(allow it with -o backing_root=DIR)");
+  return canon;
+}
+
+}  // namespace
+
+Result<std::string> DetectFormat(const std::string& path, const std::string& format_hint) {
+  if (!format_hint.empty()) {
+    if (FindFormat(format_hint) == nullptr)
+      return Status::NotSupported(path + ": format '" + format_hint + "' is not supported");
+    return format_hint;
+  }
+  std::string ext = LowerExtension(path);
+  if (ext == ".raw" || ext == ".iso") return std::string("raw");  // the name says raw: never probe
+  KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> file, OpenLocalFile(path, false));
+  uint8_t head[512];
+  KVMFS_RETURN_IF_ERROR(file->ReadAt(0, head, sizeof head));
+  KVMFS_ASSIGN_OR_RETURN(uint64_t size, file->Size());
+  return std::string(ProbeFormat(head, std::min<uint64_t>(size, sizeof head))->name());
+}
+
+Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
+                        const std::string& format_hint) {
+  Chain chain;
+  std::set<std::string> seen;
+  KVMFS_ASSIGN_OR_RETURN(std::string current, Canonical(path));
+  KVMFS_ASSIGN_OR_RETURN(std::string format, DetectFormat(current, format_hint));
+
+  while (true) {
+    const std::string& top_path = chain.layers.empty() ? current : chain.layers.front().path;
+    if (static_cast<int>(chain.layers.size()) >= policy.max_depth)
+      return Status::InvalidArgument(top_path + ": backing chain deeper than " +
+                                     std::to_string(policy.max_depth) + " images");
+    if (!seen.insert(current).second)
+      return Status::InvalidArgument(top_path + ": backing loop: " + current +
+                                     " is its own backing file");
+
+    const FormatDriver* driver = FindFormat(format);
+    if (driver == nullptr)
+      return Status::NotSupported(current + ": format '" + format + "' is not supported");
+    KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> file, OpenLocalFile(current, false));
+
+    OpenContext ctx;
+    ctx.name = current;
+    ctx.writable = false;
+    ctx.open_related = [current, &policy](const std::string& name) -> Result<std::shared_ptr<Backend>> {
+      KVMFS_ASSIGN_OR_RETURN(std::string related, ResolveRelated(current, name, "data file", policy));
+      KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, OpenLocalFile(related, false));
+      return std::shared_ptr<Backend>(std::move(b));
+    };
+    KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Image> image,
+                           driver->Open(std::shared_ptr<Backend>(std::move(file)), ctx));
+    ImageInfo info = image->Info();
+    chain.layers.push_back(Layer{current, format, std::shared_ptr<Image>(std::move(image))});
+    if (info.backing_filename.empty()) break;
+
+    KVMFS_ASSIGN_OR_RETURN(std::string next,
+                           ResolveRelated(current, info.backing_filename, "backing file", policy));
+    if (!info.backing_format.empty()) {
+      format = info.backing_format;
+    } else {
+      KVMFS_ASSIGN_OR_RETURN(format, DetectFormat(next, ""));
+    }
+    current = next;
+  }
+
+  for (size_t i = chain.layers.size() - 1; i > 0; --i)
+    chain.layers[i - 1].image->SetBacking(chain.layers[i].image);
+  return chain;
+}
+
+}  // namespace kvmfs

@@ -1,0 +1,44 @@
+// Defaults of the Image interface and the chain-wide block status walk.
+#include <algorithm>
+#include <cstring>
+
+#include "kvmfs/image.h"
+
+namespace kvmfs {
+
+Status Image::Write(uint64_t, const void*, size_t) {
+  return Status::ReadOnly("image is read-only");
+}
+
+Status Image::Flush() { return Status::OK(); }
+
+std::vector<SnapshotInfo> Image::Snapshots() const { return {}; }
+
+Result<std::unique_ptr<Image>> Image::OpenSnapshot(const std::string& id) {
+  return Status::NotSupported("format has no internal snapshots (asked for " + id + ")");
+}
+
+Status Image::ReadBacking(uint64_t off, void* buf, size_t len) {
+  auto* p = static_cast<uint8_t*>(buf);
+  uint64_t in_backing = 0;
+  if (backing_ && off < backing_->size()) in_backing = std::min<uint64_t>(len, backing_->size() - off);
+  if (in_backing > 0) KVMFS_RETURN_IF_ERROR(backing_->Read(off, p, in_backing));
+  if (in_backing < len) std::memset(p + in_backing, 0, len - in_backing);
+  return Status::OK();
+}
+
+Result<BlockStatus> ChainBlockStatus(Image& top, uint64_t off, uint64_t len) {
+  Image* layer = &top;
+  while (true) {
+    KVMFS_ASSIGN_OR_RETURN(BlockStatus bs, layer->GetBlockStatus(off, len));
+    if (bs.kind != Allocation::kUnallocated) return bs;
+    len = bs.length;  // only this run is known to be unallocated above
+    Image* below = layer->backing().get();
+    if (below == nullptr) return bs;
+    if (off >= below->size()) return BlockStatus{Allocation::kZero, len};  // past a shorter backing
+    len = std::min<uint64_t>(len, below->size() - off);
+    layer = below;
+  }
+}
+
+}  // namespace kvmfs
