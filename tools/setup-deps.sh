@@ -1,0 +1,36 @@
+#!/bin/bash
+# Installs everything kvmfs needs to build, test and demo on Debian 12 (bookworm).
+# The one list of packages: README, tools/demo.sh, tools/test.sh and .ci/run use it.
+# Run as root (or with sudo available). Does nothing when all packages are present.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  build-essential g++ meson ninja-build pkg-config
+  # libraries
+  libfuse3-dev libspdlog-dev zlib1g-dev libzstd-dev libdeflate-dev liblz4-dev
+  libssl-dev libyaml-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev
+  # runtime and tests
+  fuse3 qemu-utils python3 fio man-db groff
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=(sudo)
+fi
+echo "setup-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update
+"${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"

@@ -1,0 +1,83 @@
+#!/bin/bash
+# Installs what is missing, builds kvmfs from scratch and runs every test:
+#   phase 1: release-like build (debugoptimized): unit + integration tests
+#   phase 2: ASan+UBSan build: unit + integration tests again
+# and ends with one line `N passed, N failed[, N skipped]` (test cases, counted by
+# tools/count-tests.py). Exit status 0 only when nothing failed.
+#
+# usage: tools/test.sh [--no-sanitize] [--no-deps] [--suite unit|integration]
+#   --no-sanitize   skip phase 2 (faster local runs)
+#   --no-deps       do not run tools/setup-deps.sh
+#   --suite S       run only meson suite S (unit or integration)
+# Build dirs: build-test/ and build-asan/ at the top of the repo (wiped first).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+sanitize=1
+deps=1
+suite_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-sanitize) sanitize=0 ;;
+    --no-deps) deps=0 ;;
+    --suite) suite_args=(--suite "$2"); shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$deps" = 1 ]; then
+  "$repo/tools/setup-deps.sh"
+fi
+
+jobs=$(nproc 2>/dev/null || echo 2)
+logs=()
+build_failures=0
+san_logs="$repo/build-asan-reports"
+
+# run_phase LABEL BUILD_DIR [meson setup args...]
+run_phase() {
+  local label=$1 dir=$2
+  shift 2
+  echo "=== [$label] configure $dir $*"
+  rm -rf "$dir"
+  if ! meson setup "$dir" "$repo" "$@"; then
+    echo "=== [$label] configure FAILED"
+    build_failures=$((build_failures + 1))
+    return 0
+  fi
+  echo "=== [$label] build"
+  if ! ninja -C "$dir" -j "$jobs"; then
+    echo "=== [$label] build FAILED"
+    build_failures=$((build_failures + 1))
+    return 0
+  fi
+  echo "=== [$label] test"
+  local mult=1
+  [ "$label" = asan ] && mult=3
+  # meson's exit status is not used: count-tests.py reads the log and decides.
+  meson test -C "$dir" --print-errorlogs --num-processes "$jobs" \
+    --timeout-multiplier "$mult" "${suite_args[@]}" || true
+  logs+=("$label=$dir/meson-logs/testlog.json")
+}
+
+run_phase release "$repo/build-test"
+
+if [ "$sanitize" = 1 ]; then
+  rm -rf "$san_logs"
+  mkdir -p "$san_logs"
+  # Reports go to files so that a daemonized kvmfs (no stderr) is caught too;
+  # each report file counts as a failure. Leak checking stays on: a clean
+  # unmount must not leak.
+  export ASAN_OPTIONS="log_path=$san_logs/asan:detect_leaks=1:abort_on_error=0:strict_string_checks=1"
+  export UBSAN_OPTIONS="log_path=$san_logs/ubsan:print_stacktrace=1:halt_on_error=1"
+  run_phase asan "$repo/build-asan" -Db_sanitize=address,undefined -Db_lundef=false \
+    -Dbuildtype=debug
+  unset ASAN_OPTIONS UBSAN_OPTIONS
+fi
+
+echo "=== summary"
+count_args=(--extra-failed "$build_failures")
+[ "$sanitize" = 1 ] && count_args+=(--sanitizer-logs "$san_logs")
+exec /usr/bin/python3 "$repo/tools/count-tests.py" "${count_args[@]}" "${logs[@]}"
