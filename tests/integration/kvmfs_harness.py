@@ -103,8 +103,15 @@ def run(cmd, check=True, timeout=CMD_TIMEOUT_S, **kw):
     return p
 
 
-def qemu_img(*args, check=True):
-    return run([QEMU_IMG] + [str(a) for a in args], check=check)
+def qemu_img(*args, check=True, cwd=None):
+    return run([QEMU_IMG] + [str(a) for a in args], check=check, cwd=cwd)
+
+
+def imgdir(img):
+    """QEMU 7.2 opens a relative external data_file name relative to its cwd
+    (backing names are relative to the image): run qemu in the image's folder
+    so that both mean the same file."""
+    return os.path.dirname(os.path.abspath(str(img)))
 
 
 def qemu_io(img, *cmds, fmt="qcow2"):
@@ -113,7 +120,7 @@ def qemu_io(img, *cmds, fmt="qcow2"):
     for c in cmds:
         argv += ["-c", c]
     argv.append(str(img))
-    p = run(argv)
+    p = run(argv, cwd=imgdir(img))
     out = (p.stdout + p.stderr).lower()
     if "failed" in out or "error" in out or "invalid" in out:
         raise AssertionError("qemu-io reported an error: %s\n%s%s" % (cmds, p.stdout, p.stderr))
@@ -132,7 +139,9 @@ def create_qcow2(path, size, *opts, backing=None, backing_fmt=None, unsafe=False
         if unsafe:
             argv.append("-u")
     argv += [str(path), str(size)]
-    qemu_img(*argv)
+    # cwd = the image's folder: qemu-img creates a relative data_file= name
+    # relative to its cwd but resolves it, on open, relative to the image.
+    qemu_img(*argv, cwd=os.path.dirname(os.path.abspath(str(path))))
     return str(path)
 
 
@@ -213,7 +222,7 @@ def oracle_raw(img, workdir, snapshot=None, fmt=None):
         argv += ["-f", fmt]
     if snapshot is not None:
         argv += ["-l", "snapshot.name=" + snapshot]
-    qemu_img(*(argv + [img, out]))
+    qemu_img(*(argv + [os.path.abspath(img), os.path.abspath(out)]), cwd=imgdir(img))
     _oracle_cache[key] = out
     return out
 
@@ -226,7 +235,7 @@ def qemu_info(img, fmt=None):
     argv = ["info", "-U", "--output=json"]
     if fmt:
         argv += ["-f", fmt]
-    return json.loads(qemu_img(*(argv + [img])).stdout)
+    return json.loads(qemu_img(*(argv + [os.path.abspath(img)]), cwd=imgdir(img)).stdout)
 
 
 def merge_extents(ext):
@@ -246,7 +255,7 @@ def qemu_data_extents(img, fmt=None):
     argv = ["map", "-U", "--output=json"]
     if fmt:
         argv += ["-f", fmt]
-    m = json.loads(qemu_img(*(argv + [img])).stdout)
+    m = json.loads(qemu_img(*(argv + [os.path.abspath(img)]), cwd=imgdir(img)).stdout)
     return merge_extents((e["start"], e["start"] + e["length"]) for e in m if e.get("data"))
 
 
