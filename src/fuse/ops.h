@@ -1,0 +1,68 @@
+// The FUSE handlers (libfuse high-level, path-based API). One file per
+// operation; ops.cpp puts them in the table.
+#pragma once
+
+#include <fuse.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include "kvmfs/status.h"
+#include "pool/namespace.h"
+
+namespace kvmfs::fuse {
+
+// The namespace served by this mount (the fuse private_data).
+pool::Namespace& Ns();
+
+// What fi->fh points to for an open disk.raw or info.json: keeps the opened
+// chain alive for the life of the open file.
+struct FileHandle {
+  pool::OpenFile file;
+};
+inline FileHandle* Handle(const fuse_file_info* fi) {
+  return reinterpret_cast<FileHandle*>(static_cast<uintptr_t>(fi->fh));
+}
+
+// Status -> the negative errno libfuse expects. The one place a Status
+// becomes an errno.
+inline int Reply(const Status& status) { return -status.ToErrno(); }
+
+// The operations table.
+const fuse_operations& Operations();
+
+// op_init.cpp
+void* Init(fuse_conn_info* conn, fuse_config* cfg);
+void Destroy(void* private_data);
+// op_getattr.cpp
+int GetAttr(const char* path, struct stat* st, fuse_file_info* fi);
+// op_readdir.cpp
+int ReadDir(const char* path, void* buf, fuse_fill_dir_t filler, off_t off, fuse_file_info* fi,
+            fuse_readdir_flags flags);
+// op_open.cpp
+int Open(const char* path, fuse_file_info* fi);
+int Release(const char* path, fuse_file_info* fi);
+// op_read.cpp
+int Read(const char* path, char* buf, size_t size, off_t off, fuse_file_info* fi);
+// op_lseek.cpp
+off_t Lseek(const char* path, off_t off, int whence, fuse_file_info* fi);
+// op_statfs.cpp
+int StatFs(const char* path, struct statvfs* sv);
+// op_write.cpp: everything that would modify the tree fails with EROFS.
+int Write(const char* path, const char* buf, size_t size, off_t off, fuse_file_info* fi);
+int Truncate(const char* path, off_t size, fuse_file_info* fi);
+int Create(const char* path, mode_t mode, fuse_file_info* fi);
+int MkNod(const char* path, mode_t mode, dev_t dev);
+int MkDir(const char* path, mode_t mode);
+int RmDir(const char* path);
+int Unlink(const char* path);
+int Rename(const char* from, const char* to, unsigned int flags);
+int Symlink(const char* target, const char* path);
+int Link(const char* from, const char* to);
+int Chmod(const char* path, mode_t mode, fuse_file_info* fi);
+int Chown(const char* path, uid_t uid, gid_t gid, fuse_file_info* fi);
+int Utimens(const char* path, const struct timespec tv[2], fuse_file_info* fi);
+int SetXattr(const char* path, const char* name, const char* value, size_t size, int flags);
+int RemoveXattr(const char* path, const char* name);
+int Fallocate(const char* path, int mode, off_t off, off_t len, fuse_file_info* fi);
+
+}  // namespace kvmfs::fuse

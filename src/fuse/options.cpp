@@ -1,0 +1,180 @@
+#include "fuse/options.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "pool/file_key.h"
+
+namespace kvmfs::fuse {
+namespace {
+
+constexpr unsigned kMaxThreadsLimit = 1024;
+
+bool EndsWithCi(const std::string& s, const std::string& suffix) {
+  if (s.size() < suffix.size()) return false;
+  return std::equal(suffix.rbegin(), suffix.rend(), s.rbegin(),
+                    [](char a, char b) { return std::tolower((unsigned char)a) == std::tolower((unsigned char)b); });
+}
+
+bool IsYaml(const std::string& path) { return EndsWithCi(path, ".yaml") || EndsWithCi(path, ".yml"); }
+
+Status YamlNotSupported(const std::string& path) {
+  return Status::NotSupported(path + ": YAML configuration files are not supported yet");
+}
+
+// Options mount(8) hands to helpers that mean nothing to a FUSE mount.
+bool IsMountOnlyOption(const std::string& opt) {
+  static const char* const kIgnored[] = {"defaults", "auto", "noauto", "nofail", "_netdev",
+                                         "user",     "nouser", "users", "owner", "comment"};
+  for (const char* name : kIgnored)
+    if (opt == name || opt.rfind(std::string(name) + "=", 0) == 0) return true;
+  return opt.rfind("x-", 0) == 0;
+}
+
+Status ApplyOption(const std::string& opt, Options& o) {
+  size_t eq = opt.find('=');
+  std::string key = opt.substr(0, eq);
+  std::string value = eq == std::string::npos ? "" : opt.substr(eq + 1);
+  bool has_value = eq != std::string::npos;
+  if (key == "backing_root") {
+    if (value.empty()) return Status::InvalidArgument("backing_root needs a directory: -o backing_root=DIR");
+    o.backing_roots.push_back(value);
+  } else if (key == "force_share") {
+    if (has_value) return Status::InvalidArgument("force_share takes no value");
+    o.force_share = true;
+  } else if (key == "max_threads") {
+    char* end = nullptr;
+    errno = 0;
+    unsigned long n = std::strtoul(value.c_str(), &end, 10);
+    if (value.empty() || *end != '\0' || errno != 0 || n == 0 || n > kMaxThreadsLimit)
+      return Status::InvalidArgument("max_threads must be a number from 1 to " +
+                                     std::to_string(kMaxThreadsLimit) + ", not '" + value + "'");
+    o.max_threads = static_cast<unsigned>(n);
+  } else if (key == "config") {
+    if (value.empty()) return Status::InvalidArgument("config needs a file: -o config=FILE");
+    o.config = value;
+  } else if (key == "log_level") {
+    static const char* const kLevels[] = {"trace", "debug", "info", "warn", "error"};
+    if (std::none_of(std::begin(kLevels), std::end(kLevels), [&](const char* l) { return value == l; }))
+      return Status::InvalidArgument("log_level must be trace, debug, info, warn or error, not '" +
+                                     value + "'");
+    o.log_level = value;
+  } else if (opt == "rw") {
+    // This version only mounts read-only; "rw" from mount(8) defaults is ignored.
+  } else if (IsMountOnlyOption(opt)) {
+  } else if (!opt.empty()) {
+    o.fuse_options.push_back(opt);
+  }
+  return Status::OK();
+}
+
+Status CheckDir(const std::string& what, std::string& path) {
+  auto canonical = pool::CanonicalPath(path);
+  if (!canonical.ok()) {
+    int err = canonical.status().ToErrno();
+    return Status::InvalidArgument(what + " " + path + ": " + std::strerror(err));
+  }
+  struct stat st;
+  if (::stat(canonical->c_str(), &st) != 0)
+    return Status::InvalidArgument(what + " " + path + ": " + std::strerror(errno));
+  if (!S_ISDIR(st.st_mode)) return Status::InvalidArgument(what + " " + path + ": not a directory");
+  path = *canonical;
+  return Status::OK();
+}
+
+}  // namespace
+
+std::vector<std::string> SplitOptionList(const std::string& list) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (list[i] == '\\' && i + 1 < list.size()) {
+      cur += list[++i];
+    } else if (list[i] == ',') {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += list[i];
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+Result<Options> ParseCommandLine(int argc, char** argv) {
+  Options o;
+  std::vector<std::string> positional;
+  bool options_done = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (options_done || arg.empty() || arg[0] != '-' || arg == "-") {
+      positional.push_back(arg);
+    } else if (arg == "--") {
+      options_done = true;
+    } else if (arg == "-f") {
+      o.foreground = true;
+    } else if (arg == "-d") {
+      o.debug = true;
+    } else if (arg == "-h" || arg == "--help") {
+      o.help = true;
+    } else if (arg == "-V" || arg == "--version") {
+      o.version = true;
+    } else if (arg == "-o" || arg.rfind("-o", 0) == 0) {
+      std::string list;
+      if (arg == "-o") {
+        if (i + 1 >= argc) return Status::InvalidArgument("-o needs an argument");
+        list = argv[++i];
+      } else {
+        list = arg.substr(2);
+      }
+      for (const std::string& opt : SplitOptionList(list)) KVMFS_RETURN_IF_ERROR(ApplyOption(opt, o));
+    } else {
+      return Status::InvalidArgument("unknown option " + arg + " (see kvmfs --help)");
+    }
+  }
+  if (o.help || o.version) return o;
+  if (positional.size() != 2)
+    return Status::InvalidArgument(
+        "usage: kvmfs [-f] [-d] [-o OPT[,OPT...]] SOURCE MOUNTPOINT (see kvmfs --help)");
+  o.source = positional[0];
+  o.mountpoint = positional[1];
+  return o;
+}
+
+Status ValidateOptions(Options& o) {
+  if (!o.config.empty()) return YamlNotSupported(o.config);
+  if (IsYaml(o.source)) return YamlNotSupported(o.source);
+  KVMFS_RETURN_IF_ERROR(CheckDir("source", o.source));
+  KVMFS_RETURN_IF_ERROR(CheckDir("mount point", o.mountpoint));
+  for (std::string& root : o.backing_roots) KVMFS_RETURN_IF_ERROR(CheckDir("backing_root", root));
+  return Status::OK();
+}
+
+void PrintUsage() {
+  std::printf(
+      "usage: kvmfs [-f] [-d] [-o OPT[,OPT...]] SOURCE MOUNTPOINT\n"
+      "\n"
+      "Shows the KVM/QEMU images under the directory SOURCE as raw disks at MOUNTPOINT\n"
+      "(read-only in this version). See kvmfs(8).\n"
+      "\n"
+      "options:\n"
+      "    -f                     stay in the foreground (log to stderr)\n"
+      "    -d                     debug logging (implies nothing about -f)\n"
+      "    -h, --help             print this help\n"
+      "    -V, --version          print the version\n"
+      "    -o backing_root=DIR    backing files may also live under DIR (repeatable)\n"
+      "    -o force_share         open images other programs hold locks on (as qemu-img -U)\n"
+      "    -o max_threads=N       FUSE worker threads (default 16)\n"
+      "    -o log_level=LEVEL     trace, debug, info (default), warn or error;\n"
+      "                           trace also dumps the FUSE protocol\n"
+      "    -o config=FILE         YAML configuration (not supported yet)\n"
+      "    -o ro, allow_other, default_permissions, max_read=N, ...\n"
+      "                           passed to FUSE (see below); kvmfs always mounts read-only\n"
+      "\n");
+}
+
+}  // namespace kvmfs::fuse

@@ -1,0 +1,42 @@
+// The kvmfs command line:
+//   kvmfs [-f] [-d] [-o OPT[,OPT...]] SOURCE MOUNTPOINT
+// Options may also follow the positional arguments, as mount helpers pass them.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kvmfs/status.h"
+
+namespace kvmfs::fuse {
+
+struct Options {
+  bool foreground = false;  // -f
+  bool debug = false;       // -d: debug logging (not libfuse's protocol dump)
+  bool help = false;        // -h, --help
+  bool version = false;     // -V, --version
+  std::string source;
+  std::string mountpoint;
+  // Our own -o options.
+  std::vector<std::string> backing_roots;  // backing_root=DIR, repeatable
+  bool force_share = false;                // force_share (accepted; locks come with writes)
+  unsigned max_threads = 16;               // max_threads=N
+  std::string config;                      // config=FILE
+  std::string log_level;                   // log_level=trace|debug|info|warn|error
+  // Everything else given with -o, for libfuse (ro, allow_other, fsname, ...).
+  std::vector<std::string> fuse_options;
+};
+
+// Parses argv. Errors (kInvalidArgument) carry the one-line reason.
+Result<Options> ParseCommandLine(int argc, char** argv);
+
+// Checks SOURCE, MOUNTPOINT and backing roots before mounting and makes them
+// canonical. Errors carry the one-line reason (without the "kvmfs: " prefix).
+Status ValidateOptions(Options& options);
+
+// Splits "a,b\,c" into {"a", "b,c"}.
+std::vector<std::string> SplitOptionList(const std::string& list);
+
+void PrintUsage();
+
+}  // namespace kvmfs::fuse

@@ -1,0 +1,115 @@
+#include "fuse/session.h"
+
+#include <fuse.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "fuse/logging.h"
+#include "fuse/ops.h"
+
+namespace kvmfs::fuse {
+namespace {
+
+int Fail(const std::string& reason) {
+  std::fprintf(stderr, "kvmfs: %s\n", reason.c_str());
+  return 1;
+}
+
+// Owns the argv strings handed to libfuse.
+class FuseArgs {
+ public:
+  void Add(std::string arg) { strings_.push_back(std::move(arg)); }
+  fuse_args Get() {
+    pointers_.clear();
+    for (std::string& s : strings_) pointers_.push_back(s.data());
+    pointers_.push_back(nullptr);
+    return FUSE_ARGS_INIT(static_cast<int>(strings_.size()), pointers_.data());
+  }
+
+ private:
+  std::vector<std::string> strings_;
+  std::vector<char*> pointers_;
+};
+
+}  // namespace
+
+std::string EscapeFuseOption(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    if (c == ',' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+std::string BaseFuseOptions(const Options& options) {
+  // Read-only in this version, whatever was asked; the kernel then refuses
+  // writes with EROFS before they reach us. default_permissions lets the
+  // kernel check the 0444/0555 modes (matters with allow_other).
+  return "ro,default_permissions,fsname=" + EscapeFuseOption(options.source) + ",subtype=kvmfs";
+}
+
+int MountAndServe(const Options& options, pool::Namespace& ns) {
+  FuseArgs argv;
+  argv.Add("kvmfs");
+  argv.Add("-o");
+  argv.Add(BaseFuseOptions(options));
+  for (const std::string& opt : options.fuse_options) {
+    argv.Add("-o");
+    argv.Add(EscapeFuseOption(opt));
+  }
+  if (options.log_level == "trace") {
+    argv.Add("-o");
+    argv.Add("debug");  // libfuse's protocol dump, logged at trace level
+  }
+  fuse_args args = argv.Get();
+
+  CaptureFuseLog();
+  struct fuse* f = fuse_new(&args, &Operations(), sizeof(fuse_operations), &ns);
+  if (f == nullptr) {
+    std::string why = LastFuseMessage();
+    return Fail(why.empty() ? "invalid FUSE options" : why);
+  }
+  if (fuse_mount(f, options.mountpoint.c_str()) != 0) {
+    std::string why = LastFuseMessage();
+    fuse_destroy(f);
+    return Fail("cannot mount " + options.mountpoint + (why.empty() ? "" : ": " + why));
+  }
+  // In the background, the parent returns from here (exit 0) once the child
+  // is running; the mount already exists at that point.
+  if (fuse_daemonize(options.foreground ? 1 : 0) != 0) {
+    fuse_unmount(f);
+    fuse_destroy(f);
+    return Fail("cannot detach into the background");
+  }
+  SetupLogging(options.foreground, options.debug, options.log_level);
+  spdlog::info("serving {} at {} (read-only, up to {} threads)", options.source, options.mountpoint,
+               options.max_threads);
+  if (options.force_share)
+    spdlog::info("force_share: accepted; image locks arrive with read-write mounts");
+
+  fuse_session* se = fuse_get_session(f);
+  if (fuse_set_signal_handlers(se) != 0) {
+    spdlog::error("cannot install signal handlers");
+    fuse_unmount(f);
+    fuse_destroy(f);
+    return 1;
+  }
+  fuse_loop_config* cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_clone_fd(cfg, 1);
+  fuse_loop_cfg_set_max_threads(cfg, options.max_threads);
+  int rc = fuse_loop_mt(f, cfg);
+  fuse_loop_cfg_destroy(cfg);
+  fuse_remove_signal_handlers(se);
+  fuse_unmount(f);
+  fuse_destroy(f);
+  spdlog::shutdown();
+  // A positive value is the signal that ended the loop: a clean stop.
+  return rc < 0 ? 1 : 0;
+}
+
+}  // namespace kvmfs::fuse

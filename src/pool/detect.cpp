@@ -1,0 +1,127 @@
+#include "pool/detect.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cstring>
+
+#include "kvmfs/backend.h"
+#include "kvmfs/format.h"
+
+namespace kvmfs::pool {
+namespace {
+
+constexpr size_t kProbeBytes = 512;
+// Bound on remembered verdicts; the map is simply cleared when it is reached.
+constexpr size_t kMaxProbeEntries = 65536;
+
+std::string Lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+uint32_t Be32(const uint8_t* p) {
+  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | uint32_t(p[3]);
+}
+uint32_t Le32(const uint8_t* p) {
+  return uint32_t(p[3]) << 24 | uint32_t(p[2]) << 16 | uint32_t(p[1]) << 8 | uint32_t(p[0]);
+}
+
+bool StartsWith(const uint8_t* head, size_t len, const char* magic) {
+  size_t n = std::strlen(magic);
+  return len >= n && std::memcmp(head, magic, n) == 0;
+}
+
+}  // namespace
+
+bool HasImageExtension(const std::string& name) {
+  static const std::array<const char*, 9> kExtensions = {".qcow2", ".qcow", ".img", ".raw", ".vdi",
+                                                        ".vmdk",  ".vhd",  ".vhdx", ".iso"};
+  std::string lower = Lower(name);
+  for (const char* ext : kExtensions)
+    if (EndsWith(lower, ext) && lower.size() > std::strlen(ext)) return true;
+  return false;
+}
+
+bool NameSaysRaw(const std::string& name) {
+  std::string lower = Lower(name);
+  return EndsWith(lower, ".raw") || EndsWith(lower, ".iso");
+}
+
+bool IsVmdkExtentName(const std::string& name) {
+  std::string lower = Lower(name);
+  if (!EndsWith(lower, ".vmdk")) return false;
+  std::string stem = lower.substr(0, lower.size() - 5);
+  if (EndsWith(stem, "-flat")) return true;
+  // -sNNN / -fNNN: a dash, s or f, and exactly three digits.
+  if (stem.size() >= 5) {
+    const char* t = stem.c_str() + stem.size() - 5;
+    return t[0] == '-' && (t[1] == 's' || t[1] == 'f') && std::isdigit((unsigned char)t[2]) &&
+           std::isdigit((unsigned char)t[3]) && std::isdigit((unsigned char)t[4]);
+  }
+  return false;
+}
+
+std::string ProbeMagic(const uint8_t* head, size_t len) {
+  if (len >= 8 && StartsWith(head, len, "QFI\xfb")) {
+    uint32_t version = Be32(head + 4);
+    if (version == 1) return "qcow";
+    if (version >= 2) return "qcow2";
+    return "";
+  }
+  if (len >= 68 && Le32(head + 64) == 0xbeda107f) return "vdi";
+  if (StartsWith(head, len, "KDMV") || StartsWith(head, len, "COWD") ||
+      StartsWith(head, len, "# Disk DescriptorFile"))
+    return "vmdk";
+  if (StartsWith(head, len, "vhdxfile")) return "vhdx";
+  if (StartsWith(head, len, "conectix")) return "vpc";
+  // A driver this table does not know yet (its probe must be sure: > 50).
+  const FormatDriver* best = ProbeFormat(head, len);
+  if (best != nullptr && std::strcmp(best->name(), "raw") != 0 && best->Probe(head, len) > 50)
+    return best->name();
+  return "";
+}
+
+std::string ProbeCache::Probe(const std::string& path, const struct stat& st) {
+  FileKey key = FileKey::FromStat(st);
+  std::string id = std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(id);
+    if (it != entries_.end() && it->second.key == key) return it->second.verdict;
+  }
+  std::string verdict;
+  auto file = OpenLocalFile(path, false);
+  if (file.ok()) {
+    uint8_t head[kProbeBytes];
+    size_t len = static_cast<size_t>(std::min<int64_t>(st.st_size, kProbeBytes));
+    if ((*file)->ReadAt(0, head, len).ok()) verdict = ProbeMagic(head, len);
+  }
+  std::lock_guard lock(mu_);
+  ++reads_;
+  if (entries_.size() >= kMaxProbeEntries) entries_.clear();
+  entries_[id] = Entry{key, verdict};
+  return verdict;
+}
+
+std::string ProbeCache::FormatOf(const std::string& path, const struct stat& st) {
+  if (NameSaysRaw(BaseName(path))) return "raw";
+  std::string verdict = Probe(path, st);
+  return verdict.empty() ? "raw" : verdict;
+}
+
+size_t ProbeCache::reads() const {
+  std::lock_guard lock(mu_);
+  return reads_;
+}
+
+std::string BaseName(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+}  // namespace kvmfs::pool

@@ -1,0 +1,63 @@
+// Which host files are images, and of which format, without opening them.
+//
+// Files are recognised by extension (the name says "image") and, for other
+// names, by the magic of their first 512 bytes. Probing reads the file, so
+// verdicts are cached per FileKey.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "pool/file_key.h"
+
+namespace kvmfs::pool {
+
+// `name` (a file name, no directory) ends in an image extension:
+// .qcow2 .qcow .img .raw .vdi .vmdk .vhd .vhdx .iso, case-insensitive.
+bool HasImageExtension(const std::string& name);
+
+// `name` ends in .raw or .iso: the name says raw, the content is never probed.
+bool NameSaysRaw(const std::string& name);
+
+// `name` is a VMDK extent file (*-flat.vmdk, *-sNNN.vmdk, *-fNNN.vmdk), which
+// belongs to a descriptor and is not shown on its own.
+bool IsVmdkExtentName(const std::string& name);
+
+// The format QEMU would name for these leading bytes ("qcow2", "qcow", "vdi",
+// "vmdk", "vhdx", "vpc"), or "" when no known magic matches. `len` may be
+// shorter than 512.
+std::string ProbeMagic(const uint8_t* head, size_t len);
+
+// Caches magic probes per file version. Thread-safe.
+class ProbeCache {
+ public:
+  // The magic verdict for the regular file at `path` whose stat is `st`
+  // (ProbeMagic of its first 512 bytes; "" for unreadable files).
+  std::string Probe(const std::string& path, const struct stat& st);
+
+  // The format to open `path` with: "raw" when the name says raw, else the
+  // magic verdict, else "raw".
+  std::string FormatOf(const std::string& path, const struct stat& st);
+
+  // Number of probes that really read a file (for tests).
+  size_t reads() const;
+
+ private:
+  struct Entry {
+    FileKey key;
+    std::string verdict;
+  };
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, Entry> entries_;  // GUARDED_BY(mu_), by "dev:ino"
+  size_t reads_ = 0;                                // GUARDED_BY(mu_)
+};
+
+// The file name part of `path`.
+std::string BaseName(const std::string& path);
+
+}  // namespace kvmfs::pool

@@ -1,0 +1,38 @@
+// FileKey: what identifies one version of a host file for caching purposes.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+#include "kvmfs/status.h"
+
+namespace kvmfs::pool {
+
+// (dev, ino, mtime, size): a cached verdict or opened image is reused only
+// while all four are unchanged.
+struct FileKey {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  int64_t mtime_sec = 0;
+  int64_t mtime_nsec = 0;
+  int64_t size = 0;
+
+  static FileKey FromStat(const struct stat& st) {
+    return FileKey{st.st_dev, st.st_ino, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_size};
+  }
+  bool operator==(const FileKey&) const = default;
+};
+
+// stat(2) of `path` (following symlinks). Errors: kNotFound, kPermission, kIOError.
+Result<struct stat> StatPath(const std::string& path);
+
+// realpath(3) of `path`. Errors as StatPath.
+Result<std::string> CanonicalPath(const std::string& path);
+
+// Whether canonical `path` is `root` or lies below it.
+bool IsUnder(const std::string& path, const std::string& root);
+
+}  // namespace kvmfs::pool

@@ -1,0 +1,45 @@
+// info.json: image metadata with the keys and value types of
+// `qemu-img info --output=json` (QEMU 7.2), pretty-printed the same way.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kvmfs/image.h"
+
+namespace kvmfs::pool {
+
+// Everything one info.json describes.
+struct InfoSubject {
+  std::string filename;               // canonical host path of the image file
+  ImageInfo info;                     // Image::Info() of the layer
+  std::optional<uint64_t> actual_size;  // Image::ActualSize(), when known
+  std::string full_backing_filename;  // canonical host path of the backing layer, or ""
+  std::vector<SnapshotInfo> snapshots;  // the layer's internal snapshots
+  // For a snapshot view: that snapshot. virtual-size then is its disk_size and a
+  // "snapshot" object describes it.
+  std::optional<SnapshotInfo> snapshot;
+};
+
+// One snapshot as `qemu-img info` prints it in "snapshots" (vm-clock split
+// into seconds and the nanosecond remainder; icount only when recorded).
+nlohmann::ordered_json SnapshotJson(const SnapshotInfo& s);
+
+// The JSON object, keys in the order qemu-img prints them; keys qemu-img omits
+// (no snapshots, no backing, encrypted when false, ...) are omitted.
+nlohmann::ordered_json InfoJson(const InfoSubject& subject);
+
+// For an image that cannot be opened: filename, format (detected, or
+// "unknown") and the reason.
+nlohmann::ordered_json ErrorJson(const std::string& filename, const std::string& format,
+                                 const std::string& error);
+
+// Pretty-printed with 4 spaces as qemu-img does, with a trailing newline.
+// Invalid UTF-8 (names from a hostile image) is replaced, never thrown.
+std::string RenderJson(const nlohmann::ordered_json& j);
+
+}  // namespace kvmfs::pool

@@ -1,0 +1,256 @@
+#include "pool/namespace.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+
+#include <algorithm>
+#include <cerrno>
+
+namespace kvmfs::pool {
+namespace {
+
+constexpr const char* kDiskName = "disk.raw";
+constexpr const char* kInfoName = "info.json";
+constexpr const char* kSnapshotsName = "snapshots";
+constexpr const char* kBackingName = "backing";
+
+Status NoEntry(const std::string& path) { return Status::NotFound(path + ": no such file or directory"); }
+
+std::vector<std::string> SplitPath(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t i = 0;
+  while (i < path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    if (j > i) parts.push_back(path.substr(i, j - i));
+    i = j + 1;
+  }
+  return parts;
+}
+
+struct DirCloser {
+  void operator()(DIR* d) const { ::closedir(d); }
+};
+
+}  // namespace
+
+bool HasSnapshotsDir(const OpenImage& image) {
+  return image.format() == "qcow2" || !image.snapshots().empty();
+}
+
+Namespace::Namespace(NamespaceOptions options, ChainOpener opener)
+    : options_(std::move(options)), cache_(PolicyFor(options_), &probe_, std::move(opener)) {}
+
+ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {
+  ChainPolicy policy;
+  policy.allowed_roots.push_back(options.source);
+  for (const std::string& root : options.backing_roots)
+    if (std::find(policy.allowed_roots.begin(), policy.allowed_roots.end(), root) ==
+        policy.allowed_roots.end())
+      policy.allowed_roots.push_back(root);
+  return policy;
+}
+
+Result<Node> Namespace::Child(const Node& dir, const std::string& name) {
+  // Dot-entries are hidden (and "." / ".." never reach here from the kernel).
+  if (name.empty() || name[0] == '.') return NoEntry(dir.host_path + "/" + name);
+  Node node;
+  node.host_path = dir.host_path + "/" + name;
+  // Our own mount point inside SOURCE: looking at it would call back into us.
+  if (std::find(options_.hidden.begin(), options_.hidden.end(), node.host_path) !=
+      options_.hidden.end())
+    return NoEntry(node.host_path);
+  struct stat lst;
+  if (::lstat(node.host_path.c_str(), &lst) != 0) return Status::FromErrno(errno, node.host_path);
+  if (S_ISLNK(lst.st_mode)) {
+    // Symlinks are followed only inside SOURCE, and never to a directory that
+    // contains the link (which would make the tree infinite).
+    auto target = CanonicalPath(node.host_path);
+    if (!target.ok() || !IsUnder(*target, options_.source)) return NoEntry(node.host_path);
+    auto st = StatPath(*target);
+    if (!st.ok()) return NoEntry(node.host_path);
+    if (S_ISDIR(st->st_mode)) {
+      auto parent = CanonicalPath(dir.host_path);
+      if (!parent.ok() || IsUnder(*parent, *target)) return NoEntry(node.host_path);
+    }
+    node.host_st = *st;
+  } else {
+    node.host_st = lst;
+  }
+  if (S_ISDIR(node.host_st.st_mode)) {
+    node.kind = NodeKind::kFolder;
+    return node;
+  }
+  if (!S_ISREG(node.host_st.st_mode) || IsVmdkExtentName(name)) return NoEntry(node.host_path);
+  if (HasImageExtension(name) || !probe_.Probe(node.host_path, node.host_st).empty()) {
+    node.kind = NodeKind::kImageDir;
+    return node;
+  }
+  return NoEntry(node.host_path);
+}
+
+Result<std::shared_ptr<OpenImage>> Namespace::ImageOf(const Node& image_dir) {
+  return cache_.Get(image_dir.host_path);
+}
+
+Result<Node> Namespace::ImageChild(const Node& parent, const std::string& name) {
+  Node node;
+  node.host_path = parent.host_path;
+  node.host_st = parent.host_st;
+  node.image = parent.image;
+  node.view = parent.view;
+  switch (parent.kind) {
+    case NodeKind::kImageDir: {
+      KVMFS_ASSIGN_OR_RETURN(node.image, ImageOf(parent));
+      node.view = ViewId::Top();
+      if (name == kDiskName) node.kind = NodeKind::kDisk;
+      else if (name == kInfoName) node.kind = NodeKind::kInfo;
+      else if (name == kSnapshotsName && HasSnapshotsDir(*node.image)) node.kind = NodeKind::kSnapshotsDir;
+      else if (name == kBackingName && node.image->ok() && node.image->chain().layers.size() > 1)
+        node.kind = NodeKind::kBackingDir;
+      else return NoEntry(parent.host_path + "/" + name);
+      return node;
+    }
+    case NodeKind::kSnapshotsDir: {
+      const auto& names = node.image->snapshot_dir_names();
+      auto it = std::find(names.begin(), names.end(), name);
+      if (it == names.end()) return NoEntry(parent.host_path + "/snapshots/" + name);
+      node.kind = NodeKind::kSnapshotDir;
+      node.view = ViewId::Snapshot(node.image->snapshots()[size_t(it - names.begin())].id);
+      return node;
+    }
+    case NodeKind::kBackingDir: {
+      auto names = node.image->LayerDirNames();
+      auto it = std::find(names.begin(), names.end(), name);
+      if (it == names.end()) return NoEntry(parent.host_path + "/backing/" + name);
+      node.kind = NodeKind::kLayerDir;
+      node.view = ViewId::Layer(size_t(it - names.begin()) + 1);
+      return node;
+    }
+    case NodeKind::kSnapshotDir:
+    case NodeKind::kLayerDir:
+      if (name == kDiskName) node.kind = NodeKind::kDisk;
+      else if (name == kInfoName) node.kind = NodeKind::kInfo;
+      else return NoEntry(parent.host_path + "/.../" + name);
+      return node;
+    default:
+      return Status::FromErrno(ENOTDIR, parent.host_path + "/" + name);
+  }
+}
+
+Result<Node> Namespace::Resolve(const std::string& path) {
+  Node node;
+  node.kind = NodeKind::kFolder;
+  node.host_path = options_.source;
+  KVMFS_ASSIGN_OR_RETURN(node.host_st, StatPath(options_.source));
+  for (const std::string& part : SplitPath(path)) {
+    if (node.kind == NodeKind::kFolder) {
+      KVMFS_ASSIGN_OR_RETURN(node, Child(node, part));
+    } else {
+      KVMFS_ASSIGN_OR_RETURN(node, ImageChild(node, part));
+    }
+  }
+  return node;
+}
+
+struct stat Namespace::BaseStat(const Node& node) const {
+  struct stat st {};
+  st.st_uid = options_.uid;
+  st.st_gid = options_.gid;
+  st.st_atim = node.host_st.st_atim;
+  st.st_mtim = node.host_st.st_mtim;
+  st.st_ctim = node.host_st.st_ctim;
+  st.st_blksize = 4096;
+  if (node.IsDir()) {
+    st.st_mode = S_IFDIR | 0555;
+    st.st_nlink = 2;
+  } else {
+    st.st_mode = S_IFREG | 0444;
+    st.st_nlink = 1;
+  }
+  return st;
+}
+
+Result<struct stat> Namespace::Stat(const std::string& path) {
+  KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  struct stat st = BaseStat(node);
+  if (node.kind == NodeKind::kDisk) {
+    auto image = node.image->ViewImage(node.view);
+    if (image.ok()) {
+      st.st_size = static_cast<off_t>((*image)->size());
+      st.st_blocks = static_cast<blkcnt_t>((node.image->AllocatedBytes(node.view) + 511) / 512);
+    }
+  } else if (node.kind == NodeKind::kInfo) {
+    st.st_size = static_cast<off_t>(node.image->InfoText(node.view).size());
+  }
+  return st;
+}
+
+Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
+  KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  std::vector<DirEntry> entries;
+  switch (node.kind) {
+    case NodeKind::kFolder: {
+      std::unique_ptr<DIR, DirCloser> dir(::opendir(node.host_path.c_str()));
+      if (!dir) return Status::FromErrno(errno, node.host_path);
+      while (struct dirent* d = ::readdir(dir.get())) {
+        std::string name = d->d_name;
+        if (name.empty() || name[0] == '.') continue;
+        auto child = Child(node, name);
+        if (child.ok()) entries.push_back({name, true});
+      }
+      std::sort(entries.begin(), entries.end(),
+                [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+      break;
+    }
+    case NodeKind::kImageDir: {
+      KVMFS_ASSIGN_OR_RETURN(auto image, ImageOf(node));
+      entries.push_back({kDiskName, false});
+      entries.push_back({kInfoName, false});
+      if (HasSnapshotsDir(*image)) entries.push_back({kSnapshotsName, true});
+      if (image->ok() && image->chain().layers.size() > 1) entries.push_back({kBackingName, true});
+      break;
+    }
+    case NodeKind::kSnapshotsDir:
+      for (const std::string& name : node.image->snapshot_dir_names()) entries.push_back({name, true});
+      break;
+    case NodeKind::kBackingDir:
+      for (const std::string& name : node.image->LayerDirNames()) entries.push_back({name, true});
+      break;
+    case NodeKind::kSnapshotDir:
+    case NodeKind::kLayerDir:
+      entries.push_back({kDiskName, false});
+      entries.push_back({kInfoName, false});
+      break;
+    case NodeKind::kDisk:
+    case NodeKind::kInfo:
+      return Status::FromErrno(ENOTDIR, path);
+  }
+  return entries;
+}
+
+Result<OpenFile> Namespace::Open(const std::string& path, int flags) {
+  KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  if (node.IsDir()) return Status::FromErrno(EISDIR, path);
+  if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0)
+    return Status::ReadOnly(path + ": kvmfs is read-only");
+  OpenFile file;
+  file.owner = node.image;
+  if (node.kind == NodeKind::kInfo) {
+    file.is_info = true;
+    file.content = node.image->InfoText(node.view);
+  } else {
+    KVMFS_ASSIGN_OR_RETURN(file.image, node.image->ViewImage(node.view));
+  }
+  file.unchanged = node.image->MarkOpened(node.view, file.is_info);
+  return file;
+}
+
+Result<struct statvfs> Namespace::StatFs() {
+  struct statvfs sv;
+  if (::statvfs(options_.source.c_str(), &sv) != 0) return Status::FromErrno(errno, options_.source);
+  sv.f_flag |= ST_RDONLY;
+  return sv;
+}
+
+}  // namespace kvmfs::pool

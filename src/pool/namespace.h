@@ -1,0 +1,125 @@
+// The namespace tree of a directory SOURCE (CONTRACT.md "The tree"):
+//
+//   <sub/folders>/                      folders of SOURCE, mirrored
+//   <image file name>/                  one directory per image file
+//     disk.raw  info.json               the flattened chain
+//     snapshots/<escaped name>/{disk.raw,info.json}
+//     backing/<n>-<file name>/{disk.raw,info.json}
+//
+// Paths are resolved against the host tree on every call (no inode table), so
+// the tree follows SOURCE as it changes. Images are opened only when something
+// below their directory is used (ImageCache); listing folders never opens one.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvmfs/chain.h"
+#include "kvmfs/image.h"
+#include "kvmfs/status.h"
+#include "pool/detect.h"
+#include "pool/image_cache.h"
+
+namespace kvmfs::pool {
+
+struct NamespaceOptions {
+  std::string source;                      // canonical directory
+  std::vector<std::string> backing_roots;  // canonical directories
+  uid_t uid = 0;                           // owner of every node
+  gid_t gid = 0;
+  // Canonical paths inside SOURCE never shown (the mount point itself, when
+  // it lies inside SOURCE).
+  std::vector<std::string> hidden;
+};
+
+enum class NodeKind {
+  kFolder,        // a directory of SOURCE
+  kImageDir,      // <image file name>/
+  kSnapshotsDir,  // <image>/snapshots/
+  kSnapshotDir,   // <image>/snapshots/<name>/
+  kBackingDir,    // <image>/backing/
+  kLayerDir,      // <image>/backing/<n>-<file>/
+  kDisk,          // .../disk.raw
+  kInfo,          // .../info.json
+};
+
+// What a path names.
+struct Node {
+  NodeKind kind = NodeKind::kFolder;
+  std::string host_path;  // the folder, or the image file as named in the tree
+  struct stat host_st {};  // stat of host_path (symlinks followed)
+  std::shared_ptr<OpenImage> image;  // set for every node below kImageDir
+  ViewId view;                       // for kSnapshotDir, kLayerDir, kDisk, kInfo
+
+  bool IsDir() const { return kind != NodeKind::kDisk && kind != NodeKind::kInfo; }
+};
+
+struct DirEntry {
+  std::string name;
+  bool is_dir = false;
+};
+
+// An open disk.raw or info.json. Holding it keeps the opened chain alive.
+struct OpenFile {
+  std::shared_ptr<OpenImage> owner;
+  std::shared_ptr<Image> image;  // disk.raw: the view's image
+  std::string content;           // info.json: its text at open time
+  bool is_info = false;
+  bool unchanged = false;        // opened before with this image version: keep the page cache
+};
+
+class Namespace {
+ public:
+  explicit Namespace(NamespaceOptions options, ChainOpener opener = nullptr);
+
+  // The chain policy for images of this namespace: SOURCE plus the backing roots.
+  static ChainPolicy PolicyFor(const NamespaceOptions& options);
+
+  // Resolves an absolute path of the mount ("/", "/a/vm.qcow2/disk.raw").
+  // Errors: kNotFound (no such node), kIOError(ENOTDIR) below a file.
+  Result<Node> Resolve(const std::string& path);
+
+  // Attributes: directories 0555, files 0444, owned by options.uid/gid, times
+  // of the folder or image file. disk.raw: size = virtual size, blocks from
+  // the allocation map (size 0 when the image cannot be opened); info.json:
+  // size of its text.
+  Result<struct stat> Stat(const std::string& path);
+
+  // The entries of a directory, without "." and "..". Listing an image
+  // directory opens the image (whether backing/ exists depends on it).
+  Result<std::vector<DirEntry>> List(const std::string& path);
+
+  // Opens disk.raw or info.json with open(2) `flags`. Errors: kReadOnly for
+  // any write access or O_TRUNC, kIOError(EISDIR) for directories, and the
+  // image's own open error for disk.raw (its ToErrno() is what the caller sees).
+  Result<OpenFile> Open(const std::string& path, int flags);
+
+  // statvfs of SOURCE, marked read-only.
+  Result<struct statvfs> StatFs();
+
+  const NamespaceOptions& options() const { return options_; }
+  ImageCache& cache() { return cache_; }
+  ProbeCache& probe() { return probe_; }
+
+ private:
+  // Classifies `name` in host folder `dir`: a folder, an image, or nothing (kNotFound).
+  Result<Node> Child(const Node& dir, const std::string& name);
+  Result<Node> ImageChild(const Node& parent, const std::string& name);
+  Result<std::shared_ptr<OpenImage>> ImageOf(const Node& image_dir);
+  struct stat BaseStat(const Node& node) const;
+
+  const NamespaceOptions options_;
+  ProbeCache probe_;
+  ImageCache cache_;
+};
+
+// Whether an image directory shows snapshots/: always for qcow2, else when
+// the image has snapshots.
+bool HasSnapshotsDir(const OpenImage& image);
+
+}  // namespace kvmfs::pool
