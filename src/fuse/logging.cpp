@@ -17,7 +17,7 @@ namespace kvmfs::fuse {
 namespace {
 
 std::mutex g_mu;
-std::string g_last_message;  // GUARDED_BY(g_mu)
+std::string g_early_text;  // GUARDED_BY(g_mu): libfuse output before logging is set up
 std::atomic<bool> g_logging_ready{false};
 
 spdlog::level::level_enum ToSpdlog(fuse_log_level level) {
@@ -37,15 +37,15 @@ spdlog::level::level_enum ToSpdlog(fuse_log_level level) {
 void FuseLog(fuse_log_level level, const char* fmt, va_list ap) {
   char buf[1024];
   std::vsnprintf(buf, sizeof buf, fmt, ap);
-  std::string msg = buf;
-  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
-  if (msg.empty()) return;
   if (!g_logging_ready) {
+    // libfuse builds some lines from several calls: keep the raw text.
     std::lock_guard lock(g_mu);
-    g_last_message = msg;
+    g_early_text += buf;
     return;
   }
-  spdlog::log(ToSpdlog(level), "{}", msg);
+  std::string msg = buf;
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  if (!msg.empty()) spdlog::log(ToSpdlog(level), "{}", msg);
 }
 
 }  // namespace
@@ -71,7 +71,10 @@ void CaptureFuseLog() { fuse_set_log_func(FuseLog); }
 
 std::string LastFuseMessage() {
   std::lock_guard lock(g_mu);
-  return g_last_message;
+  std::string text = g_early_text;
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  size_t nl = text.rfind('\n');
+  return nl == std::string::npos ? text : text.substr(nl + 1);
 }
 
 }  // namespace kvmfs::fuse

@@ -163,7 +163,7 @@ void PrintUsage() {
       "\n"
       "options:\n"
       "    -f                     stay in the foreground (log to stderr)\n"
-      "    -d                     debug logging (implies nothing about -f)\n"
+      "    -d                     debug logging (to syslog unless -f)\n"
       "    -h, --help             print this help\n"
       "    -V, --version          print the version\n"
       "    -o backing_root=DIR    backing files may also live under DIR (repeatable)\n"
