@@ -1,21 +1,230 @@
-// Placeholder until the qcow2 driver lands.
-#include "kvmfs/format.h"
+// qcow2 driver entry: probing, opening (header, data file, snapshot table,
+// active L1), and the Image views of the active disk and of its snapshots.
+#include <cstring>
+#include <mutex>
+
+#include "format/qcow2/qcow2.h"
 
 namespace kvmfs {
+namespace qcow2 {
 namespace {
+
+// One view of a qcow2 file: the active disk, or a snapshot (read-only, with
+// the snapshot's L1 and disk size). All views of a file share one Engine.
+class Qcow2Image final : public Image {
+ public:
+  Qcow2Image(std::shared_ptr<Engine> engine, L1Table l1, uint64_t size, const Snapshot* snapshot)
+      : engine_(std::move(engine)), l1_(std::move(l1)), size_(size), snapshot_(snapshot) {}
+
+  uint64_t size() const override { return size_; }
+
+  Status Read(uint64_t off, void* buf, size_t len) override {
+    if (off > size_ || len > size_ - off)
+      return Status::InvalidArgument(engine_->name() + ": read of " + std::to_string(len) +
+                                     " bytes at " + std::to_string(off) + " past the virtual size " +
+                                     std::to_string(size_));
+    auto* p = static_cast<uint8_t*>(buf);
+    const uint64_t cluster_mask = engine_->geo().cluster_size - 1;
+    while (len > 0) {
+      KVMFS_ASSIGN_OR_RETURN(Extent e, engine_->Map(l1_, off, len, MapMode::kRead));
+      const size_t n = static_cast<size_t>(e.length);
+      switch (e.type) {
+        case Extent::Type::kUnallocated:
+          KVMFS_RETURN_IF_ERROR(ReadBacking(off, p, n));
+          break;
+        case Extent::Type::kZero:
+          std::memset(p, 0, n);
+          break;
+        case Extent::Type::kData:
+          KVMFS_RETURN_IF_ERROR(engine_->ReadData(e.host, p, n));
+          break;
+        case Extent::Type::kCompressed:
+          KVMFS_RETURN_IF_ERROR(engine_->ReadCompressed(e.l2_entry, off & cluster_mask, p, n, off));
+          break;
+      }
+      off += n;
+      p += n;
+      len -= n;
+    }
+    return Status::OK();
+  }
+
+  Result<BlockStatus> GetBlockStatus(uint64_t off, uint64_t len) override {
+    if (off >= size_)
+      return Status::InvalidArgument(engine_->name() + ": block status at " + std::to_string(off) +
+                                     " past the virtual size " + std::to_string(size_));
+    len = std::min(len, size_ - off);
+    if (len == 0) return Status::InvalidArgument(engine_->name() + ": block status of 0 bytes");
+    KVMFS_ASSIGN_OR_RETURN(Extent e, engine_->Map(l1_, off, len, MapMode::kStatus));
+    BlockStatus bs;
+    bs.length = e.length;
+    switch (e.type) {
+      case Extent::Type::kUnallocated: bs.kind = Allocation::kUnallocated; break;
+      case Extent::Type::kZero: bs.kind = Allocation::kZero; break;
+      case Extent::Type::kData:
+      case Extent::Type::kCompressed: bs.kind = Allocation::kData; break;
+    }
+    return bs;
+  }
+
+  ImageInfo Info() const override {
+    const Header& h = engine_->header();
+    ImageInfo info;
+    info.format = "qcow2";
+    info.virtual_size = size_;
+    info.cluster_size = h.cluster_size;
+    info.encrypted = h.raw.crypt_method != kCryptNone;
+    info.dirty = h.incompatible & kIncompatDirty;
+    info.backing_filename = h.backing_file;
+    info.backing_format = h.backing_format;
+    info.format_specific_type = "qcow2";
+    // Keys, order and types as `qemu-img info --output=json` (7.2) prints them.
+    auto& f = info.format_specific;
+    const std::string compression = h.compression_type == kCompressionZstd ? "zstd" : "zlib";
+    const int64_t refcount_bits = int64_t{1} << h.refcount_order;
+    if (h.version == 2) {
+      f.push_back({"compat", std::string("0.10")});
+      f.push_back({"compression-type", compression});
+      f.push_back({"refcount-bits", refcount_bits});
+      return info;
+    }
+    f.push_back({"compat", std::string("1.1")});
+    f.push_back({"compression-type", compression});
+    f.push_back({"lazy-refcounts", bool(h.compatible & kCompatLazyRefcounts)});
+    f.push_back({"refcount-bits", refcount_bits});
+    if (h.has_data_file()) {
+      if (h.data_file) f.push_back({"data-file", *h.data_file});
+      f.push_back({"data-file-raw", bool(h.autoclear & kAutoclearDataFileRaw)});
+    }
+    f.push_back({"corrupt", bool(h.incompatible & kIncompatCorrupt)});
+    f.push_back({"extended-l2", h.extended_l2()});
+    return info;
+  }
+
+  std::vector<SnapshotInfo> Snapshots() const override {
+    std::vector<SnapshotInfo> out;
+    if (snapshot_ != nullptr) return out;  // a snapshot view has none of its own
+    for (const Snapshot& s : engine_->snapshots()) out.push_back(s.info);
+    return out;
+  }
+
+  Result<std::unique_ptr<Image>> OpenSnapshot(const std::string& id) override {
+    const std::string& name = engine_->name();
+    if (snapshot_ != nullptr)
+      return Status::NotSupported(name + ": snapshot " + snapshot_->info.id + " has no snapshots");
+    const Snapshot* found = nullptr;
+    for (const Snapshot& s : engine_->snapshots())
+      if (s.info.id == id) found = &s;
+    if (found == nullptr) return Status::NotFound(name + ": no snapshot with id '" + id + "'");
+    const Header& h = engine_->header();
+    const std::string what = "snapshot " + id + " (table entry " + std::to_string(found->index) + ")";
+    // v3 entries must record at least vm_state_size_large and disk_size.
+    if (h.version >= 3 && found->extra_data_size < 16)
+      return Status::Corruption(name + ": snapshot table entry " + std::to_string(found->index) +
+                                " is incomplete (" + std::to_string(found->extra_data_size) +
+                                " bytes of extra data, 16 needed)");
+    KVMFS_RETURN_IF_ERROR(ValidateTable(found->l1_table_offset, found->l1_size, 8, kMaxL1Bytes,
+                                        h.cluster_size, "Snapshot L1 table of " + what, name));
+    const uint64_t disk_size = found->info.disk_size;
+    if (disk_size > static_cast<uint64_t>(INT64_MAX) ||
+        engine_->geo().SizeToL1(disk_size) > static_cast<uint64_t>(INT32_MAX))
+      return Status::TooLarge(name + ": " + what + " disk size " + std::to_string(disk_size) +
+                              " is too big");
+    KVMFS_ASSIGN_OR_RETURN(L1Table l1, engine_->LoadL1(found->l1_table_offset, found->l1_size,
+                                                       "Snapshot L1 table of " + what));
+    auto view = std::make_unique<Qcow2Image>(engine_, std::move(l1), disk_size, found);
+    // The chain opener attaches the backing after Open(), so it is read now.
+    view->SetBacking(backing());
+    return std::unique_ptr<Image>(std::move(view));
+  }
+
+  Result<uint64_t> ActualSize() override {
+    // As qemu-img: the qcow2 file's own allocation, not the data file's.
+    return engine_->file().AllocatedBytes();
+  }
+
+ private:
+  const std::shared_ptr<Engine> engine_;
+  const L1Table l1_;  // a writer will need this guarded and growable
+  const uint64_t size_;
+  const Snapshot* const snapshot_;  // owned by engine_; nullptr for the active view
+};
+
+}  // namespace
+}  // namespace qcow2
+
+namespace {
+
+std::mutex g_options_mu;
+Qcow2Options g_options;  // GUARDED_BY(g_options_mu)
+
 class Qcow2Driver final : public FormatDriver {
  public:
   const char* name() const override { return "qcow2"; }
   int Probe(const uint8_t* h, size_t len) const override {
     return len >= 4 && h[0] == 'Q' && h[1] == 'F' && h[2] == 'I' && h[3] == 0xfb ? 100 : 0;
   }
-  Result<std::unique_ptr<Image>> Open(std::shared_ptr<Backend>, const OpenContext& ctx) const override {
-    return Status::NotSupported(ctx.name + ": qcow2 not implemented yet");
+  Result<std::unique_ptr<Image>> Open(std::shared_ptr<Backend> file,
+                                      const OpenContext& ctx) const override {
+    return OpenQcow2(std::move(file), ctx, Qcow2DefaultOptions());
   }
 };
+
 }  // namespace
-const FormatDriver& Qcow2Format() {
-  static const Qcow2Driver d;
-  return d;
+
+void SetQcow2DefaultOptions(const Qcow2Options& options) {
+  std::lock_guard<std::mutex> lock(g_options_mu);
+  g_options = options;
 }
+
+Qcow2Options Qcow2DefaultOptions() {
+  std::lock_guard<std::mutex> lock(g_options_mu);
+  return g_options;
+}
+
+Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const OpenContext& ctx,
+                                         const Qcow2Options& options) {
+  using namespace qcow2;
+  const std::string& name = ctx.name;
+  KVMFS_ASSIGN_OR_RETURN(uint64_t file_size, file->Size());
+  KVMFS_ASSIGN_OR_RETURN(Header h, ReadHeader(*file, file_size, name));
+
+  if (h.raw.crypt_method == kCryptAes || h.raw.crypt_method == kCryptLuks)
+    return Status::Permission(name + ": encrypted image (" +
+                              std::string(h.raw.crypt_method == kCryptAes ? "AES" : "LUKS") +
+                              "): no key configured; encryption support is not implemented yet");
+  if ((h.incompatible & kIncompatCorrupt) && ctx.writable)
+    return Status::Permission(name + ": qcow2 image is corrupt (corrupt bit set); it can only be "
+                              "opened read-only; repair it with 'qemu-img check -r all'");
+
+  std::shared_ptr<Backend> data;
+  uint64_t data_size = file_size;
+  if (h.has_data_file()) {
+    if (!h.data_file || h.data_file->empty())
+      return Status::InvalidArgument(name + ": 'data-file' is required for this image");
+    if (!ctx.open_related)
+      return Status::NotSupported(name + ": external data file '" + *h.data_file +
+                                  "' cannot be opened here");
+    Result<std::shared_ptr<Backend>> opened = ctx.open_related(*h.data_file);
+    if (!opened.ok()) return opened.status();
+    data = std::move(opened).value();
+    KVMFS_ASSIGN_OR_RETURN(data_size, data->Size());
+  }
+
+  KVMFS_ASSIGN_OR_RETURN(std::vector<Snapshot> snapshots, ReadSnapshotTable(*file, file_size, h, name));
+  const uint64_t l1_offset = h.raw.l1_table_offset;
+  const uint32_t l1_size = h.raw.l1_size;
+  const uint64_t virtual_size = h.virtual_size;
+  auto engine = std::make_shared<Engine>(std::move(file), std::move(data), std::move(h),
+                                         std::move(snapshots), options, name, file_size, data_size);
+  KVMFS_ASSIGN_OR_RETURN(L1Table l1, engine->LoadL1(l1_offset, l1_size, "Active L1 table"));
+  return std::unique_ptr<Image>(
+      std::make_unique<Qcow2Image>(std::move(engine), std::move(l1), virtual_size, nullptr));
+}
+
+const FormatDriver& Qcow2Format() {
+  static const Qcow2Driver driver;
+  return driver;
+}
+
 }  // namespace kvmfs

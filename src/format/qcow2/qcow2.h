@@ -1,0 +1,388 @@
+// qcow2 engine: the private map of the driver (after QEMU's block/qcow2.h).
+//
+// On-disk structures (each declared once, with Decode and a size check),
+// feature bits and limits, the parsed header, the L2 table cache, and the
+// Engine that maps guest offsets through an L1 table. The files of this
+// directory are cut by subsystem:
+//   header.cpp    parse and validate the header and its extensions
+//   snapshot.cpp  the internal snapshot table
+//   cache.cpp     L2 table cache and decompressed-cluster cache
+//   cluster.cpp   L1/L2 mapping, reads, block status
+//   qcow2.cpp     driver entry: Probe, Open, the Image classes
+// Read-only for now; the structures leave room for a writer (dirty cache
+// entries, preserved unknown extensions).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "format/qcow2/options.h"
+#include "kvmfs/backend.h"
+#include "kvmfs/codec.h"
+#include "kvmfs/format.h"
+#include "kvmfs/image.h"
+#include "kvmfs/status.h"
+
+namespace kvmfs::qcow2 {
+
+// ---- Limits (QEMU block/qcow2.h) ---------------------------------------------
+
+inline constexpr uint32_t kMagic = 0x514649fb;  // "QFI\xfb"
+inline constexpr uint32_t kMinClusterBits = 9;
+inline constexpr uint32_t kMaxClusterBits = 21;
+inline constexpr uint64_t kMaxL1Bytes = 32ull << 20;             // QCOW_MAX_L1_SIZE
+inline constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;   // QCOW_MAX_REFTABLE_SIZE
+inline constexpr uint32_t kMaxSnapshots = 65536;                 // QCOW_MAX_SNAPSHOTS
+inline constexpr uint32_t kMaxSnapshotExtraData = 1024;          // QCOW_MAX_SNAPSHOT_EXTRA_DATA
+inline constexpr uint64_t kMaxSnapshotTableBytes = 1024ull * kMaxSnapshots;  // 64 MiB
+inline constexpr uint32_t kMaxBackingNameLen = 1023;
+inline constexpr uint32_t kBackingFormatBuf = 16;  // QEMU's bs->backing_format[16]
+inline constexpr uint32_t kMaxRefcountOrder = 6;
+inline constexpr uint32_t kMaxBitmaps = 65535;
+inline constexpr uint64_t kMaxBitmapDirectoryBytes = 1024ull * kMaxBitmaps;
+inline constexpr uint64_t kMaxHostOffset = (1ull << 56) - 1;
+inline constexpr uint32_t kCompressedSectorSize = 512;
+inline constexpr int kSubclustersPerCluster = 32;  // extended L2
+
+// ---- Feature bits ---------------------------------------------------------------
+
+inline constexpr uint64_t kIncompatDirty = 1ull << 0;
+inline constexpr uint64_t kIncompatCorrupt = 1ull << 1;
+inline constexpr uint64_t kIncompatDataFile = 1ull << 2;
+inline constexpr uint64_t kIncompatCompression = 1ull << 3;
+inline constexpr uint64_t kIncompatExtendedL2 = 1ull << 4;
+inline constexpr uint64_t kIncompatKnownMask = 0x1f;
+inline constexpr uint64_t kCompatLazyRefcounts = 1ull << 0;
+inline constexpr uint64_t kAutoclearBitmaps = 1ull << 0;
+inline constexpr uint64_t kAutoclearDataFileRaw = 1ull << 1;
+
+inline constexpr uint32_t kCryptNone = 0;
+inline constexpr uint32_t kCryptAes = 1;
+inline constexpr uint32_t kCryptLuks = 2;
+
+inline constexpr uint8_t kCompressionZlib = 0;
+inline constexpr uint8_t kCompressionZstd = 1;
+
+// Header extension types.
+inline constexpr uint32_t kExtEnd = 0x00000000;
+inline constexpr uint32_t kExtBackingFormat = 0xe2792aca;
+inline constexpr uint32_t kExtFeatureTable = 0x6803f857;
+inline constexpr uint32_t kExtBitmaps = 0x23852875;
+inline constexpr uint32_t kExtCryptoHeader = 0x0537be77;
+inline constexpr uint32_t kExtDataFile = 0x44415441;
+
+// ---- Table entry bits -----------------------------------------------------------
+
+inline constexpr uint64_t kOflagCopied = 1ull << 63;
+inline constexpr uint64_t kOflagCompressed = 1ull << 62;
+inline constexpr uint64_t kOflagZero = 1ull << 0;
+inline constexpr uint64_t kL1OffsetMask = 0x00fffffffffffe00ull;
+inline constexpr uint64_t kL1ReservedMask = 0x7f000000000001ffull;
+inline constexpr uint64_t kL2OffsetMask = 0x00fffffffffffe00ull;
+inline constexpr uint64_t kL2StdReservedMask = 0x3f000000000001feull;
+inline constexpr uint64_t kL2CompressedMask = 0x3fffffffffffffffull;
+inline constexpr uint64_t kBitmapAllAlloc = 0x00000000ffffffffull;
+inline constexpr uint64_t kBitmapAllZero = 0xffffffff00000000ull;
+
+// ---- On-disk structures (big-endian) ---------------------------------------------
+// Each mirrors the on-disk layout (packed, so offsetof() is the disk offset)
+// and is filled by Decode() from the raw bytes; fields hold host-order values.
+
+struct [[gnu::packed]] HeaderRaw {
+  uint32_t magic;
+  uint32_t version;
+  uint64_t backing_file_offset;
+  uint32_t backing_file_size;
+  uint32_t cluster_bits;
+  uint64_t size;
+  uint32_t crypt_method;
+  uint32_t l1_size;
+  uint64_t l1_table_offset;
+  uint64_t refcount_table_offset;
+  uint32_t refcount_table_clusters;
+  uint32_t nb_snapshots;
+  uint64_t snapshots_offset;
+  // v3 (absent fields read as 0)
+  uint64_t incompatible_features;
+  uint64_t compatible_features;
+  uint64_t autoclear_features;
+  uint32_t refcount_order;
+  uint32_t header_length;
+  // additional field, present when header_length > 104
+  uint8_t compression_type;
+  uint8_t padding[7];
+
+  static constexpr size_t kV2Size = 72;
+  static constexpr size_t kV3MinSize = 104;
+  // `p` holds kSize bytes; fields at or past `length` decode as 0.
+  static HeaderRaw Decode(const uint8_t* p, size_t length);
+};
+static_assert(sizeof(HeaderRaw) == 112);
+inline constexpr size_t kHeaderSize = sizeof(HeaderRaw);
+
+struct [[gnu::packed]] ExtensionHeader {
+  uint32_t type;
+  uint32_t len;
+  static ExtensionHeader Decode(const uint8_t* p);
+};
+static_assert(sizeof(ExtensionHeader) == 8);
+
+struct [[gnu::packed]] FeatureNameEntry {
+  uint8_t type;  // 0 incompatible, 1 compatible, 2 autoclear
+  uint8_t bit;
+  char name[46];  // zero padded, not necessarily NUL-terminated
+  static FeatureNameEntry Decode(const uint8_t* p);
+  std::string Name() const;
+};
+static_assert(sizeof(FeatureNameEntry) == 48);
+
+struct [[gnu::packed]] BitmapsExtension {
+  uint32_t nb_bitmaps;
+  uint32_t reserved32;
+  uint64_t bitmap_directory_size;
+  uint64_t bitmap_directory_offset;
+  static BitmapsExtension Decode(const uint8_t* p);
+};
+static_assert(sizeof(BitmapsExtension) == 24);
+
+struct [[gnu::packed]] CryptoHeaderExtension {
+  uint64_t offset;
+  uint64_t length;
+  static CryptoHeaderExtension Decode(const uint8_t* p);
+};
+static_assert(sizeof(CryptoHeaderExtension) == 16);
+
+struct [[gnu::packed]] SnapshotHeaderRaw {
+  uint64_t l1_table_offset;
+  uint32_t l1_size;
+  uint16_t id_str_size;
+  uint16_t name_size;
+  uint32_t date_sec;
+  uint32_t date_nsec;
+  uint64_t vm_clock_nsec;
+  uint32_t vm_state_size;
+  uint32_t extra_data_size;
+  static SnapshotHeaderRaw Decode(const uint8_t* p);
+};
+static_assert(sizeof(SnapshotHeaderRaw) == 40);
+
+struct [[gnu::packed]] SnapshotExtraData {
+  uint64_t vm_state_size_large;
+  uint64_t disk_size;
+  uint64_t icount;
+  // `len` bytes of extra data are at `p`; missing fields decode as 0.
+  static SnapshotExtraData Decode(const uint8_t* p, size_t len);
+};
+static_assert(sizeof(SnapshotExtraData) == 24);
+
+// ---- Parsed header ----------------------------------------------------------------
+
+struct UnknownExtension {  // preserved verbatim for a future header rewrite
+  uint32_t type;
+  std::vector<uint8_t> data;
+};
+
+struct Header {
+  HeaderRaw raw{};
+  uint32_t version = 0;
+  uint32_t cluster_bits = 0;
+  uint64_t cluster_size = 0;
+  uint64_t virtual_size = 0;  // header size rounded down to 512, as QEMU
+  uint32_t refcount_order = 4;
+  uint32_t header_length = 72;
+  uint8_t compression_type = kCompressionZlib;
+  uint64_t incompatible = 0;
+  uint64_t compatible = 0;
+  uint64_t autoclear = 0;
+  std::string backing_file;    // empty: none
+  std::string backing_format;  // empty: not recorded
+  std::optional<std::string> data_file;  // the name extension, when present
+  std::vector<FeatureNameEntry> feature_table;
+  std::optional<BitmapsExtension> bitmaps;    // only when autoclear bit 0 is set
+  std::optional<CryptoHeaderExtension> crypto;
+  std::vector<UnknownExtension> unknown_extensions;
+  std::vector<uint8_t> unknown_header_fields;  // bytes [112, header_length)
+
+  bool has_data_file() const { return incompatible & kIncompatDataFile; }
+  bool extended_l2() const { return incompatible & kIncompatExtendedL2; }
+};
+
+// Reads and validates cluster 0 of `file` (`file_size` bytes long) as QEMU's
+// qcow2_do_open does, including the table locations. Encryption is parsed
+// and validated but not refused here (Open does that). Errors name `name`:
+// kCorruption (invalid field), kNotSupported (unknown feature, compression
+// or encryption method), kTooLarge (QEMU limits).
+Result<Header> ReadHeader(Backend& file, uint64_t file_size, const std::string& name);
+
+// ---- Geometry -----------------------------------------------------------------------
+
+struct Geometry {
+  uint32_t cluster_bits = 16;
+  uint64_t cluster_size = 1u << 16;
+  uint32_t l2_bits = 13;       // log2(entries per L2 table)
+  uint64_t l2_entries = 1u << 13;
+  uint32_t l2_entry_bytes = 8;  // 16 with extended L2
+  bool extended_l2 = false;
+  uint32_t subcluster_bits = 16;  // == cluster_bits without extended L2
+  uint32_t subclusters = 1;       // per cluster
+  // Compressed descriptor decode (QEMU csize_shift / csize_mask / offset mask).
+  uint32_t csize_shift = 0;
+  uint64_t csize_mask = 0;
+  uint64_t compressed_offset_mask = 0;
+
+  static Geometry For(uint32_t cluster_bits, bool extended_l2);
+  // Bytes of guest space one L1 entry covers (log2).
+  uint32_t l1_shift() const { return cluster_bits + l2_bits; }
+  // L1 entries needed for `size` bytes (QEMU size_to_l1), overflow-safe.
+  uint64_t SizeToL1(uint64_t size) const {
+    return (size >> l1_shift()) + ((size & ((1ull << l1_shift()) - 1)) != 0);
+  }
+};
+
+// ---- Snapshots -------------------------------------------------------------------------
+
+struct Snapshot {
+  SnapshotInfo info;
+  uint64_t l1_table_offset = 0;
+  uint32_t l1_size = 0;
+  uint32_t extra_data_size = 0;
+  uint32_t index = 0;  // position in the table
+};
+
+// Reads the snapshot table the header points to, with QEMU's bounds.
+Result<std::vector<Snapshot>> ReadSnapshotTable(Backend& file, uint64_t file_size,
+                                                const Header& header, const std::string& name);
+
+// Validates a table of `entries` x `entry_bytes` at `offset` as QEMU's
+// qcow2_validate_table: kTooLarge past `max_bytes`, kCorruption when
+// unaligned or when offset + size overflows INT64. `what` names the table.
+Status ValidateTable(uint64_t offset, uint64_t entries, uint64_t entry_bytes, uint64_t max_bytes,
+                     uint64_t cluster_size, const std::string& what, const std::string& name);
+
+// ---- L2 cache ---------------------------------------------------------------------------
+
+// One L2 table, decoded to host order: `entries` u64 words (2 per entry with
+// extended L2: descriptor, bitmap).
+struct L2Table {
+  uint64_t host_offset = 0;
+  std::vector<uint64_t> words;
+  bool dirty = false;  // for a writer: must be written back before eviction
+};
+
+// A bounded LRU of L2 tables keyed by host offset (so active and snapshot
+// views share tables). Thread-safe; the lock covers only lookup and insert,
+// the caller does the I/O. Returned tables stay valid while referenced.
+class L2Cache {
+ public:
+  explicit L2Cache(size_t capacity_tables);
+  std::shared_ptr<const L2Table> Lookup(uint64_t host_offset);
+  // Inserts `table` unless another thread inserted the same offset first;
+  // returns the table now cached. Evicts least recently used clean tables.
+  std::shared_ptr<const L2Table> Insert(std::shared_ptr<L2Table> table);
+  size_t capacity() const { return capacity_; }
+  size_t size() const;
+
+ private:
+  using List = std::list<std::shared_ptr<L2Table>>;
+  const size_t capacity_;
+  mutable std::mutex mu_;
+  List lru_;                                              // GUARDED_BY(mu_), front = newest
+  std::unordered_map<uint64_t, List::iterator> index_;   // GUARDED_BY(mu_)
+};
+
+// A small LRU of decompressed clusters keyed by the compressed descriptor.
+class ClusterCache {
+ public:
+  explicit ClusterCache(size_t capacity);
+  std::shared_ptr<const std::vector<uint8_t>> Lookup(uint64_t key);
+  void Insert(uint64_t key, std::shared_ptr<const std::vector<uint8_t>> data);
+
+ private:
+  using Entry = std::pair<uint64_t, std::shared_ptr<const std::vector<uint8_t>>>;
+  const size_t capacity_;
+  std::mutex mu_;
+  std::list<Entry> lru_;                                          // GUARDED_BY(mu_)
+  std::unordered_map<uint64_t, std::list<Entry>::iterator> index_;  // GUARDED_BY(mu_)
+};
+
+// ---- Engine -------------------------------------------------------------------------------
+
+// What one run of guest bytes maps to, in one layer.
+struct Extent {
+  enum class Type { kUnallocated, kZero, kData, kCompressed };
+  Type type = Type::kUnallocated;
+  uint64_t length = 0;     // bytes from the queried offset
+  uint64_t host = 0;       // kData: host (or data file) offset of the first byte
+  uint64_t l2_entry = 0;   // kCompressed: the descriptor
+};
+
+enum class MapMode {
+  kRead,    // kData runs need contiguous host offsets; one compressed cluster per run
+  kStatus,  // merge by allocation kind only (compressed counts as data)
+};
+
+using L1Table = std::vector<uint64_t>;
+
+// The state every view of one qcow2 file shares: backends, header, caches.
+// Thread-safe for concurrent readers.
+class Engine {
+ public:
+  Engine(std::shared_ptr<Backend> file, std::shared_ptr<Backend> data, Header header,
+         std::vector<Snapshot> snapshots, const Qcow2Options& options, std::string name,
+         uint64_t file_size, uint64_t data_size);
+
+  const std::string& name() const { return name_; }
+  const Header& header() const { return header_; }
+  const Geometry& geo() const { return geo_; }
+  const std::vector<Snapshot>& snapshots() const { return snapshots_; }
+  Backend& file() { return *file_; }
+  Backend& data() { return *data_; }
+  const L2Cache& l2_cache() const { return l2_cache_; }
+
+  // Loads an L1 table of `entries` at `offset` (already validated).
+  Result<L1Table> LoadL1(uint64_t offset, uint32_t entries, const std::string& what);
+
+  // The run starting at guest `off` (at most `len` bytes, len > 0). Validates
+  // every entry it uses; kCorruption names the image, the guest offset, the
+  // table and the index.
+  Result<Extent> Map(const L1Table& l1, uint64_t off, uint64_t len, MapMode mode);
+
+  // Reads `n` bytes at `off_in_cluster` of the compressed cluster `entry`
+  // (guest offset `guest_off`, for messages). Decompressed clusters are cached.
+  Status ReadCompressed(uint64_t entry, uint64_t off_in_cluster, uint8_t* out, size_t n,
+                        uint64_t guest_off);
+
+  // Reads `n` bytes of the data file (or the image file) at `host`.
+  Status ReadData(uint64_t host, uint8_t* out, size_t n) { return data_->ReadAt(host, out, n); }
+
+ private:
+  Result<std::shared_ptr<const L2Table>> GetL2(uint64_t l2_offset, uint64_t l1_index);
+  // Whether `offset` >= the backend's size + `slack`; the size is re-read
+  // before saying yes (the file may have grown).
+  bool PastEof(Backend& b, std::atomic<uint64_t>& size, uint64_t offset, uint64_t slack);
+
+  const std::shared_ptr<Backend> file_;
+  const std::shared_ptr<Backend> data_;  // == file_ without an external data file
+  const Header header_;
+  const Geometry geo_;
+  const std::vector<Snapshot> snapshots_;
+  const std::string name_;
+  const CompressionType compression_;
+  std::atomic<uint64_t> file_size_;
+  std::atomic<uint64_t> data_size_;
+  L2Cache l2_cache_;
+  ClusterCache cluster_cache_;
+};
+
+// "0x1f" style hex for messages.
+std::string Hex(uint64_t v);
+
+}  // namespace kvmfs::qcow2
