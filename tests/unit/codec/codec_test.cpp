@@ -1,0 +1,176 @@
+// Decompression as QEMU's qcow2-threads.c: exactly one output buffer, extra
+// input ignored, short or overlong streams refused.
+#include <gtest/gtest.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include <atomic>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "kvmfs/codec.h"
+
+namespace kvmfs {
+namespace {
+
+std::vector<uint8_t> Pattern(size_t n, uint32_t seed = 1) {
+  std::vector<uint8_t> v(n);
+  std::mt19937 rng(seed);
+  // Compressible but not trivial: runs of random bytes.
+  for (size_t i = 0; i < n; ++i) v[i] = (i % 64 < 16) ? uint8_t(rng()) : uint8_t(i / 64);
+  return v;
+}
+
+// Raw deflate with a 4 KiB window, as QEMU writes it.
+std::vector<uint8_t> RawDeflate(const std::vector<uint8_t>& in, int flush = Z_FINISH) {
+  z_stream z{};
+  EXPECT_EQ(deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY), Z_OK);
+  std::vector<uint8_t> out(deflateBound(&z, in.size()) + 64);
+  z.next_in = const_cast<Bytef*>(in.data());
+  z.avail_in = in.size();
+  z.next_out = out.data();
+  z.avail_out = out.size();
+  int ret = deflate(&z, flush);
+  EXPECT_TRUE(ret == Z_STREAM_END || ret == Z_OK);
+  out.resize(out.size() - z.avail_out);
+  deflateEnd(&z);
+  return out;
+}
+
+std::vector<uint8_t> Zstd(const std::vector<uint8_t>& in) {
+  std::vector<uint8_t> out(ZSTD_compressBound(in.size()));
+  size_t n = ZSTD_compress(out.data(), out.size(), in.data(), in.size(), 3);
+  EXPECT_FALSE(ZSTD_isError(n));
+  out.resize(n);
+  return out;
+}
+
+TEST(CodecDeflate, RoundTripsOneCluster) {
+  auto plain = Pattern(65536);
+  auto packed = RawDeflate(plain);
+  std::vector<uint8_t> out(plain.size());
+  ASSERT_TRUE(Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size()).ok());
+  EXPECT_EQ(out, plain);
+}
+
+TEST(CodecDeflate, TrailingInputIsIgnored) {
+  auto plain = Pattern(4096, 7);
+  auto packed = RawDeflate(plain);
+  packed.resize(packed.size() + 511, 0xa5);  // the rest of the last sector
+  std::vector<uint8_t> out(plain.size());
+  ASSERT_TRUE(Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size()).ok());
+  EXPECT_EQ(out, plain);
+}
+
+TEST(CodecDeflate, TruncatedStreamIsCorruption) {
+  auto plain = Pattern(65536, 3);
+  auto packed = RawDeflate(plain);
+  packed.resize(packed.size() / 2);
+  std::vector<uint8_t> out(plain.size());
+  Status st = Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size());
+  EXPECT_EQ(st.code(), Status::Code::kCorruption) << st.ToString();
+}
+
+TEST(CodecDeflate, StreamShorterThanOutputIsCorruption) {
+  auto plain = Pattern(1000);
+  auto packed = RawDeflate(plain);
+  std::vector<uint8_t> out(4096);
+  Status st = Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size());
+  EXPECT_EQ(st.code(), Status::Code::kCorruption);
+}
+
+TEST(CodecDeflate, LongerStreamFillsExactlyTheOutput) {
+  // QEMU accepts Z_BUF_ERROR with a full output: a bomb is capped at one cluster.
+  auto plain = std::vector<uint8_t>(1 << 20, 0);
+  auto packed = RawDeflate(plain);
+  std::vector<uint8_t> out(65536 + 16, 0x77);
+  ASSERT_TRUE(Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), 65536).ok());
+  EXPECT_EQ(std::vector<uint8_t>(out.begin(), out.begin() + 65536), std::vector<uint8_t>(65536, 0));
+  EXPECT_EQ(out[65536], 0x77);  // nothing written past the output
+}
+
+TEST(CodecDeflate, GarbageIsCorruption) {
+  std::vector<uint8_t> junk(600, 0xff);
+  std::vector<uint8_t> out(4096);
+  EXPECT_EQ(Decompress(CompressionType::kDeflate, junk.data(), junk.size(), out.data(), out.size()).code(),
+            Status::Code::kCorruption);
+  EXPECT_EQ(Decompress(CompressionType::kDeflate, nullptr, 0, out.data(), out.size()).code(),
+            Status::Code::kCorruption);
+}
+
+TEST(CodecZstd, RoundTripsWithTrailingBytes) {
+  auto plain = Pattern(65536, 5);
+  auto packed = Zstd(plain);
+  packed.resize(packed.size() + 300, 0);
+  std::vector<uint8_t> out(plain.size());
+  ASSERT_TRUE(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size()).ok());
+  EXPECT_EQ(out, plain);
+}
+
+TEST(CodecZstd, MultipleFramesMakeOneCluster) {
+  auto plain = Pattern(65536, 9);
+  std::vector<uint8_t> a(plain.begin(), plain.begin() + 20000), b(plain.begin() + 20000, plain.end());
+  auto packed = Zstd(a);
+  auto second = Zstd(b);
+  packed.insert(packed.end(), second.begin(), second.end());
+  std::vector<uint8_t> out(plain.size());
+  ASSERT_TRUE(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size()).ok());
+  EXPECT_EQ(out, plain);
+}
+
+TEST(CodecZstd, TruncatedFrameIsCorruption) {
+  auto plain = Pattern(65536, 11);
+  auto packed = Zstd(plain);
+  packed.resize(packed.size() - 10);
+  std::vector<uint8_t> out(plain.size());
+  EXPECT_EQ(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size()).code(),
+            Status::Code::kCorruption);
+}
+
+TEST(CodecZstd, ShortStreamIsCorruption) {
+  auto plain = Pattern(1000);
+  auto packed = Zstd(plain);
+  std::vector<uint8_t> out(4096);
+  EXPECT_EQ(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size()).code(),
+            Status::Code::kCorruption);
+}
+
+TEST(CodecZstd, FrameLongerThanOutputIsCorruption) {
+  auto plain = Pattern(8192);
+  auto packed = Zstd(plain);
+  std::vector<uint8_t> out(4096);
+  EXPECT_EQ(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size()).code(),
+            Status::Code::kCorruption);
+}
+
+TEST(CodecZstd, GarbageIsCorruption) {
+  std::vector<uint8_t> junk(600, 0x28);
+  std::vector<uint8_t> out(4096);
+  EXPECT_EQ(Decompress(CompressionType::kZstd, junk.data(), junk.size(), out.data(), out.size()).code(),
+            Status::Code::kCorruption);
+}
+
+TEST(Codec, ConcurrentThreadsUseTheirOwnContexts) {
+  auto plain = Pattern(65536, 13);
+  auto d = RawDeflate(plain);
+  auto z = Zstd(plain);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&] {
+      std::vector<uint8_t> out(plain.size());
+      for (int i = 0; i < 50; ++i) {
+        bool ok = Decompress(CompressionType::kDeflate, d.data(), d.size(), out.data(), out.size()).ok() &&
+                  out == plain &&
+                  Decompress(CompressionType::kZstd, z.data(), z.size(), out.data(), out.size()).ok() &&
+                  out == plain;
+        if (!ok) ++failures;
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+}  // namespace
+}  // namespace kvmfs
