@@ -132,6 +132,13 @@ class BrokenChains(h.KvmfsTestCase):
         self.assertBroken(self.m, os.path.join("deep", "d69.qcow2"), (errno.EINVAL, errno.ELOOP, errno.EFBIG),
                           other_ok=(self.good, "good.qcow2"))
 
+    def test_depth_limit_boundary(self):
+        # kMaxChainDepth = 64 counts the top image: 64 layers read, 65 are refused.
+        d63 = os.path.join(self.pool, "deep", "d63.qcow2")
+        self.assertViewMatches(self.m.path("deep", "d63.qcow2"), d63, seek=False)
+        self.assertEqual(len(os.listdir(self.m.path("deep", "d63.qcow2", "backing"))), 63)
+        self.assertBroken(self.m, os.path.join("deep", "d64.qcow2"), (errno.EINVAL, errno.ELOOP, errno.EFBIG))
+
     def test_mount_survives(self):
         self.assertTrue(self.m.alive())
         self.assertViewMatches(self.m.path("good.qcow2"), self.good)
