@@ -67,7 +67,7 @@ def count_log(label, path):
             total[0] += p
             total[1] += fl
             total[2] += s
-            lines.append("[%s] %-28s %-8s %d passed, %d failed, %d skipped (%s)" % (
+            lines.append("[%s] %-40s %-8s %d passed, %d failed, %d skipped (%s)" % (
                 label, rec.get("name", "?"), result, p, fl, s, kind))
     print("\n".join(lines))
     return total
