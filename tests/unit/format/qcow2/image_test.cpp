@@ -1,0 +1,366 @@
+// Real images made with qemu-img / qemu-io at test time, opened through the
+// chain opener and compared byte for byte (and map for map) with qemu-img.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "format/qcow2/options.h"
+#include "kvmfs/backend.h"
+#include "kvmfs/chain.h"
+#include "kvmfs/format.h"
+
+namespace kvmfs {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// Runs a shell command; returns its stdout, or nullopt on failure.
+std::optional<std::string> Shell(const std::string& cmd) {
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (p == nullptr) return std::nullopt;
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int rc = ::pclose(p);
+  if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
+    ADD_FAILURE() << "command failed: " << cmd << "\n" << out;
+    return std::nullopt;
+  }
+  return out;
+}
+
+bool HaveQemu() {
+  return std::system("qemu-img --version >/dev/null 2>&1") == 0 &&
+         std::system("qemu-io --version >/dev/null 2>&1") == 0;
+}
+
+std::vector<uint8_t> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+}
+
+class Qcow2Image : public ::testing::Test {
+ public:
+  void SetUp() override {
+    if (!HaveQemu()) GTEST_SKIP() << "qemu-img/qemu-io not installed (Debian package qemu-utils)";
+    char tmpl[] = "/tmp/kvmfs-qcow2-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = fs::canonical(tmpl).string();
+  }
+  void TearDown() override {
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+  std::string P(const std::string& name) const { return dir_ + "/" + name; }
+
+  void Sh(const std::string& cmd) { ASSERT_TRUE(Shell("cd " + dir_ + " && " + cmd)); }
+  // qemu-io commands, each `-c`.
+  void Io(const std::string& image, const std::vector<std::string>& cmds, const std::string& fmt = "qcow2") {
+    std::string cmd = "qemu-io -f " + fmt;
+    for (const auto& c : cmds) cmd += " -c '" + c + "'";
+    Sh(cmd + " " + image + " >/dev/null");
+  }
+
+  Chain Open(const std::string& name) {
+    ChainPolicy policy;
+    policy.allowed_roots = {dir_};
+    auto chain = OpenChain(P(name), policy);
+    EXPECT_TRUE(chain.ok()) << chain.status().ToString();
+    return chain.ok() ? std::move(chain).value() : Chain{};
+  }
+
+  // Compares every byte of `image` with `qemu-img convert -O raw`.
+  void ExpectSameBytes(Image& image, const std::string& name, const std::string& snapshot = "") {
+    std::string opt = snapshot.empty() ? "" : " -l snapshot.name=" + snapshot;
+    Sh("qemu-img convert -U -O raw" + opt + " " + name + " expected.raw");
+    auto expected = ReadFile(P("expected.raw"));
+    ASSERT_EQ(image.size(), expected.size());
+    std::vector<uint8_t> got(expected.size(), 0xee);
+    Status st = image.Read(0, got.data(), got.size());
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(got[i], expected[i]) << name << " differs at byte " << i;
+    // And in odd, unaligned pieces across cluster boundaries.
+    std::vector<uint8_t> piece;
+    for (uint64_t off = 0; off < expected.size(); off += 497 * 131) {
+      size_t n = std::min<uint64_t>(497 * 3, expected.size() - off);
+      piece.assign(n, 0xee);
+      ASSERT_TRUE(image.Read(off, piece.data(), n).ok());
+      ASSERT_TRUE(std::equal(piece.begin(), piece.end(), expected.begin() + off)) << off;
+    }
+  }
+
+  // Compares the allocation map with `qemu-img map --output=json`.
+  void ExpectSameMap(Image& top, const std::string& name) {
+    auto out = Shell("cd " + dir_ + " && qemu-img map -U --output=json " + name);
+    ASSERT_TRUE(out);
+    json map = json::parse(*out);
+    for (const json& e : map) {
+      uint64_t off = e["start"].get<uint64_t>();
+      const uint64_t end = off + e["length"].get<uint64_t>();
+      const bool data = e["data"].get<bool>();
+      const bool zero = e["zero"].get<bool>();
+      while (off < end) {
+        auto bs = ChainBlockStatus(top, off, end - off);
+        ASSERT_TRUE(bs.ok()) << bs.status().ToString();
+        ASSERT_GT(bs->length, 0u);
+        EXPECT_EQ(bs->kind == Allocation::kData, data) << name << " at " << off << ": " << e.dump();
+        if (!data) {
+          EXPECT_TRUE(zero) << e.dump();
+        }
+        off += bs->length;
+      }
+    }
+  }
+
+  void ExpectSame(const std::string& name) {
+    Chain chain = Open(name);
+    ASSERT_FALSE(chain.layers.empty());
+    ExpectSameBytes(*chain.top(), name);
+    ExpectSameMap(*chain.top(), name);
+  }
+
+  std::string dir_;
+};
+
+// Writes, zero writes and discards of every size class over a v2/v3 image.
+void Scribble(Qcow2Image* t, const std::string& img, uint64_t cs, bool v3) {
+  std::vector<std::string> cmds = {
+      "write -P 0x11 0 " + std::to_string(cs),
+      "write -P 0x22 " + std::to_string(3 * cs + 512) + " 1536",
+      "write -P 0x33 " + std::to_string(5 * cs) + " " + std::to_string(4 * cs),
+      "write -P 0x44 1048576 65536",
+      "write -P 0x55 3145216 512",
+  };
+  if (v3) {
+    cmds.push_back("write -z " + std::to_string(6 * cs) + " " + std::to_string(cs));
+    cmds.push_back("discard " + std::to_string(7 * cs) + " " + std::to_string(cs));
+  }
+  t->Io(img, cmds);
+}
+
+TEST_F(Qcow2Image, ClusterSizesAndVersionsMatchQemu) {
+  for (uint64_t cs : {512u, 4096u, 65536u, 2u << 20}) {
+    for (bool v3 : {false, true}) {
+      SCOPED_TRACE("cluster " + std::to_string(cs) + (v3 ? " v3" : " v2"));
+      const std::string name = "c" + std::to_string(cs) + (v3 ? "v3" : "v2") + ".qcow2";
+      const uint64_t size = cs == (2u << 20) ? (24u << 20) : (4u << 20);
+      Sh("qemu-img create -q -f qcow2 -o cluster_size=" + std::to_string(cs) +
+         ",compat=" + (v3 ? "1.1" : "0.10") + " " + name + " " + std::to_string(size));
+      Scribble(this, name, cs, v3);
+      ExpectSame(name);
+    }
+  }
+}
+
+TEST_F(Qcow2Image, BackingChainReadsThroughUnallocatedRanges) {
+  Sh("qemu-img create -q -f raw base.raw 3M");
+  Io("base.raw", {"write -P 0x61 0 3M"}, "raw");
+  Sh("qemu-img create -q -f qcow2 -b base.raw -F raw mid.qcow2 4M");
+  Io("mid.qcow2", {"write -P 0x62 1M 64k", "write -z 2M 128k"});
+  Sh("qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 4M");
+  Io("top.qcow2", {"write -P 0x63 1056768 4096", "discard 0 64k"});
+  ExpectSame("top.qcow2");
+  Chain chain = Open("top.qcow2");
+  ASSERT_EQ(chain.layers.size(), 3u);
+  EXPECT_EQ(chain.top()->Info().backing_filename, "mid.qcow2");
+  EXPECT_EQ(chain.top()->Info().backing_format, "qcow2");
+}
+
+TEST_F(Qcow2Image, ExtendedL2SubclustersOverBackingMatchQemu) {
+  Sh("qemu-img create -q -f qcow2 base.qcow2 2M");
+  Io("base.qcow2", {"write -P 0x11 0 2M"});
+  Sh("qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=128k -b base.qcow2 -F qcow2 el2.qcow2 2M");
+  Io("el2.qcow2", {"write -P 0x22 4096 4096", "write -z 65536 8192", "write -P 0x33 200k 5k",
+                   "write -z 512k 128k", "write -P 0x44 1M 128k", "discard 1M 16k",
+                   "write -z 1536k 4k"});
+  ExpectSame("el2.qcow2");
+}
+
+TEST_F(Qcow2Image, CompressedZlibAndZstdMatchQemu) {
+  // A size that leaves a final partial cluster.
+  Sh("qemu-img create -q -f raw src.raw 1060864");
+  Io("src.raw", {"write -P 0x71 0 100k", "write -P 0x72 300k 64k", "write -P 0x73 1000k 36k"}, "raw");
+  for (const char* type : {"zlib", "zstd"}) {
+    SCOPED_TRACE(type);
+    const std::string name = std::string("c-") + type + ".qcow2";
+    Sh(std::string("qemu-img convert -c -O qcow2 -o compression_type=") + type + " src.raw " + name);
+    ExpectSame(name);
+    // Compressed writes with qemu-io too, over a small cluster size.
+    const std::string small = std::string("w-") + type + ".qcow2";
+    Sh(std::string("qemu-img create -q -f qcow2 -o cluster_size=4096,compression_type=") + type + " " +
+       small + " 1M");
+    Io(small, {"write -c -P 0x5a 0 4096", "write -c -P 0x5b 8192 8192", "write -P 0x5c 12288 512"});
+    ExpectSame(small);
+  }
+}
+
+TEST_F(Qcow2Image, ExternalDataFileMatchesQemu) {
+  for (bool raw : {false, true}) {
+    SCOPED_TRACE(raw ? "data_file_raw" : "data file");
+    const std::string name = raw ? "dfr.qcow2" : "df.qcow2";
+    const std::string data = raw ? "dfr.data" : "df.data";
+    Sh("qemu-img create -q -f qcow2 -o data_file=" + data + (raw ? ",data_file_raw=on" : "") + " " +
+       name + " 2M");
+    Io(name, {"write -P 0x81 0 64k", "write -P 0x82 1M 4k", "write -z 1536k 64k"});
+    ExpectSame(name);
+    Chain chain = Open(name);
+    ASSERT_FALSE(chain.layers.empty());
+    const auto& fs_fields = chain.top()->Info().format_specific;
+    bool found_raw = false;
+    for (const auto& f : fs_fields)
+      if (f.key == "data-file-raw") found_raw = std::get<bool>(f.value) == raw;
+    EXPECT_TRUE(found_raw);
+  }
+}
+
+TEST_F(Qcow2Image, RefcountWidthsDoNotMatterForReads) {
+  for (int bits : {1, 64}) {
+    const std::string name = "r" + std::to_string(bits) + ".qcow2";
+    Sh("qemu-img create -q -f qcow2 -o refcount_bits=" + std::to_string(bits) + " " + name + " 1M");
+    Io(name, {"write -P 0x91 4096 64k"});
+    ExpectSame(name);
+  }
+}
+
+TEST_F(Qcow2Image, SnapshotTakenBetweenWritesMatchesQemu) {
+  Sh("qemu-img create -q -f raw base.raw 2M");
+  Io("base.raw", {"write -P 0x10 0 2M"}, "raw");
+  Sh("qemu-img create -q -f qcow2 -b base.raw -F raw s.qcow2 2M");
+  Io("s.qcow2", {"write -P 0xa1 0 128k"});
+  Sh("qemu-img snapshot -c before s.qcow2");
+  Io("s.qcow2", {"write -P 0xa2 64k 128k", "write -z 1M 64k"});
+  Sh("qemu-img snapshot -c after s.qcow2");
+  Io("s.qcow2", {"write -P 0xa3 0 4k"});
+  ExpectSame("s.qcow2");
+
+  Chain chain = Open("s.qcow2");
+  ASSERT_FALSE(chain.layers.empty());
+  auto snaps = chain.top()->Snapshots();
+  ASSERT_EQ(snaps.size(), 2u);
+  auto info = json::parse(*Shell("cd " + dir_ + " && qemu-img info -U --output=json s.qcow2"));
+  for (size_t i = 0; i < snaps.size(); ++i) {
+    const json& q = info["snapshots"][i];
+    EXPECT_EQ(snaps[i].id, q["id"].get<std::string>());
+    EXPECT_EQ(snaps[i].name, q["name"].get<std::string>());
+    EXPECT_EQ(snaps[i].vm_state_size, q["vm-state-size"].get<uint64_t>());
+    EXPECT_EQ(snaps[i].date_sec, q["date-sec"].get<uint32_t>());
+    EXPECT_EQ(snaps[i].date_nsec, q["date-nsec"].get<uint32_t>());
+    EXPECT_EQ(snaps[i].vm_clock_nsec,
+              q["vm-clock-sec"].get<uint64_t>() * 1000000000 + q["vm-clock-nsec"].get<uint64_t>());
+    EXPECT_EQ(snaps[i].has_icount, q.contains("icount"));
+    if (q.contains("icount")) {
+      EXPECT_EQ(snaps[i].icount, q["icount"].get<uint64_t>());
+    }
+    auto view = chain.top()->OpenSnapshot(snaps[i].id);
+    ASSERT_TRUE(view.ok()) << view.status().ToString();
+    ExpectSameBytes(**view, "s.qcow2", snaps[i].name);
+  }
+}
+
+// format-specific keys and values, in qemu-img's order.
+TEST_F(Qcow2Image, InfoMatchesQemuImgInfo) {
+  const std::vector<std::string> variants = {
+      "-o compat=0.10", "", "-o lazy_refcounts=on", "-o extended_l2=on,cluster_size=128k",
+      "-o compression_type=zstd", "-o data_file=i5.data", "-o data_file=i6.data,data_file_raw=on",
+      "-o refcount_bits=1", "-o refcount_bits=64,cluster_size=4k"};
+  for (size_t i = 0; i < variants.size(); ++i) {
+    SCOPED_TRACE(variants[i]);
+    const std::string name = "i" + std::to_string(i) + ".qcow2";
+    Sh("qemu-img create -q -f qcow2 " + variants[i] + " " + name + " 3M");
+    Chain chain = Open(name);
+    ASSERT_FALSE(chain.layers.empty());
+    ImageInfo info = chain.top()->Info();
+    json q = json::parse(*Shell("cd " + dir_ + " && qemu-img info -U --output=json " + name));
+    EXPECT_EQ(info.format, q["format"].get<std::string>());
+    EXPECT_EQ(info.virtual_size, q["virtual-size"].get<uint64_t>());
+    EXPECT_EQ(*info.cluster_size, q["cluster-size"].get<uint64_t>());
+    EXPECT_EQ(info.dirty, q["dirty-flag"].get<bool>());
+    EXPECT_EQ(info.format_specific_type, q["format-specific"]["type"].get<std::string>());
+    json mine = json::object();
+    std::vector<std::string> my_keys, their_keys;
+    for (const auto& f : info.format_specific) {
+      my_keys.push_back(f.key);
+      std::visit([&](const auto& v) { mine[f.key] = v; }, f.value);
+    }
+    const json& data = q["format-specific"]["data"];
+    for (auto it = data.begin(); it != data.end(); ++it) their_keys.push_back(it.key());
+    EXPECT_EQ(mine, data);
+    // nlohmann::json sorts keys; the raw text keeps qemu-img's order.
+    std::string text = *Shell("cd " + dir_ + " && qemu-img info -U --output=json " + name);
+    size_t last = 0;
+    for (const auto& k : my_keys) {
+      size_t at = text.find("\"" + k + "\"", last);
+      EXPECT_NE(at, std::string::npos) << k;
+      if (at != std::string::npos) last = at;
+    }
+    auto actual = chain.top()->ActualSize();
+    ASSERT_TRUE(actual.ok());
+    EXPECT_EQ(*actual, q["actual-size"].get<uint64_t>());
+  }
+}
+
+TEST_F(Qcow2Image, ConcurrentRandomReadsSeeTheRightBytes) {
+  Sh("qemu-img create -q -f raw base.raw 8M");
+  Io("base.raw", {"write -P 0x01 0 8M"}, "raw");
+  Sh("qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.raw -F raw cc.qcow2 8M");
+  std::vector<std::string> cmds;
+  std::mt19937 rng(7);
+  for (int i = 0; i < 200; ++i) {
+    uint64_t off = (rng() % (8 << 20)) & ~uint64_t{511};
+    uint64_t len = std::min<uint64_t>(512 * (1 + rng() % 40), (8 << 20) - off);
+    int kind = rng() % 4;
+    if (kind == 0) cmds.push_back("write -z " + std::to_string(off) + " " + std::to_string(len));
+    else if (kind == 1 && off % 4096 == 0 && len >= 4096)
+      cmds.push_back("write -c -P " + std::to_string(i % 250 + 2) + " " + std::to_string(off) + " 4096");
+    else cmds.push_back("write -P " + std::to_string(i % 250 + 2) + " " + std::to_string(off) + " " + std::to_string(len));
+  }
+  Io("cc.qcow2", cmds);
+  Sh("qemu-img convert -O raw cc.qcow2 expected.raw");
+  const auto expected = ReadFile(P("expected.raw"));
+  ASSERT_EQ(expected.size(), 8u << 20);
+
+  // Open with tiny caches so that threads evict each other's tables.
+  ChainPolicy policy;
+  policy.allowed_roots = {dir_};
+  Qcow2Options options;
+  options.l2_cache_bytes = 3 * 4096;
+  options.decompressed_cache_bytes = 2 * 4096;
+  SetQcow2DefaultOptions(options);
+  auto chain = OpenChain(P("cc.qcow2"), policy);
+  SetQcow2DefaultOptions(Qcow2Options{});
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  Image& image = *chain->top();
+
+  std::atomic<int> mismatches{0}, errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 r(t + 100);
+      std::vector<uint8_t> buf;
+      for (int i = 0; i < 400; ++i) {
+        uint64_t off = r() % expected.size();
+        size_t len = 1 + r() % std::min<uint64_t>(200000, expected.size() - off);
+        buf.assign(len, 0xee);
+        if (!image.Read(off, buf.data(), len).ok()) ++errors;
+        else if (!std::equal(buf.begin(), buf.end(), expected.begin() + off)) ++mismatches;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
+}  // namespace
+}  // namespace kvmfs
