@@ -67,11 +67,12 @@ bool IsVmdkExtentName(const std::string& name) {
 }
 
 std::string ProbeMagic(const uint8_t* head, size_t len) {
-  if (len >= 8 && StartsWith(head, len, "QFI\xfb")) {
-    uint32_t version = Be32(head + 4);
-    if (version == 1) return "qcow";
-    if (version >= 2) return "qcow2";
-    return "";
+  if (StartsWith(head, len, "QFI\xfb")) {
+    // Version 1 is qcow; any other version goes to the qcow2 driver, which
+    // says what is wrong with it (QEMU would fall back to raw and show the
+    // header as disk content).
+    if (len >= 8 && Be32(head + 4) == 1) return "qcow";
+    return "qcow2";
   }
   if (len >= 68 && Le32(head + 64) == 0xbeda107f) return "vdi";
   if (StartsWith(head, len, "KDMV") || StartsWith(head, len, "COWD") ||

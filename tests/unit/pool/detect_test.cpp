@@ -53,6 +53,9 @@ TEST(Detect, MagicOfEachFormat) {
   EXPECT_EQ(Probe(Padded(Bytes("QFI\xfb\0\0\0\3", 8))), "qcow2");
   EXPECT_EQ(Probe(Padded(Bytes("QFI\xfb\0\0\0\2", 8))), "qcow2");
   EXPECT_EQ(Probe(Padded(Bytes("QFI\xfb\0\0\0\1", 8))), "qcow");
+  // Unknown versions go to the qcow2 driver, which rejects them with a reason.
+  EXPECT_EQ(Probe(Padded(Bytes("QFI\xfb\0\0\0\0", 8))), "qcow2");
+  EXPECT_EQ(Probe(Padded(Bytes("QFI\xfb\0\0\0\4", 8))), "qcow2");
   std::string vdi = Padded("<<< Oracle VM VirtualBox Disk Image >>>\n");
   const char sig[] = "\x7f\x10\xda\xbe";  // 0xbeda107f little-endian at 64
   std::memcpy(vdi.data() + 64, sig, 4);
