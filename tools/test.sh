@@ -9,7 +9,8 @@
 #   --no-sanitize   skip phase 2 (faster local runs)
 #   --no-deps       do not run tools/setup-deps.sh
 #   --suite S       run only meson suite S (unit or integration)
-# Build dirs: build-test/ and build-asan/ at the top of the repo (wiped first).
+# Build dirs: build-test/ and build-asan/ at the top of the repo (wiped first),
+# or under $KVMFS_BUILD_ROOT when set.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     --no-sanitize) sanitize=0 ;;
     --no-deps) deps=0 ;;
     --suite) suite_args=(--suite "$2"); shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -34,7 +35,8 @@ fi
 jobs=$(nproc 2>/dev/null || echo 2)
 logs=()
 build_failures=0
-san_logs="$repo/build-asan-reports"
+build_root=${KVMFS_BUILD_ROOT:-$repo}
+san_logs="$build_root/build-asan-reports"
 
 # run_phase LABEL BUILD_DIR [meson setup args...]
 run_phase() {
@@ -62,7 +64,7 @@ run_phase() {
   logs+=("$label=$dir/meson-logs/testlog.json")
 }
 
-run_phase release "$repo/build-test"
+run_phase release "$build_root/build-test"
 
 if [ "$sanitize" = 1 ]; then
   rm -rf "$san_logs"
@@ -72,7 +74,7 @@ if [ "$sanitize" = 1 ]; then
   # unmount must not leak.
   export ASAN_OPTIONS="log_path=$san_logs/asan:detect_leaks=1:abort_on_error=0:strict_string_checks=1"
   export UBSAN_OPTIONS="log_path=$san_logs/ubsan:print_stacktrace=1:halt_on_error=1"
-  run_phase asan "$repo/build-asan" -Db_sanitize=address,undefined -Db_lundef=false \
+  run_phase asan "$build_root/build-asan" -Db_sanitize=address,undefined -Db_lundef=false \
     -Dbuildtype=debug
   unset ASAN_OPTIONS UBSAN_OPTIONS
 fi

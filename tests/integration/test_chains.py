@@ -33,7 +33,17 @@ class Chain(h.KvmfsTestCase):
         # a plain image in the same pool, to show the mount keeps serving
         cls.plain = h.create_qcow2(os.path.join(cls.pool, "plain.qcow2"), 2 * MiB)
         h.qemu_io(cls.plain, "write -P 0xa1 0 1M")
-        cls.m = cls.mount(options=("ro", "backing_root=" + cls.outside), name="mnt-root")
+        # a second root: pool/two.qcow2 -> outside2/b2.qcow2 -> outside/base.raw
+        cls.outside2 = os.path.join(cls.tmp, "outside2")
+        os.makedirs(cls.outside2)
+        cls.b2 = h.create_qcow2(os.path.join(cls.outside2, "b2.qcow2"), 4 * MiB,
+                                backing="../outside/base.raw", backing_fmt="raw")
+        h.qemu_io(cls.b2, "write -P 0xb2 1M 64k")
+        cls.two = h.create_qcow2(os.path.join(cls.pool, "two.qcow2"), 4 * MiB,
+                                 backing=cls.b2, backing_fmt="qcow2")
+        h.qemu_io(cls.two, "write -P 0xb3 0 4k")
+        cls.m = cls.mount(options=("ro", "backing_root=" + cls.outside, "backing_root=" + cls.outside2),
+                          name="mnt-root")
 
     def test_top_view(self):
         self.assertViewMatches(self.m.path("vms", "top.qcow2"), self.top)
@@ -60,6 +70,19 @@ class Chain(h.KvmfsTestCase):
         self.assertViewMatches(os.path.join(b, "2-base.raw"), self.base, fmt="raw")
         self.assertInfoMatches(os.path.join(b, "1-mid.qcow2", "info.json"), self.mid)
         self.assertInfoMatches(os.path.join(b, "2-base.raw", "info.json"), self.base, fmt="raw")
+
+    def test_two_backing_roots(self):
+        self.assertViewMatches(self.m.path("two.qcow2"), self.two)
+        self.assertEqual(sorted(os.listdir(self.m.path("two.qcow2", "backing"))), ["1-b2.qcow2", "2-base.raw"])
+        self.assertViewMatches(self.m.path("two.qcow2", "backing", "1-b2.qcow2"), self.b2)
+
+    def test_one_root_of_two_refused(self):
+        m = self.mount(options=("ro", "backing_root=" + self.outside), name="mnt-oneroot")
+        try:
+            info = self.assertBroken(m, "two.qcow2", (errno.EACCES,), other_ok=(self.top, "vms/top.qcow2"))
+            self.assertIn("b2.qcow2", info["error"])
+        finally:
+            self.unmount(m)
 
     def test_base_outside_pool_not_listed(self):
         self.assertEqual(sorted(os.listdir(self.m.path("vms"))), ["mid.qcow2", "top.qcow2"])
@@ -107,7 +130,30 @@ class BrokenChains(h.KvmfsTestCase):
             h.create_qcow2(os.path.join(deep, "d%02d.qcow2" % i), 1 * MiB,
                            backing="d%02d.qcow2" % (i - 1), backing_fmt="qcow2", unsafe=True)
         h.qemu_io(os.path.join(deep, "d09.qcow2"), "write -P 0x29 8k 4k")
+        # backing names that leave the pool: relative "..", absolute, through a
+        # symlink inside the pool, and a json: pseudo-protocol
+        secret = h.write_raw(os.path.join(cls.tmp, "secret.raw"), 1 * MiB, seed=99)
+        h.create_qcow2(os.path.join(p, "esc-dotdot.qcow2"), 1 * MiB, backing="../secret.raw",
+                       backing_fmt="raw")
+        h.create_qcow2(os.path.join(p, "esc-abs.qcow2"), 1 * MiB, backing="/etc/passwd",
+                       backing_fmt="raw", unsafe=True)
+        os.makedirs(os.path.join(p, "links"))
+        os.symlink(secret, os.path.join(p, "links", "inside.bin"))
+        h.create_qcow2(os.path.join(p, "links", "esc-link.qcow2"), 1 * MiB, backing="inside.bin",
+                       backing_fmt="raw")
+        h.create_qcow2(os.path.join(p, "esc-json.qcow2"), 1 * MiB, unsafe=True, backing_fmt="raw",
+                       backing='json:{"driver":"raw","file":{"driver":"file","filename":"%s"}}' % secret)
         cls.m = cls.mount()
+
+    def test_backing_escapes_refused(self):
+        for rel in ("esc-dotdot.qcow2", "esc-abs.qcow2", os.path.join("links", "esc-link.qcow2")):
+            with self.subTest(image=rel):
+                self.assertBroken(self.m, rel, (errno.EACCES,), other_ok=(self.good, "good.qcow2"))
+
+    def test_backing_json_protocol_refused(self):
+        # never parsed as a protocol: refused by policy, or simply not found as a file name
+        self.assertBroken(self.m, "esc-json.qcow2", (errno.EACCES, errno.ENOENT, errno.EINVAL, errno.ENOTSUP),
+                          other_ok=(self.good, "good.qcow2"))
 
     def test_missing_backing_file(self):
         info = self.assertBroken(self.m, "orphan.qcow2", (errno.ENOENT,), other_ok=(self.good, "good.qcow2"))

@@ -4,6 +4,7 @@ byte-exact with `qemu-img convert`, with SEEK_DATA/SEEK_HOLE equal to
 `qemu-img map` and info.json equal to `qemu-img info` where comparable."""
 
 import os
+import struct
 import subprocess
 
 import kvmfs_harness as h
@@ -99,6 +100,29 @@ class Formats(h.KvmfsTestCase):
         p = h.create_qcow2(cls.add("dirty.qcow2"), SIZE, "lazy_refcounts=on")
         subprocess.run([h.QEMU_IO, "-f", "qcow2", "-c", "write -P 0x61 0 64k", "-c", "sigraise 9", p],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # compressed clusters with 2M and 512 B clusters
+        h.qemu_img("convert", "-q", "-f", "raw", "-c", "-O", "qcow2", "-o", "cluster_size=2M,compression_type=zstd",
+                   src, cls.add("conv-zstd-2m.qcow2"))
+        h.qemu_img("convert", "-q", "-f", "raw", "-c", "-O", "qcow2", "-o", "cluster_size=512",
+                   src, cls.add("conv-zlib-512.qcow2"))
+        # a virtual size that is not a multiple of the cluster size (qemu rounds to 512)
+        p = h.create_qcow2(cls.add("odd.qcow2"), 1000000, "cluster_size=64k")
+        h.qemu_io(p, "write -P 0x4f 983040 17408", "write -P 0x4e 0 1000")
+        # "tiny petabyte" (reliability §7 case 55): 64 TiB virtual, a few MiB on disk
+        p = h.create_qcow2(cls.add("huge.qcow2"), "64T")
+        h.qemu_io(p, "write -P 0x51 10T 64k", "write -P 0x52 %d 4k" % (63 * 2**40 + 12345 * 512),
+                  "write -P 0x53 0 4k")
+        # a qcow2 file named .raw is a raw image: its bytes as they are, never parsed
+        qsrc = h.create_qcow2(os.path.join(cls.work, "q.qcow2"), SIZE)
+        h.qemu_io(qsrc, "write -P 0x54 0 64k")
+        with open(qsrc, "rb") as f, open(cls.add("looks-qcow2.raw"), "wb") as g:
+            g.write(f.read())
+        # corrupt bit (incompatible feature bit 1): a read-only export still works
+        # (reliability §7 case 6) and info.json says "corrupt": true like qemu-img info
+        p = h.create_qcow2(cls.add("corrupt-bit.qcow2"), SIZE)
+        write_all(p)
+        feats = struct.unpack(">Q", h.peek(p, 72, 8))[0]
+        h.poke(p, 72, struct.pack(">Q", feats | 2))
         cls.m = cls.mount()
 
     # one test per image, so each result is reported by name
@@ -137,6 +161,40 @@ class Formats(h.KvmfsTestCase):
         info = h.qemu_info(self.images["dirty.qcow2"])
         self.assertTrue(info.get("dirty-flag"), "recipe did not leave the dirty bit set")
         self.check("dirty.qcow2")
+
+    def test_compressed_zstd_2m(self): self.check("conv-zstd-2m.qcow2")
+    def test_compressed_zlib_512(self): self.check("conv-zlib-512.qcow2")
+    def test_odd_virtual_size(self): self.check("odd.qcow2")
+
+    def test_raw_name_wins_over_qcow2_magic(self):
+        self.check("looks-qcow2.raw", fmt="raw")
+        info = h.read_json(self.m.path("looks-qcow2.raw", "info.json"))
+        self.assertEqual(info["format"], "raw")
+        self.assertEqual(h.md5_file(self.m.path("looks-qcow2.raw", "disk.raw")),
+                         h.md5_file(self.images["looks-qcow2.raw"]))
+
+    def test_huge_sparse_image(self):
+        img = self.images["huge.qcow2"]
+        disk = self.m.path("huge.qcow2", "disk.raw")
+        self.assertEqual(os.stat(disk).st_size, 64 * 2**40)
+        self.assertInfoMatches(self.m.path("huge.qcow2", "info.json"), img)
+        self.assertEqual(h.seek_data_extents(disk), h.qemu_data_extents(img))
+        fd = os.open(disk, os.O_RDONLY)
+        try:
+            self.assertEqual(os.pread(fd, 65536, 10 * 2**40), b"\x51" * 65536)
+            self.assertEqual(os.pread(fd, 4096, 63 * 2**40 + 12345 * 512), b"\x52" * 4096)
+            self.assertEqual(os.pread(fd, 1 << 20, 32 * 2**40), bytes(1 << 20))
+            self.assertEqual(os.pread(fd, 4096, 64 * 2**40 - 4096), bytes(4096))
+            self.assertEqual(os.pread(fd, 4096, 64 * 2**40), b"")
+        finally:
+            os.close(fd)
+        st = os.stat(disk)
+        self.assertLess(st.st_blocks * 512, 64 * 2**20, "st_blocks of a sparse 64 TiB image")
+
+    def test_corrupt_bit(self):
+        info = h.qemu_info(self.images["corrupt-bit.qcow2"])
+        self.assertTrue(info["format-specific"]["data"]["corrupt"], "recipe did not set the corrupt bit")
+        self.check("corrupt-bit.qcow2")
 
     def test_compressed_images_are_compressed(self):
         # Recipe sanity: the compressed images really hold compressed clusters
