@@ -80,6 +80,22 @@ class Concurrency(h.KvmfsTestCase):
                 ("base.raw", 12345, 6 * MiB, 100000), ("small.qcow2", 2 * MiB + 511, 4 * MiB, 513)]
         self.run_readers(jobs)
 
+    def test_random_reads_match(self):
+        import random
+        rng = random.Random(1234)
+        for name in ("ovl.qcow2", "comp.qcow2", "small.qcow2"):
+            ref = h.oracle_raw(self.imgs[name], self.work)
+            fd = os.open(self.m.path(name, "disk.raw"), os.O_RDONLY)
+            try:
+                with open(ref, "rb") as r:
+                    for _ in range(300):
+                        off = rng.randrange(0, SIZE)
+                        n = rng.choice((1, 497, 512, 4096, 65536, 200000))
+                        r.seek(off)
+                        self.assertEqual(os.pread(fd, n, off), r.read(n), "%s pread(%d, %d)" % (name, n, off))
+            finally:
+                os.close(fd)
+
     def test_md5sum_processes(self):
         names = ["ovl.qcow2", "comp.qcow2", "small.qcow2", "base.raw", "ovl.qcow2", "comp.qcow2"]
         procs = [subprocess.Popen(["md5sum", self.m.path(n, "disk.raw")], stdout=subprocess.PIPE, text=True)

@@ -98,6 +98,38 @@ class Tree(h.KvmfsTestCase):
         # still the same bytes after the refused writes
         self.assertViewMatches(self.m.path("top.qcow2"), self.imgs["top.qcow2"])
 
+    def test_info_json_size_matches_content(self):
+        # cat/cp read up to st_size: the size must be the exact length of the JSON
+        for rel in self.imgs:
+            p = self.m.path(rel, "info.json")
+            with open(p, "rb") as f:
+                data = f.read()
+            self.assertEqual(os.stat(p).st_size, len(data), p)
+            h.read_json(p)
+
+    def test_mmap_read(self):
+        import mmap
+        with open(self.m.path("a", "one.qcow2", "disk.raw"), "rb") as f:
+            with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+                self.assertEqual(h.md5_bytes(mm[:]), h.oracle_md5(self.imgs["a/one.qcow2"], self.work))
+
+    def test_qemu_img_compare_on_mount(self):
+        # QEMU itself reading the mounted raw file agrees with QEMU reading the image
+        p = h.run([h.QEMU_IMG, "compare", "-U", "-f", "raw", "-F", "qcow2",
+                   self.m.path("a", "b", "c", "deep.qcow2", "disk.raw"), self.imgs["a/b/c/deep.qcow2"]], check=False)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+
+    def test_lookup_missing_names(self):
+        for rel in (("nope",), ("top.qcow2", "nope"), ("top.qcow2", "snapshots", "nope"),
+                    ("top.qcow2", "backing", "1-nope"), ("a", "random.bin")):
+            with self.assertRaises(FileNotFoundError, msg="/".join(rel)):
+                os.stat(self.m.path(*rel))
+
+    def test_no_backing_dir_content_without_backing(self):
+        p = self.m.path("top.qcow2", "backing")
+        if os.path.exists(p):
+            self.assertEqual(os.listdir(p), [])
+
     def test_cp_sparse(self):
         out = os.path.join(self.tmp, "copy.raw")
         h.run(["cp", "--sparse=always", self.m.path("a", "one.qcow2", "disk.raw"), out])
