@@ -1,5 +1,6 @@
 // kvmfs: mount a directory of KVM/QEMU images as raw disks.
 #include <fuse.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -18,6 +19,16 @@ namespace {
 int Fail(const std::string& reason) {
   std::fprintf(stderr, "kvmfs: %s\n", reason.c_str());
   return 1;
+}
+
+// Every opened image holds descriptors for its whole chain: use what the
+// hard limit allows.
+void RaiseFileLimit() {
+  struct rlimit rl;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
 }
 
 void PrintFuseHelp() {
@@ -48,6 +59,7 @@ int main(int argc, char** argv) {
   Status valid = fuse::ValidateOptions(options);
   if (!valid.ok()) return Fail(valid.message());
 
+  RaiseFileLimit();
   pool::NamespaceOptions ns_options;
   ns_options.source = options.source;
   ns_options.backing_roots = options.backing_roots;

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "pool/info_json.h"
@@ -78,29 +79,38 @@ Result<std::shared_ptr<Image>> OpenImage::ViewImageLocked(const ViewId& view, Vi
 }
 
 uint64_t OpenImage::AllocatedBytes(const ViewId& view) {
+  std::shared_ptr<Image> image;
+  {
+    std::lock_guard lock(mu_);
+    ViewState& state = views_[view.CacheKey()];
+    if (state.allocated) return *state.allocated;
+    auto opened = ViewImageLocked(view, state);
+    if (!opened.ok()) {
+      state.allocated = 0;
+      return 0;
+    }
+    image = *opened;
+  }
+  // Walked without the lock, so opens and reads of this image do not wait for
+  // a large map; two first callers may both walk it, with the same result.
+  // Runs are as long as the drivers can tell: for a mostly empty image this is
+  // a handful of calls, not one per cluster.
+  uint64_t allocated = 0;
+  uint64_t size = image->size();
+  for (uint64_t off = 0; off < size;) {
+    auto bs = ChainBlockStatus(*image, off, size - off);
+    if (!bs.ok() || bs->length == 0) {
+      if (!bs.ok())
+        spdlog::warn("{}: allocation map at offset {}: {}", path_, off, bs.status().ToString());
+      break;
+    }
+    if (bs->kind == Allocation::kData) allocated += bs->length;
+    off += bs->length;
+  }
   std::lock_guard lock(mu_);
   ViewState& state = views_[view.CacheKey()];
-  if (state.allocated) return *state.allocated;
-  uint64_t allocated = 0;
-  auto image = ViewImageLocked(view, state);
-  if (image.ok()) {
-    Image& img = **image;
-    uint64_t size = img.size();
-    // Runs are as long as the drivers can tell; for a mostly empty image this
-    // is a handful of calls, not one per cluster.
-    for (uint64_t off = 0; off < size;) {
-      auto bs = ChainBlockStatus(img, off, size - off);
-      if (!bs.ok() || bs->length == 0) {
-        if (!bs.ok())
-          spdlog::warn("{}: allocation map at offset {}: {}", path_, off, bs.status().ToString());
-        break;
-      }
-      if (bs->kind == Allocation::kData) allocated += bs->length;
-      off += bs->length;
-    }
-  }
-  state.allocated = allocated;
-  return allocated;
+  if (!state.allocated) state.allocated = allocated;
+  return *state.allocated;
 }
 
 const std::string& OpenImage::InfoText(const ViewId& view) {
@@ -146,14 +156,16 @@ bool OpenImage::MarkOpened(const ViewId& view, bool info) {
   return std::exchange(info ? state.info_opened : state.disk_opened, true);
 }
 
-ImageCache::ImageCache(ChainPolicy policy, ProbeCache* probe, ChainOpener opener)
+ImageCache::ImageCache(ChainPolicy policy, ProbeCache* probe, ChainOpener opener,
+                       size_t max_open)
     : policy_(std::move(policy)),
       probe_(probe),
       opener_(opener ? std::move(opener)
                      : ChainOpener([](const std::string& path, const ChainPolicy& p,
                                       const std::string& format) {
                          return OpenChain(path, p, format);
-                       })) {}
+                       })),
+      max_open_(max_open) {}
 
 Result<std::shared_ptr<OpenImage>> ImageCache::Get(const std::string& path) {
   KVMFS_ASSIGN_OR_RETURN(std::string canonical, CanonicalPath(path));
@@ -165,20 +177,50 @@ Result<std::shared_ptr<OpenImage>> ImageCache::Get(const std::string& path) {
     std::lock_guard lock(mu_);
     auto& s = slots_[canonical];
     if (!s) s = std::make_shared<Slot>();
+    s->last_use = ++clock_;
     slot = s;
   }
-  std::lock_guard lock(slot->mu);
-  if (slot->current && slot->current->key() == key) return slot->current;
+  std::shared_ptr<OpenImage> entry;
+  {
+    std::lock_guard lock(slot->mu);
+    if (slot->current && slot->current->key() == key) return slot->current;
 
-  std::string format = probe_->FormatOf(canonical, st);
-  Result<Chain> chain = opener_(canonical, policy_, format);
-  if (!chain.ok()) {
-    spdlog::error("cannot open image {}: {}", canonical, chain.status().ToString());
-  } else {
-    spdlog::debug("opened image {} ({}, {} layer(s))", canonical, format, chain->layers.size());
+    std::string format = probe_->FormatOf(canonical, st);
+    Result<Chain> chain = opener_(canonical, policy_, format);
+    if (!chain.ok()) {
+      spdlog::error("cannot open image {}: {}", canonical, chain.status().ToString());
+    } else {
+      spdlog::debug("opened image {} ({}, {} layer(s))", canonical, format, chain->layers.size());
+    }
+    slot->current = std::make_shared<OpenImage>(canonical, key, format, std::move(chain));
+    entry = slot->current;
   }
-  slot->current = std::make_shared<OpenImage>(canonical, key, format, std::move(chain));
-  return slot->current;
+  Evict();
+  return entry;
+}
+
+void ImageCache::Evict() {
+  std::lock_guard lock(mu_);
+  // Candidates: opened (not failed) images that only the cache holds. A slot
+  // busy opening is skipped (try_lock), so this never waits under mu_.
+  std::vector<std::pair<uint64_t, Slot*>> idle;
+  size_t open = 0;
+  for (auto& [path, slot] : slots_) {
+    std::unique_lock slot_lock(slot->mu, std::try_to_lock);
+    if (!slot_lock.owns_lock() || !slot->current || !slot->current->ok()) continue;
+    ++open;
+    if (slot->current.use_count() == 1) idle.emplace_back(slot->last_use, slot.get());
+  }
+  if (open <= max_open_) return;
+  std::sort(idle.begin(), idle.end());
+  for (auto& [last_use, slot] : idle) {
+    if (open <= max_open_) break;
+    std::unique_lock slot_lock(slot->mu, std::try_to_lock);
+    if (!slot_lock.owns_lock() || !slot->current || slot->current.use_count() != 1) continue;
+    spdlog::debug("closing idle image {}", slot->current->path());
+    slot->current.reset();
+    --open;
+  }
 }
 
 }  // namespace kvmfs::pool

@@ -103,7 +103,13 @@ using ChainOpener = std::function<Result<Chain>(const std::string& path, const C
 // one image are serialised, different images open in parallel.
 class ImageCache {
  public:
-  ImageCache(ChainPolicy policy, ProbeCache* probe, ChainOpener opener = nullptr);
+  // Opened images kept beyond this many are closed again, least recently used
+  // first, once nothing else (an open file) holds them; each holds file
+  // descriptors. Failed opens hold none and stay cached.
+  static constexpr size_t kDefaultMaxOpen = 256;
+
+  ImageCache(ChainPolicy policy, ProbeCache* probe, ChainOpener opener = nullptr,
+             size_t max_open = kDefaultMaxOpen);
 
   // The entry for the image file at `path` (canonicalized here). Fails only
   // when the file itself cannot be found or stat'ed; open failures are in the
@@ -121,13 +127,18 @@ class ImageCache {
   struct Slot {
     std::mutex mu;
     std::shared_ptr<OpenImage> current;  // GUARDED_BY(mu)
+    uint64_t last_use = 0;               // GUARDED_BY(ImageCache::mu_)
   };
+  // Closes unreferenced opened images beyond max_open_, oldest use first.
+  void Evict();
 
   const ChainPolicy policy_;
   ProbeCache* const probe_;
   const ChainOpener opener_;
+  const size_t max_open_;
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Slot>> slots_;  // GUARDED_BY(mu_)
+  uint64_t clock_ = 0;                                  // GUARDED_BY(mu_)
 };
 
 }  // namespace kvmfs::pool

@@ -256,6 +256,30 @@ TEST_F(NamespaceTest, MountPointInsideSourceIsHidden) {
   EXPECT_EQ(std::count(names.begin(), names.end(), "sub"), 0);
 }
 
+TEST(ImageCacheEviction, IdleImagesBeyondTheLimitAreClosed) {
+  TempDir dir;
+  for (const char* name : {"a.img", "b.img", "c.img"}) dir.Write(name, "x");
+  int opens = 0;
+  ProbeCache probe;
+  ImageCache cache(ChainPolicy{}, &probe,
+                   [&](const std::string& path, const ChainPolicy&, const std::string&) {
+                     ++opens;
+                     Chain chain;
+                     chain.layers.push_back({path, "raw", std::make_shared<FakeImage>(4096)});
+                     return Result<Chain>(std::move(chain));
+                   },
+                   /*max_open=*/2);
+  auto held = cache.Get(dir.P("a.img"));  // held, like an open file
+  ASSERT_TRUE(held.ok());
+  ASSERT_TRUE(cache.Get(dir.P("b.img")).ok());
+  ASSERT_TRUE(cache.Get(dir.P("c.img")).ok());  // three open: b (idle, oldest) goes
+  EXPECT_EQ(opens, 3);
+  ASSERT_TRUE(cache.Get(dir.P("a.img")).ok());  // still cached: it was held
+  EXPECT_EQ(opens, 3);
+  ASSERT_TRUE(cache.Get(dir.P("b.img")).ok());  // closed, opened again
+  EXPECT_EQ(opens, 4);
+}
+
 TEST(NamespacePolicy, BackingRootsJoinTheSource) {
   NamespaceOptions options;
   options.source = "/pool";
