@@ -47,12 +47,11 @@ nlohmann::ordered_json InfoJson(const InfoSubject& subject) {
     for (const InfoField& f : info.format_specific) data[f.key] = ValueJson(f.value);
     j["format-specific"] = {{"type", info.format_specific_type}, {"data", std::move(data)}};
   }
-  if (!info.backing_filename.empty()) {
-    if (!subject.full_backing_filename.empty())
-      j["full-backing-filename"] = subject.full_backing_filename;
-    j["backing-filename"] = info.backing_filename;
-  }
+  // qemu-img 7.2 puts "encrypted" between the two backing names.
+  if (!info.backing_filename.empty() && !subject.full_backing_filename.empty())
+    j["full-backing-filename"] = subject.full_backing_filename;
   if (info.encrypted) j["encrypted"] = true;
+  if (!info.backing_filename.empty()) j["backing-filename"] = info.backing_filename;
   j["dirty-flag"] = info.dirty;
   return j;
 }

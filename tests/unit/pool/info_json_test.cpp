@@ -86,6 +86,13 @@ TEST(InfoJson, FullQcow2StyleSubject) {
   EXPECT_EQ(j["backing-filename-format"], "qcow2");
   EXPECT_EQ(j["snapshots"].size(), 1u);
   EXPECT_EQ(j["virtual-size"], 1 << 20);
+  // The order of `qemu-img info --output=json` (QEMU 7.2).
+  std::vector<std::string> keys;
+  for (auto& [k, v] : j.items()) keys.push_back(k);
+  EXPECT_EQ(keys, (std::vector<std::string>{
+                      "snapshots", "backing-filename-format", "virtual-size", "filename",
+                      "cluster-size", "format", "actual-size", "format-specific",
+                      "full-backing-filename", "encrypted", "backing-filename", "dirty-flag"}));
 
   // A snapshot view: its disk size and a "snapshot" object.
   subject.snapshot = s;
