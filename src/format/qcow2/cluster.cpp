@@ -145,37 +145,38 @@ Result<Extent> Engine::Map(const L1Table& l1, uint64_t off, uint64_t len, MapMod
       const uint64_t cluster_end = std::min(l1_end, cluster_start + g.cluster_size);
       const uint64_t entry = table->words[l2_index * (g.extended_l2 ? 2 : 1)];
       const uint64_t bitmap = g.extended_l2 ? table->words[l2_index * 2 + 1] : 0;
-      const std::string where = "(L2 offset: " + Hex(l2_offset) + ", L2 index: " + Hex(l2_index) + ")";
+      // Built only for an error message.
+      auto where = [&] { return "(L2 offset: " + Hex(l2_offset) + ", L2 index: " + Hex(l2_index) + ")"; };
 
       if (entry & kOflagCompressed) {
         if (header_.has_data_file())
-          return corrupt("Compressed cluster entry found in image with external data file " + where);
+          return corrupt("Compressed cluster entry found in image with external data file " + where());
         if (!run.Add(Extent::Type::kCompressed, cluster_end - pos, 0, entry & kL2CompressedMask)) break;
         pos = cluster_end;
         continue;
       }
       if (entry & kL2StdReservedMask)
-        return corrupt("L2 entry " + Hex(entry) + " has reserved bits set " + where);
+        return corrupt("L2 entry " + Hex(entry) + " has reserved bits set " + where());
       const uint64_t host = entry & kL2OffsetMask;
       // Offset 0 is a real cluster only in an external data file, where
       // every allocated entry carries COPIED.
       const bool allocated = host != 0 || (header_.has_data_file() && (entry & kOflagCopied));
       if (allocated && (host & cluster_mask))
-        return corrupt("Cluster allocation offset " + Hex(host) + " unaligned " + where);
+        return corrupt("Cluster allocation offset " + Hex(host) + " unaligned " + where());
       const bool zero_entry = !g.extended_l2 && (entry & kOflagZero);
       if (zero_entry && header_.version < 3)
-        return corrupt("Zero cluster entry found in pre-v3 image " + where);
+        return corrupt("Zero cluster entry found in pre-v3 image " + where());
       if (g.extended_l2) {
         if (!allocated && (bitmap & kBitmapAllAlloc))
-          return corrupt("Unallocated cluster has non-zero subcluster allocation map " + where);
+          return corrupt("Unallocated cluster has non-zero subcluster allocation map " + where());
         if (allocated && ((bitmap >> 32) & bitmap))
-          return corrupt("Invalid cluster entry found: subcluster both allocated and zero " + where);
+          return corrupt("Invalid cluster entry found: subcluster both allocated and zero " + where());
       }
       // A data cluster starting a whole cluster or more past the end of the
       // host file is corruption; within that the file reads as zeros.
       if (allocated && !zero_entry && PastEof(*data_, data_size_, host, g.cluster_size))
         return corrupt("Data cluster offset " + Hex(host) + " is past the end of the " +
-                       (data_ == file_ ? "file " : "data file ") + where);
+                       (data_ == file_ ? "file " : "data file ") + where());
 
       if (!g.extended_l2) {
         const uint64_t n = cluster_end - pos;

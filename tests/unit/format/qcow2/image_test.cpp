@@ -362,5 +362,78 @@ TEST_F(Qcow2Image, ConcurrentRandomReadsSeeTheRightBytes) {
   EXPECT_EQ(mismatches.load(), 0);
 }
 
+
+TEST_F(Qcow2Image, PetabyteSparseImageIsScannedQuickly) {
+  Sh("qemu-img create -q -f qcow2 big.qcow2 1P");
+  Io("big.qcow2", {"write -P 0x42 512G 64k"});
+  Chain chain = Open("big.qcow2");
+  ASSERT_FALSE(chain.layers.empty());
+  Image& image = *chain.top();
+  ASSERT_EQ(image.size(), 1ull << 50);
+  int runs = 0;
+  uint64_t data = 0;
+  for (uint64_t off = 0; off < image.size();) {
+    auto bs = image.GetBlockStatus(off, image.size() - off);
+    ASSERT_TRUE(bs.ok()) << bs.status().ToString();
+    if (bs->kind == Allocation::kData) data += bs->length;
+    off += bs->length;
+    ASSERT_LT(++runs, 100);
+  }
+  EXPECT_EQ(data, 65536u);
+  std::vector<uint8_t> buf(65536);
+  ASSERT_TRUE(image.Read(512ull << 30, buf.data(), buf.size()).ok());
+  EXPECT_EQ(buf, std::vector<uint8_t>(65536, 0x42));
+}
+
+TEST_F(Qcow2Image, PreallocatedMetadataMatchesQemu) {
+  Sh("qemu-img create -q -f qcow2 -o preallocation=metadata pm.qcow2 3M");
+  Io("pm.qcow2", {"write -P 0x31 64k 64k", "write -z 1M 64k"});
+  ExpectSame("pm.qcow2");
+  Sh("qemu-img create -q -f qcow2 -o preallocation=metadata,data_file=pmd.data,data_file_raw=on pmd.qcow2 3M");
+  Io("pmd.qcow2", {"write -P 0x32 0 4k"});
+  ExpectSame("pmd.qcow2");
+}
+
+TEST_F(Qcow2Image, CompressedClustersOverBackingMatchQemu) {
+  Sh("qemu-img create -q -f raw base.raw 1M");
+  Io("base.raw", {"write -P 0x21 0 1M"}, "raw");
+  Sh("qemu-img create -q -f qcow2 -b base.raw -F raw -o compression_type=zstd zb.qcow2 1M");
+  Io("zb.qcow2", {"write -c -P 0x22 64k 64k", "write -c -P 0x23 960k 64k", "write -z 128k 64k"});
+  ExpectSame("zb.qcow2");
+}
+
+TEST_F(Qcow2Image, MissingDataFileIsNotFound) {
+  Sh("qemu-img create -q -f qcow2 -o data_file=gone.data gone.qcow2 1M");
+  Sh("rm gone.data");
+  ChainPolicy policy;
+  policy.allowed_roots = {dir_};
+  auto chain = OpenChain(P("gone.qcow2"), policy);
+  ASSERT_FALSE(chain.ok());
+  EXPECT_TRUE(chain.status().IsNotFound()) << chain.status().ToString();
+}
+
+
+TEST_F(Qcow2Image, SnapshotKeepsItsOwnDiskSizeAfterResize) {
+  Sh("qemu-img create -q -f qcow2 rs.qcow2 1M");
+  Io("rs.qcow2", {"write -P 0x51 0 1M"});
+  Sh("qemu-img snapshot -c small rs.qcow2");
+  Sh("qemu-img resize -q rs.qcow2 3M");
+  Io("rs.qcow2", {"write -P 0x52 512k 2M"});
+  ExpectSame("rs.qcow2");
+  Chain chain = Open("rs.qcow2");
+  ASSERT_FALSE(chain.layers.empty());
+  auto snaps = chain.top()->Snapshots();
+  ASSERT_EQ(snaps.size(), 1u);
+  EXPECT_EQ(snaps[0].disk_size, 1u << 20);
+  auto view = chain.top()->OpenSnapshot(snaps[0].id);
+  ASSERT_TRUE(view.ok()) << view.status().ToString();
+  ASSERT_EQ((*view)->size(), 1u << 20);
+  std::vector<uint8_t> buf(1 << 20);
+  ASSERT_TRUE((*view)->Read(0, buf.data(), buf.size()).ok());
+  EXPECT_EQ(buf, std::vector<uint8_t>(1 << 20, 0x51));
+  EXPECT_EQ((*view)->Info().virtual_size, 1u << 20);
+  EXPECT_EQ((*view)->Write(0, buf.data(), 512).code(), Status::Code::kReadOnly);
+}
+
 }  // namespace
 }  // namespace kvmfs
