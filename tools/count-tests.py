@@ -11,8 +11,9 @@ Each line of a testlog.json is one meson test. Counting, per meson test:
   * anything else counts as one case by meson's result.
 A meson test that failed (crash, timeout, bad exit) without a counted failing case
 adds one failure, so a crash never hides. `--extra-failed` adds failures that
-happened outside meson (a build that did not compile); every sanitizer report
-file found in `--sanitizer-logs` adds one failure and is printed.
+happened outside meson (a build that did not compile); every distinct sanitizer
+report (same error at the same stack, whichever process hit it) found in
+`--sanitizer-logs` adds one failure and is printed once.
 """
 
 import glob
@@ -96,14 +97,18 @@ def main(argv):
         t = count_log(label, path)
         total = [x + y for x, y in zip(total, t)]
     if san_dir:
-        reports = sorted(glob.glob(os.path.join(san_dir, "*")))
-        for r in reports:
-            if os.path.getsize(r) == 0:
-                continue
-            total[1] += 1
-            print("sanitizer report %s (counted as 1 failed):" % r)
+        distinct = {}
+        for r in sorted(glob.glob(os.path.join(san_dir, "*"))):
             with open(r, errors="replace") as f:
-                print(f.read()[-6000:])
+                text = f.read()
+            if not text.strip():
+                continue
+            key = re.sub(r"==\d+==|0x[0-9a-fA-F]+|\(pid=\d+\)|/tmp/\S+", "", text)
+            distinct.setdefault(key, []).append((r, text))
+        for key, hits in distinct.items():
+            total[1] += 1
+            print("sanitizer report (counted as 1 failed; %d processes hit it, e.g. %s):" % (len(hits), hits[0][0]))
+            print(hits[0][1][-6000:])
     line = "%d passed, %d failed" % (total[0], total[1])
     if total[2]:
         line += ", %d skipped" % total[2]
