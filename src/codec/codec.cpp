@@ -23,8 +23,7 @@ namespace {
 constexpr int kZstdWindowLogMax = 23;
 
 std::string SizeText(size_t in_len, size_t out_len) {
-  return std::to_string(in_len) + " compressed bytes, " + std::to_string(out_len) +
-         " expected";
+  return std::to_string(in_len) + " compressed bytes, " + std::to_string(out_len) + " expected";
 }
 
 // zlib, as QEMU's qcow2_zlib_decompress: raw inflate with Z_FINISH; the
@@ -54,9 +53,9 @@ Status InflateZlib(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_le
   int ret = inflate(&s.z, Z_FINISH);
   if ((ret == Z_STREAM_END || ret == Z_BUF_ERROR) && s.z.avail_out == 0) return Status::OK();
   size_t produced = out_len - s.z.avail_out;
-  return Status::Corruption("deflate stream invalid or short (" + SizeText(in_len, out_len) +
-                            ", " + std::to_string(produced) + " produced, zlib " +
-                            std::to_string(ret) + ")");
+  return Status::Corruption("deflate stream invalid or short (" + SizeText(in_len, out_len) + ", " +
+                            std::to_string(produced) + " produced, zlib " + std::to_string(ret) +
+                            ")");
 }
 
 Status InflateRawDeflate(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_len) {

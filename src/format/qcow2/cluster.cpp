@@ -24,7 +24,7 @@ Engine::Engine(std::shared_ptr<Backend> file, std::shared_ptr<Backend> data, Hea
       snapshots_(std::move(snapshots)),
       name_(std::move(name)),
       compression_(header_.compression_type == kCompressionZstd ? CompressionType::kZstd
-                                                                 : CompressionType::kDeflate),
+                                                                : CompressionType::kDeflate),
       file_size_(file_size),
       data_size_(data_size),
       l2_cache_(options.l2_cache_bytes / geo_.cluster_size),
@@ -46,7 +46,8 @@ Result<L1Table> Engine::LoadL1(uint64_t offset, uint32_t entries, const std::str
   const uint64_t bytes = uint64_t{entries} * 8;
   if (PastEof(*file_, file_size_, offset + bytes - 1, 0))
     return Status::Corruption(name_ + ": " + what + " at " + Hex(offset) + " (" +
-                              std::to_string(entries) + " entries) extends past the end of the file");
+                              std::to_string(entries) +
+                              " entries) extends past the end of the file");
   std::vector<uint8_t> raw(bytes);
   KVMFS_RETURN_IF_ERROR(file_->ReadAt(offset, raw.data(), raw.size()));
   for (uint32_t i = 0; i < entries; ++i) l1[i] = LoadBE64(raw.data() + uint64_t{i} * 8);
@@ -56,8 +57,8 @@ Result<L1Table> Engine::LoadL1(uint64_t offset, uint32_t entries, const std::str
 Result<std::shared_ptr<const L2Table>> Engine::GetL2(uint64_t l2_offset, uint64_t l1_index) {
   if (auto hit = l2_cache_.Lookup(l2_offset)) return hit;
   if (PastEof(*file_, file_size_, l2_offset, 0))
-    return Status::Corruption(name_ + ": L2 table offset " + Hex(l2_offset) + " (L1 index: " +
-                              Hex(l1_index) + ") is past the end of the file");
+    return Status::Corruption(name_ + ": L2 table offset " + Hex(l2_offset) +
+                              " (L1 index: " + Hex(l1_index) + ") is past the end of the file");
   // I/O happens outside the cache lock; two readers may load the same table
   // and the cache keeps the first.
   std::vector<uint8_t> raw(geo_.cluster_size);
@@ -127,7 +128,8 @@ Result<Extent> Engine::Map(const L1Table& l1, uint64_t off, uint64_t len, MapMod
     // Entries past a (snapshot) L1 that is shorter than the disk are unallocated.
     const uint64_t l1e = l1_index < l1.size() ? l1[l1_index] : 0;
     if (l1e & kL1ReservedMask)
-      return corrupt("L1 entry " + Hex(l1e) + " has reserved bits set (L1 index: " + Hex(l1_index) + ")");
+      return corrupt("L1 entry " + Hex(l1e) + " has reserved bits set (L1 index: " + Hex(l1_index) +
+                     ")");
     const uint64_t l2_offset = l1e & kL1OffsetMask;
     if (l2_offset == 0) {
       if (!run.Add(Extent::Type::kUnallocated, l1_end - pos)) break;
@@ -135,7 +137,8 @@ Result<Extent> Engine::Map(const L1Table& l1, uint64_t off, uint64_t len, MapMod
       continue;
     }
     if (l2_offset & cluster_mask)
-      return corrupt("L2 table offset " + Hex(l2_offset) + " unaligned (L1 index: " + Hex(l1_index) + ")");
+      return corrupt("L2 table offset " + Hex(l2_offset) +
+                     " unaligned (L1 index: " + Hex(l1_index) + ")");
     if (!run.empty() && mode == MapMode::kStatus && ++tables > kMaxTablesPerStatus) break;
     KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<const L2Table> table, GetL2(l2_offset, l1_index));
 
@@ -146,12 +149,16 @@ Result<Extent> Engine::Map(const L1Table& l1, uint64_t off, uint64_t len, MapMod
       const uint64_t entry = table->words[l2_index * (g.extended_l2 ? 2 : 1)];
       const uint64_t bitmap = g.extended_l2 ? table->words[l2_index * 2 + 1] : 0;
       // Built only for an error message.
-      auto where = [&] { return "(L2 offset: " + Hex(l2_offset) + ", L2 index: " + Hex(l2_index) + ")"; };
+      auto where = [&] {
+        return "(L2 offset: " + Hex(l2_offset) + ", L2 index: " + Hex(l2_index) + ")";
+      };
 
       if (entry & kOflagCompressed) {
         if (header_.has_data_file())
-          return corrupt("Compressed cluster entry found in image with external data file " + where());
-        if (!run.Add(Extent::Type::kCompressed, cluster_end - pos, 0, entry & kL2CompressedMask)) break;
+          return corrupt("Compressed cluster entry found in image with external data file " +
+                         where());
+        if (!run.Add(Extent::Type::kCompressed, cluster_end - pos, 0, entry & kL2CompressedMask))
+          break;
         pos = cluster_end;
         continue;
       }
@@ -170,7 +177,8 @@ Result<Extent> Engine::Map(const L1Table& l1, uint64_t off, uint64_t len, MapMod
         if (!allocated && (bitmap & kBitmapAllAlloc))
           return corrupt("Unallocated cluster has non-zero subcluster allocation map " + where());
         if (allocated && ((bitmap >> 32) & bitmap))
-          return corrupt("Invalid cluster entry found: subcluster both allocated and zero " + where());
+          return corrupt("Invalid cluster entry found: subcluster both allocated and zero " +
+                         where());
       }
       // A data cluster starting a whole cluster or more past the end of the
       // host file is corruption; within that the file reads as zeros.
@@ -180,7 +188,7 @@ Result<Extent> Engine::Map(const L1Table& l1, uint64_t off, uint64_t len, MapMod
 
       if (!g.extended_l2) {
         const uint64_t n = cluster_end - pos;
-        bool added = zero_entry ? run.Add(Extent::Type::kZero, n)
+        bool added = zero_entry  ? run.Add(Extent::Type::kZero, n)
                      : allocated ? run.Add(Extent::Type::kData, n, host + (pos - cluster_start))
                                  : run.Add(Extent::Type::kUnallocated, n);
         if (!added) break;
@@ -190,7 +198,8 @@ Result<Extent> Engine::Map(const L1Table& l1, uint64_t off, uint64_t len, MapMod
       // Extended L2: one piece per subcluster.
       while (pos < cluster_end) {
         const uint32_t sc = static_cast<uint32_t>((pos - cluster_start) >> g.subcluster_bits);
-        const uint64_t sc_end = std::min(cluster_end, cluster_start + (uint64_t{sc + 1} << g.subcluster_bits));
+        const uint64_t sc_end =
+            std::min(cluster_end, cluster_start + (uint64_t{sc + 1} << g.subcluster_bits));
         const uint64_t n = sc_end - pos;
         bool added;
         if (bitmap & (1ull << (32 + sc)))
@@ -217,7 +226,8 @@ Status Engine::ReadCompressed(uint64_t entry, uint64_t off_in_cluster, uint8_t* 
     const uint64_t sectors = ((entry >> g.csize_shift) & g.csize_mask) + 1;
     // From coffset to the end of the sector holding the last byte; at most
     // two clusters by construction of the field.
-    const uint64_t csize = sectors * kCompressedSectorSize - (coffset & (kCompressedSectorSize - 1));
+    const uint64_t csize =
+        sectors * kCompressedSectorSize - (coffset & (kCompressedSectorSize - 1));
     auto where = [&] {
       return name_ + ": compressed cluster at host offset " + Hex(coffset) + " (" +
              std::to_string(csize) + " bytes, guest offset " + Hex(guest_off) + ")";

@@ -113,7 +113,8 @@ namespace {
 
 std::string CString(const uint8_t* p, size_t len) {
   // Names are stored without a NUL; an embedded NUL ends them (as in QEMU).
-  return std::string(reinterpret_cast<const char*>(p), strnlen(reinterpret_cast<const char*>(p), len));
+  return std::string(reinterpret_cast<const char*>(p),
+                     strnlen(reinterpret_cast<const char*>(p), len));
 }
 
 Status UnsupportedFeatures(const Header& h, uint64_t mask, const std::string& name) {
@@ -167,7 +168,8 @@ Status ReadExtensions(const std::vector<uint8_t>& c0, uint64_t start, uint64_t e
         break;
       case kExtCryptoHeader: {
         if (h.raw.crypt_method != kCryptLuks)
-          return Status::Corruption(name + ": CRYPTO header extension only expected with LUKS "
+          return Status::Corruption(name +
+                                    ": CRYPTO header extension only expected with LUKS "
                                     "encryption method");
         if (ext.len != sizeof(CryptoHeaderExtension))
           return Status::Corruption(name + ": CRYPTO header extension size " +
@@ -175,9 +177,9 @@ Status ReadExtensions(const std::vector<uint8_t>& c0, uint64_t start, uint64_t e
                                     std::to_string(sizeof(CryptoHeaderExtension)));
         CryptoHeaderExtension c = CryptoHeaderExtension::Decode(data);
         if (c.offset & (h.cluster_size - 1))
-          return Status::Corruption(name + ": Encryption header offset '" + std::to_string(c.offset) +
-                                    "' is not a multiple of cluster size '" +
-                                    std::to_string(h.cluster_size) + "'");
+          return Status::Corruption(
+              name + ": Encryption header offset '" + std::to_string(c.offset) +
+              "' is not a multiple of cluster size '" + std::to_string(h.cluster_size) + "'");
         h.crypto = c;
         break;
       }
@@ -192,9 +194,9 @@ Status ReadExtensions(const std::vector<uint8_t>& c0, uint64_t start, uint64_t e
         if (b.reserved32 != 0)
           return Status::Corruption(name + ": bitmaps_ext: Reserved field is not zero");
         if (b.nb_bitmaps > kMaxBitmaps)
-          return Status::Corruption(name + ": bitmaps_ext: Image has " + std::to_string(b.nb_bitmaps) +
-                                    " bitmaps, exceeding the QEMU supported maximum of " +
-                                    std::to_string(kMaxBitmaps));
+          return Status::Corruption(
+              name + ": bitmaps_ext: Image has " + std::to_string(b.nb_bitmaps) +
+              " bitmaps, exceeding the QEMU supported maximum of " + std::to_string(kMaxBitmaps));
         if (b.nb_bitmaps == 0)
           return Status::Corruption(name + ": found bitmaps extension with zero bitmaps");
         if (b.bitmap_directory_offset & (h.cluster_size - 1))
@@ -212,7 +214,8 @@ Status ReadExtensions(const std::vector<uint8_t>& c0, uint64_t start, uint64_t e
         h.data_file = CString(data, ext.len);
         break;
       default:
-        h.unknown_extensions.push_back(UnknownExtension{ext.type, std::vector<uint8_t>(data, data + ext.len)});
+        h.unknown_extensions.push_back(
+            UnknownExtension{ext.type, std::vector<uint8_t>(data, data + ext.len)});
         break;
     }
     offset += (uint64_t{ext.len} + 7) & ~uint64_t{7};
@@ -239,9 +242,11 @@ Result<Header> ReadHeader(Backend& file, uint64_t file_size, const std::string& 
   h.version = r.version;
 
   if (r.cluster_bits < kMinClusterBits)
-    return Status::Corruption(name + ": Unsupported cluster size: 2^" + std::to_string(r.cluster_bits));
+    return Status::Corruption(name + ": Unsupported cluster size: 2^" +
+                              std::to_string(r.cluster_bits));
   if (r.cluster_bits > kMaxClusterBits)
-    return Status::NotSupported(name + ": Unsupported cluster size: 2^" + std::to_string(r.cluster_bits));
+    return Status::NotSupported(name + ": Unsupported cluster size: 2^" +
+                                std::to_string(r.cluster_bits));
   h.cluster_bits = r.cluster_bits;
   h.cluster_size = 1ull << r.cluster_bits;
 
@@ -275,18 +280,21 @@ Result<Header> ReadHeader(Backend& file, uint64_t file_size, const std::string& 
     h.unknown_header_fields.assign(c0.begin() + kHeaderSize, c0.begin() + h.header_length);
 
   if (r.backing_file_offset > h.cluster_size)
-    return Status::Corruption(name + ": Invalid backing file offset (" + Hex(r.backing_file_offset) + ")");
+    return Status::Corruption(name + ": Invalid backing file offset (" +
+                              Hex(r.backing_file_offset) + ")");
   const uint64_t ext_end = r.backing_file_offset ? r.backing_file_offset : h.cluster_size;
 
   // Compression type (additional field, present when header_length > 104).
   h.compression_type = h.header_length > HeaderRaw::kV3MinSize ? h.raw.compression_type : 0;
   if (h.compression_type != kCompressionZlib && h.compression_type != kCompressionZstd)
-    return Status::NotSupported(name + ": qcow2: unknown compression type: " +
-                                std::to_string(h.compression_type));
+    return Status::NotSupported(
+        name + ": qcow2: unknown compression type: " + std::to_string(h.compression_type));
   if (h.compression_type == kCompressionZlib && (h.incompatible & kIncompatCompression))
-    return Status::Corruption(name + ": qcow2: Compression type incompatible feature bit must not be set");
+    return Status::Corruption(name +
+                              ": qcow2: Compression type incompatible feature bit must not be set");
   if (h.compression_type != kCompressionZlib && !(h.incompatible & kIncompatCompression))
-    return Status::Corruption(name + ": qcow2: Compression type incompatible feature bit must be set");
+    return Status::Corruption(name +
+                              ": qcow2: Compression type incompatible feature bit must be set");
 
   if (h.header_length < ext_end)
     KVMFS_RETURN_IF_ERROR(ReadExtensions(c0, h.header_length, ext_end, h, name));
@@ -295,8 +303,10 @@ Result<Header> ReadHeader(Backend& file, uint64_t file_size, const std::string& 
     return UnsupportedFeatures(h, h.incompatible & ~kIncompatKnownMask, name);
 
   if (h.refcount_order > kMaxRefcountOrder)
-    return Status::Corruption(name + ": Reference count entry width too large; may not exceed 64 bits "
-                              "(refcount_order " + std::to_string(h.refcount_order) + ")");
+    return Status::Corruption(name +
+                              ": Reference count entry width too large; may not exceed 64 bits "
+                              "(refcount_order " +
+                              std::to_string(h.refcount_order) + ")");
   if (r.crypt_method > kCryptLuks)
     return Status::NotSupported(name + ": Unsupported encryption method " +
                                 std::to_string(r.crypt_method));
@@ -311,13 +321,13 @@ Result<Header> ReadHeader(Backend& file, uint64_t file_size, const std::string& 
   // Refcount table: needed by a writer only, but QEMU refuses bad ones.
   if (r.refcount_table_clusters == 0)
     return Status::Corruption(name + ": Image does not contain a reference count table");
-  KVMFS_RETURN_IF_ERROR(ValidateTable(r.refcount_table_offset,
-                                      uint64_t{r.refcount_table_clusters} << (h.cluster_bits - 3), 8,
-                                      kMaxRefcountTableBytes, h.cluster_size,
-                                      "Reference count table", name));
+  KVMFS_RETURN_IF_ERROR(ValidateTable(
+      r.refcount_table_offset, uint64_t{r.refcount_table_clusters} << (h.cluster_bits - 3), 8,
+      kMaxRefcountTableBytes, h.cluster_size, "Reference count table", name));
   if (r.refcount_table_offset >= file_size)
     return Status::Corruption(name + ": Reference count table at " + Hex(r.refcount_table_offset) +
-                              " is past the end of the file (" + std::to_string(file_size) + " bytes)");
+                              " is past the end of the file (" + std::to_string(file_size) +
+                              " bytes)");
 
   KVMFS_RETURN_IF_ERROR(ValidateTable(r.snapshots_offset, r.nb_snapshots, sizeof(SnapshotHeaderRaw),
                                       sizeof(SnapshotHeaderRaw) * kMaxSnapshots, h.cluster_size,
@@ -331,20 +341,23 @@ Result<Header> ReadHeader(Backend& file, uint64_t file_size, const std::string& 
   const uint64_t l1_needed = geo.SizeToL1(h.virtual_size);
   if (l1_needed > static_cast<uint64_t>(std::numeric_limits<int>::max()) ||
       h.virtual_size > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-    return Status::TooLarge(name + ": Image is too big (virtual size " + std::to_string(r.size) + ")");
+    return Status::TooLarge(name + ": Image is too big (virtual size " + std::to_string(r.size) +
+                            ")");
   if (r.l1_size < l1_needed)
     return Status::Corruption(name + ": L1 table is too small (" + std::to_string(r.l1_size) +
-                              " entries, the virtual size needs " + std::to_string(l1_needed) + ")");
+                              " entries, the virtual size needs " + std::to_string(l1_needed) +
+                              ")");
   if (r.l1_size > 0 && r.l1_table_offset + uint64_t{r.l1_size} * 8 > file_size)
-    return Status::Corruption(name + ": Active L1 table at " + Hex(r.l1_table_offset) + " (" +
-                              std::to_string(r.l1_size) + " entries) extends past the end of the file (" +
-                              std::to_string(file_size) + " bytes)");
+    return Status::Corruption(
+        name + ": Active L1 table at " + Hex(r.l1_table_offset) + " (" + std::to_string(r.l1_size) +
+        " entries) extends past the end of the file (" + std::to_string(file_size) + " bytes)");
 
   if (r.backing_file_offset != 0) {
     const uint64_t len = r.backing_file_size;
     const uint64_t room = h.cluster_size - r.backing_file_offset;
     if (len > kMaxBackingNameLen || len > room)
-      return Status::Corruption(name + ": Backing file name too long (" + std::to_string(len) + " bytes)");
+      return Status::Corruption(name + ": Backing file name too long (" + std::to_string(len) +
+                                " bytes)");
     h.backing_file = CString(c0.data() + r.backing_file_offset, len);
   }
 

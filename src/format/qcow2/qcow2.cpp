@@ -1,9 +1,9 @@
 // qcow2 driver entry: probing, opening (header, data file, snapshot table,
 // active L1), and the Image views of the active disk and of its snapshots.
+#include "format/qcow2/qcow2.h"
+
 #include <cstring>
 #include <mutex>
-
-#include "format/qcow2/qcow2.h"
 
 namespace kvmfs {
 namespace qcow2 {
@@ -21,8 +21,8 @@ class Qcow2Image final : public Image {
   Status Read(uint64_t off, void* buf, size_t len) override {
     if (off > size_ || len > size_ - off)
       return Status::InvalidArgument(engine_->name() + ": read of " + std::to_string(len) +
-                                     " bytes at " + std::to_string(off) + " past the virtual size " +
-                                     std::to_string(size_));
+                                     " bytes at " + std::to_string(off) +
+                                     " past the virtual size " + std::to_string(size_));
     auto* p = static_cast<uint8_t*>(buf);
     const uint64_t cluster_mask = engine_->geo().cluster_size - 1;
     while (len > 0) {
@@ -59,10 +59,16 @@ class Qcow2Image final : public Image {
     BlockStatus bs;
     bs.length = e.length;
     switch (e.type) {
-      case Extent::Type::kUnallocated: bs.kind = Allocation::kUnallocated; break;
-      case Extent::Type::kZero: bs.kind = Allocation::kZero; break;
+      case Extent::Type::kUnallocated:
+        bs.kind = Allocation::kUnallocated;
+        break;
+      case Extent::Type::kZero:
+        bs.kind = Allocation::kZero;
+        break;
       case Extent::Type::kData:
-      case Extent::Type::kCompressed: bs.kind = Allocation::kData; break;
+      case Extent::Type::kCompressed:
+        bs.kind = Allocation::kData;
+        break;
     }
     return bs;
   }
@@ -113,11 +119,16 @@ class Qcow2Image final : public Image {
     if (snapshot_ != nullptr)
       return Status::NotSupported(name + ": snapshot " + snapshot_->info.id + " has no snapshots");
     const Snapshot* found = nullptr;
-    for (const Snapshot& s : engine_->snapshots())
-      if (s.info.id == id) found = &s;
+    for (const Snapshot& s : engine_->snapshots()) {
+      if (s.info.id == id) {
+        found = &s;  // the first, as QEMU's lookup
+        break;
+      }
+    }
     if (found == nullptr) return Status::NotFound(name + ": no snapshot with id '" + id + "'");
     const Header& h = engine_->header();
-    const std::string what = "snapshot " + id + " (table entry " + std::to_string(found->index) + ")";
+    const std::string what =
+        "snapshot " + id + " (table entry " + std::to_string(found->index) + ")";
     // v3 entries must record at least vm_state_size_large and disk_size.
     if (h.version >= 3 && found->extra_data_size < 16)
       return Status::Corruption(name + ": snapshot table entry " + std::to_string(found->index) +
@@ -194,7 +205,8 @@ Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const Op
                               std::string(h.raw.crypt_method == kCryptAes ? "AES" : "LUKS") +
                               "): no key configured; encryption support is not implemented yet");
   if ((h.incompatible & kIncompatCorrupt) && ctx.writable)
-    return Status::Permission(name + ": qcow2 image is corrupt (corrupt bit set); it can only be "
+    return Status::Permission(name +
+                              ": qcow2 image is corrupt (corrupt bit set); it can only be "
                               "opened read-only; repair it with 'qemu-img check -r all'");
 
   std::shared_ptr<Backend> data;
@@ -211,7 +223,8 @@ Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const Op
     KVMFS_ASSIGN_OR_RETURN(data_size, data->Size());
   }
 
-  KVMFS_ASSIGN_OR_RETURN(std::vector<Snapshot> snapshots, ReadSnapshotTable(*file, file_size, h, name));
+  KVMFS_ASSIGN_OR_RETURN(std::vector<Snapshot> snapshots,
+                         ReadSnapshotTable(*file, file_size, h, name));
   const uint64_t l1_offset = h.raw.l1_table_offset;
   const uint32_t l1_size = h.raw.l1_size;
   const uint64_t virtual_size = h.virtual_size;

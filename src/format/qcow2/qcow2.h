@@ -38,10 +38,10 @@ namespace kvmfs::qcow2 {
 inline constexpr uint32_t kMagic = 0x514649fb;  // "QFI\xfb"
 inline constexpr uint32_t kMinClusterBits = 9;
 inline constexpr uint32_t kMaxClusterBits = 21;
-inline constexpr uint64_t kMaxL1Bytes = 32ull << 20;             // QCOW_MAX_L1_SIZE
-inline constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;   // QCOW_MAX_REFTABLE_SIZE
-inline constexpr uint32_t kMaxSnapshots = 65536;                 // QCOW_MAX_SNAPSHOTS
-inline constexpr uint32_t kMaxSnapshotExtraData = 1024;          // QCOW_MAX_SNAPSHOT_EXTRA_DATA
+inline constexpr uint64_t kMaxL1Bytes = 32ull << 20;            // QCOW_MAX_L1_SIZE
+inline constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;  // QCOW_MAX_REFTABLE_SIZE
+inline constexpr uint32_t kMaxSnapshots = 65536;                // QCOW_MAX_SNAPSHOTS
+inline constexpr uint32_t kMaxSnapshotExtraData = 1024;         // QCOW_MAX_SNAPSHOT_EXTRA_DATA
 inline constexpr uint64_t kMaxSnapshotTableBytes = 1024ull * kMaxSnapshots;  // 64 MiB
 inline constexpr uint32_t kMaxBackingNameLen = 1023;
 inline constexpr uint32_t kBackingFormatBuf = 16;  // QEMU's bs->backing_format[16]
@@ -202,11 +202,11 @@ struct Header {
   uint64_t incompatible = 0;
   uint64_t compatible = 0;
   uint64_t autoclear = 0;
-  std::string backing_file;    // empty: none
-  std::string backing_format;  // empty: not recorded
+  std::string backing_file;              // empty: none
+  std::string backing_format;            // empty: not recorded
   std::optional<std::string> data_file;  // the name extension, when present
   std::vector<FeatureNameEntry> feature_table;
-  std::optional<BitmapsExtension> bitmaps;    // only when autoclear bit 0 is set
+  std::optional<BitmapsExtension> bitmaps;  // only when autoclear bit 0 is set
   std::optional<CryptoHeaderExtension> crypto;
   std::vector<UnknownExtension> unknown_extensions;
   std::vector<uint8_t> unknown_header_fields;  // bytes [112, header_length)
@@ -227,7 +227,7 @@ Result<Header> ReadHeader(Backend& file, uint64_t file_size, const std::string& 
 struct Geometry {
   uint32_t cluster_bits = 16;
   uint64_t cluster_size = 1u << 16;
-  uint32_t l2_bits = 13;       // log2(entries per L2 table)
+  uint32_t l2_bits = 13;  // log2(entries per L2 table)
   uint64_t l2_entries = 1u << 13;
   uint32_t l2_entry_bytes = 8;  // 16 with extended L2
   bool extended_l2 = false;
@@ -294,8 +294,8 @@ class L2Cache {
   using List = std::list<std::shared_ptr<L2Table>>;
   const size_t capacity_;
   mutable std::mutex mu_;
-  List lru_;                                              // GUARDED_BY(mu_), front = newest
-  std::unordered_map<uint64_t, List::iterator> index_;   // GUARDED_BY(mu_)
+  List lru_;                                            // GUARDED_BY(mu_), front = newest
+  std::unordered_map<uint64_t, List::iterator> index_;  // GUARDED_BY(mu_)
 };
 
 // A small LRU of decompressed clusters keyed by the compressed descriptor.
@@ -309,7 +309,7 @@ class ClusterCache {
   using Entry = std::pair<uint64_t, std::shared_ptr<const std::vector<uint8_t>>>;
   const size_t capacity_;
   std::mutex mu_;
-  std::list<Entry> lru_;                                          // GUARDED_BY(mu_)
+  std::list<Entry> lru_;                                            // GUARDED_BY(mu_)
   std::unordered_map<uint64_t, std::list<Entry>::iterator> index_;  // GUARDED_BY(mu_)
 };
 
@@ -319,9 +319,9 @@ class ClusterCache {
 struct Extent {
   enum class Type { kUnallocated, kZero, kData, kCompressed };
   Type type = Type::kUnallocated;
-  uint64_t length = 0;     // bytes from the queried offset
-  uint64_t host = 0;       // kData: host (or data file) offset of the first byte
-  uint64_t l2_entry = 0;   // kCompressed: the descriptor
+  uint64_t length = 0;    // bytes from the queried offset
+  uint64_t host = 0;      // kData: host (or data file) offset of the first byte
+  uint64_t l2_entry = 0;  // kCompressed: the descriptor
 };
 
 enum class MapMode {

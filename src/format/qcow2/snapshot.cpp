@@ -84,7 +84,8 @@ Result<std::vector<Snapshot>> ReadSnapshotTable(Backend& file, uint64_t file_siz
   const uint64_t start = header.raw.snapshots_offset;
   if (start >= file_size)
     return Status::Corruption(name + ": Snapshot table at " + Hex(start) +
-                              " is past the end of the file (" + std::to_string(file_size) + " bytes)");
+                              " is past the end of the file (" + std::to_string(file_size) +
+                              " bytes)");
   out.reserve(count);
   TableReader in(file, file_size, start);
   std::vector<uint8_t> buf(65536);
@@ -98,7 +99,8 @@ Result<std::vector<Snapshot>> ReadSnapshotTable(Backend& file, uint64_t file_siz
       return Status::TooLarge(name + ": Too much extra metadata in " + entry + " (" +
                               std::to_string(h.extra_data_size) + " bytes, at most " +
                               std::to_string(kMaxSnapshotExtraData) + ")");
-    KVMFS_RETURN_IF_ERROR(in.Read(buf.data(), h.extra_data_size, name + ": " + entry + " extra data"));
+    KVMFS_RETURN_IF_ERROR(
+        in.Read(buf.data(), h.extra_data_size, name + ": " + entry + " extra data"));
     const SnapshotExtraData extra = SnapshotExtraData::Decode(buf.data(), h.extra_data_size);
 
     Snapshot s;
@@ -114,7 +116,8 @@ Result<std::vector<Snapshot>> ReadSnapshotTable(Backend& file, uint64_t file_siz
                          ? extra.disk_size
                          : header.virtual_size;
     // QEMU shows icount only when recorded (-1 means "not recorded").
-    if (h.extra_data_size >= offsetof(SnapshotExtraData, icount) + 8 && extra.icount != ~uint64_t{0}) {
+    if (h.extra_data_size >= offsetof(SnapshotExtraData, icount) + 8 &&
+        extra.icount != ~uint64_t{0}) {
       info.icount = extra.icount;
       info.has_icount = true;
     }

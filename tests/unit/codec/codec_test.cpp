@@ -1,5 +1,7 @@
 // Decompression as QEMU's qcow2-threads.c: exactly one output buffer, extra
 // input ignored, short or overlong streams refused.
+#include "kvmfs/codec.h"
+
 #include <gtest/gtest.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -8,8 +10,6 @@
 #include <random>
 #include <thread>
 #include <vector>
-
-#include "kvmfs/codec.h"
 
 namespace kvmfs {
 namespace {
@@ -50,7 +50,9 @@ TEST(CodecDeflate, RoundTripsOneCluster) {
   auto plain = Pattern(65536);
   auto packed = RawDeflate(plain);
   std::vector<uint8_t> out(plain.size());
-  ASSERT_TRUE(Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size()).ok());
+  ASSERT_TRUE(
+      Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size())
+          .ok());
   EXPECT_EQ(out, plain);
 }
 
@@ -59,7 +61,9 @@ TEST(CodecDeflate, TrailingInputIsIgnored) {
   auto packed = RawDeflate(plain);
   packed.resize(packed.size() + 511, 0xa5);  // the rest of the last sector
   std::vector<uint8_t> out(plain.size());
-  ASSERT_TRUE(Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size()).ok());
+  ASSERT_TRUE(
+      Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size())
+          .ok());
   EXPECT_EQ(out, plain);
 }
 
@@ -68,7 +72,8 @@ TEST(CodecDeflate, TruncatedStreamIsCorruption) {
   auto packed = RawDeflate(plain);
   packed.resize(packed.size() / 2);
   std::vector<uint8_t> out(plain.size());
-  Status st = Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size());
+  Status st =
+      Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size());
   EXPECT_EQ(st.code(), Status::Code::kCorruption) << st.ToString();
 }
 
@@ -76,7 +81,8 @@ TEST(CodecDeflate, StreamShorterThanOutputIsCorruption) {
   auto plain = Pattern(1000);
   auto packed = RawDeflate(plain);
   std::vector<uint8_t> out(4096);
-  Status st = Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size());
+  Status st =
+      Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), out.size());
   EXPECT_EQ(st.code(), Status::Code::kCorruption);
 }
 
@@ -85,7 +91,8 @@ TEST(CodecDeflate, LongerStreamFillsExactlyTheOutput) {
   auto plain = std::vector<uint8_t>(1 << 20, 0);
   auto packed = RawDeflate(plain);
   std::vector<uint8_t> out(65536 + 16, 0x77);
-  ASSERT_TRUE(Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), 65536).ok());
+  ASSERT_TRUE(
+      Decompress(CompressionType::kDeflate, packed.data(), packed.size(), out.data(), 65536).ok());
   EXPECT_EQ(std::vector<uint8_t>(out.begin(), out.begin() + 65536), std::vector<uint8_t>(65536, 0));
   EXPECT_EQ(out[65536], 0x77);  // nothing written past the output
 }
@@ -93,7 +100,8 @@ TEST(CodecDeflate, LongerStreamFillsExactlyTheOutput) {
 TEST(CodecDeflate, GarbageIsCorruption) {
   std::vector<uint8_t> junk(600, 0xff);
   std::vector<uint8_t> out(4096);
-  EXPECT_EQ(Decompress(CompressionType::kDeflate, junk.data(), junk.size(), out.data(), out.size()).code(),
+  EXPECT_EQ(Decompress(CompressionType::kDeflate, junk.data(), junk.size(), out.data(), out.size())
+                .code(),
             Status::Code::kCorruption);
   EXPECT_EQ(Decompress(CompressionType::kDeflate, nullptr, 0, out.data(), out.size()).code(),
             Status::Code::kCorruption);
@@ -104,18 +112,23 @@ TEST(CodecZstd, RoundTripsWithTrailingBytes) {
   auto packed = Zstd(plain);
   packed.resize(packed.size() + 300, 0);
   std::vector<uint8_t> out(plain.size());
-  ASSERT_TRUE(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size()).ok());
+  ASSERT_TRUE(
+      Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size())
+          .ok());
   EXPECT_EQ(out, plain);
 }
 
 TEST(CodecZstd, MultipleFramesMakeOneCluster) {
   auto plain = Pattern(65536, 9);
-  std::vector<uint8_t> a(plain.begin(), plain.begin() + 20000), b(plain.begin() + 20000, plain.end());
+  std::vector<uint8_t> a(plain.begin(), plain.begin() + 20000),
+      b(plain.begin() + 20000, plain.end());
   auto packed = Zstd(a);
   auto second = Zstd(b);
   packed.insert(packed.end(), second.begin(), second.end());
   std::vector<uint8_t> out(plain.size());
-  ASSERT_TRUE(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size()).ok());
+  ASSERT_TRUE(
+      Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size())
+          .ok());
   EXPECT_EQ(out, plain);
 }
 
@@ -124,7 +137,8 @@ TEST(CodecZstd, TruncatedFrameIsCorruption) {
   auto packed = Zstd(plain);
   packed.resize(packed.size() - 10);
   std::vector<uint8_t> out(plain.size());
-  EXPECT_EQ(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size()).code(),
+  EXPECT_EQ(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size())
+                .code(),
             Status::Code::kCorruption);
 }
 
@@ -132,7 +146,8 @@ TEST(CodecZstd, ShortStreamIsCorruption) {
   auto plain = Pattern(1000);
   auto packed = Zstd(plain);
   std::vector<uint8_t> out(4096);
-  EXPECT_EQ(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size()).code(),
+  EXPECT_EQ(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size())
+                .code(),
             Status::Code::kCorruption);
 }
 
@@ -140,15 +155,17 @@ TEST(CodecZstd, FrameLongerThanOutputIsCorruption) {
   auto plain = Pattern(8192);
   auto packed = Zstd(plain);
   std::vector<uint8_t> out(4096);
-  EXPECT_EQ(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size()).code(),
+  EXPECT_EQ(Decompress(CompressionType::kZstd, packed.data(), packed.size(), out.data(), out.size())
+                .code(),
             Status::Code::kCorruption);
 }
 
 TEST(CodecZstd, GarbageIsCorruption) {
   std::vector<uint8_t> junk(600, 0x28);
   std::vector<uint8_t> out(4096);
-  EXPECT_EQ(Decompress(CompressionType::kZstd, junk.data(), junk.size(), out.data(), out.size()).code(),
-            Status::Code::kCorruption);
+  EXPECT_EQ(
+      Decompress(CompressionType::kZstd, junk.data(), junk.size(), out.data(), out.size()).code(),
+      Status::Code::kCorruption);
 }
 
 TEST(Codec, ConcurrentThreadsUseTheirOwnContexts) {
@@ -161,10 +178,12 @@ TEST(Codec, ConcurrentThreadsUseTheirOwnContexts) {
     threads.emplace_back([&] {
       std::vector<uint8_t> out(plain.size());
       for (int i = 0; i < 50; ++i) {
-        bool ok = Decompress(CompressionType::kDeflate, d.data(), d.size(), out.data(), out.size()).ok() &&
-                  out == plain &&
-                  Decompress(CompressionType::kZstd, z.data(), z.size(), out.data(), out.size()).ok() &&
-                  out == plain;
+        bool ok =
+            Decompress(CompressionType::kDeflate, d.data(), d.size(), out.data(), out.size())
+                .ok() &&
+            out == plain &&
+            Decompress(CompressionType::kZstd, z.data(), z.size(), out.data(), out.size()).ok() &&
+            out == plain;
         if (!ok) ++failures;
       }
     });

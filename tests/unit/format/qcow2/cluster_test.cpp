@@ -46,7 +46,7 @@ TEST(Qcow2Cluster, NormalZeroAndUnallocatedClustersRead) {
   MemImage img = WithL2();
   img.SetL2(img.Cluster(4), 0, img.Cluster(5) | kCopied);
   img.Fill(img.Cluster(5), img.cs, 0xab);
-  img.SetL2(img.Cluster(4), 1, 1);  // ZERO_PLAIN
+  img.SetL2(img.Cluster(4), 1, 1);                             // ZERO_PLAIN
   img.SetL2(img.Cluster(4), 2, img.Cluster(5) | kCopied | 1);  // ZERO_ALLOC
   auto image = MustOpen(img);
   ASSERT_TRUE(image);
@@ -104,7 +104,8 @@ TEST(Qcow2Cluster, UnalignedL2OffsetIsCorruptionOtherRangesStillRead) {
   img.Grow(img.Cluster(5));
   auto image = MustOpen(img);
   ASSERT_TRUE(image);
-  ExpectReadFails(*image, 0, 512, Code::kCorruption, "L2 table offset 0x40200 unaligned (L1 index: 0");
+  ExpectReadFails(*image, 0, 512, Code::kCorruption,
+                  "L2 table offset 0x40200 unaligned (L1 index: 0");
   EXPECT_EQ(ReadAll(*image, 512ull << 20, 512), std::vector<uint8_t>(512, 0));
 }
 
@@ -287,7 +288,8 @@ TEST(Qcow2Cluster, ExtendedL2InconsistentBitmapsAreCorruption) {
   unalloc.SetL2Ext(unalloc.Cluster(4), 0, 0, 1);
   image = MustOpen(unalloc);
   ASSERT_TRUE(image);
-  ExpectReadFails(*image, 0, 512, Code::kCorruption, "Unallocated cluster has non-zero subcluster allocation map");
+  ExpectReadFails(*image, 0, 512, Code::kCorruption,
+                  "Unallocated cluster has non-zero subcluster allocation map");
 }
 
 TEST(Qcow2Cluster, TinyL2CacheStillReadsEverything) {
@@ -376,7 +378,8 @@ TEST(Qcow2Snapshot, TooMuchExtraDataIsRefused) {
   auto r = img.Open();
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kTooLarge);
-  EXPECT_NE(r.status().message().find("Too much extra metadata in snapshot table entry 0"), std::string::npos);
+  EXPECT_NE(r.status().message().find("Too much extra metadata in snapshot table entry 0"),
+            std::string::npos);
 }
 
 TEST(Qcow2Snapshot, NamePastTheFileIsRefused) {
@@ -389,7 +392,8 @@ TEST(Qcow2Snapshot, NamePastTheFileIsRefused) {
   auto r = img.Open();
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kCorruption);
-  EXPECT_NE(r.status().message().find("snapshot table entry 0 name"), std::string::npos) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("snapshot table entry 0 name"), std::string::npos)
+      << r.status().ToString();
 }
 
 TEST(Qcow2Snapshot, MoreEntriesThanTheFileHoldsIsRefused) {
@@ -401,7 +405,8 @@ TEST(Qcow2Snapshot, MoreEntriesThanTheFileHoldsIsRefused) {
   auto r = img.Open();
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kCorruption);
-  EXPECT_NE(r.status().message().find("snapshot table entry 1"), std::string::npos) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("snapshot table entry 1"), std::string::npos)
+      << r.status().ToString();
 }
 
 TEST(Qcow2Snapshot, TableOver64MiBIsRefused) {
@@ -417,12 +422,14 @@ TEST(Qcow2Snapshot, TableOver64MiBIsRefused) {
   auto r = img.Open();
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kTooLarge);
-  EXPECT_NE(r.status().message().find("Snapshot table is too big"), std::string::npos) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("Snapshot table is too big"), std::string::npos)
+      << r.status().ToString();
 }
 
 TEST(Qcow2Snapshot, BadSnapshotL1FailsOnlyThatSnapshot) {
   MemImage img;
-  uint64_t p = PutSnapshot(img, img.Cluster(4), img.Cluster(3) + 8, 1, "1", "unaligned", 16, 1 << 20);
+  uint64_t p =
+      PutSnapshot(img, img.Cluster(4), img.Cluster(3) + 8, 1, "1", "unaligned", 16, 1 << 20);
   p = PutSnapshot(img, p, img.Cluster(3), 0x10000000, "2", "huge", 16, 1 << 20);
   p = PutSnapshot(img, p, img.Cluster(3), 1, "3", "incomplete", 8, 0);
   p = PutSnapshot(img, p, img.Cluster(3), 1, "4", "good", 16, 1 << 20);
@@ -434,7 +441,8 @@ TEST(Qcow2Snapshot, BadSnapshotL1FailsOnlyThatSnapshot) {
   EXPECT_EQ(image->Snapshots().size(), 4u);
   auto r = image->OpenSnapshot("1");
   EXPECT_EQ(r.status().code(), Code::kCorruption);
-  EXPECT_NE(r.status().message().find("offset invalid"), std::string::npos) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("offset invalid"), std::string::npos)
+      << r.status().ToString();
   r = image->OpenSnapshot("2");
   EXPECT_EQ(r.status().code(), Code::kTooLarge);
   r = image->OpenSnapshot("3");

@@ -4,8 +4,8 @@
 
 #include <limits>
 
-#include "mem_image.h"
 #include "kvmfs/format.h"
+#include "mem_image.h"
 
 namespace kvmfs::test {
 namespace {
@@ -165,7 +165,8 @@ TEST(Qcow2Header, BackingNameIsReadAsStored) {
 TEST(Qcow2Header, UnknownIncompatibleBitIsNotSupported) {
   MemImage img;
   img.Be64(kOffIncompat, 1ull << 5);
-  ExpectRefused(img, Code::kNotSupported, "Unsupported qcow2 feature(s): Unknown incompatible feature: 20");
+  ExpectRefused(img, Code::kNotSupported,
+                "Unsupported qcow2 feature(s): Unknown incompatible feature: 20");
 }
 
 TEST(Qcow2Header, UnknownIncompatibleBitIsNamedFromTheFeatureTable) {
@@ -348,7 +349,8 @@ TEST(Qcow2Header, UnknownEncryptionMethodIsRefused) {
 TEST(Qcow2Header, CompressionTypeMustMatchItsFeatureBit) {
   MemImage zstd_without_bit;
   zstd_without_bit.b[kOffCompressionType] = 1;
-  ExpectRefused(zstd_without_bit, Code::kCorruption, "Compression type incompatible feature bit must be set");
+  ExpectRefused(zstd_without_bit, Code::kCorruption,
+                "Compression type incompatible feature bit must be set");
 
   MemImage zlib_with_bit;
   zlib_with_bit.Be64(kOffIncompat, 1ull << 3);

@@ -65,7 +65,8 @@ class Qcow2Image : public ::testing::Test {
 
   void Sh(const std::string& cmd) { ASSERT_TRUE(Shell("cd " + dir_ + " && " + cmd)); }
   // qemu-io commands, each `-c`.
-  void Io(const std::string& image, const std::vector<std::string>& cmds, const std::string& fmt = "qcow2") {
+  void Io(const std::string& image, const std::vector<std::string>& cmds,
+          const std::string& fmt = "qcow2") {
     std::string cmd = "qemu-io -f " + fmt;
     for (const auto& c : cmds) cmd += " -c '" + c + "'";
     Sh(cmd + " " + image + " >/dev/null");
@@ -180,26 +181,29 @@ TEST_F(Qcow2Image, BackingChainReadsThroughUnallocatedRanges) {
 TEST_F(Qcow2Image, ExtendedL2SubclustersOverBackingMatchQemu) {
   Sh("qemu-img create -q -f qcow2 base.qcow2 2M");
   Io("base.qcow2", {"write -P 0x11 0 2M"});
-  Sh("qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=128k -b base.qcow2 -F qcow2 el2.qcow2 2M");
-  Io("el2.qcow2", {"write -P 0x22 4096 4096", "write -z 65536 8192", "write -P 0x33 200k 5k",
-                   "write -z 512k 128k", "write -P 0x44 1M 128k", "discard 1M 16k",
-                   "write -z 1536k 4k"});
+  Sh("qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=128k -b base.qcow2 -F qcow2 "
+     "el2.qcow2 2M");
+  Io("el2.qcow2",
+     {"write -P 0x22 4096 4096", "write -z 65536 8192", "write -P 0x33 200k 5k",
+      "write -z 512k 128k", "write -P 0x44 1M 128k", "discard 1M 16k", "write -z 1536k 4k"});
   ExpectSame("el2.qcow2");
 }
 
 TEST_F(Qcow2Image, CompressedZlibAndZstdMatchQemu) {
   // A size that leaves a final partial cluster.
   Sh("qemu-img create -q -f raw src.raw 1060864");
-  Io("src.raw", {"write -P 0x71 0 100k", "write -P 0x72 300k 64k", "write -P 0x73 1000k 36k"}, "raw");
+  Io("src.raw", {"write -P 0x71 0 100k", "write -P 0x72 300k 64k", "write -P 0x73 1000k 36k"},
+     "raw");
   for (const char* type : {"zlib", "zstd"}) {
     SCOPED_TRACE(type);
     const std::string name = std::string("c-") + type + ".qcow2";
-    Sh(std::string("qemu-img convert -c -O qcow2 -o compression_type=") + type + " src.raw " + name);
+    Sh(std::string("qemu-img convert -c -O qcow2 -o compression_type=") + type + " src.raw " +
+       name);
     ExpectSame(name);
     // Compressed writes with qemu-io too, over a small cluster size.
     const std::string small = std::string("w-") + type + ".qcow2";
-    Sh(std::string("qemu-img create -q -f qcow2 -o cluster_size=4096,compression_type=") + type + " " +
-       small + " 1M");
+    Sh(std::string("qemu-img create -q -f qcow2 -o cluster_size=4096,compression_type=") + type +
+       " " + small + " 1M");
     Io(small, {"write -c -P 0x5a 0 4096", "write -c -P 0x5b 8192 8192", "write -P 0x5c 12288 512"});
     ExpectSame(small);
   }
@@ -270,10 +274,15 @@ TEST_F(Qcow2Image, SnapshotTakenBetweenWritesMatchesQemu) {
 
 // format-specific keys and values, in qemu-img's order.
 TEST_F(Qcow2Image, InfoMatchesQemuImgInfo) {
-  const std::vector<std::string> variants = {
-      "-o compat=0.10", "", "-o lazy_refcounts=on", "-o extended_l2=on,cluster_size=128k",
-      "-o compression_type=zstd", "-o data_file=i5.data", "-o data_file=i6.data,data_file_raw=on",
-      "-o refcount_bits=1", "-o refcount_bits=64,cluster_size=4k"};
+  const std::vector<std::string> variants = {"-o compat=0.10",
+                                             "",
+                                             "-o lazy_refcounts=on",
+                                             "-o extended_l2=on,cluster_size=128k",
+                                             "-o compression_type=zstd",
+                                             "-o data_file=i5.data",
+                                             "-o data_file=i6.data,data_file_raw=on",
+                                             "-o refcount_bits=1",
+                                             "-o refcount_bits=64,cluster_size=4k"};
   for (size_t i = 0; i < variants.size(); ++i) {
     SCOPED_TRACE(variants[i]);
     const std::string name = "i" + std::to_string(i) + ".qcow2";
@@ -320,10 +329,14 @@ TEST_F(Qcow2Image, ConcurrentRandomReadsSeeTheRightBytes) {
     uint64_t off = (rng() % (8 << 20)) & ~uint64_t{511};
     uint64_t len = std::min<uint64_t>(512 * (1 + rng() % 40), (8 << 20) - off);
     int kind = rng() % 4;
-    if (kind == 0) cmds.push_back("write -z " + std::to_string(off) + " " + std::to_string(len));
+    if (kind == 0)
+      cmds.push_back("write -z " + std::to_string(off) + " " + std::to_string(len));
     else if (kind == 1 && off % 4096 == 0 && len >= 4096)
-      cmds.push_back("write -c -P " + std::to_string(i % 250 + 2) + " " + std::to_string(off) + " 4096");
-    else cmds.push_back("write -P " + std::to_string(i % 250 + 2) + " " + std::to_string(off) + " " + std::to_string(len));
+      cmds.push_back("write -c -P " + std::to_string(i % 250 + 2) + " " + std::to_string(off) +
+                     " 4096");
+    else
+      cmds.push_back("write -P " + std::to_string(i % 250 + 2) + " " + std::to_string(off) + " " +
+                     std::to_string(len));
   }
   Io("cc.qcow2", cmds);
   Sh("qemu-img convert -O raw cc.qcow2 expected.raw");
@@ -352,8 +365,10 @@ TEST_F(Qcow2Image, ConcurrentRandomReadsSeeTheRightBytes) {
         uint64_t off = r() % expected.size();
         size_t len = 1 + r() % std::min<uint64_t>(200000, expected.size() - off);
         buf.assign(len, 0xee);
-        if (!image.Read(off, buf.data(), len).ok()) ++errors;
-        else if (!std::equal(buf.begin(), buf.end(), expected.begin() + off)) ++mismatches;
+        if (!image.Read(off, buf.data(), len).ok())
+          ++errors;
+        else if (!std::equal(buf.begin(), buf.end(), expected.begin() + off))
+          ++mismatches;
       }
     });
   }
@@ -361,7 +376,6 @@ TEST_F(Qcow2Image, ConcurrentRandomReadsSeeTheRightBytes) {
   EXPECT_EQ(errors.load(), 0);
   EXPECT_EQ(mismatches.load(), 0);
 }
-
 
 TEST_F(Qcow2Image, PetabyteSparseImageIsScannedQuickly) {
   Sh("qemu-img create -q -f qcow2 big.qcow2 1P");
@@ -389,7 +403,8 @@ TEST_F(Qcow2Image, PreallocatedMetadataMatchesQemu) {
   Sh("qemu-img create -q -f qcow2 -o preallocation=metadata pm.qcow2 3M");
   Io("pm.qcow2", {"write -P 0x31 64k 64k", "write -z 1M 64k"});
   ExpectSame("pm.qcow2");
-  Sh("qemu-img create -q -f qcow2 -o preallocation=metadata,data_file=pmd.data,data_file_raw=on pmd.qcow2 3M");
+  Sh("qemu-img create -q -f qcow2 -o preallocation=metadata,data_file=pmd.data,data_file_raw=on "
+     "pmd.qcow2 3M");
   Io("pmd.qcow2", {"write -P 0x32 0 4k"});
   ExpectSame("pmd.qcow2");
 }
@@ -411,7 +426,6 @@ TEST_F(Qcow2Image, MissingDataFileIsNotFound) {
   ASSERT_FALSE(chain.ok());
   EXPECT_TRUE(chain.status().IsNotFound()) << chain.status().ToString();
 }
-
 
 TEST_F(Qcow2Image, SnapshotKeepsItsOwnDiskSizeAfterResize) {
   Sh("qemu-img create -q -f qcow2 rs.qcow2 1M");

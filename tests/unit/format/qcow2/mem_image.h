@@ -15,11 +15,25 @@ namespace kvmfs::test {
 
 // Header offsets (docs/interop/qcow2.rst).
 enum HeaderOffset : uint64_t {
-  kOffMagic = 0, kOffVersion = 4, kOffBackingOffset = 8, kOffBackingSize = 16,
-  kOffClusterBits = 20, kOffSize = 24, kOffCryptMethod = 32, kOffL1Size = 36,
-  kOffL1Offset = 40, kOffRefcountTableOffset = 48, kOffRefcountTableClusters = 56,
-  kOffNbSnapshots = 60, kOffSnapshotsOffset = 64, kOffIncompat = 72, kOffCompat = 80,
-  kOffAutoclear = 88, kOffRefcountOrder = 96, kOffHeaderLength = 100, kOffCompressionType = 104,
+  kOffMagic = 0,
+  kOffVersion = 4,
+  kOffBackingOffset = 8,
+  kOffBackingSize = 16,
+  kOffClusterBits = 20,
+  kOffSize = 24,
+  kOffCryptMethod = 32,
+  kOffL1Size = 36,
+  kOffL1Offset = 40,
+  kOffRefcountTableOffset = 48,
+  kOffRefcountTableClusters = 56,
+  kOffNbSnapshots = 60,
+  kOffSnapshotsOffset = 64,
+  kOffIncompat = 72,
+  kOffCompat = 80,
+  kOffAutoclear = 88,
+  kOffRefcountOrder = 96,
+  kOffHeaderLength = 100,
+  kOffCompressionType = 104,
 };
 
 // A valid, empty image: header in cluster 0, refcount table in cluster 1,
@@ -62,9 +76,18 @@ struct MemImage {
   void Grow(uint64_t end) {
     if (b.size() < end) b.resize(end);
   }
-  void Be16(uint64_t off, uint16_t v) { Grow(off + 2); StoreBE16(&b[off], v); }
-  void Be32(uint64_t off, uint32_t v) { Grow(off + 4); StoreBE32(&b[off], v); }
-  void Be64(uint64_t off, uint64_t v) { Grow(off + 8); StoreBE64(&b[off], v); }
+  void Be16(uint64_t off, uint16_t v) {
+    Grow(off + 2);
+    StoreBE16(&b[off], v);
+  }
+  void Be32(uint64_t off, uint32_t v) {
+    Grow(off + 4);
+    StoreBE32(&b[off], v);
+  }
+  void Be64(uint64_t off, uint64_t v) {
+    Grow(off + 8);
+    StoreBE64(&b[off], v);
+  }
   void Bytes(uint64_t off, const std::vector<uint8_t>& v) {
     Grow(off + v.size());
     std::copy(v.begin(), v.end(), b.begin() + off);
