@@ -173,7 +173,11 @@ class Qcow2Driver final : public FormatDriver {
  public:
   const char* name() const override { return "qcow2"; }
   int Probe(const uint8_t* h, size_t len) const override {
-    return len >= 4 && h[0] == 'Q' && h[1] == 'F' && h[2] == 'I' && h[3] == 0xfb ? 100 : 0;
+    // qcow (v1) shares the magic: as QEMU's qcow2_probe, only versions >= 2.
+    if (len < 8 || h[0] != 'Q' || h[1] != 'F' || h[2] != 'I' || h[3] != 0xfb) return 0;
+    const uint32_t version =
+        uint32_t(h[4]) << 24 | uint32_t(h[5]) << 16 | uint32_t(h[6]) << 8 | h[7];
+    return version >= 2 ? 100 : 0;
   }
   Result<std::unique_ptr<Image>> Open(std::shared_ptr<Backend> file,
                                       const OpenContext& ctx) const override {
