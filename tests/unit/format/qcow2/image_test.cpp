@@ -497,5 +497,31 @@ TEST_F(Qcow2Image, RandomMetadataDamageNeverCrashes) {
   EXPECT_GT(opened, 0);
 }
 
+TEST_F(Qcow2Image, PersistentBitmapsDoNotDisturbReads) {
+  Sh("qemu-img create -q -f qcow2 bm.qcow2 1M");
+  Sh("qemu-img bitmap --add bm.qcow2 b0");
+  Io("bm.qcow2", {"write -P 0x61 0 128k"});
+  ExpectSame("bm.qcow2");
+}
+
+TEST_F(Qcow2Image, EncryptedImagesAreRefusedForLackOfAKey) {
+  for (const char* format : {"luks", "aes"}) {
+    SCOPED_TRACE(format);
+    const std::string name = std::string("enc-") + format + ".qcow2";
+    Sh(std::string(
+           "qemu-img create -q -f qcow2 --object secret,id=sec0,data=abc -o encrypt.format=") +
+       format + ",encrypt.key-secret=sec0 " + name + " 1M");
+    ChainPolicy policy;
+    policy.allowed_roots = {dir_};
+    auto chain = OpenChain(P(name), policy);
+    ASSERT_FALSE(chain.ok());
+    EXPECT_EQ(chain.status().code(), Status::Code::kPermission) << chain.status().ToString();
+    EXPECT_NE(chain.status().message().find(std::string(format) == "luks" ? "(LUKS)" : "(AES)"),
+              std::string::npos)
+        << chain.status().ToString();
+    EXPECT_NE(chain.status().message().find(name), std::string::npos);
+  }
+}
+
 }  // namespace
 }  // namespace kvmfs
