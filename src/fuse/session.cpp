@@ -67,6 +67,12 @@ int MountAndServe(const Options& options, pool::Namespace& ns) {
     argv.Add("debug");  // libfuse's protocol dump, logged at trace level
   }
   fuse_args args = argv.Get();
+  // libfuse may replace args with its own allocated copy; free it last, as
+  // fuse_main does (its strings may be referenced until fuse_destroy).
+  struct ArgsGuard {
+    fuse_args* a;
+    ~ArgsGuard() { fuse_opt_free_args(a); }
+  } args_guard{&args};
 
   CaptureFuseLog();
   struct fuse* f = fuse_new(&args, &Operations(), sizeof(fuse_operations), &ns);
