@@ -2,51 +2,19 @@
 // that keeps image content from choosing arbitrary host files.
 #include "kvmfs/chain.h"
 
-#include <limits.h>
-#include <stdlib.h>
-
 #include <algorithm>
-#include <cctype>
-#include <cerrno>
 #include <set>
 
+#include "base/path.h"
 #include "kvmfs/backend.h"
 #include "kvmfs/format.h"
 
 namespace kvmfs {
 namespace {
 
-std::string DirName(const std::string& path) {
-  size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-std::string LowerExtension(const std::string& path) {
-  size_t slash = path.rfind('/');
-  size_t dot = path.rfind('.');
-  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return "";
-  std::string ext = path.substr(dot);
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-  return ext;
-}
-
-Result<std::string> Canonical(const std::string& path) {
-  char buf[PATH_MAX];
-  if (::realpath(path.c_str(), buf) == nullptr) return Status::FromErrno(errno, path);
-  return std::string(buf);
-}
-
-bool UnderRoot(const std::string& path, const std::string& root) {
-  if (root == "/") return true;
-  return path == root || (path.size() > root.size() && path.compare(0, root.size(), root) == 0 &&
-                          path[root.size()] == '/');
-}
-
 bool Allowed(const std::string& path, const ChainPolicy& policy) {
   return std::any_of(policy.allowed_roots.begin(), policy.allowed_roots.end(),
-                     [&](const std::string& root) { return UnderRoot(path, root); });
+                     [&](const std::string& root) { return IsUnder(path, root); });
 }
 
 // Resolves a name stored in an image (backing or data file) to a canonical
@@ -57,7 +25,7 @@ Result<std::string> ResolveRelated(const std::string& image_path, const std::str
     return Status::NotSupported(image_path + ": " + what + " '" + name +
                                 "' is a json: specification, which kvmfs does not follow");
   std::string joined = name[0] == '/' ? name : DirName(image_path) + "/" + name;
-  auto canon = Canonical(joined);
+  auto canon = CanonicalPath(joined);
   if (!canon.ok()) {
     if (canon.status().IsNotFound())
       return Status::NotFound(image_path + ": " + what + " '" + name + "' not found (" + joined + ")");
@@ -91,7 +59,7 @@ Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
                         const std::string& format_hint) {
   Chain chain;
   std::set<std::string> seen;
-  KVMFS_ASSIGN_OR_RETURN(std::string current, Canonical(path));
+  KVMFS_ASSIGN_OR_RETURN(std::string current, CanonicalPath(path));
   KVMFS_ASSIGN_OR_RETURN(std::string format, DetectFormat(current, format_hint));
 
   while (true) {

@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
   ns_options.backing_roots = options.backing_roots;
   ns_options.uid = ::getuid();
   ns_options.gid = ::getgid();
-  if (pool::IsUnder(options.mountpoint, options.source)) ns_options.hidden.push_back(options.mountpoint);
+  if (IsUnder(options.mountpoint, options.source)) ns_options.hidden.push_back(options.mountpoint);
   pool::Namespace ns(std::move(ns_options));
   return fuse::MountAndServe(options, ns);
 }

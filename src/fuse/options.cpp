@@ -73,7 +73,7 @@ Status ApplyOption(const std::string& opt, Options& o) {
 }
 
 Status CheckDir(const std::string& what, std::string& path) {
-  auto canonical = pool::CanonicalPath(path);
+  auto canonical = CanonicalPath(path);
   if (!canonical.ok()) {
     int err = canonical.status().ToErrno();
     return Status::InvalidArgument(what + " " + path + ": " + std::strerror(err));

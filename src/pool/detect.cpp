@@ -5,6 +5,7 @@
 #include <cctype>
 #include <cstring>
 
+#include "base/endian.h"
 #include "kvmfs/backend.h"
 #include "kvmfs/format.h"
 
@@ -22,13 +23,6 @@ std::string Lower(std::string s) {
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-uint32_t Be32(const uint8_t* p) {
-  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | uint32_t(p[3]);
-}
-uint32_t Le32(const uint8_t* p) {
-  return uint32_t(p[3]) << 24 | uint32_t(p[2]) << 16 | uint32_t(p[1]) << 8 | uint32_t(p[0]);
 }
 
 bool StartsWith(const uint8_t* head, size_t len, const char* magic) {
@@ -71,10 +65,10 @@ std::string ProbeMagic(const uint8_t* head, size_t len) {
     // Version 1 is qcow; any other version goes to the qcow2 driver, which
     // says what is wrong with it (QEMU would fall back to raw and show the
     // header as disk content).
-    if (len >= 8 && Be32(head + 4) == 1) return "qcow";
+    if (len >= 8 && LoadBE32(head + 4) == 1) return "qcow";
     return "qcow2";
   }
-  if (len >= 68 && Le32(head + 64) == 0xbeda107f) return "vdi";
+  if (len >= 68 && LoadLE32(head + 64) == 0xbeda107f) return "vdi";
   if (StartsWith(head, len, "KDMV") || StartsWith(head, len, "COWD") ||
       StartsWith(head, len, "# Disk DescriptorFile"))
     return "vmdk";

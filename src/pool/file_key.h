@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "base/path.h"  // CanonicalPath, IsUnder
 #include "kvmfs/status.h"
 
 namespace kvmfs::pool {
@@ -28,11 +29,5 @@ struct FileKey {
 
 // stat(2) of `path` (following symlinks). Errors: kNotFound, kPermission, kIOError.
 Result<struct stat> StatPath(const std::string& path);
-
-// realpath(3) of `path`. Errors as StatPath.
-Result<std::string> CanonicalPath(const std::string& path);
-
-// Whether canonical `path` is `root` or lies below it.
-bool IsUnder(const std::string& path, const std::string& root);
 
 }  // namespace kvmfs::pool
