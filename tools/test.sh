@@ -2,14 +2,15 @@
 # Installs what is missing, builds kvmfs from scratch and runs every test:
 #   phase 1: release-like build (debugoptimized): unit + integration tests
 #   phase 2: ASan+UBSan build: unit + integration tests again
+#   phase 3: TSan build: unit tests and the concurrency integration test
 # and ends with one line `N passed, N failed[, N skipped]` (test cases, counted by
 # tools/count-tests.py). Exit status 0 only when nothing failed.
 #
 # usage: tools/test.sh [--no-sanitize] [--no-deps] [--suite unit|integration]
-#   --no-sanitize   skip phase 2 (faster local runs)
+#   --no-sanitize   skip phases 2 and 3 (faster local runs)
 #   --no-deps       do not run tools/setup-deps.sh
 #   --suite S       run only meson suite S (unit or integration)
-# Build dirs: build-test/ and build-asan/ at the top of the repo (wiped first),
+# Build dirs: build-test/, build-asan/ and build-tsan/ at the top of the repo (wiped first),
 # or under $KVMFS_BUILD_ROOT when set.
 set -euo pipefail
 
@@ -57,10 +58,18 @@ run_phase() {
   fi
   echo "=== [$label] test"
   local mult=1
+  local selection=("${suite_args[@]}")
   [ "$label" = asan ] && mult=3
+  if [ "$label" = tsan ]; then
+    mult=5
+    if [ ${#suite_args[@]} -eq 0 ]; then
+      mapfile -t selection < <(meson test -C "$dir" --list --suite unit 2>/dev/null | grep ' / ' | sed 's|.* / ||')
+      selection+=(it-concurrency)
+    fi
+  fi
   # meson's exit status is not used: count-tests.py reads the log and decides.
   meson test -C "$dir" --print-errorlogs --num-processes "$jobs" \
-    --timeout-multiplier "$mult" "${suite_args[@]}" || true
+    --timeout-multiplier "$mult" "${selection[@]}" || true
   logs+=("$label=$dir/meson-logs/testlog.json")
 }
 
@@ -77,6 +86,12 @@ if [ "$sanitize" = 1 ]; then
   run_phase asan "$build_root/build-asan" -Db_sanitize=address,undefined -Db_lundef=false \
     -Dbuildtype=debug
   unset ASAN_OPTIONS UBSAN_OPTIONS
+
+  # The read path is shared by FUSE worker threads: race-check the unit tests
+  # (which include threaded readers) and the concurrent-readers mount test.
+  export TSAN_OPTIONS="log_path=$san_logs/tsan:halt_on_error=0:second_deadlock_stack=1"
+  run_phase tsan "$build_root/build-tsan" -Db_sanitize=thread -Dbuildtype=debug
+  unset TSAN_OPTIONS
 fi
 
 echo "=== summary"
