@@ -1,0 +1,335 @@
+#include "config/config.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+namespace kvmfs::config {
+namespace {
+
+// Everything a parse needs to report: the file and where it is.
+class Parser {
+ public:
+  explicit Parser(std::string file) : file_(std::move(file)) {
+    size_t slash = file_.rfind('/');
+    if (slash != std::string::npos) base_dir_ = file_.substr(0, slash == 0 ? 1 : slash);
+  }
+
+  Status Error(const YAML::Node& node, const std::string& key, const std::string& what) const {
+    return Status::InvalidArgument(file_ + ":" + std::to_string(Line(node)) + ": " + key + ": " + what);
+  }
+  static int Line(const YAML::Node& node) { return std::max(0, node.Mark().line) + 1; }
+
+  static std::string Got(const YAML::Node& node) {
+    if (node.IsNull()) return "nothing";
+    if (node.IsScalar()) return "\"" + node.Scalar() + "\"";
+    if (node.IsSequence()) return "a list";
+    if (node.IsMap()) return "a mapping";
+    return "nothing";
+  }
+
+  // Node -> string, bool, list of strings.
+  Result<std::string> String(const YAML::Node& node, const std::string& key, bool non_empty = true) const {
+    if (!node.IsScalar()) return Error(node, key, "expected a string, got " + Got(node));
+    if (non_empty && node.Scalar().empty()) return Error(node, key, "expected a non-empty string");
+    return node.Scalar();
+  }
+  Result<bool> Bool(const YAML::Node& node, const std::string& key) const {
+    bool value = false;
+    if (!node.IsScalar() || !YAML::convert<bool>::decode(node, value))
+      return Error(node, key, "expected true or false, got " + Got(node));
+    return value;
+  }
+  Result<std::vector<std::string>> Strings(const YAML::Node& node, const std::string& key) const {
+    if (!node.IsSequence()) return Error(node, key, "expected a list of strings, got " + Got(node));
+    std::vector<std::string> out;
+    for (size_t i = 0; i < node.size(); ++i) {
+      KVMFS_ASSIGN_OR_RETURN(std::string s, String(node[i], key + "[" + std::to_string(i) + "]"));
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+  std::string Absolute(const std::string& path) const {
+    if (path.empty() || path[0] == '/') return path;
+    return base_dir_ + "/" + path;
+  }
+  // Checks the keys of a mapping against `known`.
+  Status Keys(const YAML::Node& map, const std::string& where, std::initializer_list<const char*> known) const {
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      std::string k = it->first.IsScalar() ? it->first.Scalar() : "?";
+      if (std::none_of(known.begin(), known.end(), [&](const char* n) { return k == n; })) {
+        std::string list;
+        for (const char* n : known) list += (list.empty() ? "" : ", ") + std::string(n);
+        return Error(it->first, where.empty() ? k : where + "." + k,
+                     "unknown key (expected one of: " + list + ")");
+      }
+    }
+    return Status::OK();
+  }
+
+  Result<std::vector<std::string>> Extensions(const YAML::Node& node, const std::string& key) const {
+    KVMFS_ASSIGN_OR_RETURN(std::vector<std::string> list, Strings(node, key));
+    for (std::string& e : list) {
+      if (!e.empty() && e[0] == '.') e.erase(0, 1);
+      if (e.empty() || e.find('/') != std::string::npos)
+        return Error(node, key, "expected file extensions such as qcow2, got \"" + e + "\"");
+      std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return std::tolower(c); });
+    }
+    return list;
+  }
+
+  Result<PoolConfig> Pool(const YAML::Node& node, const std::string& key) const {
+    if (!node.IsMap()) return Error(node, key, "expected a mapping with name and path, got " + Got(node));
+    KVMFS_RETURN_IF_ERROR(
+        Keys(node, key, {"name", "path", "layout", "backend", "readonly", "backing_roots", "extensions"}));
+    PoolConfig pool;
+    pool.line = Line(node);
+    if (!node["name"]) return Error(node, key + ".name", "missing (every pool needs a name)");
+    KVMFS_ASSIGN_OR_RETURN(pool.name, String(node["name"], key + ".name"));
+    const std::string& n = pool.name;
+    if (n == "." || n == ".." || n[0] == '.' || n.find('/') != std::string::npos ||
+        n.find('\0') != std::string::npos || n.size() > 255)
+      return Error(node["name"], key + ".name",
+                   "expected a folder name (no '/', not starting with '.'), got \"" + n + "\"");
+    if (node["path"] && node["layout"])
+      return Error(node["layout"], key + ".layout", "a pool has either path or layout, not both");
+    if (node["path"]) {
+      KVMFS_ASSIGN_OR_RETURN(pool.path, String(node["path"], key + ".path"));
+      pool.path = Absolute(pool.path);
+    } else if (node["layout"]) {
+      KVMFS_ASSIGN_OR_RETURN(pool.layout, String(node["layout"], key + ".layout"));
+    } else {
+      return Error(node, key, "missing path or layout (where the pool's images are)");
+    }
+    if (node["backend"]) {
+      KVMFS_ASSIGN_OR_RETURN(std::string b, String(node["backend"], key + ".backend"));
+      if (b == "dir") {
+        pool.backend = Backend::kDir;
+      } else if (b == "blockdev") {
+        pool.backend = Backend::kBlockdev;
+      } else if (b == "s3") {
+        return Status::NotSupported(file_ + ":" + std::to_string(Line(node["backend"])) + ": " + key +
+                                    ".backend: s3 is not supported yet (use dir or blockdev)");
+      } else {
+        return Error(node["backend"], key + ".backend", "expected dir, blockdev or s3, got \"" + b + "\"");
+      }
+    }
+    if (node["readonly"]) {
+      KVMFS_ASSIGN_OR_RETURN(pool.readonly, Bool(node["readonly"], key + ".readonly"));
+    }
+    if (node["backing_roots"]) {
+      KVMFS_ASSIGN_OR_RETURN(pool.backing_roots, Strings(node["backing_roots"], key + ".backing_roots"));
+      for (std::string& r : pool.backing_roots) r = Absolute(r);
+    }
+    if (node["extensions"]) {
+      KVMFS_ASSIGN_OR_RETURN(pool.extensions, Extensions(node["extensions"], key + ".extensions"));
+    }
+    return pool;
+  }
+
+  Result<KeyConfig> Key(const YAML::Node& node, const std::string& key) const {
+    if (!node.IsMap()) return Error(node, key, "expected a mapping with match and file, got " + Got(node));
+    KVMFS_RETURN_IF_ERROR(Keys(node, key, {"match", "file"}));
+    KeyConfig k;
+    k.line = Line(node);
+    if (!node["match"]) return Error(node, key + ".match", "missing (a glob for image paths)");
+    if (!node["file"]) return Error(node, key + ".file", "missing (the passphrase file)");
+    KVMFS_ASSIGN_OR_RETURN(k.match, String(node["match"], key + ".match"));
+    KVMFS_ASSIGN_OR_RETURN(k.file, String(node["file"], key + ".file"));
+    k.file = Absolute(k.file);
+    if (::access(k.file.c_str(), R_OK) != 0)
+      return Error(node["file"], key + ".file", "expected a readable file, " + k.file + ": " + std::strerror(errno));
+    return k;
+  }
+
+  Result<Config> Parse(const YAML::Node& root) const {
+    Config config;
+    config.file = file_;
+    config.extensions = DefaultExtensions();
+    if (root.IsNull()) return Error(root, "pools", "missing (the config has no pools)");
+    if (!root.IsMap()) return Error(root, "(top level)", "expected a mapping with pools, got " + Got(root));
+    KVMFS_RETURN_IF_ERROR(Keys(root, "", {"pools", "keys", "layouts", "os_release", "extensions"}));
+    if (root["os_release"]) {
+      KVMFS_ASSIGN_OR_RETURN(config.os_release, String(root["os_release"], "os_release"));
+      config.os_release = Absolute(config.os_release);
+    }
+    if (root["extensions"]) {
+      KVMFS_ASSIGN_OR_RETURN(config.extensions, Extensions(root["extensions"], "extensions"));
+    }
+    if (root["layouts"]) {
+      const YAML::Node layouts = root["layouts"];
+      if (!layouts.IsMap()) return Error(layouts, "layouts", "expected a mapping of layouts, got " + Got(layouts));
+      for (auto it = layouts.begin(); it != layouts.end(); ++it) {
+        KVMFS_ASSIGN_OR_RETURN(std::string name, String(it->first, "layouts"));
+        std::string key = "layouts." + name;
+        if (!it->second.IsMap())
+          return Error(it->second, key, "expected a mapping of os-release ID to path, got " + Got(it->second));
+        Layout layout;
+        for (auto t = it->second.begin(); t != it->second.end(); ++t) {
+          KVMFS_ASSIGN_OR_RETURN(std::string id, String(t->first, key));
+          KVMFS_ASSIGN_OR_RETURN(std::string tmpl, String(t->second, key + "." + id));
+          layout.templates[id] = Absolute(tmpl);
+          layout.lines[id] = Line(t->second);
+        }
+        config.layouts[name] = std::move(layout);
+      }
+    }
+    if (!root["pools"]) return Error(root, "pools", "missing (the config has no pools)");
+    const YAML::Node pools = root["pools"];
+    if (!pools.IsSequence()) return Error(pools, "pools", "expected a list of pools, got " + Got(pools));
+    std::set<std::string> names;
+    for (size_t i = 0; i < pools.size(); ++i) {
+      std::string key = "pools[" + std::to_string(i) + "]";
+      KVMFS_ASSIGN_OR_RETURN(PoolConfig pool, Pool(pools[i], key));
+      if (!names.insert(pool.name).second)
+        return Error(pools[i]["name"], key + ".name", "expected a unique name, \"" + pool.name + "\" is used twice");
+      if (!pool.layout.empty() && config.layouts.count(pool.layout) == 0)
+        return Error(pools[i]["layout"], key + ".layout",
+                     "expected the name of a layout under layouts, got \"" + pool.layout + "\"");
+      config.pools.push_back(std::move(pool));
+    }
+    if (root["keys"]) {
+      const YAML::Node keys = root["keys"];
+      if (!keys.IsSequence()) return Error(keys, "keys", "expected a list of match/file pairs, got " + Got(keys));
+      for (size_t i = 0; i < keys.size(); ++i) {
+        KVMFS_ASSIGN_OR_RETURN(KeyConfig k, Key(keys[i], "keys[" + std::to_string(i) + "]"));
+        config.keys.push_back(std::move(k));
+      }
+    }
+    return config;
+  }
+
+ private:
+  std::string file_;
+  std::string base_dir_ = ".";
+};
+
+std::string Lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+}  // namespace
+
+const std::vector<std::string>& DefaultExtensions() {
+  static const std::vector<std::string> kList = {"qcow2", "qcow", "img", "raw", "vdi",
+                                                 "vmdk",  "vhd",  "vhdx", "iso"};
+  return kList;
+}
+
+Result<Config> ParseConfig(const std::string& text, const std::string& file) {
+  Parser parser(file);
+  // yaml-cpp reports errors by exceptions: this is their edge.
+  try {
+    YAML::Node root = YAML::Load(text);
+    return parser.Parse(root);
+  } catch (const YAML::Exception& e) {
+    return Status::InvalidArgument(file + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(file + ": " + e.what());
+  }
+}
+
+Result<Config> LoadConfig(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::InvalidArgument(path + ": " + std::strerror(errno));
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return Status::InvalidArgument(path + ": read error");
+  return ParseConfig(text.str(), path);
+}
+
+OsRelease ParseOsRelease(const std::string& text) {
+  OsRelease out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t start = line.find_first_not_of(" \t");
+    if (start == std::string::npos || line[start] == '#') continue;
+    size_t eq = line.find('=', start);
+    if (eq == std::string::npos) continue;
+    std::string key = Lower(line.substr(start, eq - start));
+    std::string value = line.substr(eq + 1);
+    while (!value.empty() && (value.back() == '\r' || value.back() == ' ' || value.back() == '\t'))
+      value.pop_back();
+    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') && value.back() == value.front()) {
+      value = value.substr(1, value.size() - 2);
+      std::string unescaped;
+      for (size_t i = 0; i < value.size(); ++i) {
+        if (value[i] == '\\' && i + 1 < value.size()) ++i;
+        unescaped += value[i];
+      }
+      value = unescaped;
+    }
+    out[key] = value;
+  }
+  return out;
+}
+
+Result<OsRelease> LoadOsRelease(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::InvalidArgument("os_release " + path + ": " + std::strerror(errno));
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParseOsRelease(text.str());
+}
+
+Result<std::string> PoolPath(const Config& config, const PoolConfig& pool, const OsRelease& os) {
+  if (pool.layout.empty()) return pool.path;
+  auto layout_it = config.layouts.find(pool.layout);
+  std::string where = config.file + ":" + std::to_string(pool.line) + ": pool " + pool.name;
+  if (layout_it == config.layouts.end())
+    return Status::InvalidArgument(where + ": no layout named \"" + pool.layout + "\"");
+  const Layout& layout = layout_it->second;
+  std::vector<std::string> candidates;
+  auto id = os.find("id");
+  if (id != os.end()) candidates.push_back(Lower(id->second));
+  auto like = os.find("id_like");
+  if (like != os.end()) {
+    std::istringstream words(like->second);
+    std::string w;
+    while (words >> w) candidates.push_back(Lower(w));
+  }
+  candidates.push_back("default");
+  std::string chosen;
+  for (const std::string& c : candidates)
+    if (layout.templates.count(c)) {
+      chosen = c;
+      break;
+    }
+  if (chosen.empty())
+    return Status::InvalidArgument(where + ": layouts." + pool.layout + ": no entry for ID \"" +
+                                   (id == os.end() ? std::string() : id->second) + "\" of " +
+                                   config.os_release + " and no default");
+  const std::string& tmpl = layout.templates.at(chosen);
+  std::string key = config.file + ":" + std::to_string(layout.lines.at(chosen)) + ": layouts." + pool.layout +
+                    "." + chosen;
+  std::string out;
+  for (size_t i = 0; i < tmpl.size(); ++i) {
+    if (tmpl[i] != '{') {
+      out += tmpl[i];
+      continue;
+    }
+    size_t close = tmpl.find('}', i);
+    if (close == std::string::npos)
+      return Status::InvalidArgument(key + ": unclosed '{' in \"" + tmpl + "\"");
+    std::string field = Lower(tmpl.substr(i + 1, close - i - 1));
+    auto value = os.find(field);
+    if (value == os.end())
+      return Status::InvalidArgument(key + ": unknown os-release field {" + field + "} (not in " +
+                                     config.os_release + ")");
+    out += Lower(value->second);
+    i = close;
+  }
+  return out;
+}
+
+}  // namespace kvmfs::config

@@ -1,0 +1,75 @@
+// The YAML configuration of a kvmfs mount (CONTRACT.md "Configuration (YAML)",
+// kvmfs.yaml(5)): pools, keys, per-distro path layouts, os-release.
+//
+// Loading checks every key: unknown keys, wrong types and bad values are
+// errors whose message names the file, the 1-based line and the key, and says
+// what was expected:
+//   /etc/kvmfs.yaml:7: pools[1].readonly: expected true or false, got "maybe"
+// Relative paths in the file are relative to the directory of the file.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kvmfs/status.h"
+
+namespace kvmfs::config {
+
+enum class Backend { kDir, kBlockdev };
+
+struct PoolConfig {
+  std::string name;                        // the folder under the mount point
+  std::string path;                        // set when the pool has `path`
+  std::string layout;                      // set when the pool has `layout`
+  Backend backend = Backend::kDir;
+  bool readonly = false;
+  std::vector<std::string> backing_roots;  // as written, made absolute
+  std::vector<std::string> extensions;     // image extensions ("qcow2"), empty: the top-level list
+  int line = 0;                            // where the pool starts (1-based)
+};
+
+struct KeyConfig {
+  std::string match;  // glob against the image's path inside its pool
+  std::string file;   // the passphrase file (absolute)
+  int line = 0;
+};
+
+// LAYOUT -> (os-release ID or "default" -> path template).
+struct Layout {
+  std::map<std::string, std::string> templates;
+  std::map<std::string, int> lines;  // line of each template
+};
+
+struct Config {
+  std::string file;  // the config file, as given
+  std::vector<PoolConfig> pools;
+  std::vector<KeyConfig> keys;
+  std::map<std::string, Layout> layouts;
+  std::string os_release = "/etc/os-release";
+  std::vector<std::string> extensions;  // image extensions without the dot
+};
+
+// The default image extensions: qcow2 qcow img raw vdi vmdk vhd vhdx iso.
+const std::vector<std::string>& DefaultExtensions();
+
+// Parses config text; `file` names it in messages and anchors relative paths.
+// Errors: kInvalidArgument "FILE:LINE: KEY: what was expected" (kNotSupported
+// for backend s3). Checks that every key file exists and is readable.
+Result<Config> ParseConfig(const std::string& text, const std::string& file);
+
+// Reads and parses `path`. Errors as ParseConfig, plus "PATH: <strerror>".
+Result<Config> LoadConfig(const std::string& path);
+
+// os-release fields (KEY=value, quotes stripped), keys lower-cased.
+using OsRelease = std::map<std::string, std::string>;
+OsRelease ParseOsRelease(const std::string& text);
+Result<OsRelease> LoadOsRelease(const std::string& path);
+
+// The path of `pool`: its `path`, or its layout's template for the os-release
+// ID (then each ID_LIKE, then "default") with every {field} replaced by the
+// lower-cased os-release field. Errors (kInvalidArgument, naming file and
+// line): no template matches, an unknown {field}.
+Result<std::string> PoolPath(const Config& config, const PoolConfig& pool, const OsRelease& os);
+
+}  // namespace kvmfs::config

@@ -1,0 +1,189 @@
+#include "config/config.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+
+namespace kvmfs::config {
+namespace {
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/kvmfs-config-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::system(("rm -rf '" + dir_ + "'").c_str()); }
+  std::string Write(const std::string& name, const std::string& text) {
+    std::string p = dir_ + "/" + name;
+    std::ofstream(p) << text;
+    return p;
+  }
+  // Parses `text` as DIR/kvmfs.yaml and returns the error message ("" if ok).
+  std::string Error(const std::string& text) {
+    auto c = ParseConfig(text, dir_ + "/kvmfs.yaml");
+    return c.ok() ? "" : c.status().message();
+  }
+  std::string F() const { return dir_ + "/kvmfs.yaml"; }
+  std::string dir_;
+};
+
+TEST_F(ConfigTest, SmallestConfig) {
+  auto c = ParseConfig("pools:\n  - name: local0\n    path: /var/lib/libvirt/images\n", "/etc/kvmfs.yaml");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  ASSERT_EQ(c->pools.size(), 1u);
+  EXPECT_EQ(c->pools[0].name, "local0");
+  EXPECT_EQ(c->pools[0].path, "/var/lib/libvirt/images");
+  EXPECT_EQ(c->pools[0].backend, Backend::kDir);
+  EXPECT_FALSE(c->pools[0].readonly);
+  EXPECT_EQ(c->pools[0].line, 2);
+  EXPECT_EQ(c->os_release, "/etc/os-release");
+  EXPECT_EQ(c->extensions, DefaultExtensions());
+  EXPECT_TRUE(c->keys.empty());
+}
+
+TEST_F(ConfigTest, EveryKey) {
+  std::string key = Write("secret", "passphrase");
+  auto c = ParseConfig(
+      "pools:\n"
+      "  - name: a\n"
+      "    path: /srv/a\n"
+      "    backend: blockdev\n"
+      "    readonly: true\n"
+      "    backing_roots: [/srv/base, rel]\n"
+      "    extensions: [.QCOW2, img]\n"
+      "  - name: b\n"
+      "    layout: kvm\n"
+      "keys:\n"
+      "  - match: 'secure/*'\n"
+      "    file: " + key + "\n"
+      "layouts:\n"
+      "  kvm:\n"
+      "    ubuntu: /var/lib/kvm/{id}-{version_id}/disks\n"
+      "    default: /var/lib/libvirt/images\n"
+      "os_release: osr\n"
+      "extensions: [qcow2]\n",
+      F());
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  ASSERT_EQ(c->pools.size(), 2u);
+  const PoolConfig& a = c->pools[0];
+  EXPECT_EQ(a.backend, Backend::kBlockdev);
+  EXPECT_TRUE(a.readonly);
+  EXPECT_EQ(a.backing_roots, (std::vector<std::string>{"/srv/base", dir_ + "/rel"}));
+  EXPECT_EQ(a.extensions, (std::vector<std::string>{"qcow2", "img"}));
+  EXPECT_EQ(c->pools[1].layout, "kvm");
+  EXPECT_EQ(c->pools[1].line, 8);
+  ASSERT_EQ(c->keys.size(), 1u);
+  EXPECT_EQ(c->keys[0].match, "secure/*");
+  EXPECT_EQ(c->keys[0].file, key);
+  EXPECT_EQ(c->layouts.at("kvm").templates.at("default"), "/var/lib/libvirt/images");
+  EXPECT_EQ(c->os_release, dir_ + "/osr");
+  EXPECT_EQ(c->extensions, (std::vector<std::string>{"qcow2"}));
+}
+
+TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n  - name: b\n    path: /y\n    readonly: maybe\n"),
+            F() + ":6: pools[1].readonly: expected true or false, got \"maybe\"");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    colour: red\n"),
+            F() + ":4: pools[0].colour: unknown key (expected one of: name, path, layout, backend, readonly, "
+                  "backing_roots, extensions)");
+  EXPECT_EQ(Error("pools: []\nfoo: 1\n").substr(0, F().size() + 8), F() + ":2: foo:");
+  EXPECT_EQ(Error("pools:\n  - path: /x\n"), F() + ":2: pools[0].name: missing (every pool needs a name)");
+  EXPECT_EQ(Error("pools:\n  - name: a/b\n    path: /x\n"),
+            F() + ":2: pools[0].name: expected a folder name (no '/', not starting with '.'), got \"a/b\"");
+  EXPECT_EQ(Error("pools:\n  - name: ..\n    path: /x\n").substr(0, F().size() + 18), F() + ":2: pools[0].name:");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n  - name: a\n    path: /y\n"),
+            F() + ":4: pools[1].name: expected a unique name, \"a\" is used twice");
+  EXPECT_EQ(Error("pools:\n  - name: a\n"), F() + ":2: pools[0]: missing path or layout (where the pool's images are)");
+  EXPECT_EQ(Error("layouts: {l: {default: /x}}\npools:\n  - name: a\n    path: /x\n    layout: l\n"),
+            F() + ":5: pools[0].layout: a pool has either path or layout, not both");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    layout: nope\n"),
+            F() + ":3: pools[0].layout: expected the name of a layout under layouts, got \"nope\"");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backend: nfs\n"),
+            F() + ":4: pools[0].backend: expected dir, blockdev or s3, got \"nfs\"");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backend: s3\n"),
+            F() + ":4: pools[0].backend: s3 is not supported yet (use dir or blockdev)");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backing_roots: /y\n"),
+            F() + ":4: pools[0].backing_roots: expected a list of strings, got \"/y\"");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: [1]\n"), F() + ":3: pools[0].path: expected a string, got a list");
+  EXPECT_EQ(Error("pools: {a: 1}\n"), F() + ":1: pools: expected a list of pools, got a mapping");
+  EXPECT_EQ(Error(""), F() + ":1: pools: missing (the config has no pools)");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n  - [\n"), F() + ":5: end of sequence flow not found");
+  EXPECT_EQ(Error("pools: []\nkeys:\n  - match: '*'\n    file: /nonexistent/key\n"),
+            F() + ":4: keys[0].file: expected a readable file, /nonexistent/key: No such file or directory");
+  EXPECT_EQ(Error("pools: []\nkeys:\n  - file: /x\n"), F() + ":3: keys[0].match: missing (a glob for image paths)");
+  EXPECT_EQ(Error("pools: []\nkeys:\n  - match: x\n"), F() + ":3: keys[0].file: missing (the passphrase file)");
+  EXPECT_EQ(Error("pools: []\nkeys: x\n"), F() + ":2: keys: expected a list of match/file pairs, got \"x\"");
+  EXPECT_EQ(Error("pools: []\nlayouts:\n  l: x\n"),
+            F() + ":3: layouts.l: expected a mapping of os-release ID to path, got \"x\"");
+  EXPECT_EQ(Error("pools: []\nos_release: []\n"), F() + ":2: os_release: expected a string, got a list");
+  EXPECT_EQ(Error("pools: []\nextensions: [a/b]\n"),
+            F() + ":2: extensions: expected file extensions such as qcow2, got \"a/b\"");
+}
+
+TEST_F(ConfigTest, MissingFile) {
+  auto c = LoadConfig(dir_ + "/none.yaml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().message(), dir_ + "/none.yaml: No such file or directory");
+}
+
+TEST(OsRelease, ParsesQuotesAndComments) {
+  OsRelease os = ParseOsRelease("# c\nNAME=\"Ubuntu\"\nID=ubuntu\nVERSION_ID='22.04'\nID_LIKE=debian\n\nbad\n");
+  EXPECT_EQ(os["name"], "Ubuntu");
+  EXPECT_EQ(os["id"], "ubuntu");
+  EXPECT_EQ(os["version_id"], "22.04");
+  EXPECT_EQ(os["id_like"], "debian");
+  EXPECT_EQ(os.count("bad"), 0u);
+}
+
+TEST_F(ConfigTest, LayoutResolution) {
+  std::string osr = Write("os-release", "ID=ubuntu\nVERSION_ID=\"22.04\"\nID_LIKE=debian\nVARIANT=Server\n");
+  auto c = ParseConfig(
+      "layouts:\n"
+      "  kvm:\n"
+      "    ubuntu: /var/lib/kvm/{id}-{VERSION_ID}/{variant}\n"
+      "    debian: /deb\n"
+      "    default: /def\n"
+      "  deb:\n"
+      "    debian: /deb/{version_id}\n"
+      "    default: /def\n"
+      "  none:\n"
+      "    fedora: /f\n"
+      "  bad:\n"
+      "    default: /x/{codename}\n"
+      "pools:\n"
+      "  - {name: a, layout: kvm}\n"
+      "  - {name: b, layout: deb}\n"
+      "  - {name: c, layout: none}\n"
+      "  - {name: d, layout: bad}\n"
+      "os_release: " + osr + "\n",
+      F());
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  auto os = LoadOsRelease(c->os_release);
+  ASSERT_TRUE(os.ok());
+  auto a = PoolPath(*c, c->pools[0], *os);
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  EXPECT_EQ(*a, "/var/lib/kvm/ubuntu-22.04/server");
+  auto b = PoolPath(*c, c->pools[1], *os);  // via ID_LIKE
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(*b, "/deb/22.04");
+  auto none = PoolPath(*c, c->pools[2], *os);
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.status().message().find("no entry for ID \"ubuntu\""), std::string::npos);
+  auto bad = PoolPath(*c, c->pools[3], *os);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(),
+            F() + ":12: layouts.bad.default: unknown os-release field {codename} (not in " + osr + ")");
+  // No ID at all: default.
+  auto d = PoolPath(*c, c->pools[0], OsRelease{});
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(*d, "/def");
+}
+
+}  // namespace
+}  // namespace kvmfs::config
