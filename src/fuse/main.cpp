@@ -1,20 +1,27 @@
-// kvmfs: mount a directory of KVM/QEMU images as raw disks.
+// kvmfs: mount a directory of KVM/QEMU images, or the pools of a YAML config,
+// as raw disks.
 #include <fuse.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
 
+#include <spdlog/spdlog.h>
+
+#include "config/config.h"
 #include "fuse/options.h"
 #include "fuse/session.h"
 #include "pool/file_key.h"
 #include "pool/namespace.h"
+#include "pool/pool_set.h"
 
 #ifndef KVMFS_VERSION
 #define KVMFS_VERSION "unknown"
 #endif
 
 namespace {
+
+using namespace kvmfs;
 
 int Fail(const std::string& reason) {
   std::fprintf(stderr, "kvmfs: %s\n", reason.c_str());
@@ -40,10 +47,22 @@ void PrintFuseHelp() {
   fuse_lib_help(&args);
 }
 
+// Loads the config and builds its pools. -o backing_root=DIR applies to
+// every pool.
+Result<std::shared_ptr<pool::PoolSet>> LoadPools(const fuse::Options& options) {
+  KVMFS_ASSIGN_OR_RETURN(config::Config cfg, config::LoadConfig(options.config));
+  for (config::PoolConfig& p : cfg.pools)
+    p.backing_roots.insert(p.backing_roots.end(), options.backing_roots.begin(), options.backing_roots.end());
+  pool::PoolSetOptions set_options;
+  set_options.uid = ::getuid();
+  set_options.gid = ::getgid();
+  set_options.hidden.push_back(options.mountpoint);
+  return pool::BuildPoolSet(cfg, set_options);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  using namespace kvmfs;
   auto parsed = fuse::ParseCommandLine(argc, argv);
   if (!parsed.ok()) return Fail(parsed.status().message());
   fuse::Options options = std::move(parsed).value();
@@ -60,12 +79,33 @@ int main(int argc, char** argv) {
   if (!valid.ok()) return Fail(valid.message());
 
   RaiseFileLimit();
-  pool::NamespaceOptions ns_options;
-  ns_options.source = options.source;
-  ns_options.backing_roots = options.backing_roots;
-  ns_options.uid = ::getuid();
-  ns_options.gid = ::getgid();
-  if (IsUnder(options.mountpoint, options.source)) ns_options.hidden.push_back(options.mountpoint);
-  pool::Namespace ns(std::move(ns_options));
-  return fuse::MountAndServe(options, ns);
+  if (options.config.empty()) {
+    pool::NamespaceOptions ns_options;
+    ns_options.source = options.source;
+    ns_options.backing_roots = options.backing_roots;
+    ns_options.uid = ::getuid();
+    ns_options.gid = ::getgid();
+    if (IsUnder(options.mountpoint, options.source)) ns_options.hidden.push_back(options.mountpoint);
+    pool::PoolRoot root(std::make_shared<pool::PoolSet>(std::make_shared<pool::Namespace>(std::move(ns_options))));
+    return fuse::MountAndServe(options, root);
+  }
+
+  // A YAML config: refuse a bad one before mounting. Warnings (missing pool
+  // paths) are logged by the first reload, once logging is set up.
+  spdlog::set_level(spdlog::level::off);
+  auto pools = LoadPools(options);
+  if (!pools.ok()) return Fail(pools.status().message());
+  pool::PoolRoot root(std::move(pools).value());
+  auto reload = [&options, &root] {
+    auto fresh = LoadPools(options);
+    if (!fresh.ok()) {
+      spdlog::error("config {}: {}; keeping the previous pools", options.config, fresh.status().message());
+      return;
+    }
+    std::string names;
+    for (const pool::PoolEntry& p : (*fresh)->pools()) names += (names.empty() ? "" : ", ") + p.name;
+    root.Set(std::move(fresh).value());
+    spdlog::info("config {}: pools {}", options.config, names.empty() ? "(none)" : names);
+  };
+  return fuse::MountAndServe(options, root, reload);
 }

@@ -4,7 +4,7 @@
 namespace kvmfs::fuse {
 
 int GetAttr(const char* path, struct stat* st, fuse_file_info*) {
-  auto result = Ns().Stat(path);
+  auto result = Pools()->Stat(path);
   if (!result.ok()) return Reply(result.status());
   *st = *result;
   return 0;

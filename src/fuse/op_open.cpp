@@ -8,12 +8,14 @@
 namespace kvmfs::fuse {
 
 int Open(const char* path, fuse_file_info* fi) {
-  auto file = Ns().Open(path, fi->flags);
+  auto pools = Pools();
+  auto file = pools->Open(path, fi->flags);
   if (!file.ok()) {
     spdlog::debug("open {}: {}", path, file.status().ToString());
     return Reply(file.status());
   }
   auto handle = std::make_unique<FileHandle>();
+  handle->pools = std::move(pools);
   handle->file = std::move(file).value();
   if (fi->flags & O_DIRECT) {
     fi->direct_io = 1;  // O_DIRECT: bypass the page cache, as the caller asked

@@ -5,7 +5,7 @@ namespace kvmfs::fuse {
 
 int ReadDir(const char* path, void* buf, fuse_fill_dir_t filler, off_t, fuse_file_info*,
             fuse_readdir_flags) {
-  auto entries = Ns().List(path);
+  auto entries = Pools()->List(path);
   if (!entries.ok()) return Reply(entries.status());
   struct stat st {};
   st.st_mode = S_IFDIR;

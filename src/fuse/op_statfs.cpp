@@ -1,10 +1,10 @@
-// statfs: the SOURCE file system's numbers, read-only.
+// statfs: the numbers of the file system holding the pool, read-only.
 #include "fuse/ops.h"
 
 namespace kvmfs::fuse {
 
-int StatFs(const char*, struct statvfs* sv) {
-  auto result = Ns().StatFs();
+int StatFs(const char* path, struct statvfs* sv) {
+  auto result = Pools()->StatFs(path);
   if (!result.ok()) return Reply(result.status());
   *sv = *result;
   return 0;

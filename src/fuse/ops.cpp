@@ -41,6 +41,8 @@ const fuse_operations& Operations() {
   return ops;
 }
 
-pool::Namespace& Ns() { return *static_cast<pool::Namespace*>(fuse_get_context()->private_data); }
+std::shared_ptr<pool::PoolSet> Pools() {
+  return static_cast<pool::PoolRoot*>(fuse_get_context()->private_data)->Get();
+}
 
 }  // namespace kvmfs::fuse

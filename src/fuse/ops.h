@@ -8,15 +8,18 @@
 
 #include "kvmfs/status.h"
 #include "pool/namespace.h"
+#include "pool/pool_set.h"
 
 namespace kvmfs::fuse {
 
-// The namespace served by this mount (the fuse private_data).
-pool::Namespace& Ns();
+// The pool set served by this mount now (the fuse private_data is its
+// pool::PoolRoot; a config reload replaces the set).
+std::shared_ptr<pool::PoolSet> Pools();
 
 // What fi->fh points to for an open disk.raw or info.json: keeps the opened
 // chain alive for the life of the open file.
 struct FileHandle {
+  std::shared_ptr<pool::PoolSet> pools;  // the set it was opened in, kept across reloads
   pool::OpenFile file;
 };
 inline FileHandle* Handle(const fuse_file_info* fi) {

@@ -22,10 +22,6 @@ bool EndsWithCi(const std::string& s, const std::string& suffix) {
 
 bool IsYaml(const std::string& path) { return EndsWithCi(path, ".yaml") || EndsWithCi(path, ".yml"); }
 
-Status YamlNotSupported(const std::string& path) {
-  return Status::NotSupported(path + ": YAML configuration files are not supported yet");
-}
-
 // Options mount(8) hands to helpers that mean nothing to a FUSE mount.
 bool IsMountOnlyOption(const std::string& opt) {
   static const char* const kIgnored[] = {"defaults", "auto", "noauto", "nofail", "_netdev",
@@ -69,6 +65,20 @@ Status ApplyOption(const std::string& opt, Options& o) {
   } else if (!opt.empty()) {
     o.fuse_options.push_back(opt);
   }
+  return Status::OK();
+}
+
+Status CheckFile(const std::string& what, std::string& path) {
+  auto canonical = CanonicalPath(path);
+  if (!canonical.ok()) {
+    int err = canonical.status().ToErrno();
+    return Status::InvalidArgument(what + " " + path + ": " + std::strerror(err));
+  }
+  struct stat st;
+  if (::stat(canonical->c_str(), &st) != 0)
+    return Status::InvalidArgument(what + " " + path + ": " + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) return Status::InvalidArgument(what + " " + path + ": is a directory");
+  path = *canonical;
   return Status::OK();
 }
 
@@ -146,9 +156,15 @@ Result<Options> ParseCommandLine(int argc, char** argv) {
 }
 
 Status ValidateOptions(Options& o) {
-  if (!o.config.empty()) return YamlNotSupported(o.config);
-  if (IsYaml(o.source)) return YamlNotSupported(o.source);
-  KVMFS_RETURN_IF_ERROR(CheckDir("source", o.source));
+  // A YAML SOURCE is the config; with -o config=FILE, SOURCE is only a label
+  // (the fsname shown by mount(8)), as for other FUSE file systems.
+  if (o.config.empty() && IsYaml(o.source)) o.config = o.source;
+  if (!o.config.empty()) {
+    // Canonical: the daemon changes to "/" and re-reads the file on SIGHUP.
+    KVMFS_RETURN_IF_ERROR(CheckFile("config", o.config));
+  } else {
+    KVMFS_RETURN_IF_ERROR(CheckDir("source", o.source));
+  }
   KVMFS_RETURN_IF_ERROR(CheckDir("mount point", o.mountpoint));
   for (std::string& root : o.backing_roots) KVMFS_RETURN_IF_ERROR(CheckDir("backing_root", root));
   return Status::OK();
@@ -159,19 +175,22 @@ void PrintUsage() {
       "usage: kvmfs [-f] [-d] [-o OPT[,OPT...]] SOURCE MOUNTPOINT\n"
       "\n"
       "Shows the KVM/QEMU images under the directory SOURCE as raw disks at MOUNTPOINT\n"
-      "(read-only in this version). See kvmfs(8).\n"
+      "(read-only in this version). SOURCE may instead be a YAML config (*.yaml, *.yml)\n"
+      "whose pools appear as MOUNTPOINT/<pool>/; SIGHUP re-reads it. See kvmfs(8),\n"
+      "kvmfs.yaml(5).\n"
       "\n"
       "options:\n"
       "    -f                     stay in the foreground (log to stderr)\n"
       "    -d                     debug logging (to syslog unless -f)\n"
       "    -h, --help             print this help\n"
       "    -V, --version          print the version\n"
-      "    -o backing_root=DIR    backing files may also live under DIR (repeatable)\n"
+      "    -o backing_root=DIR    backing files may also live under DIR (repeatable;\n"
+      "                           with a config: for every pool)\n"
       "    -o force_share         open images other programs hold locks on (as qemu-img -U)\n"
       "    -o max_threads=N       FUSE worker threads (default 16)\n"
       "    -o log_level=LEVEL     trace, debug, info (default), warn or error;\n"
       "                           trace also dumps the FUSE protocol\n"
-      "    -o config=FILE         YAML configuration (not supported yet)\n"
+      "    -o config=FILE         YAML configuration; SOURCE is then only a label\n"
       "    -o ro, allow_other, default_permissions, max_read=N, ...\n"
       "                           passed to FUSE (see below); kvmfs always mounts read-only\n"
       "\n");

@@ -21,7 +21,7 @@ struct Options {
   std::vector<std::string> backing_roots;  // backing_root=DIR, repeatable
   bool force_share = false;                // force_share (accepted; locks come with writes)
   unsigned max_threads = 16;               // max_threads=N
-  std::string config;                      // config=FILE
+  std::string config;                      // config=FILE, or a YAML SOURCE (canonical after validation)
   std::string log_level;                   // log_level=trace|debug|info|warn|error
   // Everything else given with -o, for libfuse (ro, allow_other, fsname, ...).
   std::vector<std::string> fuse_options;

@@ -1,6 +1,12 @@
 #include "fuse/session.h"
 
+#include <fcntl.h>
 #include <fuse.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <thread>
 
 #include <cstdio>
 #include <string>
@@ -35,6 +41,58 @@ class FuseArgs {
   std::vector<char*> pointers_;
 };
 
+// SIGHUP -> a byte on a self-pipe; a watcher thread does the reload.
+int g_hup_pipe[2] = {-1, -1};
+
+void OnHup(int) {
+  int saved = errno;
+  char c = 'h';
+  [[maybe_unused]] ssize_t n = ::write(g_hup_pipe[1], &c, 1);
+  errno = saved;
+}
+
+// Runs `reload` on every SIGHUP until Stop().
+class HupWatcher {
+ public:
+  Status Start(std::function<void()> reload) {
+    if (::pipe2(g_hup_pipe, O_CLOEXEC) != 0) return Status::FromErrno(errno, "pipe");
+    // The handler must never block: a full pipe already means "reload pending".
+    ::fcntl(g_hup_pipe[1], F_SETFL, O_NONBLOCK);
+    thread_ = std::thread([reload = std::move(reload)] {
+      char c;
+      for (;;) {
+        ssize_t n = ::read(g_hup_pipe[0], &c, 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0 || c == 'q') break;
+        reload();
+      }
+    });
+    struct sigaction sa {};
+    sa.sa_handler = OnHup;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    ::sigaction(SIGHUP, &sa, nullptr);
+    return Status::OK();
+  }
+  void Stop() {
+    if (!thread_.joinable()) return;
+    struct sigaction sa {};
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGHUP, &sa, nullptr);
+    char c = 'q';
+    while (::write(g_hup_pipe[1], &c, 1) < 0 && errno == EAGAIN) ::usleep(1000);
+    thread_.join();
+    ::close(g_hup_pipe[0]);
+    ::close(g_hup_pipe[1]);
+    g_hup_pipe[0] = g_hup_pipe[1] = -1;
+  }
+  ~HupWatcher() { Stop(); }
+
+ private:
+  std::thread thread_;
+};
+
 }  // namespace
 
 std::string EscapeFuseOption(const std::string& value) {
@@ -53,7 +111,7 @@ std::string BaseFuseOptions(const Options& options) {
   return "ro,default_permissions,fsname=" + EscapeFuseOption(options.source) + ",subtype=kvmfs";
 }
 
-int MountAndServe(const Options& options, pool::Namespace& ns) {
+int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<void()> reload) {
   FuseArgs argv;
   argv.Add("kvmfs");
   argv.Add("-o");
@@ -75,7 +133,7 @@ int MountAndServe(const Options& options, pool::Namespace& ns) {
   } args_guard{&args};
 
   CaptureFuseLog();
-  struct fuse* f = fuse_new(&args, &Operations(), sizeof(fuse_operations), &ns);
+  struct fuse* f = fuse_new(&args, &Operations(), sizeof(fuse_operations), &root);
   if (f == nullptr) {
     std::string why = LastFuseMessage();
     return Fail(why.empty() ? "invalid FUSE options" : why);
@@ -105,11 +163,19 @@ int MountAndServe(const Options& options, pool::Namespace& ns) {
     fuse_destroy(f);
     return 1;
   }
+  // After daemonizing: threads do not survive fork().
+  HupWatcher watcher;
+  if (reload) {
+    reload();  // the first load with logging set up: warnings reach the log
+    Status started = watcher.Start(reload);
+    if (!started.ok()) spdlog::warn("SIGHUP reload unavailable: {}", started.ToString());
+  }
   fuse_loop_config* cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_clone_fd(cfg, 1);
   fuse_loop_cfg_set_max_threads(cfg, options.max_threads);
   int rc = fuse_loop_mt(f, cfg);
   fuse_loop_cfg_destroy(cfg);
+  watcher.Stop();
   fuse_remove_signal_handlers(se);
   fuse_unmount(f);
   fuse_destroy(f);

@@ -2,16 +2,21 @@
 #pragma once
 
 #include "fuse/options.h"
-#include "pool/namespace.h"
+#include <functional>
+
+#include "pool/pool_set.h"
 
 namespace kvmfs::fuse {
 
-// Mounts `ns` at options.mountpoint (read-only), detaches unless
-// options.foreground (returning in the parent once the mount is ready), and
-// serves until unmounted or signalled (SIGINT/SIGTERM/SIGHUP unmount cleanly).
+// Mounts the pools of `root` at options.mountpoint (read-only), detaches
+// unless options.foreground (returning in the parent once the mount is
+// ready), and serves until unmounted or signalled (SIGINT/SIGTERM unmount
+// cleanly). Without `reload`, SIGHUP unmounts too; with it, `reload` is called
+// once when logging is set up and then on every SIGHUP, from a watcher thread
+// (never from the signal handler), while the FUSE threads keep serving.
 // Returns the process exit code; failures before mounting print one line
 // "kvmfs: <reason>" to stderr and return 1.
-int MountAndServe(const Options& options, pool::Namespace& ns);
+int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<void()> reload = nullptr);
 
 // The libfuse option string kvmfs always passes first.
 std::string BaseFuseOptions(const Options& options);

@@ -93,7 +93,13 @@ std::string ProbeCache::Probe(const std::string& path, const struct stat& st) {
   auto file = OpenLocalFile(path, false);
   if (file.ok()) {
     uint8_t head[kProbeBytes];
-    size_t len = static_cast<size_t>(std::min<int64_t>(st.st_size, kProbeBytes));
+    // A block device has no st_size: ask the device (BLKGETSIZE64).
+    int64_t size = st.st_size;
+    if (S_ISBLK(st.st_mode)) {
+      auto dev_size = (*file)->Size();
+      size = dev_size.ok() ? static_cast<int64_t>(*dev_size) : 0;
+    }
+    size_t len = static_cast<size_t>(std::min<int64_t>(size, kProbeBytes));
     if ((*file)->ReadAt(0, head, len).ok()) verdict = ProbeMagic(head, len);
   }
   std::lock_guard lock(mu_);

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 
 namespace kvmfs::pool {
@@ -62,6 +63,15 @@ Result<Node> Namespace::Child(const Node& dir, const std::string& name) {
     return NoEntry(node.host_path);
   struct stat lst;
   if (::lstat(node.host_path.c_str(), &lst) != 0) return Status::FromErrno(errno, node.host_path);
+  if (options_.blockdev) {
+    // LVM's /dev/VG/lv are symlinks to /dev/dm-N: follow them wherever they go,
+    // but show block devices only.
+    auto st = StatPath(node.host_path);
+    if (!st.ok() || !S_ISBLK(st->st_mode)) return NoEntry(node.host_path);
+    node.host_st = *st;
+    node.kind = NodeKind::kImageDir;
+    return node;
+  }
   if (S_ISLNK(lst.st_mode)) {
     // Symlinks are followed only inside SOURCE, and never to a directory that
     // contains the link (which would make the tree infinite).
@@ -82,11 +92,20 @@ Result<Node> Namespace::Child(const Node& dir, const std::string& name) {
     return node;
   }
   if (!S_ISREG(node.host_st.st_mode) || IsVmdkExtentName(name)) return NoEntry(node.host_path);
-  if (HasImageExtension(name) || !probe_.Probe(node.host_path, node.host_st).empty()) {
+  if (HasExtension(name) || !probe_.Probe(node.host_path, node.host_st).empty()) {
     node.kind = NodeKind::kImageDir;
     return node;
   }
   return NoEntry(node.host_path);
+}
+
+bool Namespace::HasExtension(const std::string& name) const {
+  if (options_.extensions.empty()) return HasImageExtension(name);
+  size_t dot = name.rfind('.');
+  if (dot == std::string::npos) return false;
+  std::string ext = name.substr(dot + 1);
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  return std::find(options_.extensions.begin(), options_.extensions.end(), ext) != options_.extensions.end();
 }
 
 Result<std::shared_ptr<OpenImage>> Namespace::ImageOf(const Node& image_dir) {

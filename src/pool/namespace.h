@@ -35,6 +35,12 @@ struct NamespaceOptions {
   // Canonical paths inside SOURCE never shown (the mount point itself, when
   // it lies inside SOURCE).
   std::vector<std::string> hidden;
+  // Image extensions without the dot ("qcow2"); empty: HasImageExtension's list.
+  std::vector<std::string> extensions;
+  // A blockdev pool: SOURCE is a directory of block devices (/dev/VG); each
+  // block device in it (symlinks followed anywhere) is an image, its format
+  // found by content; nothing else is shown.
+  bool blockdev = false;
 };
 
 enum class NodeKind {
@@ -111,6 +117,7 @@ class Namespace {
   Result<Node> Child(const Node& dir, const std::string& name);
   Result<Node> ImageChild(const Node& parent, const std::string& name);
   Result<std::shared_ptr<OpenImage>> ImageOf(const Node& image_dir);
+  bool HasExtension(const std::string& name) const;
   struct stat BaseStat(const Node& node) const;
 
   const NamespaceOptions options_;

@@ -1,0 +1,144 @@
+#include "pool/pool_set.h"
+
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "base/path.h"
+
+namespace kvmfs::pool {
+namespace {
+
+Status NoPool(const std::string& path) { return Status::NotFound(path + ": no such pool"); }
+
+}  // namespace
+
+PoolSet::PoolSet(std::shared_ptr<Namespace> root) : root_(std::move(root)) {}
+
+PoolSet::PoolSet(std::vector<PoolEntry> pools, uid_t uid, gid_t gid)
+    : pools_(std::move(pools)), uid_(uid), gid_(gid) {
+  ::clock_gettime(CLOCK_REALTIME, &created_);
+}
+
+struct stat PoolSet::FolderStat() const {
+  struct stat st {};
+  st.st_mode = S_IFDIR | 0555;
+  st.st_nlink = 2;
+  st.st_uid = uid_;
+  st.st_gid = gid_;
+  st.st_atim = st.st_mtim = st.st_ctim = created_;
+  return st;
+}
+
+Result<const PoolEntry*> PoolSet::Route(const std::string& path, std::string* rest) const {
+  size_t start = path.find_first_not_of('/');
+  if (start == std::string::npos) return static_cast<const PoolEntry*>(nullptr);
+  size_t end = path.find('/', start);
+  std::string name = path.substr(start, end == std::string::npos ? std::string::npos : end - start);
+  *rest = end == std::string::npos ? "/" : path.substr(end);
+  for (const PoolEntry& pool : pools_)
+    if (pool.name == name) return &pool;
+  return NoPool(path);
+}
+
+Result<struct stat> PoolSet::Stat(const std::string& path) {
+  if (root_) return root_->Stat(path);
+  std::string rest;
+  KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, Route(path, &rest));
+  if (pool == nullptr) return FolderStat();
+  if (!pool->ns) {
+    if (rest == "/") return FolderStat();
+    return Status::NotFound(path);
+  }
+  return pool->ns->Stat(rest);
+}
+
+Result<std::vector<DirEntry>> PoolSet::List(const std::string& path) {
+  if (root_) return root_->List(path);
+  std::string rest;
+  KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, Route(path, &rest));
+  if (pool == nullptr) {
+    std::vector<DirEntry> out;
+    for (const PoolEntry& p : pools_) out.push_back(DirEntry{p.name, true});
+    return out;
+  }
+  if (!pool->ns) {
+    if (rest == "/") return std::vector<DirEntry>{};
+    return Status::NotFound(path);
+  }
+  return pool->ns->List(rest);
+}
+
+Result<OpenFile> PoolSet::Open(const std::string& path, int flags) {
+  if (root_) return root_->Open(path, flags);
+  std::string rest;
+  KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, Route(path, &rest));
+  if (pool == nullptr || (!pool->ns && rest == "/")) return Status::FromErrno(EISDIR, path);
+  if (!pool->ns) return Status::NotFound(path);
+  return pool->ns->Open(rest, flags);
+}
+
+Result<struct statvfs> PoolSet::StatFs(const std::string& path) {
+  if (root_) return root_->StatFs();
+  std::string rest;
+  auto pool = Route(path, &rest);
+  if (pool.ok() && *pool != nullptr && (*pool)->ns) return (*pool)->ns->StatFs();
+  struct statvfs sv {};
+  sv.f_bsize = sv.f_frsize = 4096;
+  sv.f_namemax = 255;
+  sv.f_flag = ST_RDONLY;
+  return sv;
+}
+
+Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config, const PoolSetOptions& options) {
+  config::OsRelease os;
+  bool need_os = false;
+  for (const config::PoolConfig& p : config.pools) need_os |= !p.layout.empty();
+  if (need_os) {
+    auto loaded = config::LoadOsRelease(config.os_release);
+    if (!loaded.ok()) return Status::InvalidArgument(config.file + ": " + loaded.status().message());
+    os = std::move(loaded).value();
+  }
+  std::vector<PoolEntry> pools;
+  for (const config::PoolConfig& p : config.pools) {
+    KVMFS_ASSIGN_OR_RETURN(std::string path, config::PoolPath(config, p, os));
+    PoolEntry entry;
+    entry.name = p.name;
+    entry.path = path;
+    entry.readonly = p.readonly;
+    auto canonical = CanonicalPath(path);
+    struct stat st;
+    if (!canonical.ok()) {
+      spdlog::warn("pool {}: {}: {}; shown empty", p.name, path, std::strerror(canonical.status().ToErrno()));
+    } else if (::stat(canonical->c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      spdlog::warn("pool {}: {}: not a directory; shown empty", p.name, path);
+    } else if (::access(canonical->c_str(), R_OK | X_OK) != 0) {
+      spdlog::warn("pool {}: {}: {}; shown empty", p.name, path, std::strerror(errno));
+    } else {
+      NamespaceOptions ns;
+      ns.source = *canonical;
+      for (const std::string& root : p.backing_roots) {
+        auto r = CanonicalPath(root);
+        if (r.ok())
+          ns.backing_roots.push_back(*r);
+        else
+          spdlog::warn("pool {}: backing root {}: {}", p.name, root, std::strerror(r.status().ToErrno()));
+      }
+      ns.uid = options.uid;
+      ns.gid = options.gid;
+      for (const std::string& h : options.hidden)
+        if (IsUnder(h, ns.source)) ns.hidden.push_back(h);
+      ns.extensions = p.extensions.empty() ? config.extensions : p.extensions;
+      ns.blockdev = p.backend == config::Backend::kBlockdev;
+      entry.ns = std::make_shared<Namespace>(std::move(ns));
+    }
+    pools.push_back(std::move(entry));
+  }
+  return std::make_shared<PoolSet>(std::move(pools), options.uid, options.gid);
+}
+
+}  // namespace kvmfs::pool
