@@ -185,5 +185,15 @@ TEST_F(ConfigTest, LayoutResolution) {
   EXPECT_EQ(*d, "/def");
 }
 
+// configs/kvmfs.example.yaml is valid up to its key file, which exists only
+// on a configured host (keys are read after pools and layouts).
+TEST(ExampleConfig, ParsesUpToItsKeyFile) {
+  auto c = LoadConfig(KVMFS_EXAMPLE_CONFIG);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find(": keys[0].file: expected a readable file, /etc/kvmfs/keys/secure.pass"),
+            std::string::npos)
+      << c.status().message();
+}
+
 }  // namespace
 }  // namespace kvmfs::config
