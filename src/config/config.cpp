@@ -1,6 +1,7 @@
 #include "config/config.h"
 
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cctype>
@@ -9,8 +10,6 @@
 #include <fstream>
 #include <set>
 #include <sstream>
-
-#include <yaml-cpp/yaml.h>
 
 namespace kvmfs::config {
 namespace {
@@ -24,7 +23,8 @@ class Parser {
   }
 
   Status Error(const YAML::Node& node, const std::string& key, const std::string& what) const {
-    return Status::InvalidArgument(file_ + ":" + std::to_string(Line(node)) + ": " + key + ": " + what);
+    return Status::InvalidArgument(file_ + ":" + std::to_string(Line(node)) + ": " + key + ": " +
+                                   what);
   }
   static int Line(const YAML::Node& node) { return std::max(0, node.Mark().line) + 1; }
 
@@ -37,7 +37,8 @@ class Parser {
   }
 
   // Node -> string, bool, list of strings.
-  Result<std::string> String(const YAML::Node& node, const std::string& key, bool non_empty = true) const {
+  Result<std::string> String(const YAML::Node& node, const std::string& key,
+                             bool non_empty = true) const {
     if (!node.IsScalar()) return Error(node, key, "expected a string, got " + Got(node));
     if (non_empty && node.Scalar().empty()) return Error(node, key, "expected a non-empty string");
     return node.Scalar();
@@ -62,7 +63,8 @@ class Parser {
     return base_dir_ + "/" + path;
   }
   // Checks the keys of a mapping against `known`.
-  Status Keys(const YAML::Node& map, const std::string& where, std::initializer_list<const char*> known) const {
+  Status Keys(const YAML::Node& map, const std::string& where,
+              std::initializer_list<const char*> known) const {
     for (auto it = map.begin(); it != map.end(); ++it) {
       std::string k = it->first.IsScalar() ? it->first.Scalar() : "?";
       if (std::none_of(known.begin(), known.end(), [&](const char* n) { return k == n; })) {
@@ -75,21 +77,25 @@ class Parser {
     return Status::OK();
   }
 
-  Result<std::vector<std::string>> Extensions(const YAML::Node& node, const std::string& key) const {
+  Result<std::vector<std::string>> Extensions(const YAML::Node& node,
+                                              const std::string& key) const {
     KVMFS_ASSIGN_OR_RETURN(std::vector<std::string> list, Strings(node, key));
     for (std::string& e : list) {
       if (!e.empty() && e[0] == '.') e.erase(0, 1);
       if (e.empty() || e.find('/') != std::string::npos)
         return Error(node, key, "expected file extensions such as qcow2, got \"" + e + "\"");
-      std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return std::tolower(c); });
+      std::transform(e.begin(), e.end(), e.begin(),
+                     [](unsigned char c) { return std::tolower(c); });
     }
     return list;
   }
 
   Result<PoolConfig> Pool(const YAML::Node& node, const std::string& key) const {
-    if (!node.IsMap()) return Error(node, key, "expected a mapping with name and path, got " + Got(node));
+    if (!node.IsMap())
+      return Error(node, key, "expected a mapping with name and path, got " + Got(node));
     KVMFS_RETURN_IF_ERROR(
-        Keys(node, key, {"name", "path", "layout", "backend", "readonly", "backing_roots", "extensions"}));
+        Keys(node, key,
+             {"name", "path", "layout", "backend", "readonly", "backing_roots", "extensions"}));
     PoolConfig pool;
     pool.line = Line(node);
     if (!node["name"]) return Error(node, key + ".name", "missing (every pool needs a name)");
@@ -116,17 +122,20 @@ class Parser {
       } else if (b == "blockdev") {
         pool.backend = Backend::kBlockdev;
       } else if (b == "s3") {
-        return Status::NotSupported(file_ + ":" + std::to_string(Line(node["backend"])) + ": " + key +
+        return Status::NotSupported(file_ + ":" + std::to_string(Line(node["backend"])) + ": " +
+                                    key +
                                     ".backend: s3 is not supported yet (use dir or blockdev)");
       } else {
-        return Error(node["backend"], key + ".backend", "expected dir, blockdev or s3, got \"" + b + "\"");
+        return Error(node["backend"], key + ".backend",
+                     "expected dir, blockdev or s3, got \"" + b + "\"");
       }
     }
     if (node["readonly"]) {
       KVMFS_ASSIGN_OR_RETURN(pool.readonly, Bool(node["readonly"], key + ".readonly"));
     }
     if (node["backing_roots"]) {
-      KVMFS_ASSIGN_OR_RETURN(pool.backing_roots, Strings(node["backing_roots"], key + ".backing_roots"));
+      KVMFS_ASSIGN_OR_RETURN(pool.backing_roots,
+                             Strings(node["backing_roots"], key + ".backing_roots"));
       for (std::string& r : pool.backing_roots) r = Absolute(r);
     }
     if (node["extensions"]) {
@@ -136,7 +145,8 @@ class Parser {
   }
 
   Result<KeyConfig> Key(const YAML::Node& node, const std::string& key) const {
-    if (!node.IsMap()) return Error(node, key, "expected a mapping with match and file, got " + Got(node));
+    if (!node.IsMap())
+      return Error(node, key, "expected a mapping with match and file, got " + Got(node));
     KVMFS_RETURN_IF_ERROR(Keys(node, key, {"match", "file"}));
     KeyConfig k;
     k.line = Line(node);
@@ -146,7 +156,8 @@ class Parser {
     KVMFS_ASSIGN_OR_RETURN(k.file, String(node["file"], key + ".file"));
     k.file = Absolute(k.file);
     if (::access(k.file.c_str(), R_OK) != 0)
-      return Error(node["file"], key + ".file", "expected a readable file, " + k.file + ": " + std::strerror(errno));
+      return Error(node["file"], key + ".file",
+                   "expected a readable file, " + k.file + ": " + std::strerror(errno));
     return k;
   }
 
@@ -155,7 +166,8 @@ class Parser {
     config.file = file_;
     config.extensions = DefaultExtensions();
     if (root.IsNull()) return Error(root, "pools", "missing (the config has no pools)");
-    if (!root.IsMap()) return Error(root, "(top level)", "expected a mapping with pools, got " + Got(root));
+    if (!root.IsMap())
+      return Error(root, "(top level)", "expected a mapping with pools, got " + Got(root));
     KVMFS_RETURN_IF_ERROR(Keys(root, "", {"pools", "keys", "layouts", "os_release", "extensions"}));
     if (root["os_release"]) {
       KVMFS_ASSIGN_OR_RETURN(config.os_release, String(root["os_release"], "os_release"));
@@ -166,12 +178,14 @@ class Parser {
     }
     if (root["layouts"]) {
       const YAML::Node layouts = root["layouts"];
-      if (!layouts.IsMap()) return Error(layouts, "layouts", "expected a mapping of layouts, got " + Got(layouts));
+      if (!layouts.IsMap())
+        return Error(layouts, "layouts", "expected a mapping of layouts, got " + Got(layouts));
       for (auto it = layouts.begin(); it != layouts.end(); ++it) {
         KVMFS_ASSIGN_OR_RETURN(std::string name, String(it->first, "layouts"));
         std::string key = "layouts." + name;
         if (!it->second.IsMap())
-          return Error(it->second, key, "expected a mapping of os-release ID to path, got " + Got(it->second));
+          return Error(it->second, key,
+                       "expected a mapping of os-release ID to path, got " + Got(it->second));
         Layout layout;
         for (auto t = it->second.begin(); t != it->second.end(); ++t) {
           KVMFS_ASSIGN_OR_RETURN(std::string id, String(t->first, key));
@@ -184,13 +198,15 @@ class Parser {
     }
     if (!root["pools"]) return Error(root, "pools", "missing (the config has no pools)");
     const YAML::Node pools = root["pools"];
-    if (!pools.IsSequence()) return Error(pools, "pools", "expected a list of pools, got " + Got(pools));
+    if (!pools.IsSequence())
+      return Error(pools, "pools", "expected a list of pools, got " + Got(pools));
     std::set<std::string> names;
     for (size_t i = 0; i < pools.size(); ++i) {
       std::string key = "pools[" + std::to_string(i) + "]";
       KVMFS_ASSIGN_OR_RETURN(PoolConfig pool, Pool(pools[i], key));
       if (!names.insert(pool.name).second)
-        return Error(pools[i]["name"], key + ".name", "expected a unique name, \"" + pool.name + "\" is used twice");
+        return Error(pools[i]["name"], key + ".name",
+                     "expected a unique name, \"" + pool.name + "\" is used twice");
       if (!pool.layout.empty() && config.layouts.count(pool.layout) == 0)
         return Error(pools[i]["layout"], key + ".layout",
                      "expected the name of a layout under layouts, got \"" + pool.layout + "\"");
@@ -198,7 +214,8 @@ class Parser {
     }
     if (root["keys"]) {
       const YAML::Node keys = root["keys"];
-      if (!keys.IsSequence()) return Error(keys, "keys", "expected a list of match/file pairs, got " + Got(keys));
+      if (!keys.IsSequence())
+        return Error(keys, "keys", "expected a list of match/file pairs, got " + Got(keys));
       for (size_t i = 0; i < keys.size(); ++i) {
         KVMFS_ASSIGN_OR_RETURN(KeyConfig k, Key(keys[i], "keys[" + std::to_string(i) + "]"));
         config.keys.push_back(std::move(k));
@@ -220,7 +237,7 @@ std::string Lower(std::string s) {
 }  // namespace
 
 const std::vector<std::string>& DefaultExtensions() {
-  static const std::vector<std::string> kList = {"qcow2", "qcow", "img", "raw", "vdi",
+  static const std::vector<std::string> kList = {"qcow2", "qcow", "img",  "raw", "vdi",
                                                  "vmdk",  "vhd",  "vhdx", "iso"};
   return kList;
 }
@@ -260,7 +277,8 @@ OsRelease ParseOsRelease(const std::string& text) {
     std::string value = line.substr(eq + 1);
     while (!value.empty() && (value.back() == '\r' || value.back() == ' ' || value.back() == '\t'))
       value.pop_back();
-    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') && value.back() == value.front()) {
+    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') &&
+        value.back() == value.front()) {
       value = value.substr(1, value.size() - 2);
       std::string unescaped;
       for (size_t i = 0; i < value.size(); ++i) {
@@ -310,8 +328,8 @@ Result<std::string> PoolPath(const Config& config, const PoolConfig& pool, const
                                    (id == os.end() ? std::string() : id->second) + "\" of " +
                                    config.os_release + " and no default");
   const std::string& tmpl = layout.templates.at(chosen);
-  std::string key = config.file + ":" + std::to_string(layout.lines.at(chosen)) + ": layouts." + pool.layout +
-                    "." + chosen;
+  std::string key = config.file + ":" + std::to_string(layout.lines.at(chosen)) + ": layouts." +
+                    pool.layout + "." + chosen;
   std::string out;
   for (size_t i = 0; i < tmpl.size(); ++i) {
     if (tmpl[i] != '{') {

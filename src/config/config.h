@@ -19,9 +19,9 @@ namespace kvmfs::config {
 enum class Backend { kDir, kBlockdev };
 
 struct PoolConfig {
-  std::string name;                        // the folder under the mount point
-  std::string path;                        // set when the pool has `path`
-  std::string layout;                      // set when the pool has `layout`
+  std::string name;    // the folder under the mount point
+  std::string path;    // set when the pool has `path`
+  std::string layout;  // set when the pool has `layout`
   Backend backend = Backend::kDir;
   bool readonly = false;
   std::vector<std::string> backing_roots;  // as written, made absolute

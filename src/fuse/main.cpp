@@ -1,12 +1,11 @@
 // kvmfs: mount a directory of KVM/QEMU images, or the pools of a YAML config,
 // as raw disks.
 #include <fuse.h>
+#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
-
-#include <spdlog/spdlog.h>
 
 #include "config/config.h"
 #include "fuse/options.h"
@@ -52,7 +51,8 @@ void PrintFuseHelp() {
 Result<std::shared_ptr<pool::PoolSet>> LoadPools(const fuse::Options& options) {
   KVMFS_ASSIGN_OR_RETURN(config::Config cfg, config::LoadConfig(options.config));
   for (config::PoolConfig& p : cfg.pools)
-    p.backing_roots.insert(p.backing_roots.end(), options.backing_roots.begin(), options.backing_roots.end());
+    p.backing_roots.insert(p.backing_roots.end(), options.backing_roots.begin(),
+                           options.backing_roots.end());
   pool::PoolSetOptions set_options;
   set_options.uid = ::getuid();
   set_options.gid = ::getgid();
@@ -85,8 +85,10 @@ int main(int argc, char** argv) {
     ns_options.backing_roots = options.backing_roots;
     ns_options.uid = ::getuid();
     ns_options.gid = ::getgid();
-    if (IsUnder(options.mountpoint, options.source)) ns_options.hidden.push_back(options.mountpoint);
-    pool::PoolRoot root(std::make_shared<pool::PoolSet>(std::make_shared<pool::Namespace>(std::move(ns_options))));
+    if (IsUnder(options.mountpoint, options.source))
+      ns_options.hidden.push_back(options.mountpoint);
+    pool::PoolRoot root(
+        std::make_shared<pool::PoolSet>(std::make_shared<pool::Namespace>(std::move(ns_options))));
     return fuse::MountAndServe(options, root);
   }
 
@@ -99,11 +101,13 @@ int main(int argc, char** argv) {
   auto reload = [&options, &root] {
     auto fresh = LoadPools(options);
     if (!fresh.ok()) {
-      spdlog::error("config {}: {}; keeping the previous pools", options.config, fresh.status().message());
+      spdlog::error("config {}: {}; keeping the previous pools", options.config,
+                    fresh.status().message());
       return;
     }
     std::string names;
-    for (const pool::PoolEntry& p : (*fresh)->pools()) names += (names.empty() ? "" : ", ") + p.name;
+    for (const pool::PoolEntry& p : (*fresh)->pools())
+      names += (names.empty() ? "" : ", ") + p.name;
     root.Set(std::move(fresh).value());
     spdlog::info("config {}: pools {}", options.config, names.empty() ? "(none)" : names);
   };

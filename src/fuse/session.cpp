@@ -3,16 +3,14 @@
 #include <fcntl.h>
 #include <fuse.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <thread>
-
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
-
-#include <spdlog/spdlog.h>
 
 #include "fuse/logging.h"
 #include "fuse/ops.h"

@@ -1,12 +1,11 @@
 #include "pool/pool_set.h"
 
+#include <spdlog/spdlog.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-
-#include <spdlog/spdlog.h>
 
 #include "base/path.h"
 
@@ -94,13 +93,15 @@ Result<struct statvfs> PoolSet::StatFs(const std::string& path) {
   return sv;
 }
 
-Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config, const PoolSetOptions& options) {
+Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
+                                              const PoolSetOptions& options) {
   config::OsRelease os;
   bool need_os = false;
   for (const config::PoolConfig& p : config.pools) need_os |= !p.layout.empty();
   if (need_os) {
     auto loaded = config::LoadOsRelease(config.os_release);
-    if (!loaded.ok()) return Status::InvalidArgument(config.file + ": " + loaded.status().message());
+    if (!loaded.ok())
+      return Status::InvalidArgument(config.file + ": " + loaded.status().message());
     os = std::move(loaded).value();
   }
   std::vector<PoolEntry> pools;
@@ -113,7 +114,8 @@ Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config, cons
     auto canonical = CanonicalPath(path);
     struct stat st;
     if (!canonical.ok()) {
-      spdlog::warn("pool {}: {}: {}; shown empty", p.name, path, std::strerror(canonical.status().ToErrno()));
+      spdlog::warn("pool {}: {}: {}; shown empty", p.name, path,
+                   std::strerror(canonical.status().ToErrno()));
     } else if (::stat(canonical->c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
       spdlog::warn("pool {}: {}: not a directory; shown empty", p.name, path);
     } else if (::access(canonical->c_str(), R_OK | X_OK) != 0) {
@@ -126,7 +128,8 @@ Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config, cons
         if (r.ok())
           ns.backing_roots.push_back(*r);
         else
-          spdlog::warn("pool {}: backing root {}: {}", p.name, root, std::strerror(r.status().ToErrno()));
+          spdlog::warn("pool {}: backing root {}: {}", p.name, root,
+                       std::strerror(r.status().ToErrno()));
       }
       ns.uid = options.uid;
       ns.gid = options.gid;

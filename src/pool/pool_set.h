@@ -24,9 +24,9 @@ namespace kvmfs::pool {
 
 struct PoolEntry {
   std::string name;
-  std::string path;                // the resolved host path
-  std::shared_ptr<Namespace> ns;   // null: path missing or unreadable, shown as an empty folder
-  bool readonly = false;           // every pool is read-only in this release; carried for writes
+  std::string path;               // the resolved host path
+  std::shared_ptr<Namespace> ns;  // null: path missing or unreadable, shown as an empty folder
+  bool readonly = false;          // every pool is read-only in this release; carried for writes
 };
 
 class PoolSet {
@@ -71,7 +71,8 @@ struct PoolSetOptions {
 // or unreadable is logged (warn) and left empty. Errors (kInvalidArgument,
 // naming file, line and key): os-release unreadable while a layout is used,
 // a layout without a matching entry, an unknown {field}.
-Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config, const PoolSetOptions& options);
+Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
+                                              const PoolSetOptions& options);
 
 // The current pool set of a mount, replaced atomically on reload. Thread-safe.
 class PoolRoot {

@@ -34,7 +34,8 @@ class ConfigTest : public ::testing::Test {
 };
 
 TEST_F(ConfigTest, SmallestConfig) {
-  auto c = ParseConfig("pools:\n  - name: local0\n    path: /var/lib/libvirt/images\n", "/etc/kvmfs.yaml");
+  auto c = ParseConfig("pools:\n  - name: local0\n    path: /var/lib/libvirt/images\n",
+                       "/etc/kvmfs.yaml");
   ASSERT_TRUE(c.ok()) << c.status().message();
   ASSERT_EQ(c->pools.size(), 1u);
   EXPECT_EQ(c->pools[0].name, "local0");
@@ -61,13 +62,15 @@ TEST_F(ConfigTest, EveryKey) {
       "    layout: kvm\n"
       "keys:\n"
       "  - match: 'secure/*'\n"
-      "    file: " + key + "\n"
-      "layouts:\n"
-      "  kvm:\n"
-      "    ubuntu: /var/lib/kvm/{id}-{version_id}/disks\n"
-      "    default: /var/lib/libvirt/images\n"
-      "os_release: osr\n"
-      "extensions: [qcow2]\n",
+      "    file: " +
+          key +
+          "\n"
+          "layouts:\n"
+          "  kvm:\n"
+          "    ubuntu: /var/lib/kvm/{id}-{version_id}/disks\n"
+          "    default: /var/lib/libvirt/images\n"
+          "os_release: osr\n"
+          "extensions: [qcow2]\n",
       F());
   ASSERT_TRUE(c.ok()) << c.status().message();
   ASSERT_EQ(c->pools.size(), 2u);
@@ -87,21 +90,30 @@ TEST_F(ConfigTest, EveryKey) {
 }
 
 TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
-  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n  - name: b\n    path: /y\n    readonly: maybe\n"),
-            F() + ":6: pools[1].readonly: expected true or false, got \"maybe\"");
+  EXPECT_EQ(
+      Error("pools:\n  - name: a\n    path: /x\n  - name: b\n    path: /y\n    readonly: maybe\n"),
+      F() + ":6: pools[1].readonly: expected true or false, got \"maybe\"");
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    colour: red\n"),
-            F() + ":4: pools[0].colour: unknown key (expected one of: name, path, layout, backend, readonly, "
-                  "backing_roots, extensions)");
+            F() +
+                ":4: pools[0].colour: unknown key (expected one of: name, path, layout, backend, "
+                "readonly, "
+                "backing_roots, extensions)");
   EXPECT_EQ(Error("pools: []\nfoo: 1\n").substr(0, F().size() + 8), F() + ":2: foo:");
-  EXPECT_EQ(Error("pools:\n  - path: /x\n"), F() + ":2: pools[0].name: missing (every pool needs a name)");
-  EXPECT_EQ(Error("pools:\n  - name: a/b\n    path: /x\n"),
-            F() + ":2: pools[0].name: expected a folder name (no '/', not starting with '.'), got \"a/b\"");
-  EXPECT_EQ(Error("pools:\n  - name: ..\n    path: /x\n").substr(0, F().size() + 18), F() + ":2: pools[0].name:");
+  EXPECT_EQ(Error("pools:\n  - path: /x\n"),
+            F() + ":2: pools[0].name: missing (every pool needs a name)");
+  EXPECT_EQ(
+      Error("pools:\n  - name: a/b\n    path: /x\n"),
+      F() +
+          ":2: pools[0].name: expected a folder name (no '/', not starting with '.'), got \"a/b\"");
+  EXPECT_EQ(Error("pools:\n  - name: ..\n    path: /x\n").substr(0, F().size() + 18),
+            F() + ":2: pools[0].name:");
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n  - name: a\n    path: /y\n"),
             F() + ":4: pools[1].name: expected a unique name, \"a\" is used twice");
-  EXPECT_EQ(Error("pools:\n  - name: a\n"), F() + ":2: pools[0]: missing path or layout (where the pool's images are)");
-  EXPECT_EQ(Error("layouts: {l: {default: /x}}\npools:\n  - name: a\n    path: /x\n    layout: l\n"),
-            F() + ":5: pools[0].layout: a pool has either path or layout, not both");
+  EXPECT_EQ(Error("pools:\n  - name: a\n"),
+            F() + ":2: pools[0]: missing path or layout (where the pool's images are)");
+  EXPECT_EQ(
+      Error("layouts: {l: {default: /x}}\npools:\n  - name: a\n    path: /x\n    layout: l\n"),
+      F() + ":5: pools[0].layout: a pool has either path or layout, not both");
   EXPECT_EQ(Error("pools:\n  - name: a\n    layout: nope\n"),
             F() + ":3: pools[0].layout: expected the name of a layout under layouts, got \"nope\"");
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backend: nfs\n"),
@@ -110,18 +122,26 @@ TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
             F() + ":4: pools[0].backend: s3 is not supported yet (use dir or blockdev)");
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backing_roots: /y\n"),
             F() + ":4: pools[0].backing_roots: expected a list of strings, got \"/y\"");
-  EXPECT_EQ(Error("pools:\n  - name: a\n    path: [1]\n"), F() + ":3: pools[0].path: expected a string, got a list");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: [1]\n"),
+            F() + ":3: pools[0].path: expected a string, got a list");
   EXPECT_EQ(Error("pools: {a: 1}\n"), F() + ":1: pools: expected a list of pools, got a mapping");
   EXPECT_EQ(Error(""), F() + ":1: pools: missing (the config has no pools)");
-  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n  - [\n"), F() + ":5: end of sequence flow not found");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n  - [\n"),
+            F() + ":5: end of sequence flow not found");
   EXPECT_EQ(Error("pools: []\nkeys:\n  - match: '*'\n    file: /nonexistent/key\n"),
-            F() + ":4: keys[0].file: expected a readable file, /nonexistent/key: No such file or directory");
-  EXPECT_EQ(Error("pools: []\nkeys:\n  - file: /x\n"), F() + ":3: keys[0].match: missing (a glob for image paths)");
-  EXPECT_EQ(Error("pools: []\nkeys:\n  - match: x\n"), F() + ":3: keys[0].file: missing (the passphrase file)");
-  EXPECT_EQ(Error("pools: []\nkeys: x\n"), F() + ":2: keys: expected a list of match/file pairs, got \"x\"");
+            F() +
+                ":4: keys[0].file: expected a readable file, /nonexistent/key: No such file or "
+                "directory");
+  EXPECT_EQ(Error("pools: []\nkeys:\n  - file: /x\n"),
+            F() + ":3: keys[0].match: missing (a glob for image paths)");
+  EXPECT_EQ(Error("pools: []\nkeys:\n  - match: x\n"),
+            F() + ":3: keys[0].file: missing (the passphrase file)");
+  EXPECT_EQ(Error("pools: []\nkeys: x\n"),
+            F() + ":2: keys: expected a list of match/file pairs, got \"x\"");
   EXPECT_EQ(Error("pools: []\nlayouts:\n  l: x\n"),
             F() + ":3: layouts.l: expected a mapping of os-release ID to path, got \"x\"");
-  EXPECT_EQ(Error("pools: []\nos_release: []\n"), F() + ":2: os_release: expected a string, got a list");
+  EXPECT_EQ(Error("pools: []\nos_release: []\n"),
+            F() + ":2: os_release: expected a string, got a list");
   EXPECT_EQ(Error("pools: []\nextensions: [a/b]\n"),
             F() + ":2: extensions: expected file extensions such as qcow2, got \"a/b\"");
 }
@@ -133,7 +153,8 @@ TEST_F(ConfigTest, MissingFile) {
 }
 
 TEST(OsRelease, ParsesQuotesAndComments) {
-  OsRelease os = ParseOsRelease("# c\nNAME=\"Ubuntu\"\nID=ubuntu\nVERSION_ID='22.04'\nID_LIKE=debian\n\nbad\n");
+  OsRelease os = ParseOsRelease(
+      "# c\nNAME=\"Ubuntu\"\nID=ubuntu\nVERSION_ID='22.04'\nID_LIKE=debian\n\nbad\n");
   EXPECT_EQ(os["name"], "Ubuntu");
   EXPECT_EQ(os["id"], "ubuntu");
   EXPECT_EQ(os["version_id"], "22.04");
@@ -142,7 +163,8 @@ TEST(OsRelease, ParsesQuotesAndComments) {
 }
 
 TEST_F(ConfigTest, LayoutResolution) {
-  std::string osr = Write("os-release", "ID=ubuntu\nVERSION_ID=\"22.04\"\nID_LIKE=debian\nVARIANT=Server\n");
+  std::string osr =
+      Write("os-release", "ID=ubuntu\nVERSION_ID=\"22.04\"\nID_LIKE=debian\nVARIANT=Server\n");
   auto c = ParseConfig(
       "layouts:\n"
       "  kvm:\n"
@@ -161,7 +183,8 @@ TEST_F(ConfigTest, LayoutResolution) {
       "  - {name: b, layout: deb}\n"
       "  - {name: c, layout: none}\n"
       "  - {name: d, layout: bad}\n"
-      "os_release: " + osr + "\n",
+      "os_release: " +
+          osr + "\n",
       F());
   ASSERT_TRUE(c.ok()) << c.status().message();
   auto os = LoadOsRelease(c->os_release);
@@ -177,8 +200,9 @@ TEST_F(ConfigTest, LayoutResolution) {
   EXPECT_NE(none.status().message().find("no entry for ID \"ubuntu\""), std::string::npos);
   auto bad = PoolPath(*c, c->pools[3], *os);
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.status().message(),
-            F() + ":12: layouts.bad.default: unknown os-release field {codename} (not in " + osr + ")");
+  EXPECT_EQ(
+      bad.status().message(),
+      F() + ":12: layouts.bad.default: unknown os-release field {codename} (not in " + osr + ")");
   // No ID at all: default.
   auto d = PoolPath(*c, c->pools[0], OsRelease{});
   ASSERT_TRUE(d.ok());
@@ -190,7 +214,8 @@ TEST_F(ConfigTest, LayoutResolution) {
 TEST(ExampleConfig, ParsesUpToItsKeyFile) {
   auto c = LoadConfig(KVMFS_EXAMPLE_CONFIG);
   ASSERT_FALSE(c.ok());
-  EXPECT_NE(c.status().message().find(": keys[0].file: expected a readable file, /etc/kvmfs/keys/secure.pass"),
+  EXPECT_NE(c.status().message().find(
+                ": keys[0].file: expected a readable file, /etc/kvmfs/keys/secure.pass"),
             std::string::npos)
       << c.status().message();
 }

@@ -43,9 +43,10 @@ class PoolSetTest : public ::testing::Test {
 };
 
 TEST_F(PoolSetTest, OneFolderPerPool) {
-  auto set = Build("layouts: {kvm: {ubuntu: '{id}-{version_id}'}}\nos_release: os-release\n"
-                   "pools:\n  - {name: a, path: a, readonly: true}\n  - {name: dist, layout: kvm}\n"
-                   "  - {name: gone, path: missing}\n");
+  auto set = Build(
+      "layouts: {kvm: {ubuntu: '{id}-{version_id}'}}\nos_release: os-release\n"
+      "pools:\n  - {name: a, path: a, readonly: true}\n  - {name: dist, layout: kvm}\n"
+      "  - {name: gone, path: missing}\n");
   ASSERT_TRUE(set.ok()) << set.status().message();
   PoolSet& s = **set;
   EXPECT_FALSE(s.mirrored());
@@ -81,7 +82,9 @@ TEST_F(PoolSetTest, OneFolderPerPool) {
 }
 
 TEST_F(PoolSetTest, ExtensionsPerPool) {
-  auto set = Build("extensions: [img]\npools:\n  - {name: x, path: a}\n  - {name: y, path: a, extensions: [qcow2]}\n");
+  auto set = Build(
+      "extensions: [img]\npools:\n  - {name: x, path: a}\n  - {name: y, path: a, extensions: "
+      "[qcow2]}\n");
   ASSERT_TRUE(set.ok()) << set.status().message();
   EXPECT_EQ(Names((*set)->List("/x")), (std::vector<std::string>{"sub", "vm.img"}));
   EXPECT_EQ(Names((*set)->List("/y")), (std::vector<std::string>{"sub"}));
@@ -89,11 +92,14 @@ TEST_F(PoolSetTest, ExtensionsPerPool) {
 }
 
 TEST_F(PoolSetTest, LayoutErrorsFailTheBuild) {
-  auto unknown = Build("layouts: {kvm: {default: '/x/{codename}'}}\nos_release: os-release\n"
-                       "pools:\n  - {name: d, layout: kvm}\n");
+  auto unknown = Build(
+      "layouts: {kvm: {default: '/x/{codename}'}}\nos_release: os-release\n"
+      "pools:\n  - {name: d, layout: kvm}\n");
   ASSERT_FALSE(unknown.ok());
-  EXPECT_NE(unknown.status().message().find("unknown os-release field {codename}"), std::string::npos);
-  auto no_os = Build("layouts: {kvm: {default: /x}}\nos_release: nothere\npools:\n  - {name: d, layout: kvm}\n");
+  EXPECT_NE(unknown.status().message().find("unknown os-release field {codename}"),
+            std::string::npos);
+  auto no_os = Build(
+      "layouts: {kvm: {default: /x}}\nos_release: nothere\npools:\n  - {name: d, layout: kvm}\n");
   ASSERT_FALSE(no_os.ok());
   EXPECT_NE(no_os.status().message().find("nothere"), std::string::npos);
 }
