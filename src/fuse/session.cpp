@@ -164,9 +164,10 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
   // After daemonizing: threads do not survive fork().
   HupWatcher watcher;
   if (reload) {
-    reload();  // the first load with logging set up: warnings reach the log
+    // SIGHUP reloads from here on (before, libfuse's handler would unmount).
     Status started = watcher.Start(reload);
     if (!started.ok()) spdlog::warn("SIGHUP reload unavailable: {}", started.ToString());
+    reload();  // the first load with logging set up: warnings reach the log
   }
   fuse_loop_config* cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_clone_fd(cfg, 1);
