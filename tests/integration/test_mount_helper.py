@@ -89,6 +89,19 @@ class MountHelper(h.KvmfsTestCase):
         self.assertTrue(h.is_mounted(mnt))
         self.assertViewMatches(os.path.join(mnt, "disk.qcow2"), self.img, seek=False)
 
+    def test_yaml_config_source(self):
+        # fstab line `/etc/kvmfs/NAME.yaml DIR kvmfs defaults,nofail,ro 0 0`
+        cfg = os.path.join(self.tmp, "vms.yaml")
+        with open(cfg, "w") as f:
+            f.write("pools:\n  - name: local0\n    path: %s\n    backing_roots: [%s]\n" % (
+                self.pool, self.outside))
+        mnt = self.mnt("mnt-yaml")
+        p = run_helper(cfg, mnt, "-o", "defaults,nofail,ro")
+        self.addCleanup(self._unmount, mnt)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertTrue(h.is_mounted(mnt))
+        self.assertViewMatches(os.path.join(mnt, "local0", "disk.qcow2"), self.img, seek=False)
+
     def test_fake_mounts_nothing(self):
         mnt = self.mnt("mnt-fake")
         p = run_helper(self.pool, mnt, "-f", "-o", "ro")
