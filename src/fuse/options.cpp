@@ -68,7 +68,9 @@ Status ApplyOption(const std::string& opt, Options& o) {
   return Status::OK();
 }
 
-Status CheckFile(const std::string& what, std::string& path) {
+// Makes `path` canonical after checking that it exists and is (want_dir) or
+// is not a directory.
+Status CheckPath(const std::string& what, std::string& path, bool want_dir) {
   auto canonical = CanonicalPath(path);
   if (!canonical.ok()) {
     int err = canonical.status().ToErrno();
@@ -77,24 +79,16 @@ Status CheckFile(const std::string& what, std::string& path) {
   struct stat st;
   if (::stat(canonical->c_str(), &st) != 0)
     return Status::InvalidArgument(what + " " + path + ": " + std::strerror(errno));
-  if (S_ISDIR(st.st_mode)) return Status::InvalidArgument(what + " " + path + ": is a directory");
+  if (want_dir && !S_ISDIR(st.st_mode))
+    return Status::InvalidArgument(what + " " + path + ": not a directory");
+  if (!want_dir && S_ISDIR(st.st_mode))
+    return Status::InvalidArgument(what + " " + path + ": is a directory");
   path = *canonical;
   return Status::OK();
 }
 
-Status CheckDir(const std::string& what, std::string& path) {
-  auto canonical = CanonicalPath(path);
-  if (!canonical.ok()) {
-    int err = canonical.status().ToErrno();
-    return Status::InvalidArgument(what + " " + path + ": " + std::strerror(err));
-  }
-  struct stat st;
-  if (::stat(canonical->c_str(), &st) != 0)
-    return Status::InvalidArgument(what + " " + path + ": " + std::strerror(errno));
-  if (!S_ISDIR(st.st_mode)) return Status::InvalidArgument(what + " " + path + ": not a directory");
-  path = *canonical;
-  return Status::OK();
-}
+Status CheckFile(const std::string& what, std::string& path) { return CheckPath(what, path, false); }
+Status CheckDir(const std::string& what, std::string& path) { return CheckPath(what, path, true); }
 
 }  // namespace
 
