@@ -1,11 +1,12 @@
 #include "pool/detect.h"
 
 #include <algorithm>
-#include <array>
 #include <cctype>
 #include <cstring>
 
 #include "base/endian.h"
+#include "base/path.h"
+#include "config/config.h"
 #include "kvmfs/backend.h"
 #include "kvmfs/format.h"
 
@@ -32,18 +33,20 @@ bool StartsWith(const uint8_t* head, size_t len, const char* magic) {
 
 }  // namespace
 
+bool HasImageExtension(const std::string& name, const std::vector<std::string>& extensions) {
+  std::string ext = LowerExtension(name);
+  // No extension, or nothing in front of it (".qcow2" is not an image name).
+  if (ext.size() < 2 || ext.size() == name.size()) return false;
+  return std::find(extensions.begin(), extensions.end(), ext.substr(1)) != extensions.end();
+}
+
 bool HasImageExtension(const std::string& name) {
-  static const std::array<const char*, 9> kExtensions = {".qcow2", ".qcow", ".img", ".raw", ".vdi",
-                                                        ".vmdk",  ".vhd",  ".vhdx", ".iso"};
-  std::string lower = Lower(name);
-  for (const char* ext : kExtensions)
-    if (EndsWith(lower, ext) && lower.size() > std::strlen(ext)) return true;
-  return false;
+  return HasImageExtension(name, config::DefaultExtensions());
 }
 
 bool NameSaysRaw(const std::string& name) {
-  std::string lower = Lower(name);
-  return EndsWith(lower, ".raw") || EndsWith(lower, ".iso");
+  std::string ext = LowerExtension(name);
+  return ext == ".raw" || ext == ".iso";
 }
 
 bool IsVmdkExtentName(const std::string& name) {

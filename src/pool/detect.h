@@ -12,13 +12,17 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "pool/file_key.h"
 
 namespace kvmfs::pool {
 
-// `name` (a file name, no directory) ends in an image extension:
-// .qcow2 .qcow .img .raw .vdi .vmdk .vhd .vhdx .iso, case-insensitive.
+// `name` (a file name, no directory) ends in one of `extensions` (lower case,
+// without the dot), compared case-insensitively.
+bool HasImageExtension(const std::string& name, const std::vector<std::string>& extensions);
+// The same with the default list, config::DefaultExtensions():
+// .qcow2 .qcow .img .raw .vdi .vmdk .vhd .vhdx .iso.
 bool HasImageExtension(const std::string& name);
 
 // `name` ends in .raw or .iso: the name says raw, the content is never probed.

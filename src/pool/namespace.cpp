@@ -4,7 +4,6 @@
 #include <fcntl.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 
 namespace kvmfs::pool {
@@ -101,11 +100,7 @@ Result<Node> Namespace::Child(const Node& dir, const std::string& name) {
 
 bool Namespace::HasExtension(const std::string& name) const {
   if (options_.extensions.empty()) return HasImageExtension(name);
-  size_t dot = name.rfind('.');
-  if (dot == std::string::npos) return false;
-  std::string ext = name.substr(dot + 1);
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-  return std::find(options_.extensions.begin(), options_.extensions.end(), ext) != options_.extensions.end();
+  return HasImageExtension(name, options_.extensions);
 }
 
 Result<std::shared_ptr<OpenImage>> Namespace::ImageOf(const Node& image_dir) {
