@@ -11,16 +11,15 @@
 #include <set>
 #include <sstream>
 
+#include "base/path.h"
+
 namespace kvmfs::config {
 namespace {
 
 // Everything a parse needs to report: the file and where it is.
 class Parser {
  public:
-  explicit Parser(std::string file) : file_(std::move(file)) {
-    size_t slash = file_.rfind('/');
-    if (slash != std::string::npos) base_dir_ = file_.substr(0, slash == 0 ? 1 : slash);
-  }
+  explicit Parser(std::string file) : file_(std::move(file)), base_dir_(DirName(file_)) {}
 
   Status Error(const YAML::Node& node, const std::string& key, const std::string& what) const {
     return Status::InvalidArgument(file_ + ":" + std::to_string(Line(node)) + ": " + key + ": " +
@@ -226,7 +225,7 @@ class Parser {
 
  private:
   std::string file_;
-  std::string base_dir_ = ".";
+  std::string base_dir_;  // relative paths in the file are taken from here
 };
 
 std::string Lower(std::string s) {
