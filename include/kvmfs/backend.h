@@ -29,6 +29,12 @@ class Backend {
   // kReadOnly when the backend was opened read-only. Thread-safe.
   virtual Status WriteAt(uint64_t off, const void* buf, size_t len) = 0;
 
+  // Makes [off, off+len) read as zeros. `unmap`: release the storage
+  // (fallocate PUNCH_HOLE|KEEP_SIZE; BLKDISCARD-like), else zero it in place
+  // (FALLOC_FL_ZERO_RANGE). Never changes the size. Falls back to writing
+  // zeros where the host cannot. Default: writes zeros. Thread-safe.
+  virtual Status WriteZeroes(uint64_t off, uint64_t len, bool unmap);
+
   // Makes completed writes durable (fdatasync). Thread-safe.
   virtual Status Flush() = 0;
 

@@ -74,11 +74,59 @@ class Image {
   // metadata, kIOError on host errors. Thread-safe: concurrent readers allowed.
   virtual Status Read(uint64_t off, void* buf, size_t len) = 0;
 
-  // Writes the guest view. Default: kReadOnly. Thread-safe where supported.
+  // ---- Writing -------------------------------------------------------------
+  // A view is writable only when its driver supports writing, the file was
+  // opened for writing, and BeginWrites() succeeded. Snapshot and backing
+  // views never are. All modifying calls are thread-safe: concurrent writers
+  // and readers of one image (and of its snapshot views) are allowed.
+
+  // Whether the modifying calls below may succeed now.
+  virtual bool writable() const { return false; }
+
+  // Why an image opened for writing is served read-only (corrupt bit set,
+  // corruption found while writing, an unrepairable dirty image); empty when
+  // it is not. Shown in info.json and logged.
+  virtual std::string ReadOnlyReason() const { return {}; }
+
+  // Prepares a view opened for writing to be written. The caller already
+  // holds QEMU's write lock on the file, so nobody else writes it: this is
+  // where a dirty (lazy refcounts) qcow2 image is repaired as QEMU does on a
+  // read-write open. Idempotent. Default: kReadOnly.
+  virtual Status BeginWrites();
+
+  // The last writer is gone: flush everything and leave the file clean (no
+  // dirty bit, no leaked clusters, caches written back). Reads stay possible;
+  // BeginWrites() may be called again. Default: Flush().
+  virtual Status EndWrites();
+
+  // Writes the guest view. Requires off + len <= size(). Default: kReadOnly.
   virtual Status Write(uint64_t off, const void* buf, size_t len);
 
-  // Makes completed writes durable. Default: OK (nothing to do).
+  // Makes [off, off+len) read as zeros. `unmap` (fallocate PUNCH_HOLE,
+  // discard): host storage may be released, and is where nothing below shows
+  // through; !unmap (ZERO_RANGE): cheap zeroing (qcow2 zero clusters).
+  // Default: writes zero buffers through Write().
+  virtual Status WriteZeroes(uint64_t off, uint64_t len, bool unmap);
+
+  // Makes completed writes durable: metadata written back in crash-safe
+  // order, then the host files flushed. Default: OK (nothing to do).
   virtual Status Flush();
+
+  // Changes the virtual size, as `qemu-img resize`. Growing reads zeros in
+  // the new part. Shrinking: kInvalidArgument unless the format does it
+  // safely. Default: kNotSupported (kReadOnly when !writable()).
+  virtual Status Resize(uint64_t new_size);
+
+  // Creates an internal snapshot of the current state, as `qemu-img snapshot
+  // -c NAME` (next free numeric id, current date, vm state 0). Returns its
+  // info. Default: kNotSupported.
+  virtual Result<SnapshotInfo> CreateSnapshot(const std::string& name);
+
+  // Deletes the internal snapshot with this id (SnapshotInfo::id), freeing
+  // what only it used. Snapshot views of it that are open keep reading
+  // their data until closed only if the format can guarantee it; otherwise
+  // they fail with kNotFound. Default: kNotSupported.
+  virtual Status DeleteSnapshot(const std::string& id);
 
   // What this layer alone says of the range starting at `off`, at most `len`
   // bytes long (the returned length is in (0, len]). Requires off < size().

@@ -1,6 +1,7 @@
 // Defaults of the Image interface and the chain-wide block status walk.
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "kvmfs/image.h"
 
@@ -10,7 +11,36 @@ Status Image::Write(uint64_t, const void*, size_t) {
   return Status::ReadOnly("image is read-only");
 }
 
+Status Image::BeginWrites() { return Status::ReadOnly("image format is read-only"); }
+
+Status Image::EndWrites() { return Flush(); }
+
+Status Image::WriteZeroes(uint64_t off, uint64_t len, bool /*unmap*/) {
+  if (!writable()) return Status::ReadOnly("image is read-only");
+  static const std::vector<uint8_t> zeros(1 << 20);
+  while (len > 0) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(len, zeros.size()));
+    KVMFS_RETURN_IF_ERROR(Write(off, zeros.data(), n));
+    off += n;
+    len -= n;
+  }
+  return Status::OK();
+}
+
 Status Image::Flush() { return Status::OK(); }
+
+Status Image::Resize(uint64_t) {
+  if (!writable()) return Status::ReadOnly("image is read-only");
+  return Status::NotSupported("image format cannot be resized");
+}
+
+Result<SnapshotInfo> Image::CreateSnapshot(const std::string& name) {
+  return Status::NotSupported("format has no internal snapshots (creating " + name + ")");
+}
+
+Status Image::DeleteSnapshot(const std::string& id) {
+  return Status::NotSupported("format has no internal snapshots (deleting " + id + ")");
+}
 
 std::vector<SnapshotInfo> Image::Snapshots() const { return {}; }
 
