@@ -19,12 +19,24 @@ struct ChainPolicy {
   // with kPermission, because image content must not choose host files.
   std::vector<std::string> allowed_roots;
   int max_depth = kMaxChainDepth;
+  // Open the top image for writing (O_RDWR, OpenContext::writable) when its
+  // format can be written (FormatWritable) and the host lets us; backing
+  // layers are always opened read-only. A top file the host does not let us
+  // open for writing (EACCES, EPERM, EROFS) is opened read-only instead.
+  bool writable_top = false;
 };
+
+// Whether kvmfs can write images of this format (raw, qcow2).
+bool FormatWritable(const std::string& format);
 
 struct Layer {
   std::string path;      // canonical host path of the file
   std::string format;    // driver name
   std::shared_ptr<Image> image;
+  bool writable = false;  // opened for writing (only ever the top layer)
+  // Why a top layer was opened read-only although ChainPolicy::writable_top
+  // asked for writing (format or host file read-only); empty otherwise.
+  std::string read_only_reason;
 };
 
 struct Chain {
@@ -36,7 +48,8 @@ struct Chain {
 // else by content (ProbeFormat), else raw. `format_hint` non-empty wins.
 Result<std::string> DetectFormat(const std::string& path, const std::string& format_hint);
 
-// Opens `path` read-only with every backing layer. Backing names are resolved
+// Opens `path` with every backing layer (the top one writable as
+// policy.writable_top says, the others read-only). Backing names are resolved
 // relative to the directory of the image naming them; the recorded backing
 // format is honoured (probed only when absent). Errors, each naming the image:
 // kNotFound (missing backing file), kPermission (outside allowed_roots),

@@ -26,6 +26,7 @@ class [[nodiscard]] Status {
     kBusy,             // image locked by another program             -> EBUSY
     kNoSpace,          //                                              -> ENOSPC
     kTooLarge,         // exceeds a hard limit                        -> EFBIG
+    kAlreadyExists,    // e.g. a snapshot of that name exists         -> EEXIST
   };
 
   Status() = default;  // OK
@@ -39,6 +40,7 @@ class [[nodiscard]] Status {
   static Status Busy(std::string msg) { return Status(Code::kBusy, std::move(msg)); }
   static Status NoSpace(std::string msg) { return Status(Code::kNoSpace, std::move(msg)); }
   static Status TooLarge(std::string msg) { return Status(Code::kTooLarge, std::move(msg)); }
+  static Status AlreadyExists(std::string msg) { return Status(Code::kAlreadyExists, std::move(msg)); }
   // From an errno value; ENOENT maps to kNotFound, EACCES/EPERM to kPermission,
   // ENOSPC to kNoSpace, EROFS to kReadOnly, everything else keeps its errno.
   static Status FromErrno(int err, std::string context);

@@ -1,5 +1,6 @@
 // A local file or block device, read with pread/pwrite.
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -52,6 +53,43 @@ class LocalFile final : public Backend {
       len -= static_cast<size_t>(n);
     }
     return Status::OK();
+  }
+
+  Status WriteZeroes(uint64_t off, uint64_t len, bool unmap) override {
+    if (!writable_) return Status::ReadOnly(path_ + ": opened read-only");
+    if (len == 0) return Status::OK();
+    const std::string where = path_ + ": zeroing " + std::to_string(len) + " bytes at offset " +
+                              std::to_string(off);
+    if (is_blockdev_) {
+      // BLKDISCARD only zeroes on devices that promise it; BLKZEROOUT always
+      // does (unmapping when the device can), so it serves both cases.
+      uint64_t range[2] = {off, len};
+      if (::ioctl(fd_.get(), BLKZEROOUT, range) == 0) return Status::OK();
+      if (errno != EOPNOTSUPP && errno != ENOTTY && errno != EINVAL)
+        return Status::FromErrno(errno, where + " (BLKZEROOUT)");
+      return Backend::WriteZeroes(off, len, unmap);
+    }
+    // Never change the size: a hole or zero range past the end must not grow
+    // the file (KEEP_SIZE), and the part past the end already reads as zeros.
+    KVMFS_ASSIGN_OR_RETURN(uint64_t size, Size());
+    if (off >= size) return Status::OK();
+    len = std::min<uint64_t>(len, size - off);
+    const int mode = unmap ? (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+                           : (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
+    if (::fallocate(fd_.get(), mode, static_cast<off_t>(off), static_cast<off_t>(len)) == 0)
+      return Status::OK();
+    if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
+      return Status::FromErrno(errno, where);
+    if (!unmap) {
+      // No ZERO_RANGE (tmpfs, some network file systems): a punched hole
+      // reads as zeros too.
+      if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      static_cast<off_t>(off), static_cast<off_t>(len)) == 0)
+        return Status::OK();
+      if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
+        return Status::FromErrno(errno, where);
+    }
+    return Backend::WriteZeroes(off, len, unmap);
   }
 
   Status Flush() override {

@@ -12,6 +12,7 @@ Status Status::FromErrno(int err, std::string context) {
     case EPERM: return Status(Code::kPermission, std::move(msg));
     case ENOSPC: return Status(Code::kNoSpace, std::move(msg));
     case EROFS: return Status(Code::kReadOnly, std::move(msg));
+    case EEXIST: return Status(Code::kAlreadyExists, std::move(msg));
     case EBUSY:
     case EAGAIN: return Status(Code::kBusy, std::move(msg));
     default: return Status(Code::kIOError, std::move(msg), err);
@@ -31,6 +32,7 @@ int Status::ToErrno() const {
     case Code::kBusy: return EBUSY;
     case Code::kNoSpace: return ENOSPC;
     case Code::kTooLarge: return EFBIG;
+    case Code::kAlreadyExists: return EEXIST;
   }
   return EIO;
 }
@@ -49,6 +51,7 @@ std::string Status::ToString() const {
     case Code::kBusy: name = "Busy"; break;
     case Code::kNoSpace: name = "No space"; break;
     case Code::kTooLarge: name = "Too large"; break;
+    case Code::kAlreadyExists: name = "Already exists"; break;
   }
   return std::string(name) + ": " + msg_;
 }

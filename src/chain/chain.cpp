@@ -40,6 +40,8 @@ Result<std::string> ResolveRelated(const std::string& image_path, const std::str
 
 }  // namespace
 
+bool FormatWritable(const std::string& format) { return format == "raw" || format == "qcow2"; }
+
 Result<std::string> DetectFormat(const std::string& path, const std::string& format_hint) {
   if (!format_hint.empty()) {
     if (FindFormat(format_hint) == nullptr)
@@ -74,11 +76,34 @@ Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
     const FormatDriver* driver = FindFormat(format);
     if (driver == nullptr)
       return Status::NotSupported(current + ": format '" + format + "' is not supported");
-    KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> file, OpenLocalFile(current, false));
+    const bool is_top = chain.layers.empty();
+    bool writable = false;
+    std::string read_only_reason;
+    std::unique_ptr<Backend> file;
+    if (is_top && policy.writable_top) {
+      if (!FormatWritable(format)) {
+        read_only_reason = "kvmfs does not write " + format + " images";
+      } else {
+        auto rw = OpenLocalFile(current, true);
+        if (rw.ok()) {
+          file = std::move(rw).value();
+          writable = true;
+        } else if (rw.status().code() == Status::Code::kPermission ||
+                   rw.status().code() == Status::Code::kReadOnly ||
+                   (rw.status().code() == Status::Code::kIOError && rw.status().ToErrno() == ETXTBSY)) {
+          read_only_reason = rw.status().message();  // the host says no: serve it read-only
+        } else {
+          return rw.status();
+        }
+      }
+    }
+    if (!file) {
+      KVMFS_ASSIGN_OR_RETURN(file, OpenLocalFile(current, false));
+    }
 
     OpenContext ctx;
     ctx.name = current;
-    ctx.writable = false;
+    ctx.writable = writable;
     ctx.open_related = [current, &policy](const std::string& name) -> Result<std::shared_ptr<Backend>> {
       KVMFS_ASSIGN_OR_RETURN(std::string related, ResolveRelated(current, name, "data file", policy));
       KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, OpenLocalFile(related, false));
@@ -87,7 +112,8 @@ Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
     KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Image> image,
                            driver->Open(std::shared_ptr<Backend>(std::move(file)), ctx));
     ImageInfo info = image->Info();
-    chain.layers.push_back(Layer{current, format, std::shared_ptr<Image>(std::move(image))});
+    chain.layers.push_back(Layer{current, format, std::shared_ptr<Image>(std::move(image)), writable,
+                                 std::move(read_only_reason)});
     if (info.backing_filename.empty()) break;
 
     KVMFS_ASSIGN_OR_RETURN(std::string next,
