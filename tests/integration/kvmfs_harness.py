@@ -627,3 +627,138 @@ def main():
     print("KVMFS-IT-RESULT: file=%s passed=%d failed=%d skipped=%d" % (name, passed, failed, skipped),
           flush=True)
     sys.exit(0 if failed == 0 else 1)
+
+
+# --------------------------------------------------------------------------
+# Write-path helpers (read-write mounts; issue 3)
+
+RW = ()  # Mount options for a read-write mount (kvmfs mounts read-write by default)
+FIO = shutil.which("fio") or "/usr/bin/fio"
+QEMU_SD = shutil.which("qemu-storage-daemon") or "/usr/bin/qemu-storage-daemon"
+# Byte offsets QEMU locks while it writes (100 + perm bit: consistent read, write,
+# resize; 200 + bit: write and resize not shared).
+QEMU_WRITER_LOCK_BYTES = (100, 101, 103, 201, 203)
+
+
+def open_err(path, flags=os.O_RDONLY):
+    """0 if path opens (then closes it), else the errno."""
+    try:
+        os.close(os.open(path, flags))
+    except OSError as e:
+        return e.errno
+    return 0
+
+
+def errname(e):
+    return errno.errorcode.get(e, str(e)) if e else "success"
+
+
+def wait_until(fn, timeout=10.0, step=0.05):
+    """Polls fn() until it returns a true value (returned) or timeout (returns the last value)."""
+    deadline = time.time() + timeout
+    while True:
+        v = fn()
+        if v or time.time() >= deadline:
+            return v
+        time.sleep(step)
+
+
+def qemu_check(img, fmt="qcow2"):
+    """`qemu-img check` of img: (exit code, output)."""
+    p = run([QEMU_IMG, "check", "-f", fmt, os.path.abspath(img)], check=False, cwd=imgdir(img))
+    return p.returncode, p.stdout + p.stderr
+
+
+def qemu_compare_raw(img, raw, fmt="qcow2"):
+    """`qemu-img compare` of img with a raw file: (exit code, output); 0 = identical."""
+    p = run([QEMU_IMG, "compare", "-U", "-f", fmt, "-F", "raw", os.path.abspath(img),
+             os.path.abspath(raw)], check=False, cwd=imgdir(img))
+    return p.returncode, p.stdout + p.stderr
+
+
+def copy_file(src, dst, bs=MiB):
+    """Reads src to the end (e.g. a disk.raw through the mount) into dst."""
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        while True:
+            b = f.read(bs)
+            if not b:
+                break
+            g.write(b)
+    return dst
+
+
+def first_diff(a, b, bs=MiB):
+    """Offset of the first differing byte of files a and b (None if equal, incl. size)."""
+    with open(a, "rb") as f, open(b, "rb") as g:
+        off = 0
+        while True:
+            x, y = f.read(bs), g.read(bs)
+            if x != y:
+                n = min(len(x), len(y))
+                i = next((k for k in range(n) if x[k] != y[k]), n)
+                return off + i
+            if not x:
+                return None
+            off += len(x)
+
+
+def ofd_locked_bytes(path):
+    """Bytes of path's inode covered by OFD locks in /proc/locks: {byte: {"READ"/"WRITE"}}."""
+    st = os.stat(path)
+    dev = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    out = {}
+    with open("/proc/locks") as f:
+        for line in f:
+            p = line.split()
+            if "->" in p:
+                p.remove("->")  # a blocked waiter
+            if len(p) < 8 or p[1] != "OFDLCK" or p[5] != dev:
+                continue
+            end = p[7]
+            hi = int(p[6]) + 1000 if end == "EOF" else int(end)
+            for b in range(int(p[6]), min(hi, int(p[6]) + 1000) + 1):
+                out.setdefault(b, set()).add(p[3])
+    return out
+
+
+class QemuHolder:
+    """qemu-storage-daemon holding one image open, as a running VM would
+    (readonly=False: QEMU's write locks; True: its reader locks)."""
+
+    def __init__(self, img, fmt="qcow2", readonly=False):
+        self.img = os.path.abspath(str(img))
+        ro = "on" if readonly else "off"
+        self.argv = [QEMU_SD,
+                     "--blockdev", "driver=file,filename=%s,node-name=f,read-only=%s" % (self.img, ro),
+                     "--blockdev", "driver=%s,file=f,node-name=d,read-only=%s" % (fmt, ro)]
+        self.want = {100, 201, 203} if readonly else set(QEMU_WRITER_LOCK_BYTES)
+        self.proc = None
+
+    def __enter__(self):
+        # kvmfs lets go of an image asynchronously after close(2) (FUSE release)
+        wait_until(lambda: not ofd_locked_bytes(self.img), timeout=10)
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, cwd=imgdir(self.img))
+        ok = wait_until(lambda: self.proc.poll() is not None or
+                        self.want <= set(ofd_locked_bytes(self.img)), timeout=15)
+        if self.proc.poll() is not None or not ok:
+            out = self.close()
+            raise AssertionError("qemu-storage-daemon did not lock %s: %s" % (self.img, out))
+        return self
+
+    def close(self):
+        out = ""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+            try:
+                out = self.proc.communicate(timeout=15)[0].decode(errors="replace")
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out = self.proc.communicate()[0].decode(errors="replace")
+            self.proc = None
+        return out
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
