@@ -27,8 +27,13 @@ std::shared_ptr<const L2Table> L2Cache::Insert(std::shared_ptr<L2Table> table) {
   }
   lru_.push_front(table);
   index_.emplace(table->host_offset, lru_.begin());
-  // Evict from the cold end; dirty tables must be written back first (by a
-  // future writer), so they are skipped.
+  EvictLocked();
+  return table;
+}
+
+void L2Cache::EvictLocked() {
+  // Evict from the cold end; dirty tables are written back by the engine
+  // (after their refcount blocks) before they may go, so they are skipped.
   auto victim = std::prev(lru_.end());
   while (index_.size() > capacity_ && victim != lru_.begin()) {
     auto prev = std::prev(victim);
@@ -38,7 +43,46 @@ std::shared_ptr<const L2Table> L2Cache::Insert(std::shared_ptr<L2Table> table) {
     }
     victim = prev;
   }
-  return table;
+}
+
+std::shared_ptr<L2Table> L2Cache::LookupForWrite(uint64_t host_offset) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(host_offset);
+  if (it == index_.end()) return nullptr;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return *it->second;
+}
+
+void L2Cache::Put(std::shared_ptr<L2Table> table) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(table->host_offset);
+  if (it != index_.end()) {
+    lru_.erase(it->second);
+    index_.erase(it);
+  }
+  lru_.push_front(std::move(table));
+  index_.emplace(lru_.front()->host_offset, lru_.begin());
+  EvictLocked();
+}
+
+void L2Cache::Erase(uint64_t host_offset) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(host_offset);
+  if (it == index_.end()) return;
+  lru_.erase(it->second);
+  index_.erase(it);
+}
+
+std::vector<std::shared_ptr<L2Table>> L2Cache::DirtyTables() const {
+  std::vector<std::shared_ptr<L2Table>> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& t : lru_)
+      if (t->dirty) out.push_back(t);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a->host_offset < b->host_offset; });
+  return out;
 }
 
 size_t L2Cache::size() const {

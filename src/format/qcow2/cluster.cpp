@@ -28,7 +28,17 @@ Engine::Engine(std::shared_ptr<Backend> file, std::shared_ptr<Backend> data, Hea
       file_size_(file_size),
       data_size_(data_size),
       l2_cache_(options.l2_cache_bytes / geo_.cluster_size),
-      cluster_cache_(std::max<uint64_t>(2, options.decompressed_cache_bytes / geo_.cluster_size)) {}
+      cluster_cache_(std::max<uint64_t>(2, options.decompressed_cache_bytes / geo_.cluster_size)) {
+  for (Snapshot& s : snapshots_) s.serial = next_serial_++;
+  virtual_size_.store(header_.virtual_size);
+  l1_offset_ = header_.raw.l1_table_offset;
+}
+
+Status Engine::LoadActiveL1() {
+  KVMFS_ASSIGN_OR_RETURN(l1_, LoadL1(header_.raw.l1_table_offset, header_.raw.l1_size,
+                                     "Active L1 table"));
+  return Status::OK();
+}
 
 bool Engine::PastEof(Backend& b, std::atomic<uint64_t>& size, uint64_t offset, uint64_t slack) {
   uint64_t known = size.load(std::memory_order_relaxed);

@@ -48,6 +48,32 @@ HeaderRaw HeaderRaw::Decode(const uint8_t* p, size_t length) {
   return h;
 }
 
+void HeaderRaw::Encode(uint8_t* p) const {
+  std::memset(p, 0, sizeof(HeaderRaw));
+#define KVMFS_BE(field, bits) StoreBE##bits(p + offsetof(HeaderRaw, field), field)
+  KVMFS_BE(magic, 32);
+  KVMFS_BE(version, 32);
+  KVMFS_BE(backing_file_offset, 64);
+  KVMFS_BE(backing_file_size, 32);
+  KVMFS_BE(cluster_bits, 32);
+  KVMFS_BE(size, 64);
+  KVMFS_BE(crypt_method, 32);
+  KVMFS_BE(l1_size, 32);
+  KVMFS_BE(l1_table_offset, 64);
+  KVMFS_BE(refcount_table_offset, 64);
+  KVMFS_BE(refcount_table_clusters, 32);
+  KVMFS_BE(nb_snapshots, 32);
+  KVMFS_BE(snapshots_offset, 64);
+  KVMFS_BE(incompatible_features, 64);
+  KVMFS_BE(compatible_features, 64);
+  KVMFS_BE(autoclear_features, 64);
+  KVMFS_BE(refcount_order, 32);
+  KVMFS_BE(header_length, 32);
+#undef KVMFS_BE
+  p[offsetof(HeaderRaw, compression_type)] = compression_type;
+  std::memcpy(p + offsetof(HeaderRaw, padding), padding, sizeof padding);
+}
+
 ExtensionHeader ExtensionHeader::Decode(const uint8_t* p) {
   return ExtensionHeader{LoadBE32(p + offsetof(ExtensionHeader, type)),
                          LoadBE32(p + offsetof(ExtensionHeader, len))};

@@ -4,29 +4,46 @@
 
 #include <cstring>
 #include <mutex>
+#include <shared_mutex>
 
 namespace kvmfs {
 namespace qcow2 {
 namespace {
 
-// One view of a qcow2 file: the active disk, or a snapshot (read-only, with
-// the snapshot's L1 and disk size). All views of a file share one Engine.
+// One view of a qcow2 file: the active disk (writable once BeginWrites()
+// succeeded), or a snapshot (read-only, with the snapshot's L1 and disk
+// size). All views of a file share one Engine; every read holds its lock
+// shared, so a writer never changes tables under a reader.
 class Qcow2Image final : public Image {
  public:
-  Qcow2Image(std::shared_ptr<Engine> engine, L1Table l1, uint64_t size, const Snapshot* snapshot)
-      : engine_(std::move(engine)), l1_(std::move(l1)), size_(size), snapshot_(snapshot) {}
+  // The active view.
+  explicit Qcow2Image(std::shared_ptr<Engine> engine) : engine_(std::move(engine)) {}
+  // A snapshot view.
+  Qcow2Image(std::shared_ptr<Engine> engine, L1Table l1, uint64_t size, SnapshotInfo info,
+             uint64_t serial)
+      : engine_(std::move(engine)),
+        snap_l1_(std::move(l1)),
+        snap_size_(size),
+        snap_info_(std::move(info)),
+        serial_(serial) {}
 
-  uint64_t size() const override { return size_; }
+  bool is_snapshot() const { return serial_ != 0; }
+
+  uint64_t size() const override { return is_snapshot() ? snap_size_ : engine_->virtual_size(); }
 
   Status Read(uint64_t off, void* buf, size_t len) override {
-    if (off > size_ || len > size_ - off)
+    std::shared_lock<std::shared_mutex> lock(engine_->mutex());
+    KVMFS_RETURN_IF_ERROR(CheckAlive());
+    const uint64_t size = this->size();
+    if (off > size || len > size - off)
       return Status::InvalidArgument(engine_->name() + ": read of " + std::to_string(len) +
                                      " bytes at " + std::to_string(off) +
-                                     " past the virtual size " + std::to_string(size_));
+                                     " past the virtual size " + std::to_string(size));
+    const L1Table& l1 = is_snapshot() ? snap_l1_ : engine_->active_l1();
     auto* p = static_cast<uint8_t*>(buf);
     const uint64_t cluster_mask = engine_->geo().cluster_size - 1;
     while (len > 0) {
-      KVMFS_ASSIGN_OR_RETURN(Extent e, engine_->Map(l1_, off, len, MapMode::kRead));
+      KVMFS_ASSIGN_OR_RETURN(Extent e, engine_->Map(l1, off, len, MapMode::kRead));
       const size_t n = static_cast<size_t>(e.length);
       switch (e.type) {
         case Extent::Type::kUnallocated:
@@ -50,12 +67,16 @@ class Qcow2Image final : public Image {
   }
 
   Result<BlockStatus> GetBlockStatus(uint64_t off, uint64_t len) override {
-    if (off >= size_)
+    std::shared_lock<std::shared_mutex> lock(engine_->mutex());
+    KVMFS_RETURN_IF_ERROR(CheckAlive());
+    const uint64_t size = this->size();
+    if (off >= size)
       return Status::InvalidArgument(engine_->name() + ": block status at " + std::to_string(off) +
-                                     " past the virtual size " + std::to_string(size_));
-    len = std::min(len, size_ - off);
+                                     " past the virtual size " + std::to_string(size));
+    len = std::min(len, size - off);
     if (len == 0) return Status::InvalidArgument(engine_->name() + ": block status of 0 bytes");
-    KVMFS_ASSIGN_OR_RETURN(Extent e, engine_->Map(l1_, off, len, MapMode::kStatus));
+    const L1Table& l1 = is_snapshot() ? snap_l1_ : engine_->active_l1();
+    KVMFS_ASSIGN_OR_RETURN(Extent e, engine_->Map(l1, off, len, MapMode::kStatus));
     BlockStatus bs;
     bs.length = e.length;
     switch (e.type) {
@@ -73,11 +94,51 @@ class Qcow2Image final : public Image {
     return bs;
   }
 
+  // ---- Writing (the active view only) ----
+
+  bool writable() const override { return !is_snapshot() && engine_->writable(); }
+  std::string ReadOnlyReason() const override {
+    return is_snapshot() ? std::string() : engine_->ReadOnlyReason();
+  }
+  Status BeginWrites() override {
+    if (is_snapshot()) return SnapshotReadOnly();
+    return engine_->BeginWrites();
+  }
+  Status EndWrites() override {
+    if (is_snapshot()) return Status::OK();
+    return engine_->EndWrites();
+  }
+  Status Write(uint64_t off, const void* buf, size_t len) override {
+    if (is_snapshot()) return SnapshotReadOnly();
+    return engine_->Write(off, static_cast<const uint8_t*>(buf), len, Backing());
+  }
+  Status WriteZeroes(uint64_t off, uint64_t len, bool unmap) override {
+    if (is_snapshot()) return SnapshotReadOnly();
+    return engine_->WriteZeroes(off, len, unmap, Backing());
+  }
+  Status Flush() override {
+    if (is_snapshot()) return Status::OK();
+    return engine_->Flush();
+  }
+  Status Resize(uint64_t new_size) override {
+    if (is_snapshot()) return SnapshotReadOnly();
+    return engine_->Resize(new_size, Backing());
+  }
+  Result<SnapshotInfo> CreateSnapshot(const std::string& name) override {
+    if (is_snapshot()) return SnapshotReadOnly();
+    return engine_->CreateSnapshot(name);
+  }
+  Status DeleteSnapshot(const std::string& id) override {
+    if (is_snapshot()) return SnapshotReadOnly();
+    return engine_->DeleteSnapshot(id);
+  }
+
   ImageInfo Info() const override {
+    std::shared_lock<std::shared_mutex> lock(engine_->mutex());
     const Header& h = engine_->header();
     ImageInfo info;
     info.format = "qcow2";
-    info.virtual_size = size_;
+    info.virtual_size = size();
     info.cluster_size = h.cluster_size;
     info.encrypted = h.raw.crypt_method != kCryptNone;
     info.dirty = h.incompatible & kIncompatDirty;
@@ -109,15 +170,17 @@ class Qcow2Image final : public Image {
 
   std::vector<SnapshotInfo> Snapshots() const override {
     std::vector<SnapshotInfo> out;
-    if (snapshot_ != nullptr) return out;  // a snapshot view has none of its own
+    if (is_snapshot()) return out;  // a snapshot view has none of its own
+    std::shared_lock<std::shared_mutex> lock(engine_->mutex());
     for (const Snapshot& s : engine_->snapshots()) out.push_back(s.info);
     return out;
   }
 
   Result<std::unique_ptr<Image>> OpenSnapshot(const std::string& id) override {
     const std::string& name = engine_->name();
-    if (snapshot_ != nullptr)
-      return Status::NotSupported(name + ": snapshot " + snapshot_->info.id + " has no snapshots");
+    if (is_snapshot())
+      return Status::NotSupported(name + ": snapshot " + snap_info_.id + " has no snapshots");
+    std::shared_lock<std::shared_mutex> lock(engine_->mutex());
     const Snapshot* found = nullptr;
     for (const Snapshot& s : engine_->snapshots()) {
       if (s.info.id == id) {
@@ -143,7 +206,8 @@ class Qcow2Image final : public Image {
                               " is too big");
     KVMFS_ASSIGN_OR_RETURN(L1Table l1, engine_->LoadL1(found->l1_table_offset, found->l1_size,
                                                        "Snapshot L1 table of " + what));
-    auto view = std::make_unique<Qcow2Image>(engine_, std::move(l1), disk_size, found);
+    auto view = std::make_unique<Qcow2Image>(engine_, std::move(l1), disk_size, found->info,
+                                             found->serial);
     // The chain opener attaches the backing after Open(), so it is read now.
     view->SetBacking(backing());
     return std::unique_ptr<Image>(std::move(view));
@@ -155,10 +219,30 @@ class Qcow2Image final : public Image {
   }
 
  private:
+  // A deleted snapshot's clusters may hold anything now.
+  Status CheckAlive() const {
+    if (is_snapshot() && !engine_->SnapshotAlive(serial_))
+      return Status::NotFound(engine_->name() + ": snapshot " + snap_info_.id + " ('" +
+                              snap_info_.name + "') was deleted");
+    return Status::OK();
+  }
+  Status SnapshotReadOnly() const {
+    return Status::ReadOnly(engine_->name() + ": snapshot " + snap_info_.id + " is read-only");
+  }
+  BackingView Backing() {
+    BackingView v;
+    Image* below = backing().get();
+    v.present = below != nullptr;
+    v.size = below ? below->size() : 0;
+    v.read = [this](uint64_t off, void* buf, size_t len) { return ReadBacking(off, buf, len); };
+    return v;
+  }
+
   const std::shared_ptr<Engine> engine_;
-  const L1Table l1_;  // a writer will need this guarded and growable
-  const uint64_t size_;
-  const Snapshot* const snapshot_;  // owned by engine_; nullptr for the active view
+  const L1Table snap_l1_;  // snapshot views: the snapshot's own L1
+  const uint64_t snap_size_ = 0;
+  const SnapshotInfo snap_info_;
+  const uint64_t serial_ = 0;  // 0 for the active view
 };
 
 }  // namespace
@@ -208,10 +292,15 @@ Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const Op
     return Status::Permission(name + ": encrypted image (" +
                               std::string(h.raw.crypt_method == kCryptAes ? "AES" : "LUKS") +
                               "): no key configured; encryption support is not implemented yet");
-  if ((h.incompatible & kIncompatCorrupt) && ctx.writable)
-    return Status::Permission(name +
-                              ": qcow2 image is corrupt (corrupt bit set); it can only be "
-                              "opened read-only; repair it with 'qemu-img check -r all'");
+  // A writable open of an image that cannot be written succeeds, served
+  // read-only with the reason (BeginWrites() returns kReadOnly with it).
+  std::string read_only_reason;
+  if (h.incompatible & kIncompatCorrupt)
+    read_only_reason =
+        "qcow2 image is corrupt (corrupt bit set); it can only be used read-only; repair it "
+        "with 'qemu-img check -r all'";
+  else if (h.autoclear & kAutoclearBitmaps)
+    read_only_reason = "image has persistent dirty bitmaps, which kvmfs does not maintain";
 
   std::shared_ptr<Backend> data;
   uint64_t data_size = file_size;
@@ -229,14 +318,12 @@ Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const Op
 
   KVMFS_ASSIGN_OR_RETURN(std::vector<Snapshot> snapshots,
                          ReadSnapshotTable(*file, file_size, h, name));
-  const uint64_t l1_offset = h.raw.l1_table_offset;
-  const uint32_t l1_size = h.raw.l1_size;
-  const uint64_t virtual_size = h.virtual_size;
+  const bool file_writable = ctx.writable && file->writable();
   auto engine = std::make_shared<Engine>(std::move(file), std::move(data), std::move(h),
                                          std::move(snapshots), options, name, file_size, data_size);
-  KVMFS_ASSIGN_OR_RETURN(L1Table l1, engine->LoadL1(l1_offset, l1_size, "Active L1 table"));
-  return std::unique_ptr<Image>(
-      std::make_unique<Qcow2Image>(std::move(engine), std::move(l1), virtual_size, nullptr));
+  KVMFS_RETURN_IF_ERROR(engine->LoadActiveL1());
+  engine->SetOpenedWritable(file_writable, ctx.writable ? read_only_reason : std::string());
+  return std::unique_ptr<Image>(std::make_unique<Qcow2Image>(std::move(engine)));
 }
 
 const FormatDriver& Qcow2Format() {

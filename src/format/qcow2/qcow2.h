@@ -1,16 +1,27 @@
 // qcow2 engine: the private map of the driver (after QEMU's block/qcow2.h).
 //
-// On-disk structures (each declared once, with Decode and a size check),
-// feature bits and limits, the parsed header, the L2 table cache, and the
-// Engine that maps guest offsets through an L1 table. The files of this
-// directory are cut by subsystem:
+// On-disk structures (each declared once, with Decode/Encode and a size
+// check), feature bits and limits, the parsed header, the L2 table cache, and
+// the Engine that maps guest offsets through an L1 table and writes the
+// active disk. The files of this directory are cut by subsystem:
 //   header.cpp    parse and validate the header and its extensions
-//   snapshot.cpp  the internal snapshot table
-//   cache.cpp     L2 table cache and decompressed-cluster cache
+//   snapshot.cpp  the internal snapshot table; snapshot create/delete
+//   cache.cpp     L2 table cache (write-back) and decompressed-cluster cache
 //   cluster.cpp   L1/L2 mapping, reads, block status
+//   refcount.cpp  refcount blocks and table: get/update, allocation, growth
+//   write.cpp     allocating writes, COW, zeroes/discard, resize, Flush
+//   check.cpp     refcount rebuild of a dirty image, COPIED recomputation
 //   qcow2.cpp     driver entry: Probe, Open, the Image classes
-// Read-only for now; the structures leave room for a writer (dirty cache
-// entries, preserved unknown extensions).
+//
+// Writing (QEMU's ordering, reliability.md §3): guest data and COW first,
+// then refcount blocks, then L2 tables, then L1 and header; a new table is
+// written and flushed before anything points to it. Metadata is cached
+// write-back and written in that order by Flush(). Refcount decrements are
+// kept apart ("pending") until the tables that stopped using the cluster are
+// durable, and a cluster is reused only after that, so a crash at any moment
+// leaves at worst leaked clusters. Locking: Engine::mutex() is shared by
+// readers and in-place overwrites of COPIED clusters, exclusive for anything
+// that changes metadata.
 #pragma once
 
 #include <atomic>
@@ -19,7 +30,10 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <functional>
 #include <optional>
+#include <shared_mutex>
+#include <unordered_set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -124,6 +138,9 @@ struct [[gnu::packed]] HeaderRaw {
   static constexpr size_t kV3MinSize = 104;
   // `p` holds kSize bytes; fields at or past `length` decode as 0.
   static HeaderRaw Decode(const uint8_t* p, size_t length);
+  // Writes all kSize bytes at `p`; the caller writes only the header's own
+  // length of them (72 for v2, header_length for v3, at most kSize).
+  void Encode(uint8_t* p) const;
 };
 static_assert(sizeof(HeaderRaw) == 112);
 inline constexpr size_t kHeaderSize = sizeof(HeaderRaw);
@@ -171,6 +188,7 @@ struct [[gnu::packed]] SnapshotHeaderRaw {
   uint32_t vm_state_size;
   uint32_t extra_data_size;
   static SnapshotHeaderRaw Decode(const uint8_t* p);
+  void Encode(uint8_t* p) const;
 };
 static_assert(sizeof(SnapshotHeaderRaw) == 40);
 
@@ -180,6 +198,7 @@ struct [[gnu::packed]] SnapshotExtraData {
   uint64_t icount;
   // `len` bytes of extra data are at `p`; missing fields decode as 0.
   static SnapshotExtraData Decode(const uint8_t* p, size_t len);
+  void Encode(uint8_t* p) const;  // all 24 bytes
 };
 static_assert(sizeof(SnapshotExtraData) == 24);
 
@@ -255,7 +274,14 @@ struct Snapshot {
   uint32_t l1_size = 0;
   uint32_t extra_data_size = 0;
   uint32_t index = 0;  // position in the table
+  uint64_t serial = 0;  // unique in the engine's life, for views to detect deletion
+  SnapshotHeaderRaw raw{};          // as read, for rewriting the table
+  std::vector<uint8_t> extra_data;  // as read (unknown fields preserved)
 };
+
+// The on-disk bytes of a snapshot table holding `snapshots` (entries padded
+// to 8 bytes; id and name lengths from info.id / info.name).
+std::vector<uint8_t> EncodeSnapshotTable(const std::vector<Snapshot>& snapshots);
 
 // Reads the snapshot table the header points to, with QEMU's bounds.
 Result<std::vector<Snapshot>> ReadSnapshotTable(Backend& file, uint64_t file_size,
@@ -274,12 +300,15 @@ Status ValidateTable(uint64_t offset, uint64_t entries, uint64_t entry_bytes, ui
 struct L2Table {
   uint64_t host_offset = 0;
   std::vector<uint64_t> words;
-  bool dirty = false;  // for a writer: must be written back before eviction
+  // Changed in memory and not yet written. Set and cleared only under the
+  // engine's exclusive lock; a dirty table is never evicted.
+  bool dirty = false;
 };
 
 // A bounded LRU of L2 tables keyed by host offset (so active and snapshot
 // views share tables). Thread-safe; the lock covers only lookup and insert,
 // the caller does the I/O. Returned tables stay valid while referenced.
+// Table contents change only under the engine's exclusive lock.
 class L2Cache {
  public:
   explicit L2Cache(size_t capacity_tables);
@@ -287,10 +316,19 @@ class L2Cache {
   // Inserts `table` unless another thread inserted the same offset first;
   // returns the table now cached. Evicts least recently used clean tables.
   std::shared_ptr<const L2Table> Insert(std::shared_ptr<L2Table> table);
+  // For the writer (engine exclusive lock held): the cached table, mutable.
+  std::shared_ptr<L2Table> LookupForWrite(uint64_t host_offset);
+  // Inserts or replaces the table at its offset (a new or copied table).
+  void Put(std::shared_ptr<L2Table> table);
+  // Drops the table at `host_offset` (the cluster was freed).
+  void Erase(uint64_t host_offset);
+  // The dirty tables, sorted by host offset.
+  std::vector<std::shared_ptr<L2Table>> DirtyTables() const;
   size_t capacity() const { return capacity_; }
   size_t size() const;
 
  private:
+  void EvictLocked();
   using List = std::list<std::shared_ptr<L2Table>>;
   const size_t capacity_;
   mutable std::mutex mu_;
@@ -313,6 +351,22 @@ class ClusterCache {
   std::unordered_map<uint64_t, std::list<Entry>::iterator> index_;  // GUARDED_BY(mu_)
 };
 
+// ---- Refcounts -------------------------------------------------------------------------
+
+// One cached refcount block. `data` holds the current (logical) refcounts in
+// the on-disk encoding; `pending` the decrements that must not reach the
+// disk before the tables that dropped the references are durable.
+struct RefBlock {
+  uint64_t host_offset = 0;
+  std::vector<uint8_t> data;
+  std::unordered_map<uint32_t, uint64_t> pending;  // index -> amount
+  bool dirty = false;
+};
+
+// Reads / writes entry `i` of a refcount block of 2^order-bit entries.
+uint64_t GetRefcountEntry(const uint8_t* block, uint32_t order, uint64_t i);
+void SetRefcountEntry(uint8_t* block, uint32_t order, uint64_t i, uint64_t v);
+
 // ---- Engine -------------------------------------------------------------------------------
 
 // What one run of guest bytes maps to, in one layer.
@@ -331,8 +385,20 @@ enum class MapMode {
 
 using L1Table = std::vector<uint64_t>;
 
-// The state every view of one qcow2 file shares: backends, header, caches.
-// Thread-safe for concurrent readers.
+// What the writer needs of the layer below: its bytes (zeros past its end or
+// without one) and whether there is one.
+struct BackingView {
+  std::function<Status(uint64_t off, void* buf, size_t len)> read;
+  bool present = false;
+  uint64_t size = 0;
+};
+
+// The state every view of one qcow2 file shares: backends, header, caches,
+// the active L1 table and, while writing, the refcount cache.
+//
+// Thread-safety: mutex() is taken shared by every read (of any view) and by
+// in-place overwrites, exclusive by every metadata change. Members marked
+// "rw_" below are guarded by it.
 class Engine {
  public:
   Engine(std::shared_ptr<Backend> file, std::shared_ptr<Backend> data, Header header,
@@ -340,19 +406,28 @@ class Engine {
          uint64_t file_size, uint64_t data_size);
 
   const std::string& name() const { return name_; }
-  const Header& header() const { return header_; }
   const Geometry& geo() const { return geo_; }
-  const std::vector<Snapshot>& snapshots() const { return snapshots_; }
   Backend& file() { return *file_; }
   Backend& data() { return *data_; }
   const L2Cache& l2_cache() const { return l2_cache_; }
+  std::shared_mutex& mutex() const { return rw_; }
+
+  // Requires mutex() held (shared or exclusive).
+  const Header& header() const { return header_; }
+  const std::vector<Snapshot>& snapshots() const { return snapshots_; }
+  const L1Table& active_l1() const { return l1_; }
+  // The current virtual size of the active disk. Any thread.
+  uint64_t virtual_size() const { return virtual_size_.load(std::memory_order_acquire); }
+
+  // Loads the active L1 (at open). Not thread-safe.
+  Status LoadActiveL1();
 
   // Loads an L1 table of `entries` at `offset` (already validated).
   Result<L1Table> LoadL1(uint64_t offset, uint32_t entries, const std::string& what);
 
   // The run starting at guest `off` (at most `len` bytes, len > 0). Validates
   // every entry it uses; kCorruption names the image, the guest offset, the
-  // table and the index.
+  // table and the index. Requires mutex() held.
   Result<Extent> Map(const L1Table& l1, uint64_t off, uint64_t len, MapMode mode);
 
   // Reads `n` bytes at `off_in_cluster` of the compressed cluster `entry`
@@ -363,23 +438,132 @@ class Engine {
   // Reads `n` bytes of the data file (or the image file) at `host`.
   Status ReadData(uint64_t host, uint8_t* out, size_t n) { return data_->ReadAt(host, out, n); }
 
+  // ---- Writing (write.cpp, refcount.cpp, snapshot.cpp, check.cpp) ----------
+  // All of these take mutex() themselves. Errors name the image and offset;
+  // corruption found while writing sets the corrupt bit and makes the engine
+  // read-only (ReadOnlyReason()).
+
+  // Whether writes may succeed now (BeginWrites done, not read-only).
+  bool writable() const;
+  // Why the file is served read-only; empty when it is not.
+  std::string ReadOnlyReason() const;
+  // Called at open for a writable file: the engine may later be written.
+  void SetOpenedWritable(bool writable, std::string read_only_reason);
+  // Loads the refcount table, repairs a dirty image. Idempotent.
+  Status BeginWrites();
+  // Flush, then no more writes until BeginWrites().
+  Status EndWrites();
+  Status Write(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing);
+  Status WriteZeroes(uint64_t off, uint64_t len, bool unmap, const BackingView& backing);
+  Status Flush();
+  Status Resize(uint64_t new_size, const BackingView& backing);
+  Result<SnapshotInfo> CreateSnapshot(const std::string& name);
+  Status DeleteSnapshot(const std::string& id);
+  // Whether snapshot `id` with its L1 at `l1_offset` still exists. Requires
+  // mutex() held.
+  bool SnapshotAlive(uint64_t serial) const;
+
  private:
+  friend class Writer;
   Result<std::shared_ptr<const L2Table>> GetL2(uint64_t l2_offset, uint64_t l1_index);
   // Whether `offset` >= the backend's size + `slack`; the size is re-read
   // before saying yes (the file may have grown).
   bool PastEof(Backend& b, std::atomic<uint64_t>& size, uint64_t offset, uint64_t slack);
+  uint32_t rb_bits() const { return geo_.cluster_bits + 3 - header_.refcount_order; }
+  uint64_t refcount_max() const {
+    return header_.refcount_order == 6 ? ~uint64_t{0} : (uint64_t{1} << (1u << header_.refcount_order)) - 1;
+  }
+  Result<bool> IsFree(uint64_t cluster);
+
+  // ---- writer internals (exclusive lock held unless said otherwise) ----
+  Status CheckWritable() const;                  // any lock
+  Status WriteLocked(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing);
+  Status ZeroLocked(uint64_t off, uint64_t len, bool unmap, const BackingView& backing);
+  Status FlushLocked();
+  Status MaybeWriteBack();  // bounds the dirty caches
+  Status WriteHeaderLocked(bool sync);
+  // Sets the corrupt bit (write + flush) and goes read-only; returns `why`.
+  Status SignalCorruption(Status why);
+  Status Fatal(Status st);  // corruption -> SignalCorruption, else st
+  // True when [host, host+len) of the image file overlaps metadata.
+  bool OverlapsMetadata(uint64_t host, uint64_t len) const;  // shared lock is enough
+  void RebuildMetadataIndex();
+  // The writable L2 table of L1 index `l1_index` (allocated or copied when
+  // needed).
+  Result<std::shared_ptr<L2Table>> WritableL2(uint64_t l1_index);
+  // Writes part of one cluster whose L2 entry is not a COPIED normal
+  // cluster, or a run of such clusters (write.cpp).
+  Status WriteRun(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing,
+                  uint64_t* done);
+  // Releases what L2 entry `entry` (+ `bitmap`) points to (pending decrement).
+  Status ReleaseEntry(uint64_t entry);
+
+  // refcount.cpp
+  Status LoadRefcountTable();
+  Result<RefBlock*> GetRefBlock(uint64_t rt_index, bool create);
+  Result<uint64_t> GetRefcount(uint64_t cluster);
+  // delta > 0 applies now; delta < 0 is logical now, pending on disk.
+  Status UpdateRefcount(uint64_t cluster, int64_t delta);
+  Status UpdateRefcountRange(uint64_t host, uint64_t bytes, int64_t delta);
+  Result<uint64_t> FindFree(uint64_t n);
+  Status EnsureRefBlock(uint64_t rt_index);
+  Status GrowRefcountTable(uint64_t min_entries);
+  // Allocates `n` contiguous clusters (refcount 1); returns the host offset.
+  Result<uint64_t> AllocClusters(uint64_t n);
+  Status WriteRefBlocks(bool with_pending);  // no sync
+  bool HasPending() const;
+  void ApplyPending();
+
+  // check.cpp
+  Status RebuildRefcounts();
+  Status RecomputeCopied();
+  // +1 / -1 on every L2 table and data cluster reachable from `l1`, after
+  // checking that no refcount leaves [0, max].
+  Status AddL1Refcounts(const L1Table& l1, int64_t delta);
+  // The guest view of this layer (with its backing) at [off, off+n), zeros
+  // at and past the virtual size: the source of COW.
+  Status ReadCurrent(uint64_t off, uint8_t* p, size_t n, const BackingView& backing);
+  void MarkDirty(L2Table& t);
 
   const std::shared_ptr<Backend> file_;
   const std::shared_ptr<Backend> data_;  // == file_ without an external data file
-  const Header header_;
+  Header header_;                        // rw_
   const Geometry geo_;
-  const std::vector<Snapshot> snapshots_;
+  std::vector<Snapshot> snapshots_;  // rw_
   const std::string name_;
   const CompressionType compression_;
   std::atomic<uint64_t> file_size_;
   std::atomic<uint64_t> data_size_;
   L2Cache l2_cache_;
   ClusterCache cluster_cache_;
+  mutable std::shared_mutex rw_;
+  std::atomic<uint64_t> virtual_size_{0};
+
+  // rw_
+  L1Table l1_;
+  uint64_t l1_offset_ = 0;
+  bool l1_dirty_ = false;
+  bool header_dirty_ = false;
+  bool opened_writable_ = false;
+  std::atomic<bool> writing_{false};
+  mutable std::mutex reason_mu_;
+  std::string read_only_reason_;  // reason_mu_
+
+  // Refcounts (rw_), loaded by BeginWrites.
+  bool refcounts_loaded_ = false;
+  std::vector<uint64_t> reftable_;
+  uint64_t reftable_offset_ = 0;
+  uint64_t reftable_clusters_ = 0;
+  bool reftable_dirty_ = false;
+  uint64_t dirty_l2_count_ = 0;
+  uint64_t next_serial_ = 1;
+  std::unordered_map<uint64_t, std::unique_ptr<RefBlock>> refblocks_;  // by rt index
+  uint64_t free_hint_ = 0;                                           // cluster index
+  std::vector<std::pair<uint64_t, uint64_t>> reserved_;  // [first, end) clusters
+  const std::vector<uint64_t>* rebuild_counts_ = nullptr;
+  // Metadata locations for the overlap check (cluster indexes).
+  std::unordered_set<uint64_t> meta_clusters_;
+  std::vector<std::pair<uint64_t, uint64_t>> meta_ranges_;  // [host, end)
 };
 
 // "0x1f" style hex for messages.

@@ -1,8 +1,13 @@
 // The internal snapshot table (QEMU qcow2_read_snapshots), read with every
 // bound QEMU applies: entry count, extra data size, total table size, and
-// all of it inside the file.
+// all of it inside the file; and snapshot create/delete (qcow2-snapshot.c)
+// in QEMU's order: references first, a new table in fresh clusters, the
+// header switch with write + flush, and only then the old table freed.
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <ctime>
 
 #include "base/endian.h"
 #include "format/qcow2/qcow2.h"
@@ -31,6 +36,44 @@ SnapshotExtraData SnapshotExtraData::Decode(const uint8_t* p, size_t len) {
   e.disk_size = LoadBE64(buf + offsetof(SnapshotExtraData, disk_size));
   e.icount = LoadBE64(buf + offsetof(SnapshotExtraData, icount));
   return e;
+}
+
+void SnapshotHeaderRaw::Encode(uint8_t* p) const {
+  StoreBE64(p + offsetof(SnapshotHeaderRaw, l1_table_offset), l1_table_offset);
+  StoreBE32(p + offsetof(SnapshotHeaderRaw, l1_size), l1_size);
+  StoreBE16(p + offsetof(SnapshotHeaderRaw, id_str_size), id_str_size);
+  StoreBE16(p + offsetof(SnapshotHeaderRaw, name_size), name_size);
+  StoreBE32(p + offsetof(SnapshotHeaderRaw, date_sec), date_sec);
+  StoreBE32(p + offsetof(SnapshotHeaderRaw, date_nsec), date_nsec);
+  StoreBE64(p + offsetof(SnapshotHeaderRaw, vm_clock_nsec), vm_clock_nsec);
+  StoreBE32(p + offsetof(SnapshotHeaderRaw, vm_state_size), vm_state_size);
+  StoreBE32(p + offsetof(SnapshotHeaderRaw, extra_data_size), extra_data_size);
+}
+
+void SnapshotExtraData::Encode(uint8_t* p) const {
+  StoreBE64(p + offsetof(SnapshotExtraData, vm_state_size_large), vm_state_size_large);
+  StoreBE64(p + offsetof(SnapshotExtraData, disk_size), disk_size);
+  StoreBE64(p + offsetof(SnapshotExtraData, icount), icount);
+}
+
+std::vector<uint8_t> EncodeSnapshotTable(const std::vector<Snapshot>& snapshots) {
+  std::vector<uint8_t> out;
+  for (const Snapshot& s : snapshots) {
+    SnapshotHeaderRaw h = s.raw;
+    h.l1_table_offset = s.l1_table_offset;
+    h.l1_size = s.l1_size;
+    h.id_str_size = static_cast<uint16_t>(s.info.id.size());
+    h.name_size = static_cast<uint16_t>(s.info.name.size());
+    h.extra_data_size = static_cast<uint32_t>(s.extra_data.size());
+    const size_t start = out.size();
+    out.resize(start + sizeof(SnapshotHeaderRaw));
+    h.Encode(out.data() + start);
+    out.insert(out.end(), s.extra_data.begin(), s.extra_data.end());
+    out.insert(out.end(), s.info.id.begin(), s.info.id.end());
+    out.insert(out.end(), s.info.name.begin(), s.info.name.end());
+    out.resize((out.size() + 7) & ~size_t{7}, 0);
+  }
+  return out;
 }
 
 namespace {
@@ -108,6 +151,8 @@ Result<std::vector<Snapshot>> ReadSnapshotTable(Backend& file, uint64_t file_siz
     s.l1_table_offset = h.l1_table_offset;
     s.l1_size = h.l1_size;
     s.extra_data_size = h.extra_data_size;
+    s.raw = h;
+    s.extra_data.assign(buf.begin(), buf.begin() + h.extra_data_size);
     SnapshotInfo& info = s.info;
     info.vm_state_size = h.vm_state_size;
     if (h.extra_data_size >= offsetof(SnapshotExtraData, vm_state_size_large) + 8)
@@ -139,6 +184,144 @@ Result<std::vector<Snapshot>> ReadSnapshotTable(Backend& file, uint64_t file_siz
     out.push_back(std::move(s));
   }
   return out;
+}
+
+// ---- Create / delete ------------------------------------------------------------------
+
+bool Engine::SnapshotAlive(uint64_t serial) const {
+  for (const Snapshot& s : snapshots_)
+    if (s.serial == serial) return true;
+  return false;
+}
+
+Result<SnapshotInfo> Engine::CreateSnapshot(const std::string& name) {
+  std::unique_lock<std::shared_mutex> lock(rw_);
+  KVMFS_RETURN_IF_ERROR(CheckWritable());
+  if (header_.has_data_file())
+    return Status::NotSupported(name_ + ": internal snapshots are not possible with an external "
+                                        "data file");
+  if (name.empty() || name.size() > 0xffff)
+    return Status::InvalidArgument(name_ + ": invalid snapshot name");
+  for (const Snapshot& s : snapshots_)
+    if (s.info.name == name)
+      return Status::FromErrno(EEXIST, name_ + ": a snapshot named '" + name + "' already exists");
+  if (snapshots_.size() >= kMaxSnapshots)
+    return Status::TooLarge(name_ + ": too many snapshots (" + std::to_string(snapshots_.size()) +
+                            ")");
+  uint64_t max_id = 0;
+  for (const Snapshot& s : snapshots_) max_id = std::max<uint64_t>(max_id, std::strtoull(s.info.id.c_str(), nullptr, 10));
+  const std::string id = std::to_string(max_id + 1);
+  const uint64_t cs = geo_.cluster_size;
+
+  // 1. The snapshot's references and its copy of the L1 table. The refcount
+  //    limits are checked before anything changes.
+  KVMFS_RETURN_IF_ERROR(Fatal(AddL1Refcounts(l1_, +1)));
+  uint64_t l1_copy = 0;
+  if (!l1_.empty()) {
+    KVMFS_ASSIGN_OR_RETURN(l1_copy, AllocClusters((l1_.size() * 8 + cs - 1) / cs));
+    std::vector<uint8_t> raw(l1_.size() * 8);
+    for (size_t i = 0; i < l1_.size(); ++i) StoreBE64(raw.data() + 8 * i, l1_[i] & ~kOflagCopied);
+    KVMFS_RETURN_IF_ERROR(file_->WriteAt(l1_copy, raw.data(), raw.size()));
+  }
+  // Everything is shared now: no active entry keeps COPIED.
+  KVMFS_RETURN_IF_ERROR(Fatal(RecomputeCopied()));
+  KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
+
+  // 2. A new table in fresh clusters, durable before the header names it.
+  Snapshot s;
+  s.serial = next_serial_++;
+  s.l1_table_offset = l1_copy;
+  s.l1_size = static_cast<uint32_t>(l1_.size());
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  s.info.id = id;
+  s.info.name = name;
+  s.info.date_sec = static_cast<uint32_t>(now.tv_sec);
+  s.info.date_nsec = static_cast<uint32_t>(now.tv_nsec);
+  s.info.disk_size = virtual_size();
+  s.info.has_icount = true;
+  s.raw.date_sec = s.info.date_sec;
+  s.raw.date_nsec = s.info.date_nsec;
+  SnapshotExtraData extra{0, s.info.disk_size, 0};
+  s.extra_data.resize(sizeof(SnapshotExtraData));
+  extra.Encode(s.extra_data.data());
+  s.extra_data_size = static_cast<uint32_t>(s.extra_data.size());
+  std::vector<Snapshot> table = snapshots_;
+  s.index = static_cast<uint32_t>(table.size());
+  table.push_back(s);
+  const std::vector<uint8_t> bytes = EncodeSnapshotTable(table);
+  if (bytes.size() > kMaxSnapshotTableBytes)
+    return Status::TooLarge(name_ + ": snapshot table would be too big");
+  KVMFS_ASSIGN_OR_RETURN(uint64_t table_off, AllocClusters((bytes.size() + cs - 1) / cs));
+  KVMFS_RETURN_IF_ERROR(file_->WriteAt(table_off, bytes.data(), bytes.size()));
+  KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
+
+  // 3. The header switch (write + flush), then the old table is freed.
+  const uint64_t old_off = header_.raw.snapshots_offset;
+  const uint64_t old_bytes = header_.raw.nb_snapshots ? EncodeSnapshotTable(snapshots_).size() : 0;
+  header_.raw.nb_snapshots = static_cast<uint32_t>(table.size());
+  header_.raw.snapshots_offset = table_off;
+  KVMFS_RETURN_IF_ERROR(WriteHeaderLocked(true));
+  snapshots_ = std::move(table);
+  if (old_bytes > 0) KVMFS_RETURN_IF_ERROR(Fatal(UpdateRefcountRange(old_off, old_bytes, -1)));
+  RebuildMetadataIndex();
+  KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
+  return s.info;
+}
+
+Status Engine::DeleteSnapshot(const std::string& id) {
+  std::unique_lock<std::shared_mutex> lock(rw_);
+  KVMFS_RETURN_IF_ERROR(CheckWritable());
+  size_t idx = snapshots_.size();
+  for (size_t i = 0; i < snapshots_.size(); ++i)
+    if (snapshots_[i].info.id == id) {
+      idx = i;
+      break;
+    }
+  if (idx == snapshots_.size())
+    return Status::NotFound(name_ + ": no snapshot with id '" + id + "'");
+  const Snapshot victim = snapshots_[idx];
+  const uint64_t cs = geo_.cluster_size;
+  KVMFS_RETURN_IF_ERROR(ValidateTable(victim.l1_table_offset, victim.l1_size, 8, kMaxL1Bytes, cs,
+                                      "snapshot " + id + " L1 table", name_));
+  KVMFS_ASSIGN_OR_RETURN(L1Table l1, LoadL1(victim.l1_table_offset, victim.l1_size,
+                                            "Snapshot L1 table of snapshot " + id));
+
+  // 1. The table without the entry, in fresh clusters; then the header.
+  std::vector<Snapshot> table = snapshots_;
+  table.erase(table.begin() + static_cast<std::ptrdiff_t>(idx));
+  for (size_t i = 0; i < table.size(); ++i) table[i].index = static_cast<uint32_t>(i);
+  const uint64_t old_off = header_.raw.snapshots_offset;
+  const uint64_t old_bytes = EncodeSnapshotTable(snapshots_).size();
+  uint64_t table_off = 0;
+  if (!table.empty()) {
+    const std::vector<uint8_t> bytes = EncodeSnapshotTable(table);
+    KVMFS_ASSIGN_OR_RETURN(table_off, AllocClusters((bytes.size() + cs - 1) / cs));
+    KVMFS_RETURN_IF_ERROR(file_->WriteAt(table_off, bytes.data(), bytes.size()));
+    KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
+  }
+  header_.raw.nb_snapshots = static_cast<uint32_t>(table.size());
+  header_.raw.snapshots_offset = table_off;
+  KVMFS_RETURN_IF_ERROR(WriteHeaderLocked(true));
+  snapshots_ = std::move(table);  // views of the victim fail from now on
+
+  // 2. Nothing on disk names the snapshot any more: drop its references
+  //    (pending until the next flush), its L1 and the old table.
+  KVMFS_RETURN_IF_ERROR(Fatal(AddL1Refcounts(l1, -1)));
+  if (victim.l1_size > 0)
+    KVMFS_RETURN_IF_ERROR(
+        Fatal(UpdateRefcountRange(victim.l1_table_offset, uint64_t{victim.l1_size} * 8, -1)));
+  KVMFS_RETURN_IF_ERROR(Fatal(UpdateRefcountRange(old_off, old_bytes, -1)));
+  for (uint64_t e : l1) {
+    const uint64_t off = e & kL1OffsetMask;
+    if (off == 0) continue;
+    KVMFS_ASSIGN_OR_RETURN(uint64_t rc, GetRefcount(off >> geo_.cluster_bits));
+    if (rc == 0) l2_cache_.Erase(off);
+  }
+  // 3. Clusters now used by the active disk alone regain COPIED.
+  KVMFS_RETURN_IF_ERROR(Fatal(RecomputeCopied()));
+  RebuildMetadataIndex();
+  return Fatal(FlushLocked());
 }
 
 }  // namespace kvmfs::qcow2

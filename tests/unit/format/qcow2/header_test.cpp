@@ -431,15 +431,21 @@ TEST(Qcow2Header, DataFileWithoutOpenerIsNotSupported) {
   ExpectRefused(img, Code::kNotSupported, "data.raw");
 }
 
-TEST(Qcow2Header, CorruptBitAllowsOnlyReadOnly) {
+TEST(Qcow2Header, CorruptBitServesWritableOpenReadOnly) {
   MemImage img;
   img.Be64(kOffIncompat, 1ull << 1);
   ASSERT_TRUE(img.Open().ok());
   OpenContext ctx;
   ctx.writable = true;
   auto r = img.Open(ctx);
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), Code::kPermission);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE((*r)->writable());
+  EXPECT_NE((*r)->ReadOnlyReason().find("corrupt"), std::string::npos);
+  Status st = (*r)->BeginWrites();
+  EXPECT_EQ(st.code(), Code::kReadOnly);
+  EXPECT_NE(st.message().find("corrupt"), std::string::npos) << st.ToString();
+  uint8_t b[512] = {};
+  EXPECT_TRUE((*r)->Read(0, b, sizeof b).ok());
 }
 
 TEST(Qcow2Header, DirtyBitIsReported) {
