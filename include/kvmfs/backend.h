@@ -72,4 +72,55 @@ Result<std::unique_ptr<Backend>> OpenLocalFile(const std::string& path, bool wri
 std::unique_ptr<Backend> NewMemBackend(std::string name, std::vector<uint8_t> data = {},
                                        bool writable = true);
 
+// ==== Fault injection (tests) =============================================
+// Owned by the qcow2 write engine's tests; nobody else edits this block.
+// After leveldb's fault_injection_test: a Backend wrapper that fails chosen
+// writes or flushes with an errno, and can simulate a crash by dropping the
+// writes not yet made durable by a successful Flush().
+
+// What to fail; shared between the test and its wrappers. Thread-safe.
+class FaultInjector {
+ public:
+  FaultInjector();
+  ~FaultInjector();
+  FaultInjector(const FaultInjector&) = delete;
+  FaultInjector& operator=(const FaultInjector&) = delete;
+
+  // The n-th WriteAt/WriteZeroes from now (1-based) fails with `err`.
+  void FailNthWrite(uint64_t n, int err);
+  // Every write overlapping [off, off+len) fails with `err`.
+  void FailWritesOverlapping(uint64_t off, uint64_t len, int err);
+  // The n-th Flush from now (1-based) fails with `err`.
+  void FailNthFlush(uint64_t n, int err);
+  // After the first injected fault every later write and flush fails too
+  // (the device is gone, as in a crash). Default: true.
+  void SetSticky(bool sticky);
+  // Removes every rule and the sticky failure state; counters keep going.
+  void Clear();
+  // Records the old bytes of every write, so DropUnsynced() can undo the
+  // writes after the last successful Flush() (a crash losing the page cache).
+  void SetJournal(bool on);
+  // Counters since construction.
+  uint64_t writes() const;
+  uint64_t flushes() const;
+  uint64_t injected() const;
+
+  struct State;                     // in src/backend/fault.cpp
+  std::shared_ptr<State> state() const { return state_; }
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+// A backend passing everything to `base` but the faults `faults` asks for
+// (those return Status::FromErrno(err), writing nothing).
+std::unique_ptr<Backend> NewFaultBackend(std::shared_ptr<Backend> base,
+                                         std::shared_ptr<FaultInjector> faults);
+
+// Undoes, newest first, the writes the wrapper `fault_backend` made since its
+// last successful Flush(), keeping the first `keep` of them (a crash where an
+// ordered prefix reached the disk). Requires FaultInjector::SetJournal(true).
+Status DropUnsynced(Backend& fault_backend, uint64_t keep = 0);
+// ==== end of fault injection ===============================================
+
 }  // namespace kvmfs
