@@ -57,6 +57,8 @@ Result<std::shared_ptr<pool::PoolSet>> LoadPools(const fuse::Options& options) {
   set_options.uid = ::getuid();
   set_options.gid = ::getgid();
   set_options.hidden.push_back(options.mountpoint);
+  set_options.readonly = options.read_only;
+  set_options.force_share = options.force_share;
   return pool::BuildPoolSet(cfg, set_options);
 }
 
@@ -85,6 +87,8 @@ int main(int argc, char** argv) {
     ns_options.backing_roots = options.backing_roots;
     ns_options.uid = ::getuid();
     ns_options.gid = ::getgid();
+    ns_options.readonly = options.read_only;
+    ns_options.force_share = options.force_share;
     if (IsUnder(options.mountpoint, options.source))
       ns_options.hidden.push_back(options.mountpoint);
     pool::PoolRoot root(

@@ -2,10 +2,14 @@
 #include <spdlog/spdlog.h>
 
 #include "fuse/ops.h"
+#include "pool/image_cache.h"
 
 namespace kvmfs::fuse {
 namespace {
 constexpr unsigned kMaxReadahead = 1u << 20;
+// Writes of up to 1 MiB per request (libfuse's buffer holds 256 pages); the
+// kernel caps it at what it supports.
+constexpr unsigned kMaxWrite = 1u << 20;
 }
 
 void* Init(fuse_conn_info* conn, fuse_config* cfg) {
@@ -21,12 +25,20 @@ void* Init(fuse_conn_info* conn, fuse_config* cfg) {
   // Large sequential reads (cp, qemu-img convert): let the kernel read ahead
   // up to 1 MiB; the kernel caps it at what it supports.
   conn->max_readahead = kMaxReadahead;
+  conn->max_write = kMaxWrite;
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
-  spdlog::debug("fuse init: protocol {}.{}, max_read {}, max_readahead {}", conn->proto_major,
-                conn->proto_minor, conn->max_read, conn->max_readahead);
+  spdlog::debug("fuse init: protocol {}.{}, max_read {}, max_readahead {}, max_write {}",
+                conn->proto_major, conn->proto_minor, conn->max_read, conn->max_readahead,
+                conn->max_write);
   return fuse_get_context()->private_data;  // becomes private_data for every op
 }
 
-void Destroy(void*) { spdlog::info("unmounted"); }
+// Unmount: releases the kernel had not sent yet are lost with the connection,
+// so every image still open for writing is finished here (caches written
+// back, dirty bit cleared, nothing leaked).
+void Destroy(void*) {
+  pool::EndAllWrites();
+  spdlog::info("unmounted");
+}
 
 }  // namespace kvmfs::fuse

@@ -11,7 +11,13 @@ int Open(const char* path, fuse_file_info* fi) {
   auto pools = Pools();
   auto file = pools->Open(path, fi->flags);
   if (!file.ok()) {
-    spdlog::debug("open {}: {}", path, file.status().ToString());
+    // Refusals an administrator needs to see (locked by QEMU, read-only
+    // image) are logged; lookups of missing files are not.
+    const auto code = file.status().code();
+    if (code == Status::Code::kBusy || code == Status::Code::kReadOnly)
+      spdlog::info("open {}: {}", path, file.status().ToString());
+    else
+      spdlog::debug("open {}: {}", path, file.status().ToString());
     return Reply(file.status());
   }
   auto handle = std::make_unique<FileHandle>();

@@ -15,22 +15,24 @@ fuse_operations MakeOperations() {
   ops.read = Read;              // op_read.cpp
   ops.lseek = Lseek;            // op_lseek.cpp
   ops.statfs = StatFs;          // op_statfs.cpp
-  ops.write = Write;            // op_write.cpp (EROFS from here on)
-  ops.truncate = Truncate;      // op_write.cpp
-  ops.create = Create;          // op_write.cpp
-  ops.mknod = MkNod;            // op_write.cpp
-  ops.mkdir = MkDir;            // op_write.cpp
-  ops.rmdir = RmDir;            // op_write.cpp
-  ops.unlink = Unlink;          // op_write.cpp
-  ops.rename = Rename;          // op_write.cpp
-  ops.symlink = Symlink;        // op_write.cpp
-  ops.link = Link;              // op_write.cpp
-  ops.chmod = Chmod;            // op_write.cpp
-  ops.chown = Chown;            // op_write.cpp
-  ops.utimens = Utimens;        // op_write.cpp
-  ops.setxattr = SetXattr;      // op_write.cpp
-  ops.removexattr = RemoveXattr;  // op_write.cpp
-  ops.fallocate = Fallocate;    // op_write.cpp
+  ops.write = Write;            // op_write.cpp
+  ops.truncate = Truncate;      // op_truncate.cpp
+  ops.fallocate = Fallocate;    // op_fallocate.cpp
+  ops.fsync = Fsync;            // op_fsync.cpp
+  ops.flush = Flush;            // op_fsync.cpp
+  ops.mkdir = MkDir;            // op_mkdir.cpp
+  ops.rmdir = RmDir;            // op_mkdir.cpp
+  ops.create = Create;          // op_refused.cpp (EPERM from here on)
+  ops.mknod = MkNod;            // op_refused.cpp
+  ops.unlink = Unlink;          // op_refused.cpp
+  ops.rename = Rename;          // op_refused.cpp
+  ops.symlink = Symlink;        // op_refused.cpp
+  ops.link = Link;              // op_refused.cpp
+  ops.chmod = Chmod;            // op_refused.cpp
+  ops.chown = Chown;            // op_refused.cpp
+  ops.utimens = Utimens;        // op_refused.cpp
+  ops.setxattr = SetXattr;      // op_refused.cpp
+  ops.removexattr = RemoveXattr;  // op_refused.cpp
   return ops;
 }
 

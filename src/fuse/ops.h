@@ -50,13 +50,21 @@ int Read(const char* path, char* buf, size_t size, off_t off, fuse_file_info* fi
 off_t Lseek(const char* path, off_t off, int whence, fuse_file_info* fi);
 // op_statfs.cpp
 int StatFs(const char* path, struct statvfs* sv);
-// op_write.cpp: everything that would modify the tree fails with EROFS.
+// op_write.cpp
 int Write(const char* path, const char* buf, size_t size, off_t off, fuse_file_info* fi);
+// op_truncate.cpp
 int Truncate(const char* path, off_t size, fuse_file_info* fi);
-int Create(const char* path, mode_t mode, fuse_file_info* fi);
-int MkNod(const char* path, mode_t mode, dev_t dev);
+// op_fallocate.cpp
+int Fallocate(const char* path, int mode, off_t off, off_t len, fuse_file_info* fi);
+// op_fsync.cpp
+int Fsync(const char* path, int datasync, fuse_file_info* fi);
+int Flush(const char* path, fuse_file_info* fi);
+// op_mkdir.cpp: snapshots/NAME
 int MkDir(const char* path, mode_t mode);
 int RmDir(const char* path);
+// op_refused.cpp: what kvmfs does not offer (EPERM; EROFS from the kernel when ro)
+int Create(const char* path, mode_t mode, fuse_file_info* fi);
+int MkNod(const char* path, mode_t mode, dev_t dev);
 int Unlink(const char* path);
 int Rename(const char* from, const char* to, unsigned int flags);
 int Symlink(const char* target, const char* path);
@@ -66,6 +74,5 @@ int Chown(const char* path, uid_t uid, gid_t gid, fuse_file_info* fi);
 int Utimens(const char* path, const struct timespec tv[2], fuse_file_info* fi);
 int SetXattr(const char* path, const char* name, const char* value, size_t size, int flags);
 int RemoveXattr(const char* path, const char* name);
-int Fallocate(const char* path, int mode, off_t off, off_t len, fuse_file_info* fi);
 
 }  // namespace kvmfs::fuse

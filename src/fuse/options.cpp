@@ -59,8 +59,15 @@ Status ApplyOption(const std::string& opt, Options& o) {
       return Status::InvalidArgument("log_level must be trace, debug, info, warn or error, not '" +
                                      value + "'");
     o.log_level = value;
+  } else if (opt == "ro") {
+    o.read_only = true;
+    if (std::find(o.fuse_options.begin(), o.fuse_options.end(), "ro") == o.fuse_options.end())
+      o.fuse_options.push_back("ro");
   } else if (opt == "rw") {
-    // This version only mounts read-only; "rw" from mount(8) defaults is ignored.
+    // Read-write is the default; a later "rw" undoes an earlier "ro" (mount(8) order).
+    o.read_only = false;
+    o.fuse_options.erase(std::remove(o.fuse_options.begin(), o.fuse_options.end(), "ro"),
+                         o.fuse_options.end());
   } else if (IsMountOnlyOption(opt)) {
   } else if (!opt.empty()) {
     o.fuse_options.push_back(opt);
@@ -168,8 +175,8 @@ void PrintUsage() {
   std::printf(
       "usage: kvmfs [-f] [-d] [-o OPT[,OPT...]] SOURCE MOUNTPOINT\n"
       "\n"
-      "Shows the KVM/QEMU images under the directory SOURCE as raw disks at MOUNTPOINT\n"
-      "(read-only in this version). SOURCE may instead be a YAML config (*.yaml, *.yml)\n"
+      "Shows the KVM/QEMU images under the directory SOURCE as raw disks at MOUNTPOINT,\n"
+      "read-write unless -o ro. SOURCE may instead be a YAML config (*.yaml, *.yml)\n"
       "whose pools appear as MOUNTPOINT/<pool>/; SIGHUP re-reads it. See kvmfs(8),\n"
       "kvmfs.yaml(5).\n"
       "\n"
@@ -180,13 +187,14 @@ void PrintUsage() {
       "    -V, --version          print the version\n"
       "    -o backing_root=DIR    backing files may also live under DIR (repeatable;\n"
       "                           with a config: for every pool)\n"
-      "    -o force_share         open images other programs hold locks on (as qemu-img -U)\n"
+      "    -o force_share         read images other programs hold write locks on\n"
+      "                           (as qemu-img -U); never for writing\n"
       "    -o max_threads=N       FUSE worker threads (default 16)\n"
       "    -o log_level=LEVEL     trace, debug, info (default), warn or error;\n"
       "                           trace also dumps the FUSE protocol\n"
       "    -o config=FILE         YAML configuration; SOURCE is then only a label\n"
       "    -o ro, allow_other, default_permissions, max_read=N, ...\n"
-      "                           passed to FUSE (see below); kvmfs always mounts read-only\n"
+      "                           passed to FUSE (see below); ro makes every pool read-only\n"
       "\n");
 }
 

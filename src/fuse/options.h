@@ -19,7 +19,8 @@ struct Options {
   std::string mountpoint;
   // Our own -o options.
   std::vector<std::string> backing_roots;  // backing_root=DIR, repeatable
-  bool force_share = false;                // force_share (accepted; locks come with writes)
+  bool force_share = false;                // force_share: read without refusing writers (qemu-img -U)
+  bool read_only = false;                  // ro (also passed to libfuse)
   unsigned max_threads = 16;               // max_threads=N
   std::string config;                      // config=FILE, or a YAML SOURCE (canonical after validation)
   std::string log_level;                   // log_level=trace|debug|info|warn|error

@@ -103,10 +103,10 @@ std::string EscapeFuseOption(const std::string& value) {
 }
 
 std::string BaseFuseOptions(const Options& options) {
-  // Read-only in this version, whatever was asked; the kernel then refuses
-  // writes with EROFS before they reach us. default_permissions lets the
-  // kernel check the 0444/0555 modes (matters with allow_other).
-  return "ro,default_permissions,fsname=" + EscapeFuseOption(options.source) + ",subtype=kvmfs";
+  // Read-write unless -o ro (passed on to the kernel with the other FUSE
+  // options). default_permissions lets the kernel check the modes (0444 for
+  // read-only files, 0644 for a writable disk.raw; matters with allow_other).
+  return "default_permissions,fsname=" + EscapeFuseOption(options.source) + ",subtype=kvmfs";
 }
 
 int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<void()> reload) {
@@ -149,10 +149,9 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
     return Fail("cannot detach into the background");
   }
   SetupLogging(options.foreground, options.debug, options.log_level);
-  spdlog::info("serving {} at {} (read-only, up to {} threads)", options.source, options.mountpoint,
-               options.max_threads);
-  if (options.force_share)
-    spdlog::info("force_share: accepted; image locks arrive with read-write mounts");
+  spdlog::info("serving {} at {} ({}, up to {} threads{})", options.source, options.mountpoint,
+               options.read_only ? "read-only" : "read-write", options.max_threads,
+               options.force_share ? ", force_share" : "");
 
   fuse_session* se = fuse_get_session(f);
   if (fuse_set_signal_handlers(se) != 0) {

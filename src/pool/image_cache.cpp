@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <set>
 #include <utility>
 
 #include "pool/info_json.h"
@@ -15,6 +16,32 @@ Status StatusOf(const Result<Chain>& chain) {
   if (!chain.ok()) return chain.status();
   if (chain->layers.empty()) return Status::Corruption("empty chain");
   return Status::OK();
+}
+
+// The OpenImages with write handles, for EndAllWrites() at unmount.
+class WritingSet {
+ public:
+  void Add(OpenImage* image) {
+    std::lock_guard lock(mu_);
+    images_.insert(image);
+  }
+  void Remove(OpenImage* image) {
+    std::lock_guard lock(mu_);
+    images_.erase(image);
+  }
+  std::vector<OpenImage*> Snapshot() {
+    std::lock_guard lock(mu_);
+    return {images_.begin(), images_.end()};
+  }
+
+ private:
+  std::mutex mu_;
+  std::set<OpenImage*> images_;  // GUARDED_BY(mu_)
+};
+
+WritingSet& Writing() {
+  static WritingSet* set = new WritingSet;  // outlives every OpenImage
+  return *set;
 }
 
 }  // namespace
@@ -30,12 +57,42 @@ std::string ViewId::CacheKey() const {
 
 OpenImage::OpenImage(std::string path, FileKey key, std::string format, Result<Chain> chain)
     : path_(std::move(path)),
-      key_(key),
       format_(std::move(format)),
       status_(StatusOf(chain)),
       chain_(status_.ok() ? std::move(chain).value() : Chain{}),
+      key_(key),
       snapshots_(status_.ok() ? chain_.top()->Snapshots() : std::vector<SnapshotInfo>{}),
       snapshot_names_(SnapshotDirNames(snapshots_)) {}
+
+OpenImage::~OpenImage() { Writing().Remove(this); }
+
+FileKey OpenImage::key() const {
+  std::lock_guard lock(mu_);
+  return key_;
+}
+
+bool OpenImage::IsCurrentFor(const FileKey& key) const {
+  if (pinned_.load(std::memory_order_acquire) > 0) return true;
+  std::lock_guard lock(mu_);
+  return key_ == key;
+}
+
+std::vector<SnapshotInfo> OpenImage::snapshots() const {
+  std::lock_guard lock(mu_);
+  return snapshots_;
+}
+
+std::vector<std::string> OpenImage::snapshot_dir_names() const {
+  std::lock_guard lock(mu_);
+  return snapshot_names_;
+}
+
+std::optional<std::string> OpenImage::SnapshotIdForDir(const std::string& dir_name) const {
+  std::lock_guard lock(mu_);
+  auto it = std::find(snapshot_names_.begin(), snapshot_names_.end(), dir_name);
+  if (it == snapshot_names_.end()) return std::nullopt;
+  return snapshots_[size_t(it - snapshot_names_.begin())].id;
+}
 
 std::vector<std::string> OpenImage::LayerDirNames() const {
   std::vector<std::string> names;
@@ -80,13 +137,15 @@ Result<std::shared_ptr<Image>> OpenImage::ViewImageLocked(const ViewId& view, Vi
 
 uint64_t OpenImage::AllocatedBytes(const ViewId& view) {
   std::shared_ptr<Image> image;
+  const uint64_t gen = generation_.load(std::memory_order_acquire);
   {
     std::lock_guard lock(mu_);
     ViewState& state = views_[view.CacheKey()];
-    if (state.allocated) return *state.allocated;
+    if (state.allocated && state.allocated_gen == gen) return *state.allocated;
     auto opened = ViewImageLocked(view, state);
     if (!opened.ok()) {
       state.allocated = 0;
+      state.allocated_gen = gen;
       return 0;
     }
     image = *opened;
@@ -109,14 +168,22 @@ uint64_t OpenImage::AllocatedBytes(const ViewId& view) {
   }
   std::lock_guard lock(mu_);
   ViewState& state = views_[view.CacheKey()];
-  if (!state.allocated) state.allocated = allocated;
-  return *state.allocated;
+  // A walk that raced with a write is still returned, but not kept.
+  if (!state.allocated || state.allocated_gen != gen) {
+    state.allocated = allocated;
+    state.allocated_gen = gen;
+  }
+  return allocated;
 }
 
-const std::string& OpenImage::InfoText(const ViewId& view) {
+std::string OpenImage::InfoText(const ViewId& view) {
+  const uint64_t gen = generation_.load(std::memory_order_acquire);
   std::lock_guard lock(mu_);
   ViewState& state = views_[view.CacheKey()];
-  if (!state.info_json) state.info_json = RenderInfo(view, state);
+  if (!state.info_json || state.info_gen != gen) {
+    state.info_json = RenderInfo(view, state);
+    state.info_gen = gen;
+  }
   return *state.info_json;
 }
 
@@ -156,6 +223,136 @@ bool OpenImage::MarkOpened(const ViewId& view, bool info) {
   return std::exchange(info ? state.info_opened : state.disk_opened, true);
 }
 
+// ---- Handles, locks and write sessions ---------------------------------------
+
+Status OpenImage::CanWrite() const {
+  if (!status_.ok()) return status_;
+  const Layer& top = chain_.layers.front();
+  if (!top.writable)
+    return Status::ReadOnly(path_ + ": " +
+                            (top.read_only_reason.empty() ? "opened read-only" : top.read_only_reason));
+  return Status::OK();
+}
+
+Status OpenImage::TakeLocks(bool write, const AccessOptions& access) {
+  read_locks_ = access.force_share ? kSharedReaderLocks : kReaderLocks;
+  std::vector<std::unique_ptr<LockClaim>> claims;
+  for (size_t i = 0; i < chain_.layers.size(); ++i) {
+    // Backing files are read as QEMU reads them under an overlay: byte 100,
+    // not sharing write/resize (201, 203) unless force_share.
+    LockSet set = (i == 0 && write) ? kWriterLocks : read_locks_;
+    KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<LockClaim> claim,
+                           LockClaim::Acquire(chain_.layers[i].path, set));
+    claims.push_back(std::move(claim));
+  }
+  claims_ = std::move(claims);
+  return Status::OK();
+}
+
+Status OpenImage::AcquireHandle(const ViewId& view, bool write, const AccessOptions& access) {
+  if (!status_.ok()) return status_;
+  if (write) {
+    if (view.kind != ViewId::Kind::kTop)
+      return Status::ReadOnly(path_ + ": snapshot and backing views are read-only");
+    KVMFS_RETURN_IF_ERROR(CanWrite());
+  }
+  std::lock_guard lock(handles_mu_);
+  const bool first = handles_ == 0;
+  if (first) {
+    KVMFS_RETURN_IF_ERROR(TakeLocks(write, access));
+  } else if (write && writers_ == 0) {
+    KVMFS_RETURN_IF_ERROR(claims_.front()->Change(kWriterLocks));
+  }
+  if (write && writers_ == 0) {
+    // Pinned before the first byte changes: our own writes must not make the
+    // cache take this entry for a changed file.
+    pinned_.fetch_add(1, std::memory_order_acq_rel);
+    const std::shared_ptr<Image>& top = chain_.top();
+    Status begun = top->BeginWrites();
+    if (!begun.ok()) {
+      std::string reason = top->ReadOnlyReason();
+      spdlog::error("{}: cannot write: {}{}", path_, begun.ToString(),
+                    reason.empty() ? "" : " (" + reason + ")");
+      RefreshKey();
+      Changed();
+      pinned_.fetch_sub(1, std::memory_order_acq_rel);
+      if (first) {
+        claims_.clear();
+      } else {
+        (void)claims_.front()->Change(read_locks_);
+      }
+      if (begun.code() == Status::Code::kReadOnly && !reason.empty())
+        return Status::ReadOnly(path_ + ": " + reason);
+      return begun.WithContext(path_);
+    }
+    Writing().Add(this);
+  }
+  ++handles_;
+  if (write) ++writers_;
+  ++open_views_[view.CacheKey()];
+  return Status::OK();
+}
+
+void OpenImage::EndWriting() {
+  Status ended = chain_.top()->EndWrites();
+  if (!ended.ok()) spdlog::error("{}: finishing writes: {}", path_, ended.ToString());
+  Writing().Remove(this);
+  RefreshKey();
+  Changed();
+  pinned_.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void OpenImage::ReleaseHandle(const ViewId& view, bool write) {
+  std::lock_guard lock(handles_mu_);
+  auto it = open_views_.find(view.CacheKey());
+  if (it != open_views_.end() && --it->second <= 0) open_views_.erase(it);
+  if (write && writers_ > 0 && --writers_ == 0) {
+    EndWriting();
+    if (handles_ > 1) {
+      Status down = claims_.front()->Change(read_locks_);
+      if (!down.ok()) spdlog::warn("{}: back to read locks: {}", path_, down.ToString());
+    }
+  }
+  if (handles_ > 0 && --handles_ == 0) claims_.clear();
+}
+
+bool OpenImage::ViewOpen(const ViewId& view) const {
+  std::lock_guard lock(handles_mu_);
+  return open_views_.count(view.CacheKey()) > 0;
+}
+
+void OpenImage::RefreshKey() {
+  auto st = StatPath(path_);
+  if (!st.ok()) return;
+  std::lock_guard lock(mu_);
+  key_ = FileKey::FromStat(*st);
+}
+
+void OpenImage::SnapshotsChanged() {
+  std::lock_guard lock(mu_);
+  snapshots_ = chain_.top()->Snapshots();
+  snapshot_names_ = SnapshotDirNames(snapshots_);
+  for (auto it = views_.begin(); it != views_.end();) {
+    bool gone = it->first.rfind("s:", 0) == 0 &&
+                std::none_of(snapshots_.begin(), snapshots_.end(),
+                             [&](const SnapshotInfo& s) { return "s:" + s.id == it->first; });
+    it = gone ? views_.erase(it) : std::next(it);
+  }
+  Changed();
+}
+
+void OpenImage::EndWritesForShutdown() {
+  std::lock_guard lock(handles_mu_);
+  if (writers_ == 0) return;
+  Status ended = chain_.top()->EndWrites();
+  if (!ended.ok()) spdlog::error("{}: finishing writes at unmount: {}", path_, ended.ToString());
+  else spdlog::info("{}: writes finished at unmount ({} write handle(s) still open)", path_, writers_);
+}
+
+void EndAllWrites() {
+  for (OpenImage* image : Writing().Snapshot()) image->EndWritesForShutdown();
+}
+
 ImageCache::ImageCache(ChainPolicy policy, ProbeCache* probe, ChainOpener opener,
                        size_t max_open)
     : policy_(std::move(policy)),
@@ -183,7 +380,17 @@ Result<std::shared_ptr<OpenImage>> ImageCache::Get(const std::string& path) {
   std::shared_ptr<OpenImage> entry;
   {
     std::lock_guard lock(slot->mu);
-    if (slot->current && slot->current->key() == key) return slot->current;
+    if (slot->current && slot->current->IsCurrentFor(key)) return slot->current;
+    if (slot->current) {
+      // The stat above may predate the end of our own write session (which
+      // refreshes the entry's key): look again before reopening.
+      auto again = StatPath(canonical);
+      if (again.ok()) {
+        st = *again;
+        key = FileKey::FromStat(st);
+        if (slot->current->IsCurrentFor(key)) return slot->current;
+      }
+    }
 
     std::string format = probe_->FormatOf(canonical, st);
     Result<Chain> chain = opener_(canonical, policy_, format);

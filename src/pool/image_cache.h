@@ -2,6 +2,7 @@
 // kept while the file is unchanged.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/image_lock.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
@@ -34,23 +36,39 @@ struct ViewId {
   std::string CacheKey() const;
 };
 
-// An image file as opened (or failed to open) for one FileKey. Immutable apart
-// from lazily computed, cached per-view values. Thread-safe.
+// How open disk.raw handles lock the image files (CONTRACT.md "Writes").
+struct AccessOptions {
+  bool force_share = false;  // readers take no "not shared" bytes (qemu-img -U)
+};
+
+// An image file as opened (or failed to open) for one FileKey, with the
+// cached per-view values derived from it and the state of open disk.raw
+// handles: QEMU's locks are held only while handles are open (read locks on
+// every file of the chain; write locks on the top file while a write handle
+// is open), never for metadata (stat, listing, info.json). Thread-safe.
 class OpenImage {
  public:
   OpenImage(std::string path, FileKey key, std::string format, Result<Chain> chain);
+  ~OpenImage();
 
   const std::string& path() const { return path_; }  // canonical
-  const FileKey& key() const { return key_; }
+  FileKey key() const;
   const std::string& format() const { return format_; }  // detected before opening
   const Status& status() const { return status_; }       // why opening failed, or OK
   bool ok() const { return status_.ok(); }
   const Chain& chain() const { return chain_; }  // requires ok()
 
+  // Whether this entry still stands for the file with `key`: the key matches,
+  // or kvmfs itself is writing the file (its own writes change mtime and
+  // size; the entry is then never replaced).
+  bool IsCurrentFor(const FileKey& key) const;
+
   // Internal snapshots of the top image (empty when not opened).
-  const std::vector<SnapshotInfo>& snapshots() const { return snapshots_; }
+  std::vector<SnapshotInfo> snapshots() const;
   // Directory names for snapshots(), see SnapshotDirNames().
-  const std::vector<std::string>& snapshot_dir_names() const { return snapshot_names_; }
+  std::vector<std::string> snapshot_dir_names() const;
+  // The id of the snapshot shown as directory `dir_name`, if any.
+  std::optional<std::string> SnapshotIdForDir(const std::string& dir_name) const;
   // Names "<n>-<file name>" of the backing layers, n = 1.. (index n-1).
   std::vector<std::string> LayerDirNames() const;
 
@@ -59,39 +77,97 @@ class OpenImage {
   Result<std::shared_ptr<Image>> ViewImage(const ViewId& view);
 
   // Bytes of `view` held as data anywhere in its chain (sum of kData runs of
-  // ChainBlockStatus), computed once. 0 when the view cannot be opened.
+  // ChainBlockStatus), computed once per version of the image (see Changed()).
+  // 0 when the view cannot be opened.
   uint64_t AllocatedBytes(const ViewId& view);
 
-  // The rendered info.json of `view`, computed once.
-  const std::string& InfoText(const ViewId& view);
+  // The rendered info.json of `view`, computed once per version.
+  std::string InfoText(const ViewId& view);
 
   // Records an open() of `view`'s disk.raw (or info.json when `info`); returns
   // whether it had been opened before, i.e. the kernel's page cache for it is
   // still valid.
   bool MarkOpened(const ViewId& view, bool info);
 
+  // ---- Open disk.raw handles and writes -------------------------------------
+
+  // Whether the top disk.raw may be opened for writing (the top file was
+  // opened for writing); otherwise why not.
+  Status CanWrite() const;
+
+  // A disk.raw handle of `view` opens. The first handle takes QEMU's read
+  // locks on every file of the chain; the first write handle (kTop only)
+  // moves the top file to the write locks and calls Image::BeginWrites().
+  // Errors: kBusy (another program, or another open image of kvmfs, holds
+  // conflicting locks), kReadOnly (CanWrite(), or BeginWrites refused:
+  // logged with the image's ReadOnlyReason()), status() of a broken image.
+  // Nothing is held on failure.
+  Status AcquireHandle(const ViewId& view, bool write, const AccessOptions& access);
+
+  // A handle from AcquireHandle() closes. The last write handle calls
+  // Image::EndWrites() (logged on failure) and goes back to the read locks;
+  // the last handle releases every lock.
+  void ReleaseHandle(const ViewId& view, bool write);
+
+  // Whether a disk.raw of `view` is open.
+  bool ViewOpen(const ViewId& view) const;
+
+  // The image changed through kvmfs (write, zeroes, resize): cached
+  // allocation and info.json are computed again.
+  void Changed() { generation_.fetch_add(1, std::memory_order_acq_rel); }
+
+  // After snapshot create/delete: reads the snapshot list again and forgets
+  // the views of snapshots that are gone.
+  void SnapshotsChanged();
+
+  // Ends every write session still open (unmount): EndWrites on the top
+  // image; the handles themselves stay counted.
+  void EndWritesForShutdown();
+
  private:
   struct ViewState {
     std::optional<Result<std::shared_ptr<Image>>> image;
     std::optional<uint64_t> allocated;
+    uint64_t allocated_gen = 0;
     std::optional<std::string> info_json;
+    uint64_t info_gen = 0;
     bool disk_opened = false;
     bool info_opened = false;
   };
   Result<std::shared_ptr<Image>> ViewImageLocked(const ViewId& view, ViewState& state);
   std::string RenderInfo(const ViewId& view, ViewState& state);
+  Status TakeLocks(bool write, const AccessOptions& access);
+  void EndWriting();
+  void RefreshKey();
 
   const std::string path_;
-  const FileKey key_;
   const std::string format_;
   const Status status_;
   const Chain chain_;
-  const std::vector<SnapshotInfo> snapshots_;
-  const std::vector<std::string> snapshot_names_;
 
-  std::mutex mu_;
-  std::map<std::string, ViewState> views_;  // GUARDED_BY(mu_), by ViewId::CacheKey()
+  mutable std::mutex mu_;
+  FileKey key_;                                // GUARDED_BY(mu_)
+  std::vector<SnapshotInfo> snapshots_;        // GUARDED_BY(mu_)
+  std::vector<std::string> snapshot_names_;    // GUARDED_BY(mu_)
+  std::map<std::string, ViewState> views_;     // GUARDED_BY(mu_), by ViewId::CacheKey()
+  std::atomic<uint64_t> generation_{0};
+
+  // Handles and locks. Taken before mu_ when both are needed; held across
+  // BeginWrites/EndWrites so handles open and close one at a time.
+  mutable std::mutex handles_mu_;
+  int handles_ = 0;                                   // GUARDED_BY(handles_mu_)
+  int writers_ = 0;                                   // GUARDED_BY(handles_mu_)
+  LockSet read_locks_;                                // GUARDED_BY(handles_mu_)
+  std::vector<std::unique_ptr<LockClaim>> claims_;    // GUARDED_BY(handles_mu_); [0]: top
+  std::map<std::string, int> open_views_;             // GUARDED_BY(handles_mu_): handles by view
+  // > 0 while kvmfs writes the file or is about to: see IsCurrentFor().
+  std::atomic<int> pinned_{0};
 };
+
+// Unmount: ends the write sessions of every OpenImage that still has write
+// handles (EndWrites: caches written back, no dirty bit, no leaks), wherever
+// it lives (current pools, or pools replaced by a reload). Thread-safe.
+void EndAllWrites();
 
 using ChainOpener = std::function<Result<Chain>(const std::string& path, const ChainPolicy& policy,
                                                 const std::string& format)>;

@@ -1,7 +1,11 @@
 #include "pool/namespace.h"
 
+#include "pool/snapshot_names.h"
+
 #include <dirent.h>
 #include <fcntl.h>
+
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -48,6 +52,7 @@ ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {
     if (std::find(policy.allowed_roots.begin(), policy.allowed_roots.end(), root) ==
         policy.allowed_roots.end())
       policy.allowed_roots.push_back(root);
+  policy.writable_top = !options.readonly;
   return policy;
 }
 
@@ -126,11 +131,10 @@ Result<Node> Namespace::ImageChild(const Node& parent, const std::string& name) 
       return node;
     }
     case NodeKind::kSnapshotsDir: {
-      const auto& names = node.image->snapshot_dir_names();
-      auto it = std::find(names.begin(), names.end(), name);
-      if (it == names.end()) return NoEntry(parent.host_path + "/snapshots/" + name);
+      auto id = node.image->SnapshotIdForDir(name);
+      if (!id) return NoEntry(parent.host_path + "/snapshots/" + name);
       node.kind = NodeKind::kSnapshotDir;
-      node.view = ViewId::Snapshot(node.image->snapshots()[size_t(it - names.begin())].id);
+      node.view = ViewId::Snapshot(*id);
       return node;
     }
     case NodeKind::kBackingDir: {
@@ -185,9 +189,17 @@ struct stat Namespace::BaseStat(const Node& node) const {
   return st;
 }
 
+bool Namespace::TopWritable(const Node& node) const {
+  return !options_.readonly && node.image && node.image->CanWrite().ok();
+}
+
 Result<struct stat> Namespace::Stat(const std::string& path) {
   KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
   struct stat st = BaseStat(node);
+  if ((node.kind == NodeKind::kDisk && node.view.kind == ViewId::Kind::kTop) ||
+      node.kind == NodeKind::kSnapshotsDir) {
+    if (TopWritable(node)) st.st_mode |= S_IWUSR;  // 0644 disk.raw, 0755 snapshots/
+  }
   if (node.kind == NodeKind::kDisk) {
     auto image = node.image->ViewImage(node.view);
     if (image.ok()) {
@@ -246,8 +258,16 @@ Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
 Result<OpenFile> Namespace::Open(const std::string& path, int flags) {
   KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
   if (node.IsDir()) return Status::FromErrno(EISDIR, path);
-  if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0)
-    return Status::ReadOnly(path + ": kvmfs is read-only");
+  const bool write = (flags & O_ACCMODE) != O_RDONLY;
+  const bool top_disk = node.kind == NodeKind::kDisk && node.view.kind == ViewId::Kind::kTop;
+  if (write || (flags & O_TRUNC) != 0) {
+    if (options_.readonly) return Status::ReadOnly(path + ": the pool is read-only");
+    if (!top_disk) return Status::ReadOnly(path + ": read-only (only an image's own disk.raw is writable)");
+    KVMFS_RETURN_IF_ERROR(node.image->CanWrite());
+    // A disk has no "empty" state to truncate to; dd needs conv=notrunc.
+    if ((flags & O_TRUNC) != 0)
+      return Status::InvalidArgument(path + ": O_TRUNC: a disk cannot be truncated (dd: use conv=notrunc)");
+  }
   OpenFile file;
   file.owner = node.image;
   if (node.kind == NodeKind::kInfo) {
@@ -255,15 +275,98 @@ Result<OpenFile> Namespace::Open(const std::string& path, int flags) {
     file.content = node.image->InfoText(node.view);
   } else {
     KVMFS_ASSIGN_OR_RETURN(file.image, node.image->ViewImage(node.view));
+    AccessOptions access;
+    access.force_share = options_.force_share;
+    KVMFS_RETURN_IF_ERROR(node.image->AcquireHandle(node.view, write, access));
+    file.handle = std::make_shared<DiskHandle>(node.image, node.view, write);
+    file.writable = write;
+    file.sync = (flags & (O_SYNC | O_DSYNC)) != 0;
   }
   file.unchanged = node.image->MarkOpened(node.view, file.is_info);
   return file;
 }
 
+Status Namespace::WithWriter(const Node& node, const std::function<Status(Image&)>& fn) {
+  if (options_.readonly) return Status::ReadOnly(node.host_path + ": the pool is read-only");
+  KVMFS_RETURN_IF_ERROR(node.image->CanWrite());
+  AccessOptions access;
+  access.force_share = options_.force_share;
+  const ViewId top = ViewId::Top();
+  KVMFS_RETURN_IF_ERROR(node.image->AcquireHandle(top, true, access));
+  DiskHandle handle(node.image, top, true);  // EndWrites and unlock on the way out
+  return fn(*node.image->chain().top());
+}
+
+Status Namespace::Truncate(const std::string& path, uint64_t size) {
+  KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  if (node.IsDir()) return Status::FromErrno(EISDIR, path);
+  if (node.kind != NodeKind::kDisk || node.view.kind != ViewId::Kind::kTop)
+    return Status::ReadOnly(path + ": read-only (only an image's own disk.raw is writable)");
+  return WithWriter(node, [&](Image& image) {
+    Status resized = image.Resize(size);
+    node.image->Changed();
+    return resized.WithContext(path);
+  });
+}
+
+namespace {
+
+// "/a/vm.qcow2/snapshots/NAME" -> ("/a/vm.qcow2/snapshots", "NAME").
+std::pair<std::string, std::string> SplitLast(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  size_t slash = p.rfind('/');
+  if (slash == std::string::npos) return {"/", p};
+  return {slash == 0 ? "/" : p.substr(0, slash), p.substr(slash + 1)};
+}
+
+}  // namespace
+
+Status Namespace::MakeSnapshotDir(const std::string& path) {
+  auto [parent_path, name] = SplitLast(path);
+  KVMFS_ASSIGN_OR_RETURN(Node parent, Resolve(parent_path));
+  if (parent.kind != NodeKind::kSnapshotsDir) {
+    if (Resolve(path).ok()) return Status::AlreadyExists(path + ": exists");
+    return Status::ReadOnly(path + ": only snapshots/NAME directories can be made");
+  }
+  if (parent.image->SnapshotIdForDir(name)) return Status::AlreadyExists(path + ": snapshot exists");
+  auto snapshot_name = SnapshotNameForDir(name);
+  if (!snapshot_name)
+    return Status::InvalidArgument(path + ": '" + name +
+                                   "' is not a snapshot name (escape '%' as %25 and '/' as %2F)");
+  for (const SnapshotInfo& s : parent.image->snapshots())
+    if (s.name == *snapshot_name)
+      return Status::AlreadyExists(path + ": a snapshot named '" + s.name + "' exists (id " + s.id + ")");
+  return WithWriter(parent, [&](Image& image) -> Status {
+    auto created = image.CreateSnapshot(*snapshot_name);
+    parent.image->SnapshotsChanged();
+    if (!created.ok()) return created.status().WithContext(path);
+    spdlog::info("{}: created snapshot '{}' (id {})", parent.host_path, created->name, created->id);
+    return Status::OK();
+  });
+}
+
+Status Namespace::RemoveSnapshotDir(const std::string& path) {
+  KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  if (node.kind != NodeKind::kSnapshotDir) {
+    if (!node.IsDir()) return Status::FromErrno(ENOTDIR, path);
+    return Status::ReadOnly(path + ": only snapshots/NAME directories can be removed");
+  }
+  if (node.image->ViewOpen(node.view))
+    return Status::Busy(path + ": the snapshot's disk.raw is open");
+  return WithWriter(node, [&](Image& image) -> Status {
+    Status deleted = image.DeleteSnapshot(node.view.snapshot_id);
+    node.image->SnapshotsChanged();
+    if (!deleted.ok()) return deleted.WithContext(path);
+    spdlog::info("{}: deleted snapshot id {}", node.host_path, node.view.snapshot_id);
+    return Status::OK();
+  });
+}
+
 Result<struct statvfs> Namespace::StatFs() {
   struct statvfs sv;
   if (::statvfs(options_.source.c_str(), &sv) != 0) return Status::FromErrno(errno, options_.source);
-  sv.f_flag |= ST_RDONLY;
+  if (options_.readonly) sv.f_flag |= ST_RDONLY;
   return sv;
 }
 

@@ -15,6 +15,7 @@
 #include <sys/statvfs.h>
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,6 +42,12 @@ struct NamespaceOptions {
   // block device in it (symlinks followed anywhere) is an image, its format
   // found by content; nothing else is shown.
   bool blockdev = false;
+  // Read-only pool (config `readonly: true`, or a `-o ro` mount): images are
+  // opened read-only and every write fails with kReadOnly.
+  bool readonly = false;
+  // force_share: disk.raw readers take QEMU's read lock without refusing to
+  // share writing (qemu-img -U), so they open while a VM writes the image.
+  bool force_share = false;
 };
 
 enum class NodeKind {
@@ -70,13 +77,33 @@ struct DirEntry {
   bool is_dir = false;
 };
 
-// An open disk.raw or info.json. Holding it keeps the opened chain alive.
+// One open disk.raw counted in its OpenImage (locks, write session): gives
+// the handle back when destroyed.
+class DiskHandle {
+ public:
+  DiskHandle(std::shared_ptr<OpenImage> image, ViewId view, bool write)
+      : image_(std::move(image)), view_(std::move(view)), write_(write) {}
+  ~DiskHandle() { image_->ReleaseHandle(view_, write_); }
+  DiskHandle(const DiskHandle&) = delete;
+  DiskHandle& operator=(const DiskHandle&) = delete;
+
+ private:
+  const std::shared_ptr<OpenImage> image_;
+  const ViewId view_;
+  const bool write_;
+};
+
+// An open disk.raw or info.json. Holding it keeps the opened chain alive (and
+// for disk.raw, QEMU's locks on its files).
 struct OpenFile {
   std::shared_ptr<OpenImage> owner;
   std::shared_ptr<Image> image;  // disk.raw: the view's image
   std::string content;           // info.json: its text at open time
   bool is_info = false;
   bool unchanged = false;        // opened before with this image version: keep the page cache
+  bool writable = false;         // disk.raw opened for writing
+  bool sync = false;             // O_SYNC / O_DSYNC: flush after every write
+  std::shared_ptr<DiskHandle> handle;  // disk.raw: released with the last copy
 };
 
 class Namespace {
@@ -91,7 +118,8 @@ class Namespace {
   Result<Node> Resolve(const std::string& path);
 
   // Attributes: directories 0555, files 0444, owned by options.uid/gid, times
-  // of the folder or image file. disk.raw: size = virtual size, blocks from
+  // of the folder or image file; in a writable pool, a writable top disk.raw
+  // is 0644 and the snapshots/ of a writable image 0755. disk.raw: size = virtual size, blocks from
   // the allocation map (size 0 when the image cannot be opened); info.json:
   // size of its text.
   Result<struct stat> Stat(const std::string& path);
@@ -100,12 +128,30 @@ class Namespace {
   // directory opens the image (whether backing/ exists depends on it).
   Result<std::vector<DirEntry>> List(const std::string& path);
 
-  // Opens disk.raw or info.json with open(2) `flags`. Errors: kReadOnly for
-  // any write access or O_TRUNC, kIOError(EISDIR) for directories, and the
-  // image's own open error for disk.raw (its ToErrno() is what the caller sees).
+  // Opens disk.raw or info.json with open(2) `flags`. A disk.raw handle takes
+  // QEMU's locks (OpenImage::AcquireHandle). Errors: kReadOnly for write
+  // access to info.json, snapshot and backing views, read-only formats, files
+  // or pools; kInvalidArgument for O_TRUNC on a writable disk.raw (a disk
+  // cannot be emptied); kBusy when another program holds the image's locks;
+  // kIOError(EISDIR) for directories; and the image's own open error for
+  // disk.raw (its ToErrno() is what the caller sees).
   Result<OpenFile> Open(const std::string& path, int flags);
 
-  // statvfs of SOURCE, marked read-only.
+  // truncate(2) of a top disk.raw: Image::Resize under a brief write session.
+  // Errors: kInvalidArgument (shrinking), kReadOnly, kBusy, as Open().
+  Status Truncate(const std::string& path, uint64_t size);
+
+  // mkdir <image>/snapshots/NAME: an internal snapshot named by the
+  // unescaped NAME (see SnapshotNameForDir). Errors: kAlreadyExists,
+  // kInvalidArgument (NAME is no escaped snapshot name), kReadOnly (anywhere
+  // else, read-only pool or image), kBusy (another program holds the image).
+  Status MakeSnapshotDir(const std::string& path);
+
+  // rmdir <image>/snapshots/NAME: deletes that snapshot. kBusy while its
+  // disk.raw is open; kReadOnly anywhere else.
+  Status RemoveSnapshotDir(const std::string& path);
+
+  // statvfs of SOURCE, marked read-only for a read-only pool.
   Result<struct statvfs> StatFs();
 
   const NamespaceOptions& options() const { return options_; }
@@ -118,6 +164,9 @@ class Namespace {
   Result<Node> ImageChild(const Node& parent, const std::string& name);
   Result<std::shared_ptr<OpenImage>> ImageOf(const Node& image_dir);
   bool HasExtension(const std::string& name) const;
+  // A brief write session on the top image of `node` (truncate, snapshots).
+  Status WithWriter(const Node& node, const std::function<Status(Image&)>& fn);
+  bool TopWritable(const Node& node) const;
   struct stat BaseStat(const Node& node) const;
 
   const NamespaceOptions options_;

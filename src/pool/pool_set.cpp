@@ -81,6 +81,33 @@ Result<OpenFile> PoolSet::Open(const std::string& path, int flags) {
   return pool->ns->Open(rest, flags);
 }
 
+Status PoolSet::Truncate(const std::string& path, uint64_t size) {
+  if (root_) return root_->Truncate(path, size);
+  std::string rest;
+  KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, Route(path, &rest));
+  if (pool == nullptr || (!pool->ns && rest == "/")) return Status::FromErrno(EISDIR, path);
+  if (!pool->ns) return Status::NotFound(path);
+  return pool->ns->Truncate(rest, size);
+}
+
+Status PoolSet::MakeDir(const std::string& path) {
+  if (root_) return root_->MakeSnapshotDir(path);
+  std::string rest;
+  KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, Route(path, &rest));
+  if (pool == nullptr || rest == "/") return Status::AlreadyExists(path + ": exists");
+  if (!pool->ns) return Status::ReadOnly(path + ": the pool is empty");
+  return pool->ns->MakeSnapshotDir(rest);
+}
+
+Status PoolSet::RemoveDir(const std::string& path) {
+  if (root_) return root_->RemoveSnapshotDir(path);
+  std::string rest;
+  KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, Route(path, &rest));
+  if (pool == nullptr || rest == "/" || !pool->ns)
+    return Status::ReadOnly(path + ": pool folders cannot be removed");
+  return pool->ns->RemoveSnapshotDir(rest);
+}
+
 Result<struct statvfs> PoolSet::StatFs(const std::string& path) {
   if (root_) return root_->StatFs();
   std::string rest;
@@ -89,7 +116,7 @@ Result<struct statvfs> PoolSet::StatFs(const std::string& path) {
   struct statvfs sv {};
   sv.f_bsize = sv.f_frsize = 4096;
   sv.f_namemax = 255;
-  sv.f_flag = ST_RDONLY;
+  sv.f_flag = ST_RDONLY;  // nothing can be written above the pools
   return sv;
 }
 
@@ -110,7 +137,7 @@ Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
     PoolEntry entry;
     entry.name = p.name;
     entry.path = path;
-    entry.readonly = p.readonly;
+    entry.readonly = p.readonly || options.readonly;
     auto canonical = CanonicalPath(path);
     struct stat st;
     if (!canonical.ok()) {
@@ -137,6 +164,8 @@ Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
         if (IsUnder(h, ns.source)) ns.hidden.push_back(h);
       ns.extensions = p.extensions.empty() ? config.extensions : p.extensions;
       ns.blockdev = p.backend == config::Backend::kBlockdev;
+      ns.readonly = entry.readonly;
+      ns.force_share = options.force_share;
       entry.ns = std::make_shared<Namespace>(std::move(ns));
     }
     pools.push_back(std::move(entry));

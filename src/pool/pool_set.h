@@ -26,7 +26,7 @@ struct PoolEntry {
   std::string name;
   std::string path;               // the resolved host path
   std::shared_ptr<Namespace> ns;  // null: path missing or unreadable, shown as an empty folder
-  bool readonly = false;          // every pool is read-only in this release; carried for writes
+  bool readonly = false;          // config `readonly: true` (or a -o ro mount)
 };
 
 class PoolSet {
@@ -41,6 +41,11 @@ class PoolSet {
   Result<struct stat> Stat(const std::string& path);
   Result<std::vector<DirEntry>> List(const std::string& path);
   Result<OpenFile> Open(const std::string& path, int flags);
+  // As Namespace::Truncate/MakeSnapshotDir/RemoveSnapshotDir; anything at
+  // or above a pool folder is kReadOnly.
+  Status Truncate(const std::string& path, uint64_t size);
+  Status MakeDir(const std::string& path);
+  Status RemoveDir(const std::string& path);
   // statvfs of the pool holding `path` (read-only); for "/" of a YAML
   // SOURCE and empty pools, an empty read-only file system.
   Result<struct statvfs> StatFs(const std::string& path);
@@ -64,6 +69,8 @@ struct PoolSetOptions {
   uid_t uid = 0;
   gid_t gid = 0;
   std::vector<std::string> hidden;  // canonical paths never shown (the mount point)
+  bool readonly = false;             // -o ro: every pool read-only
+  bool force_share = false;          // -o force_share (NamespaceOptions::force_share)
 };
 
 // The pools of `config`: each pool's path (layouts resolved with the config's

@@ -41,4 +41,23 @@ std::vector<std::string> SnapshotDirNames(const std::vector<SnapshotInfo>& snaps
   return names;
 }
 
+std::optional<std::string> SnapshotNameForDir(const std::string& dir_name) {
+  std::string name;
+  for (size_t i = 0; i < dir_name.size(); ++i) {
+    if (dir_name[i] != '%') {
+      name += dir_name[i];
+    } else if (dir_name.compare(i, 3, "%25") == 0) {
+      name += '%';
+      i += 2;
+    } else if (dir_name.compare(i, 3, "%2F") == 0) {
+      name += '/';
+      i += 2;
+    } else {
+      return std::nullopt;
+    }
+  }
+  if (Unusable(name) || dir_name.find('/') != std::string::npos) return std::nullopt;
+  return name;
+}
+
 }  // namespace kvmfs::pool

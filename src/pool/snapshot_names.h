@@ -1,6 +1,7 @@
 // File names for internal snapshots (CONTRACT.md "The tree").
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,5 +18,11 @@ std::string EscapeSnapshotName(const std::string& name, const std::string& id);
 // snapshot names; when one is already taken by an earlier snapshot, "@<id>" is
 // appended (repeatedly, until unique), so every snapshot stays reachable.
 std::vector<std::string> SnapshotDirNames(const std::vector<SnapshotInfo>& snapshots);
+
+// The snapshot name a new directory `dir_name` (mkdir snapshots/NAME) stands
+// for: "%25" -> '%', "%2F" -> '/'. Empty when `dir_name` is not what
+// EscapeSnapshotName() makes of any name: a '%' not starting one of those
+// escapes, "%00", or a name that is empty, "." or "..".
+std::optional<std::string> SnapshotNameForDir(const std::string& dir_name);
 
 }  // namespace kvmfs::pool
