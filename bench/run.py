@@ -210,7 +210,8 @@ class KvmfsMount:
         self.source = source
         self.mnt = tempfile.mkdtemp(prefix="mnt-kvmfs-", dir=bench.workdir)
         self.log_path = self.mnt + ".log"
-        opts = (["ro"] if readonly else []) + list(extra_opts)
+        opts = (["ro"] if readonly else []) + list(extra_opts) + [
+            o for o in (bench.args.kvmfs_opts or "").split(",") if o]
         self.argv = [bench.kvmfs, "-f"] + (["-o", ",".join(opts)] if opts else []) + [source, self.mnt]
         self.proc = None
 
@@ -261,7 +262,8 @@ class QsdExport:
         ro = "off" if writable else "on"
         self.argv = [
             QSD,
-            "--blockdev", "driver=file,node-name=file0,filename=%s,read-only=%s" % (image, ro),
+            "--blockdev", "driver=file,node-name=file0,filename=%s,read-only=%s%s" % (
+                image, ro, "," + bench.args.qsd_file_opts if bench.args.qsd_file_opts else ""),
             "--blockdev", "driver=%s,node-name=fmt0,file=file0,read-only=%s" % (fmt, ro),
             "--export", "type=fuse,id=exp0,node-name=fmt0,mountpoint=%s,writable=%s" % (
                 self.mnt, "on" if writable else "off"),
@@ -471,19 +473,35 @@ class Bench:
         self.case(bool(ok), "check " + name, detail)
         log("check %s: %s %s" % (name, "ok" if ok else "FAILED", detail))
 
-    def drop_caches(self):
-        """sync, drop the page cache, then read back what the next run reads, so both
-        systems start from the same host cache state (hot images, no dirty pages)."""
-        if self.args.no_drop_caches:
+    def prepare_cache(self):
+        """Before a run: flush what earlier runs wrote (fdatasync of the write images, so no
+        system pays for the other's writeback), optionally drop the whole page cache
+        (--drop-caches: `sync; echo 3 > /proc/sys/vm/drop_caches`), then warm() reads back the
+        files the next run uses: both systems start with the same hot host cache. A global drop
+        is not the default: on a busy shared machine it once stalled for minutes."""
+        if self.args.no_cache_prep:
             return
-        os.sync()
-        try:
-            with open("/proc/sys/vm/drop_caches", "w") as f:
-                f.write("3\n")
-        except OSError:
-            pass
+        for d in self.wpool.values():
+            for name in (os.listdir(d) if os.path.isdir(d) else []):
+                try:
+                    fd = os.open(os.path.join(d, name), os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        if self.args.drop_caches:
+            os.sync()
+            try:
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("3\n")
+            except OSError:
+                pass
 
     def warm(self, paths):
+        if self.args.no_cache_prep:
+            return
         for p in paths:
             with open(p, "rb", buffering=0) as f:
                 while f.read(8 * MiB):
@@ -612,8 +630,13 @@ class Bench:
             image, fmt, rel = self.images[key]
             src_dir = self.pool
             warm = self.image_paths_for_warm(key)
-        self.drop_caches()
+        t0 = time.monotonic()
+        self.prepare_cache()
         self.warm(warm)
+        prep = time.monotonic() - t0
+        if prep > 10:
+            log("  (cache preparation before %s on %s took %.0f s: busy machine)" % (
+                name, system, prep))
         if system == "kvmfs":
             m = KvmfsMount(self, src_dir, readonly=not write).start()
             try:
@@ -646,7 +669,7 @@ class Bench:
             log("round %d/%d (order %s)" % (r + 1, self.rounds, " then ".join(order)))
             if want_ceiling:
                 try:
-                    self.drop_caches()
+                    self.prepare_cache()
                     self.warm([self.images["raw"][0]])
                     res = run_fio(self.images["raw"][0], "read", "1M", 1, self.runtime, direct=False)
                     self.ceiling.append(res["MiB/s"])
@@ -735,7 +758,7 @@ class Bench:
         log("scale: %d-image pool ready in %.1f s" % (n, time.monotonic() - t0))
         mounts, lss, entries = [], [], None
         for r in range(self.rounds):
-            self.drop_caches()
+            self.prepare_cache()  # the pool's metadata stays cached from its creation: hot
             try:
                 m = KvmfsMount(self, d, readonly=True).start()
             except BenchError as e:
@@ -785,7 +808,7 @@ class Bench:
         systems = ["kvmfs"] + (["qsd"] if self.have_qsd and self.args.cp_qsd_timeout > 0 else [])
         for r in range(self.rounds):
             for system in (systems if r % 2 == 0 else list(reversed(systems))):
-                self.drop_caches()
+                self.prepare_cache()
                 if system == "kvmfs":
                     obj = KvmfsMount(self, d, readonly=True).start()
                     src = obj.path("big.qcow2", "disk.raw")
@@ -938,7 +961,10 @@ class Bench:
             "size": self.size,
             "rounds": self.rounds,
             "runtime_s": self.runtime,
-            "drop_caches": not self.args.no_drop_caches,
+            "cache_prep": not self.args.no_cache_prep,
+            "drop_caches": self.args.drop_caches,
+            "kvmfs_opts": self.args.kvmfs_opts,
+            "qsd_file_opts": self.args.qsd_file_opts,
             "note": self.args.note,
         }
         head = ["workload", "kvmfs", "QSD", "kvmfs/QSD", "target", "result"]
@@ -967,6 +993,17 @@ class Bench:
                       meta["cpus"], meta["kernel"], meta["loadavg_start"][0], meta["loadavg_end"][0],
                       meta["kvmfs_version"] or "?", meta["kvmfs_buildtype"] or "unknown",
                       meta["qemu"], meta["qsd"] or "no qemu-storage-daemon", meta["fio"], meta["duration_s"]))
+        md.append("")
+        md.append("Setup: `kvmfs -f [-o ro%s]` per run; `qemu-storage-daemon --blockdev driver=file%s "
+                  "--blockdev driver=qcow2|raw --export type=fuse,writable=on|off` per run (QSD %s); "
+                  "page cache %s before each run." % (
+                      "," + self.args.kvmfs_opts if self.args.kvmfs_opts else "",
+                      "," + self.args.qsd_file_opts if self.args.qsd_file_opts else "",
+                      "defaults otherwise: aio=threads, cache=writeback, one FUSE thread"
+                      if not self.args.qsd_file_opts else "defaults otherwise",
+                      "left as it was" if self.args.no_cache_prep else
+                      ("synced, dropped (echo 3) and the run's images read back (hot)" if self.args.drop_caches
+                       else "write images fdatasync'ed and the run's images read back (hot)")))
         if dirty:
             md.append("")
             md.append("The working tree had uncommitted changes when this ran (%s-dirty)." % sha)
@@ -1094,12 +1131,18 @@ def parse_args(argv):
                     help="stop QSD's cp --sparse after this many s (default 30; smoke 10; 0: not run)")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the page-cache ceiling")
     ap.add_argument("--no-qsd", action="store_true", help="kvmfs only")
-    ap.add_argument("--no-drop-caches", action="store_true",
-                    help="do not sync + drop the page cache before each run (default in smoke mode)")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="also sync and drop the whole page cache (echo 3) before each run")
+    ap.add_argument("--no-cache-prep", action="store_true",
+                    help="before each run, do not fdatasync the write images nor read the run's "
+                    "images into the host page cache (default in smoke mode)")
     ap.add_argument("--out", help="results directory (default bench/results; smoke: the scratch dir)")
     ap.add_argument("--workdir", help="scratch dir for images and mounts (kept; images reused when "
                     "the size matches). Default: a fresh /tmp/kvmfs-bench-* removed at the end")
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir")
+    ap.add_argument("--kvmfs-opts", default="", help="extra kvmfs -o options, e.g. max_threads=4")
+    ap.add_argument("--qsd-file-opts", default="",
+                    help="extra options for QSD's file blockdev, e.g. aio=io_uring or cache.direct=on")
     ap.add_argument("--kvmfs-sha", help="the commit the kvmfs binary was built from, when not the "
                     "repository's HEAD (names the results; default: git HEAD, -dirty if modified)")
     ap.add_argument("--note", default="", help="free text recorded in the results (machine state...)")
@@ -1110,7 +1153,7 @@ def parse_args(argv):
         if getattr(a, k) is None:
             setattr(a, k, v)
     if a.smoke:
-        a.no_drop_caches = True
+        a.no_cache_prep = True
     if a.size % MiB or a.size < 16 * MiB:
         ap.error("--size must be a multiple of 1 MiB, at least 16 MiB")
     if a.workloads in (None, "all"):
