@@ -63,13 +63,18 @@ def region_start(rnd):
     return rnd * REGION + 7 * 512  # odd offset: slots straddle clusters
 
 
+def read_all(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class WriteCrash(h.KvmfsTestCase):
     @classmethod
     def make_images(cls):
         cls.img = h.create_qcow2(os.path.join(cls.pool, "vm.qcow2"), SIZE, "cluster_size=64k")
         h.qemu_io(cls.img, "write -P 0x11 0 5M", "write -P 0x22 13M 7M", "write -z 30M 2M",
                   "write -P 0x33 40M 10M", "write -P 0x44 62M 2M")
-        cls.orig = bytearray(open(h.oracle_raw(cls.img, cls.work), "rb").read())
+        cls.orig = bytearray(read_all(h.oracle_raw(cls.img, cls.work)))
 
     def expected(self, rounds):
         """The disk as QEMU must read it after `rounds` rounds, and the byte ranges
@@ -131,7 +136,7 @@ class WriteCrash(h.KvmfsTestCase):
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             # wait for the first acknowledged batch, then kill at a random moment
             first = h.wait_until(lambda: writer.poll() is not None or (
-                os.path.exists(log) and "\nA " in "\n" + open(log).read()), timeout=30)
+                os.path.exists(log) and b"\nA " in b"\n" + read_all(log)), timeout=30)
             self.assertIsNone(writer.poll(), "round %d: writer exited early: %s\n%s" % (
                 rnd, writer.communicate()[0], m.log_text()[-3000:]))
             self.assertTrue(first, "round %d: no batch acknowledged in 30 s\n%s" % (rnd, m.log_text()[-3000:]))
@@ -157,7 +162,7 @@ class WriteCrash(h.KvmfsTestCase):
             rnd, delay, rc, out))
         want, unknown, acked = self.expected(rnd + 1)
         self.assertGreater(acked, 0)
-        got = open(h.oracle_raw(self.img, self.work), "rb").read()
+        got = read_all(h.oracle_raw(self.img, self.work))
         self.assertEqual(len(got), SIZE)
         for off, n in unknown:
             want[off:off + n] = got[off:off + n]

@@ -33,6 +33,11 @@ def fallocate(flag, off, n, path):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
 
 
+def read_all(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class WriteMisc(h.KvmfsTestCase):
     @classmethod
     def make_images(cls):
@@ -52,7 +57,7 @@ class WriteMisc(h.KvmfsTestCase):
         cls.imgs["r.raw"] = h.write_raw(os.path.join(cls.pool, "r.raw"), SIZE, seed=8)
         cls.imgs["rgrow.raw"] = h.write_raw(os.path.join(cls.pool, "rgrow.raw"), SIZE, seed=9)
         h.qemu_img("snapshot", "-c", "s", cls.imgs["plain.qcow2"])
-        cls.orig = {n: open(h.oracle_raw(p, cls.work, fmt="raw" if n.endswith(".raw") else None), "rb").read()
+        cls.orig = {n: read_all(h.oracle_raw(p, cls.work, fmt="raw" if n.endswith(".raw") else None))
                     for n, p in cls.imgs.items()}
         # a YAML config with a read-only pool over the same folder
         cls.cfg = os.path.join(cls.work, "ro.yaml")
@@ -69,7 +74,7 @@ class WriteMisc(h.KvmfsTestCase):
             self.assertEqual(rc, 0, "qemu-img check %s rc=%d\n%s" % (name, rc, out))
         fmt = "raw" if name.endswith(".raw") else None
         h._oracle_cache.pop((os.path.realpath(img), None, fmt), None)
-        got = open(h.oracle_raw(img, self.work, fmt=fmt), "rb").read()
+        got = read_all(h.oracle_raw(img, self.work, fmt=fmt))
         self.assertEqual(len(got), len(want), "%s: size after unmount" % name)
         if got != want:
             i = next(k for k in range(len(want)) if got[k] != want[k])
