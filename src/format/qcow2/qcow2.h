@@ -11,6 +11,7 @@
 //   refcount.cpp  refcount blocks and table: get/update, allocation, growth
 //   write.cpp     allocating writes, COW, zeroes/discard, resize, Flush
 //   check.cpp     refcount rebuild of a dirty image, COPIED recomputation
+//   commit.cpp    atomic metadata switch for snapshot create/delete
 //   qcow2.cpp     driver entry: Probe, Open, the Image classes
 //
 // Writing (QEMU's ordering, reliability.md §3): guest data and COW first,
@@ -514,6 +515,17 @@ class Engine {
   bool HasPending() const;
   void ApplyPending();
 
+  // commit.cpp: atomic metadata switches (snapshot create/delete).
+  // Grows the refcount table beforehand so that Commit() never has to;
+  // requires clean caches (FlushLocked()).
+  Status PrepareCommit(uint64_t extra_clusters);
+  // Writes every changed table (dirty L2 tables, the L1, the refcount blocks
+  // and table, the snapshot table `table`) to fresh clusters and switches to
+  // them with one header write: the old state stays intact until then.
+  // `old_l1_kept`: the old active L1 becomes a snapshot's and keeps its
+  // references. On failure the engine goes read-only.
+  Status Commit(std::vector<Snapshot> table, bool old_l1_kept);
+
   // check.cpp
   Status RebuildRefcounts();
   Status RecomputeCopied();
@@ -555,6 +567,7 @@ class Engine {
   uint64_t reftable_offset_ = 0;
   uint64_t reftable_clusters_ = 0;
   bool reftable_dirty_ = false;
+  bool in_commit_ = false;
   uint64_t dirty_l2_count_ = 0;
   uint64_t next_serial_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<RefBlock>> refblocks_;  // by rt index

@@ -187,6 +187,8 @@ Status Engine::EnsureRefBlock(uint64_t rt) {
 }
 
 Status Engine::GrowRefcountTable(uint64_t min_entries) {
+  if (in_commit_)
+    return Status::NoSpace(name_ + ": refcount table full during a metadata commit");
   const uint64_t per_cluster = geo_.cluster_size / 8;
   uint64_t entries = std::max<uint64_t>(min_entries, reftable_.size() + reftable_.size() / 2);
   entries = (entries + per_cluster - 1) / per_cluster * per_cluster;

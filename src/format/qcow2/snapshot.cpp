@@ -1,8 +1,7 @@
 // The internal snapshot table (QEMU qcow2_read_snapshots), read with every
 // bound QEMU applies: entry count, extra data size, total table size, and
 // all of it inside the file; and snapshot create/delete (qcow2-snapshot.c)
-// in QEMU's order: references first, a new table in fresh clusters, the
-// header switch with write + flush, and only then the old table freed.
+// as one atomic switch of fresh tables by a single header write (commit.cpp).
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
@@ -211,26 +210,14 @@ Result<SnapshotInfo> Engine::CreateSnapshot(const std::string& name) {
   uint64_t max_id = 0;
   for (const Snapshot& s : snapshots_) max_id = std::max<uint64_t>(max_id, std::strtoull(s.info.id.c_str(), nullptr, 10));
   const std::string id = std::to_string(max_id + 1);
-  const uint64_t cs = geo_.cluster_size;
-
-  // 1. The snapshot's references and its copy of the L1 table. The refcount
-  //    limits are checked before anything changes.
-  KVMFS_RETURN_IF_ERROR(Fatal(AddL1Refcounts(l1_, +1)));
-  uint64_t l1_copy = 0;
-  if (!l1_.empty()) {
-    KVMFS_ASSIGN_OR_RETURN(l1_copy, AllocClusters((l1_.size() * 8 + cs - 1) / cs));
-    std::vector<uint8_t> raw(l1_.size() * 8);
-    for (size_t i = 0; i < l1_.size(); ++i) StoreBE64(raw.data() + 8 * i, l1_[i] & ~kOflagCopied);
-    KVMFS_RETURN_IF_ERROR(file_->WriteAt(l1_copy, raw.data(), raw.size()));
-  }
-  // Everything is shared now: no active entry keeps COPIED.
-  KVMFS_RETURN_IF_ERROR(Fatal(RecomputeCopied()));
+  // The old state is made durable first; then the snapshot is one atomic
+  // switch (commit.cpp): the current L1 becomes the snapshot's, the active
+  // disk gets a new L1 and copies of the L2 tables whose COPIED flags clear.
   KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
-
-  // 2. A new table in fresh clusters, durable before the header names it.
+  std::vector<Snapshot> table = snapshots_;
   Snapshot s;
   s.serial = next_serial_++;
-  s.l1_table_offset = l1_copy;
+  s.l1_table_offset = l1_offset_;
   s.l1_size = static_cast<uint32_t>(l1_.size());
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
@@ -246,26 +233,16 @@ Result<SnapshotInfo> Engine::CreateSnapshot(const std::string& name) {
   s.extra_data.resize(sizeof(SnapshotExtraData));
   extra.Encode(s.extra_data.data());
   s.extra_data_size = static_cast<uint32_t>(s.extra_data.size());
-  std::vector<Snapshot> table = snapshots_;
   s.index = static_cast<uint32_t>(table.size());
   table.push_back(s);
-  const std::vector<uint8_t> bytes = EncodeSnapshotTable(table);
-  if (bytes.size() > kMaxSnapshotTableBytes)
+  const uint64_t table_bytes = EncodeSnapshotTable(table).size();
+  if (table_bytes > kMaxSnapshotTableBytes)
     return Status::TooLarge(name_ + ": snapshot table would be too big");
-  KVMFS_ASSIGN_OR_RETURN(uint64_t table_off, AllocClusters((bytes.size() + cs - 1) / cs));
-  KVMFS_RETURN_IF_ERROR(file_->WriteAt(table_off, bytes.data(), bytes.size()));
-  KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
-
-  // 3. The header switch (write + flush), then the old table is freed.
-  const uint64_t old_off = header_.raw.snapshots_offset;
-  const uint64_t old_bytes = header_.raw.nb_snapshots ? EncodeSnapshotTable(snapshots_).size() : 0;
-  header_.raw.nb_snapshots = static_cast<uint32_t>(table.size());
-  header_.raw.snapshots_offset = table_off;
-  KVMFS_RETURN_IF_ERROR(WriteHeaderLocked(true));
-  snapshots_ = std::move(table);
-  if (old_bytes > 0) KVMFS_RETURN_IF_ERROR(Fatal(UpdateRefcountRange(old_off, old_bytes, -1)));
-  RebuildMetadataIndex();
-  KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
+  KVMFS_RETURN_IF_ERROR(Fatal(PrepareCommit(table_bytes / geo_.cluster_size + 2)));
+  // The refcount limits are checked before anything changes.
+  KVMFS_RETURN_IF_ERROR(Fatal(AddL1Refcounts(l1_, +1)));
+  KVMFS_RETURN_IF_ERROR(Fatal(RecomputeCopied()));
+  KVMFS_RETURN_IF_ERROR(Fatal(Commit(std::move(table), /*old_l1_kept=*/true)));
   return s.info;
 }
 
@@ -281,47 +258,30 @@ Status Engine::DeleteSnapshot(const std::string& id) {
   if (idx == snapshots_.size())
     return Status::NotFound(name_ + ": no snapshot with id '" + id + "'");
   const Snapshot victim = snapshots_[idx];
-  const uint64_t cs = geo_.cluster_size;
-  KVMFS_RETURN_IF_ERROR(ValidateTable(victim.l1_table_offset, victim.l1_size, 8, kMaxL1Bytes, cs,
-                                      "snapshot " + id + " L1 table", name_));
+  KVMFS_RETURN_IF_ERROR(ValidateTable(victim.l1_table_offset, victim.l1_size, 8, kMaxL1Bytes,
+                                      geo_.cluster_size, "snapshot " + id + " L1 table", name_));
   KVMFS_ASSIGN_OR_RETURN(L1Table l1, LoadL1(victim.l1_table_offset, victim.l1_size,
                                             "Snapshot L1 table of snapshot " + id));
-
-  // 1. The table without the entry, in fresh clusters; then the header.
   std::vector<Snapshot> table = snapshots_;
   table.erase(table.begin() + static_cast<std::ptrdiff_t>(idx));
-  for (size_t i = 0; i < table.size(); ++i) table[i].index = static_cast<uint32_t>(i);
-  const uint64_t old_off = header_.raw.snapshots_offset;
-  const uint64_t old_bytes = EncodeSnapshotTable(snapshots_).size();
-  uint64_t table_off = 0;
-  if (!table.empty()) {
-    const std::vector<uint8_t> bytes = EncodeSnapshotTable(table);
-    KVMFS_ASSIGN_OR_RETURN(table_off, AllocClusters((bytes.size() + cs - 1) / cs));
-    KVMFS_RETURN_IF_ERROR(file_->WriteAt(table_off, bytes.data(), bytes.size()));
-    KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
-  }
-  header_.raw.nb_snapshots = static_cast<uint32_t>(table.size());
-  header_.raw.snapshots_offset = table_off;
-  KVMFS_RETURN_IF_ERROR(WriteHeaderLocked(true));
-  snapshots_ = std::move(table);  // views of the victim fail from now on
-
-  // 2. Nothing on disk names the snapshot any more: drop its references
-  //    (pending until the next flush), its L1 and the old table.
+  // One atomic switch (commit.cpp): the snapshot's references go, and the
+  // active tables whose clusters it no longer shares regain COPIED.
+  KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
+  KVMFS_RETURN_IF_ERROR(Fatal(PrepareCommit(EncodeSnapshotTable(table).size() / geo_.cluster_size + 2)));
   KVMFS_RETURN_IF_ERROR(Fatal(AddL1Refcounts(l1, -1)));
   if (victim.l1_size > 0)
     KVMFS_RETURN_IF_ERROR(
         Fatal(UpdateRefcountRange(victim.l1_table_offset, uint64_t{victim.l1_size} * 8, -1)));
-  KVMFS_RETURN_IF_ERROR(Fatal(UpdateRefcountRange(old_off, old_bytes, -1)));
+  KVMFS_RETURN_IF_ERROR(Fatal(RecomputeCopied()));
+  KVMFS_RETURN_IF_ERROR(Fatal(Commit(std::move(table), /*old_l1_kept=*/false)));
+  // Views of the victim fail from now on; its freed tables leave the cache.
   for (uint64_t e : l1) {
     const uint64_t off = e & kL1OffsetMask;
     if (off == 0) continue;
     KVMFS_ASSIGN_OR_RETURN(uint64_t rc, GetRefcount(off >> geo_.cluster_bits));
     if (rc == 0) l2_cache_.Erase(off);
   }
-  // 3. Clusters now used by the active disk alone regain COPIED.
-  KVMFS_RETURN_IF_ERROR(Fatal(RecomputeCopied()));
-  RebuildMetadataIndex();
-  return Fatal(FlushLocked());
+  return Status::OK();
 }
 
 }  // namespace kvmfs::qcow2
