@@ -194,11 +194,11 @@ std::vector<Shape> Shapes() {
                 "qemu-img snapshot -c s1 img.qcow2",
                 "qemu-io -c 'write -P 0x99 1M 2M' img.qcow2 >/dev/null",
                 "qemu-img snapshot -c s2 img.qcow2"},
-               16384, 250, true, true});
+               16384, 150, true, true});
   v.push_back({"snapshots_v2",
                {kCreate + "-o compat=0.10,cluster_size=16k img.qcow2 16M", kFill,
                 "qemu-img snapshot -c s1 img.qcow2"},
-               16384, 200, true, true});
+               16384, 120, true, true});
   v.push_back({"data_file",
                {kCreate + "-o data_file=img.data img.qcow2 32M", kFill}});
   v.push_back({"data_file_raw",
