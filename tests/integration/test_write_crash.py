@@ -137,12 +137,14 @@ class WriteCrash(h.KvmfsTestCase):
             # wait for the first acknowledged batch, then kill at a random moment
             first = h.wait_until(lambda: writer.poll() is not None or (
                 os.path.exists(log) and b"\nA " in b"\n" + read_all(log)), timeout=30)
-            self.assertIsNone(writer.poll(), "round %d: writer exited early: %s\n%s" % (
-                rnd, writer.communicate()[0], m.log_text()[-3000:]))
+            if writer.poll() is not None:
+                self.fail("round %d: writer exited early: %s\n%s" % (
+                    rnd, writer.communicate()[0], m.log_text()[-3000:]))
             self.assertTrue(first, "round %d: no batch acknowledged in 30 s\n%s" % (rnd, m.log_text()[-3000:]))
             time.sleep(delay)
-            self.assertIsNone(writer.poll(), "round %d: writer stopped before the kill: %s\n%s" % (
-                rnd, writer.communicate()[0], m.log_text()[-3000:]))
+            if writer.poll() is not None:
+                self.fail("round %d: writer stopped before the kill: %s\n%s" % (
+                    rnd, writer.communicate()[0], m.log_text()[-3000:]))
             os.kill(m.proc.pid, signal.SIGKILL)
             m.proc.wait(timeout=10)
             try:
