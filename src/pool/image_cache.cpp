@@ -201,6 +201,12 @@ std::string OpenImage::RenderInfo(const ViewId& view, ViewState& state) {
   if (actual.ok()) subject.actual_size = *actual;
   if (index + 1 < chain_.layers.size()) subject.full_backing_filename = chain_.layers[index + 1].path;
   subject.snapshots = index == 0 ? snapshots_ : layer.image->Snapshots();
+  if (view.kind == ViewId::Kind::kTop) {
+    // Only where writing was asked for (a read-write pool) and is refused.
+    subject.read_only_reason = layer.read_only_reason;
+    if (subject.read_only_reason.empty() && layer.writable)
+      subject.read_only_reason = layer.image->ReadOnlyReason();
+  }
 
   if (view.kind == ViewId::Kind::kSnapshot) {
     for (const SnapshotInfo& s : snapshots_)
@@ -272,7 +278,9 @@ Status OpenImage::AcquireHandle(const ViewId& view, bool write, const AccessOpti
     if (!begun.ok()) {
       std::string reason = top->ReadOnlyReason();
       spdlog::error("{}: cannot write: {}{}", path_, begun.ToString(),
-                    reason.empty() ? "" : " (" + reason + ")");
+                    reason.empty() || begun.message().find(reason) != std::string::npos
+                        ? ""
+                        : " (" + reason + ")");
       RefreshKey();
       Changed();
       pinned_.fetch_sub(1, std::memory_order_acq_rel);

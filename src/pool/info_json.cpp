@@ -53,6 +53,7 @@ nlohmann::ordered_json InfoJson(const InfoSubject& subject) {
   if (info.encrypted) j["encrypted"] = true;
   if (!info.backing_filename.empty()) j["backing-filename"] = info.backing_filename;
   j["dirty-flag"] = info.dirty;
+  if (!subject.read_only_reason.empty()) j["read-only-reason"] = subject.read_only_reason;
   return j;
 }
 

@@ -23,6 +23,10 @@ struct InfoSubject {
   // For a snapshot view: that snapshot. virtual-size then is its disk_size and a
   // "snapshot" object describes it.
   std::optional<SnapshotInfo> snapshot;
+  // Why the image's disk.raw is read-only in a read-write pool (format not
+  // writable, host file read-only, corrupt image); "" when writable or in a
+  // read-only pool. Shown as "read-only-reason" (a kvmfs key).
+  std::string read_only_reason;
 };
 
 // One snapshot as `qemu-img info` prints it in "snapshots" (vm-clock split

@@ -190,7 +190,9 @@ struct stat Namespace::BaseStat(const Node& node) const {
 }
 
 bool Namespace::TopWritable(const Node& node) const {
-  return !options_.readonly && node.image && node.image->CanWrite().ok();
+  // A corrupt qcow2 image says so before anyone tries to write it.
+  return !options_.readonly && node.image && node.image->CanWrite().ok() &&
+         node.image->chain().top()->ReadOnlyReason().empty();
 }
 
 Result<struct stat> Namespace::Stat(const std::string& path) {

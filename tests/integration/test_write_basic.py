@@ -44,6 +44,9 @@ class WriteBasic(h.KvmfsTestCase):
         cls.base = h.write_raw(os.path.join(cls.pool, "base.img"), SIZE, seed=5)
         cls.ovl = h.create_qcow2(os.path.join(cls.pool, "ovl.qcow2"), SIZE, backing="base.img",
                                  backing_fmt="raw")
+        # corrupt bit (incompatible feature bit 1, last byte of the field at 72)
+        cls.corrupt = h.create_qcow2(os.path.join(cls.pool, "corrupt.qcow2"), MiB)
+        h.poke(cls.corrupt, 79, b"\x02")
 
     def setUp(self):
         self.m = self.mount(options=h.RW)
@@ -229,6 +232,15 @@ class WriteBasic(h.KvmfsTestCase):
             p.kill()
             p.wait()
         self.assertEqual(h.open_err(disk, os.O_RDWR), 0)
+
+    def test_corrupt_image_is_read_only(self):
+        disk = self.disk(self.corrupt)
+        self.assertEqual(stat.S_IMODE(os.stat(disk).st_mode), 0o444)
+        self.assertEqual(h.open_err(disk, os.O_RDWR), errno.EROFS)
+        self.assertEqual(h.open_err(disk, os.O_RDONLY), 0)
+        info = h.read_json(self.m.path("corrupt.qcow2", "info.json"))
+        self.assertIn("corrupt", info.get("read-only-reason", ""))
+        self.assertIn("corrupt", self.m.log_text())
 
     def test_snapshot_mkdir_rmdir(self):
         snaps = self.m.path("q.qcow2", "snapshots")

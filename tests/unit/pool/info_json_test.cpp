@@ -149,4 +149,17 @@ TEST(InfoJson, RawImageMatchesQemuImg) {
 }
 
 }  // namespace
+TEST(InfoJson, ReadOnlyReasonAfterDirtyFlag) {
+  InfoSubject subject;
+  subject.filename = "/p/vm.vdi";
+  subject.info.format = "vdi";
+  subject.info.virtual_size = 4096;
+  EXPECT_FALSE(InfoJson(subject).contains("read-only-reason"));
+  subject.read_only_reason = "kvmfs does not write vdi images";
+  auto j = InfoJson(subject);
+  ASSERT_TRUE(j.contains("read-only-reason"));
+  EXPECT_EQ(j["read-only-reason"], "kvmfs does not write vdi images");
+  EXPECT_EQ(std::prev(j.end()).key(), "read-only-reason");
+}
+
 }  // namespace kvmfs::pool
