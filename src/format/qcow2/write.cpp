@@ -151,6 +151,11 @@ Status Engine::BeginWrites() {
 Status Engine::EndWrites() {
   std::unique_lock<std::shared_mutex> lock(rw_);
   if (!writing_.load()) return Status::OK();
+  const std::string reason = ReadOnlyReason();
+  if (!reason.empty()) {
+    writing_.store(false, std::memory_order_release);
+    return Status::ReadOnly(name_ + ": " + reason);
+  }
   KVMFS_RETURN_IF_ERROR(FlushLocked());
   writing_.store(false, std::memory_order_release);
   return Status::OK();
@@ -159,6 +164,10 @@ Status Engine::EndWrites() {
 Status Engine::Flush() {
   std::unique_lock<std::shared_mutex> lock(rw_);
   if (!refcounts_loaded_) return Status::OK();
+  // After corruption (or a failed commit) memory is not to be trusted:
+  // nothing more is written.
+  const std::string reason = ReadOnlyReason();
+  if (!reason.empty()) return Status::ReadOnly(name_ + ": " + reason);
   return FlushLocked();
 }
 
@@ -572,18 +581,27 @@ Status Engine::WriteRun(uint64_t pos, const uint8_t* p, size_t len, const Backin
       return Status::Corruption(name_ + ": newly allocated cluster " + Hex(host) +
                                 " overlaps metadata (refcounts are wrong)");
   }
+  // A failed data write gives the clusters back (no table names them).
+  auto undo = [&](Status st) {
+    if (!data_file)
+      for (uint64_t i = 0; i < nclusters; ++i)
+        (void)UpdateRefcount((host >> g.cluster_bits) + i, -1);
+    return st;
+  };
   uint64_t new_bitmap = kBitmapAllAlloc;
   if (!head_partial) {
-    KVMFS_RETURN_IF_ERROR(data_->WriteAt(host, p, nclusters * cs));
+    Status st = data_->WriteAt(host, p, nclusters * cs);
+    if (!st.ok()) return undo(std::move(st));
     *done = nclusters * cs;
   } else {
     const uint64_t n = cend - pos;
     std::vector<uint8_t> buf(cs, 0);
     if (!g.extended_l2 || k.compressed) {
-      if (pos > cstart) KVMFS_RETURN_IF_ERROR(ReadCurrent(cstart, buf.data(), pos - cstart, backing));
-      if (pos + n < cstart + cs)
-        KVMFS_RETURN_IF_ERROR(ReadCurrent(pos + n, buf.data() + (pos + n - cstart),
-                                          cstart + cs - (pos + n), backing));
+      Status st;
+      if (pos > cstart) st = ReadCurrent(cstart, buf.data(), pos - cstart, backing);
+      if (st.ok() && pos + n < cstart + cs)
+        st = ReadCurrent(pos + n, buf.data() + (pos + n - cstart), cstart + cs - (pos + n), backing);
+      if (!st.ok()) return undo(std::move(st));
     } else {
       // Only the touched subclusters, plus those the old (shared) cluster
       // had allocated, become allocated in the new one.
@@ -608,7 +626,8 @@ Status Engine::WriteRun(uint64_t pos, const uint8_t* p, size_t len, const Backin
       }
     }
     std::memcpy(buf.data() + (pos - cstart), p, n);
-    KVMFS_RETURN_IF_ERROR(data_->WriteAt(host, buf.data(), buf.size()));
+    Status st = data_->WriteAt(host, buf.data(), buf.size());
+    if (!st.ok()) return undo(std::move(st));
     *done = n;
   }
   // Point the entries at the new clusters; release what they pointed to.
@@ -769,6 +788,11 @@ Status Engine::Resize(uint64_t new_size, const BackingView& backing) {
   }
   header_.virtual_size = new_size;
   virtual_size_.store(new_size, std::memory_order_release);
+  if (header_.autoclear & kAutoclearDataFileRaw) {
+    // The raw data file stays a valid raw image of the disk.
+    KVMFS_ASSIGN_OR_RETURN(uint64_t data_size, data_->Size());
+    if (data_size < new_size) KVMFS_RETURN_IF_ERROR(data_->Truncate(new_size));
+  }
   RebuildMetadataIndex();
   // The new part reads as zeros: the rest of the old last cluster and what
   // a bigger backing file would show through.

@@ -35,7 +35,8 @@ class Qcow2Fault : public WriteTest {
     return img.Flush();
   }
 
-  // Phase 2: every kind of operation, in the second half only; stops at the
+  // Phase 2: every kind of operation (snapshot create and delete too), in the
+  // second half only; stops at the
   // first error. `touched` marks 512-byte sectors changed since the last
   // successful Flush; `model` follows every successful operation and
   // `durable` is the model at the last successful Flush.
@@ -49,7 +50,12 @@ class Qcow2Fault : public WriteTest {
       const uint64_t len = 1 + rng() % 300000;
       const uint64_t off = kHalf + rng() % (kHalf - len);
       const int r = static_cast<int>(rng() % 10);
-      if (r < 5) {
+      if (i == 5) {
+        KVMFS_RETURN_IF_ERROR(img.CreateSnapshot("new").status());
+      } else if (i == 15) {
+        for (const SnapshotInfo& s : img.Snapshots())
+          if (s.name == "old") KVMFS_RETURN_IF_ERROR(img.DeleteSnapshot(s.id));
+      } else if (r < 5) {
         std::vector<uint8_t> buf(len, static_cast<uint8_t>(0x80 + i));
         touch(off, len);
         KVMFS_RETURN_IF_ERROR(img.Write(off, buf.data(), len));
@@ -58,8 +64,6 @@ class Qcow2Fault : public WriteTest {
         touch(off, len);
         KVMFS_RETURN_IF_ERROR(img.WriteZeroes(off, len, r == 6));
         std::fill(model.begin() + off, model.begin() + off + len, 0);
-      } else if (r == 7 && i == 5) {
-        KVMFS_RETURN_IF_ERROR(img.CreateSnapshot("new").status());
       } else {
         KVMFS_RETURN_IF_ERROR(img.Flush());
         durable = model;
