@@ -93,7 +93,9 @@ Status PoolSet::Truncate(const std::string& path, uint64_t size) {
 Status PoolSet::MakeDir(const std::string& path) {
   if (root_) return root_->MakeSnapshotDir(path);
   std::string rest;
-  KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, Route(path, &rest));
+  auto routed = Route(path, &rest);
+  if (!routed.ok() && rest == "/") return Status::ReadOnly(path + ": pool folders come from the config");
+  KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, std::move(routed));
   if (pool == nullptr || rest == "/") return Status::AlreadyExists(path + ": exists");
   if (!pool->ns) return Status::ReadOnly(path + ": the pool is empty");
   return pool->ns->MakeSnapshotDir(rest);

@@ -31,10 +31,11 @@ class PoolSetTest : public ::testing::Test {
     tmp_.Write("ubuntu-22.04/u.raw", std::string(512, 'z'));
     tmp_.Write("os-release", "ID=ubuntu\nVERSION_ID=\"22.04\"\n");
   }
-  Result<std::shared_ptr<PoolSet>> Build(const std::string& yaml) {
+  Result<std::shared_ptr<PoolSet>> Build(const std::string& yaml, bool mount_ro = false) {
     auto config = config::ParseConfig(yaml, tmp_.P("kvmfs.yaml"));
     if (!config.ok()) return config.status();
     PoolSetOptions options;
+    options.readonly = mount_ro;
     options.uid = 1234;
     options.gid = 5678;
     return BuildPoolSet(*config, options);
@@ -133,4 +134,27 @@ TEST_F(PoolSetTest, BlockdevPoolShowsBlockDevicesOnly) {
 }
 
 }  // namespace
+TEST_F(PoolSetTest, ReadOnlyPoolsRefuseWrites) {
+  const std::string yaml = "pools:\n  - {name: ro, path: a, readonly: true}\n  - {name: rw, path: ubuntu-22.04}\n";
+  auto set = Build(yaml);
+  ASSERT_TRUE(set.ok()) << set.status().message();
+  PoolSet& s = **set;
+  EXPECT_EQ(s.Open("/ro/vm.img/disk.raw", O_RDWR).status().ToErrno(), EROFS);
+  EXPECT_EQ(s.Truncate("/ro/vm.img/disk.raw", 8192).ToErrno(), EROFS);
+  EXPECT_EQ(s.Stat("/ro/vm.img/disk.raw")->st_mode & 0777, 0444u);
+  EXPECT_TRUE(s.StatFs("/ro")->f_flag & ST_RDONLY);
+  auto w = s.Open("/rw/u.raw/disk.raw", O_RDWR);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  EXPECT_EQ(s.Stat("/rw/u.raw/disk.raw")->st_mode & 0777, 0644u);
+  // Above the pools nothing can be made or removed.
+  EXPECT_EQ(s.MakeDir("/ro").ToErrno(), EEXIST);
+  EXPECT_EQ(s.MakeDir("/new").ToErrno(), EROFS);
+  EXPECT_EQ(s.RemoveDir("/rw").ToErrno(), EROFS);
+  // -o ro: every pool.
+  auto ro = Build(yaml, true);
+  ASSERT_TRUE(ro.ok());
+  EXPECT_EQ((*ro)->Open("/rw/u.raw/disk.raw", O_RDWR).status().ToErrno(), EROFS);
+  EXPECT_TRUE((*ro)->pools()[1].readonly);
+}
+
 }  // namespace kvmfs::pool
