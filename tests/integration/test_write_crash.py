@@ -179,5 +179,28 @@ class WriteCrash(h.KvmfsTestCase):
             rnd, delay, rc, acked), flush=True)
 
 
+class WriteCrashCowSnapshot(WriteCrash):
+    """The same rounds on an overlay (4 KiB clusters over a raw base) with an internal
+    snapshot: every write copies on write, from the backing file or from clusters the
+    snapshot shares (refcount 2), so refcount updates race with the kill too."""
+
+    @classmethod
+    def make_images(cls):
+        h.write_raw(os.path.join(cls.pool, "base.raw"), SIZE, seed=6)
+        cls.img = h.create_qcow2(os.path.join(cls.pool, "vm.qcow2"), SIZE, "cluster_size=4k",
+                                 backing="base.raw", backing_fmt="raw")
+        h.qemu_io(cls.img, "write -P 0x11 0 5M", "write -P 0x22 13M 7M", "write -z 30M 2M",
+                  "write -P 0x33 40M 10M")
+        h.qemu_img("snapshot", "-c", "s", cls.img)
+        cls.snap_md5 = h.oracle_md5(cls.img, cls.work, snapshot="s")
+        cls.orig = bytearray(read_all(h.oracle_raw(cls.img, cls.work)))
+
+    def crash_round(self, rnd, delay):
+        super().crash_round(rnd, delay)
+        h._oracle_cache.clear()
+        self.assertEqual(h.oracle_md5(self.img, self.work, snapshot="s"), self.snap_md5,
+                         "round %d: snapshot s changed" % rnd)
+
+
 if __name__ == "__main__":
     h.main()

@@ -11,6 +11,7 @@ shape. fio's seed is fixed per shape; the fio command line is printed on failure
 
 import os
 import subprocess
+import sys
 
 import kvmfs_harness as h
 from kvmfs_harness import KiB, MiB
@@ -26,6 +27,20 @@ JOBS = (("direct", 1, 1 * MiB + 1536), ("buffered", 0, 30 * MiB + 3584))
 PREFILL = ("write -P 0x11 0 3M", "write -P 0x22 1000k 2M", "write -P 0x12 1536 1k",
            "write -z 6M 1M", "write -P 0x33 17M 4M", "discard 18M 1M", "write -P 0x44 23M 3M",
            "write -P 0x55 40M 512k", "write -P 0x66 60M 4M", "write -P 0x67 46M 64k")
+
+
+# A racing writer: python3 -c RACER disk k n piece -> writes piece i = k, k+6, ... (O_DIRECT if k odd)
+RACER = r"""
+import mmap, os, sys
+path, k, n, piece = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+fd = os.open(path, os.O_RDWR | (os.O_DIRECT if k % 2 else 0))
+buf = mmap.mmap(-1, piece)
+buf.write(bytes([0x40 + k]) * piece)
+for i in range(k, n, 6):
+    os.pwrite(fd, buf, i * piece)
+os.fsync(fd)
+os.close(fd)
+"""
 
 
 def fio_argv(disk, seed):
@@ -196,6 +211,69 @@ class WriteFio(h.KvmfsTestCase):
 
     def test_qcow2_with_snapshots(self):
         self.run_shape("snaps", *self.qcow2_shape("snaps", "cluster_size=64k", snapshots=True))
+
+    def test_qcow2_external_data_file(self):
+        pool = self.new_pool("datafile")
+        img = h.create_qcow2(os.path.join(pool, "vm.qcow2"), SIZE, "data_file=vm.qcow2.data")
+        h.qemu_io(img, *PREFILL)
+        self.run_shape("datafile", pool, img)
+
+    def test_qcow2_external_data_file_raw(self):
+        pool = self.new_pool("datafileraw")
+        img = h.create_qcow2(os.path.join(pool, "vm.qcow2"), SIZE, "data_file=vm.qcow2.data",
+                             "data_file_raw=on")
+        h.qemu_io(img, *PREFILL)
+        self.run_shape("datafileraw", pool, img)
+
+    def test_concurrent_writers_share_clusters(self):
+        # Four processes (two O_DIRECT) write interleaved 4 KiB pieces of the same 64 KiB
+        # clusters of an overlay with a snapshot: allocation, COW from the backing file
+        # and from snapshot-shared clusters race on every cluster.
+        pool = self.new_pool("race")
+        h.write_raw(os.path.join(pool, "base.raw"), SIZE, seed=11)
+        img = h.create_qcow2(os.path.join(pool, "vm.qcow2"), SIZE, "cluster_size=64k",
+                             backing="base.raw", backing_fmt="raw")
+        h.qemu_io(img, "write -P 0x11 0 6M", "write -P 0x12 20M 1M")
+        h.qemu_img("snapshot", "-c", "s", img)
+        snap = h.oracle_md5(img, self.work, snapshot="s")
+        with open(h.oracle_raw(img, self.work), "rb") as f:
+            want = bytearray(f.read())
+        piece, n = 4 * KiB, (24 * MiB) // (4 * KiB)
+        for i in range(n):
+            if i % 6 < 4:  # two of every six pieces keep their old bytes
+                want[i * piece:(i + 1) * piece] = bytes([0x40 + i % 6]) * piece
+        m = h.Mount(pool, os.path.join(self.tmp, "mnt-race"), options=h.RW)
+        self.mounts.append(m)
+        m.start()
+        try:
+            disk = m.path("vm.qcow2", "disk.raw")
+            procs = [subprocess.Popen([sys.executable, "-c", RACER, disk, str(k), str(n), str(piece)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                     for k in range(4)]
+            for p in procs:
+                out = p.communicate(timeout=300)[0]
+                self.assertEqual(p.returncode, 0, out)
+            with open(disk, "rb") as f:
+                got = f.read()
+            if got != want:
+                i = next(k for k in range(len(want)) if got[k] != want[k])
+                self.fail("through kvmfs byte %d (piece %d) is 0x%02x, want 0x%02x" % (
+                    i, i // piece, got[i], want[i]))
+            self.assertEqual(h.md5_file(m.path("vm.qcow2", "snapshots", "s", "disk.raw")), snap)
+        finally:
+            m.unmount()
+            self.mounts.remove(m)
+        self.assertEqual(m.proc.returncode, 0, m.log_text()[-3000:])
+        rc, out = h.qemu_check(img)
+        self.assertEqual(rc, 0, "qemu-img check rc=%d\n%s" % (rc, out))
+        h._oracle_cache.clear()
+        with open(h.oracle_raw(img, self.work), "rb") as f:
+            got = f.read()
+        if got != want:
+            i = next(k for k in range(len(want)) if got[k] != want[k])
+            self.fail("qemu-img convert byte %d (piece %d) is 0x%02x, want 0x%02x" % (
+                i, i // piece, got[i], want[i]))
+        self.assertEqual(h.oracle_md5(img, self.work, snapshot="s"), snap)
 
     def test_raw(self):
         pool = self.new_pool("raw")
