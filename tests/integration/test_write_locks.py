@@ -163,7 +163,7 @@ class Interop(h.KvmfsTestCase):
         cls.imgs = {}
         for n, opts in (("remount.qcow2", "cluster_size=64k"), ("close.qcow2", "cluster_size=4k"),
                         ("k2q.qcow2", "cluster_size=64k"), ("alt.qcow2", "cluster_size=64k"),
-                        ("alt2m.qcow2", "cluster_size=2M")):
+                        ("alt2m.qcow2", "cluster_size=2M"), ("lazy.qcow2", "lazy_refcounts=on")):
             cls.imgs[n] = h.create_qcow2(os.path.join(cls.pool, n), SIZE, opts)
             h.qemu_io(cls.imgs[n], "write -P 0x10 0 2M", "write -P 0x11 8M 1M")
 
@@ -218,6 +218,27 @@ class Interop(h.KvmfsTestCase):
             qemu_io_when_free(img, "read -P 0xa1 %d %d" % (MiB + 4096, 300 * KiB),
                               "read -P 0x10 %d 4096" % MiB, "read -P 0 14M 512",
                               "read -P 0xa2 %d 512" % (14 * MiB + 512), "read -P 0 %d 1024" % (14 * MiB + 1024))
+            rc, out = h.qemu_check(img)
+            self.assertEqual(rc, 0, "qemu-img check while mounted, disk.raw closed:\n" + out)
+        finally:
+            self.unmount(m)
+
+    def test_close_without_fsync_is_durable(self):
+        # kvmfs(8): data is durable once the last writer closes the file, and the
+        # qcow2 dirty bit (lazy refcounts) is cleared then.
+        img = self.imgs["lazy.qcow2"]
+        m = self.mount(options=h.RW, name="mnt-lazy")
+        try:
+            fd = os.open(m.path("lazy.qcow2", "disk.raw"), os.O_RDWR)
+            try:
+                os.pwrite(fd, b"\xe1" * (200 * KiB), 3 * MiB + 512)
+                os.pwrite(fd, b"\xe2" * 4096, 0)
+            finally:
+                os.close(fd)
+            qemu_io_when_free(img, "read -P 0xe1 %d %d" % (3 * MiB + 512, 200 * KiB),
+                              "read -P 0xe2 0 4096", "read -P 0x10 4096 4096")
+            info = h.qemu_info(img)
+            self.assertFalse(info.get("dirty-flag", False), "dirty flag still set after the last close")
             rc, out = h.qemu_check(img)
             self.assertEqual(rc, 0, "qemu-img check while mounted, disk.raw closed:\n" + out)
         finally:

@@ -12,6 +12,7 @@
 """
 
 import errno
+import mmap
 import os
 import subprocess
 
@@ -31,6 +32,13 @@ RANGES = [("-p", 1 * MiB, 1 * MiB), ("-z", 3 * MiB, 256 * KiB), ("-p", 5 * MiB +
 def fallocate(flag, off, n, path):
     return subprocess.run([FALLOCATE, flag, "-o", str(off), "-l", str(n), path],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+
+
+def mmap_buf(data):
+    """An anonymous page-aligned buffer holding data (O_DIRECT needs aligned memory)."""
+    m = mmap.mmap(-1, len(data))
+    m.write(bytes(data))
+    return m
 
 
 def read_all(path):
@@ -188,6 +196,67 @@ class WriteMisc(h.KvmfsTestCase):
             self.unmount(m)
         self.assertEqual(h.qemu_info(self.imgs[name])["virtual-size"], SIZE)
         self.check_after_unmount(name, self.orig[name])
+
+    # ---- the end of the disk (kvmfs(8) WRITES) ---------------------------------
+
+    def test_write_past_end(self):
+        # "A disk does not grow by writing": at/after the end ENOSPC, across it a short write.
+        name = "end.qcow2"
+        img = h.create_qcow2(os.path.join(self.pool, name), SIZE)
+        m = self.mount(options=h.RW, name="mnt-end")
+        try:
+            disk = m.path(name, "disk.raw")
+            for flags in (0, os.O_DIRECT):
+                fd = os.open(disk, os.O_RDWR | flags)
+                try:
+                    buf = bytearray(8192)
+                    buf[:] = b"\x6d" * 8192
+                    mv = memoryview(mmap_buf(buf))
+                    with self.assertRaises(OSError, msg="pwrite at the end, flags 0x%x" % flags) as cm:
+                        os.pwrite(fd, mv[:4096], SIZE)
+                    self.assertEqual(cm.exception.errno, errno.ENOSPC)
+                    with self.assertRaises(OSError, msg="pwrite past the end, flags 0x%x" % flags) as cm:
+                        os.pwrite(fd, mv[:4096], SIZE + 1 * MiB)
+                    self.assertEqual(cm.exception.errno, errno.ENOSPC)
+                    self.assertEqual(os.pwrite(fd, mv, SIZE - 4096), 4096, "write across the end")
+                    os.fsync(fd)
+                    self.assertEqual(os.fstat(fd).st_size, SIZE)
+                finally:
+                    os.close(fd)
+            self.assertEqual(os.stat(disk).st_size, SIZE)
+            with self.assertRaises(OSError) as cm:
+                os.open(disk, os.O_RDWR | os.O_TRUNC)
+            self.assertEqual(cm.exception.errno, errno.EINVAL, "O_TRUNC open of disk.raw (kvmfs(8))")
+        finally:
+            self.unmount(m)
+        self.assertEqual(h.qemu_info(img)["virtual-size"], SIZE)
+        rc, out = h.qemu_check(img)
+        self.assertEqual(rc, 0, out)
+        h.qemu_io(img, "read -P 0x6d %d 4096" % (SIZE - 4096), "read -P 0 0 %d" % (SIZE - 4096))
+
+    def test_fallocate_mode0(self):
+        # mode 0 inside the disk succeeds and changes nothing; past the end it grows the disk
+        name = "alloc.qcow2"
+        img = h.create_qcow2(os.path.join(self.pool, name), SIZE)
+        h.qemu_io(img, "write -P 0x26 0 1M")
+        m = self.mount(options=h.RW, name="mnt-alloc")
+        try:
+            disk = m.path(name, "disk.raw")
+            p = subprocess.run([FALLOCATE, "-o", "512", "-l", str(2 * MiB), disk],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.assertEqual(p.returncode, 0, p.stdout)
+            self.assertEqual(h.peek(disk, 0, MiB), b"\x26" * MiB)
+            self.assertEqual(os.stat(disk).st_size, SIZE)
+            p = subprocess.run([FALLOCATE, "-o", str(SIZE - 4096), "-l", str(MiB), disk],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.assertEqual(p.returncode, 0, p.stdout)
+            self.assertEqual(os.stat(disk).st_size, SIZE - 4096 + MiB)
+        finally:
+            self.unmount(m)
+        self.assertEqual(h.qemu_info(img)["virtual-size"], SIZE - 4096 + MiB)
+        rc, out = h.qemu_check(img)
+        self.assertEqual(rc, 0, out)
+        h.qemu_io(img, "read -P 0x26 0 1M", "read -P 0 1M %d" % (SIZE - 4096))
 
     # ---- read-only ------------------------------------------------------------
 
