@@ -637,23 +637,32 @@ class Bench:
         if prep > 10:
             log("  (cache preparation before %s on %s took %.0f s: busy machine)" % (
                 name, system, prep))
+        # Teardown (unmount; kvmfs and QSD both flush written data to the image then) is
+        # recorded as teardown_s, not counted in the fio figure.
         if system == "kvmfs":
-            m = KvmfsMount(self, src_dir, readonly=not write).start()
-            try:
-                target_file = m.path(rel, "disk.raw")
-                if write:
-                    why = self.probe_writable(target_file)
-                    if why:
-                        self.kvmfs_readonly = why
-                        return None
-                return run_fio(target_file, rw, bs, jobs, self.runtime, time_based=time_based)
-            finally:
-                m.stop()
-        q = QsdExport(self, image, fmt, writable=write).start()
+            obj = KvmfsMount(self, src_dir, readonly=not write).start()
+            target_file = obj.path(rel, "disk.raw")
+        else:
+            obj = QsdExport(self, image, fmt, writable=write).start()
+            target_file = obj.mnt
+        res = None
         try:
-            return run_fio(q.mnt, rw, bs, jobs, self.runtime, time_based=time_based)
+            if system == "kvmfs" and write:
+                why = self.probe_writable(target_file)
+                if why:
+                    self.kvmfs_readonly = why
+                    return None
+            res = run_fio(target_file, rw, bs, jobs, self.runtime, time_based=time_based)
+            return res
         finally:
-            q.stop()
+            t1 = time.monotonic()
+            obj.stop()
+            if res is not None:
+                res["prep_s"] = round(prep, 2)
+                res["teardown_s"] = round(time.monotonic() - t1, 2)
+                if res["teardown_s"] > 10:
+                    log("  (unmounting %s after %s took %.0f s: flushing writes to a busy disk)" % (
+                        system, name, res["teardown_s"]))
 
     def run_workloads(self):
         wls = [w for w in WORKLOADS if w[0] in self.workloads]
