@@ -11,7 +11,7 @@ PACKAGES=(
   libfuse3-dev libspdlog-dev zlib1g-dev libzstd-dev libdeflate-dev liblz4-dev
   libssl-dev libyaml-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev
   # runtime and tests
-  fuse3 qemu-utils python3 fio man-db groff
+  fuse3 qemu-utils qemu-system-common python3 fio util-linux man-db groff
 )
 
 missing=()
