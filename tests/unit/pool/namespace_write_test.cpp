@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <thread>
 #include <vector>
 
 #include "backend/image_lock.h"
@@ -225,6 +227,39 @@ TEST_F(NamespaceWriteTest, SnapshotMkdirRmdirWhenTheEngineWrites) {
   EXPECT_EQ(ns_->List("/vm.qcow2/snapshots")->size(), 1u);
   EXPECT_TRUE(LockedBytes("vm.qcow2").empty());
   EXPECT_TRUE(TempDir::Run("qemu-img check '" + dir_.P("vm.qcow2") + "'"));
+}
+
+TEST_F(NamespaceWriteTest, ConcurrentHandlesEndWithoutLocks) {
+  // Readers and writers open, write, stat and close at once; the handle
+  // counts, lock upgrades and write sessions must end where they began.
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 40; ++i) {
+        auto f = ns_->Open("/a.raw/disk.raw", t % 2 ? O_RDWR : O_RDONLY);
+        if (!f.ok()) {
+          ++failures;
+          continue;
+        }
+        if (f->writable) {
+          char b = static_cast<char>('0' + t);
+          if (!f->image->Write(static_cast<uint64_t>(t * 4096 + i), &b, 1).ok()) ++failures;
+          f->owner->Changed();
+        }
+        if (!ns_->Stat("/a.raw/disk.raw").ok()) ++failures;
+        if (i % 8 == 0 && ns_->Open("/a.raw/info.json", O_RDONLY)->content.empty()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_TRUE(LockedBytes("a.raw").empty());
+  auto f = ns_->Open("/a.raw/disk.raw", O_RDONLY);
+  ASSERT_TRUE(f.ok());
+  char got = 0;
+  ASSERT_TRUE(f->image->Read(1 * 4096 + 39, &got, 1).ok());
+  EXPECT_EQ(got, '1');
 }
 
 TEST(SnapshotNameForDir, InvertsEscaping) {
