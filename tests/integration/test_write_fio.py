@@ -82,8 +82,9 @@ class WriteFio(h.KvmfsTestCase):
             snaps.append("s1")
         h.qemu_io(img, *PREFILL[5:])
         if snapshots:
-            h.qemu_img("snapshot", "-c", "s2", img)
+            # the last step: kvmfs's writes find every L2 table and cluster shared
             h.qemu_io(img, "write -P 0x77 1M 2M", "write -P 0x78 31M 4M")
+            h.qemu_img("snapshot", "-c", "s2", img)
             snaps.append("s2")
         return pool, img, snaps, []
 
