@@ -371,6 +371,27 @@ TEST_F(Qcow2WritePath, ConcurrentWritersAndReaders) {
       }
     });
   }
+  // Snapshots taken and dropped while all of that runs.
+  threads.emplace_back([&] {
+    std::vector<uint8_t> buf(1 << 20);
+    for (int i = 0; i < 3 && !failed; ++i) {
+      auto info = img.CreateSnapshot("c" + std::to_string(i));
+      if (!info.ok()) {
+        ADD_FAILURE() << info.status().ToString();
+        failed = true;
+        return;
+      }
+      auto view = img.OpenSnapshot(info->id);
+      Status st = view.ok() ? (*view)->Read(kShared, buf.data(), buf.size()) : view.status();
+      if (st.ok()) st = img.DeleteSnapshot(info->id);
+      if (!st.ok()) {
+        ADD_FAILURE() << st.ToString();
+        failed = true;
+        return;
+      }
+      EXPECT_EQ((*view)->Read(0, buf.data(), 4096).code(), Code::kNotFound);
+    }
+  });
   for (auto& th : threads) th.join();
   ASSERT_FALSE(failed);
   for (int t = 0; t < kOwners; ++t)

@@ -134,7 +134,9 @@ class Qcow2Fault : public WriteTest {
             << what << ": " << st.ToString();
       }
       w->image.reset();  // the process dies: nothing more is written
-      if (journal) EXPECT_TRUE(DropUnsynced(*w->file, keep).ok());
+      if (journal) {
+        EXPECT_TRUE(DropUnsynced(*w->file, keep).ok());
+      }
     }
     VerifyAfterCrash(durable, touched, what);
     return phase2_writes;

@@ -68,7 +68,9 @@ class WriteTest : public ::testing::Test {
     char shm[] = "/dev/shm/kvmfs-qcow2w-XXXXXX";
     char tmp[] = "/tmp/kvmfs-qcow2w-XXXXXX";
     char* tmpl = ::mkdtemp(shm) != nullptr ? shm : tmp;
-    if (tmpl == tmp) ASSERT_NE(::mkdtemp(tmp), nullptr);
+    if (tmpl == tmp) {
+      ASSERT_NE(::mkdtemp(tmp), nullptr);
+    }
     dir_ = fs::canonical(tmpl).string();
   }
   void TearDown() override {

@@ -31,7 +31,7 @@ std::pair<uint64_t, uint64_t> RandomRange(std::mt19937_64& rng, uint64_t size, u
     case 1: len = cs * (1 + rng() % 4); break;
     case 2: len = 1 + rng() % (3 * cs + 1000); break;
     case 3: len = 512 * (1 + rng() % 64); break;
-    default: len = 1 + rng() % (1u << 20); break;
+    default: len = 1 + rng() % (512u << 10); break;
   }
   len = std::min<uint64_t>(len, std::min<uint64_t>(size, 2u << 20));
   uint64_t off = rng() % (size - len + 1);
@@ -145,21 +145,21 @@ const std::string kFill =
 
 std::vector<Shape> Shapes() {
   std::vector<Shape> v;
-  v.push_back({"v2_64k", {kCreate + "-o compat=0.10 img.qcow2 32M", kFill}});
-  v.push_back({"v3_64k", {kCreate + "img.qcow2 32M", kFill}});
+  v.push_back({"v2_64k", {kCreate + "-o compat=0.10 img.qcow2 16M", kFill}, 65536, 200});
+  v.push_back({"v3_64k", {kCreate + "img.qcow2 16M", kFill}, 65536, 200});
   v.push_back({"v3_512", {kCreate + "-o cluster_size=512 img.qcow2 16M", kFill}, 512, 200});
   v.push_back({"v3_4k", {kCreate + "-o cluster_size=4k img.qcow2 32M", kFill}, 4096});
-  v.push_back({"v3_2m", {kCreate + "-o cluster_size=2M img.qcow2 64M", kFill}, 2u << 20, 150});
+  v.push_back({"v3_2m", {kCreate + "-o cluster_size=2M img.qcow2 24M", kFill}, 2u << 20, 120});
   v.push_back({"v2_4k", {kCreate + "-o compat=0.10,cluster_size=4k img.qcow2 16M", kFill}, 4096});
   v.push_back({"extended_l2_32k",
                {kCreate + "-o extended_l2=on,cluster_size=32k img.qcow2 32M", kFill}, 32768});
   v.push_back({"extended_l2_2m_over_backing",
-               {kCreate + "base.qcow2 64M",
-                "qemu-io -c 'write -P 0x77 0 20M' -c 'write -P 0x78 30M 3M' base.qcow2 >/dev/null",
-                kCreate + "-o extended_l2=on,cluster_size=2M -b base.qcow2 -F qcow2 img.qcow2 64M",
+               {kCreate + "base.qcow2 32M",
+                "qemu-io -c 'write -P 0x77 0 20M' -c 'write -P 0x78 26M 3M' base.qcow2 >/dev/null",
+                kCreate + "-o extended_l2=on,cluster_size=2M -b base.qcow2 -F qcow2 img.qcow2 32M",
                 "qemu-io -c 'write -P 0x12 4k 4k' -c 'write -z 2M 64k' -c 'write -P 0x13 6M 100k' "
                 "img.qcow2 >/dev/null"},
-               2u << 20, 150});
+               2u << 20, 120});
   for (int bits : {1, 2, 4, 8, 16, 32, 64})
     v.push_back({"refcount_bits_" + std::to_string(bits),
                  {kCreate + "-o refcount_bits=" + std::to_string(bits) + ",cluster_size=4k img.qcow2 16M",
