@@ -149,7 +149,7 @@ TEST_F(Qcow2Fault, EveryFailedWriteLeavesAConsistentImage) {
   Prepare("-o cluster_size=4k");
   const uint64_t total = RunOnce([](FaultInjector&) {}, false, 0, "no fault");
   ASSERT_GT(total, 10u);
-  const uint64_t step = std::max<uint64_t>(1, total / 12);
+  const uint64_t step = std::max<uint64_t>(1, total * kRoundsDivisor / 12);
   for (int err : {EIO, ENOSPC})
     for (uint64_t k = 1 + step / 2; k <= total; k += step) {
       const std::string what = "write " + std::to_string(k) + "/" + std::to_string(total) +
@@ -161,7 +161,7 @@ TEST_F(Qcow2Fault, EveryFailedWriteLeavesAConsistentImage) {
 
 TEST_F(Qcow2Fault, EveryFailedFlushLeavesAConsistentImage) {
   Prepare("-o cluster_size=16k,refcount_bits=8");
-  for (uint64_t k = 1; k <= 24; k += 3) {
+  for (uint64_t k = 1; k <= 24; k += 3 * kRoundsDivisor) {
     RunOnce([&](FaultInjector& f) { f.FailNthFlush(k, EIO); }, false, 0,
             "flush " + std::to_string(k));
     if (HasFailure()) return;
@@ -171,7 +171,7 @@ TEST_F(Qcow2Fault, EveryFailedFlushLeavesAConsistentImage) {
 TEST_F(Qcow2Fault, CrashesLosingUnflushedWritesLeaveAtWorstLeaks) {
   Prepare("-o cluster_size=4k");
   std::mt19937_64 rng(7);
-  for (int trial = 0; trial < 14; ++trial) {
+  for (int trial = 0; trial < 14 / kRoundsDivisor; ++trial) {
     // Stop at a random write (the device dies), then lose every write
     // after the last flush but an ordered prefix of them.
     const uint64_t k = 1 + rng() % 400;

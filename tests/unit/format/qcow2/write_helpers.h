@@ -23,6 +23,13 @@ namespace kvmfs::test {
 
 namespace fs = std::filesystem;
 
+// Sanitizer builds run several times slower: they do a part of the rounds.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr int kRoundsDivisor = 3;
+#else
+inline constexpr int kRoundsDivisor = 1;
+#endif
+
 // Runs `cmd` in a shell; returns the exit status (-1 if it did not exit) and
 // fills `out` with stdout+stderr.
 inline int RunCmd(const std::string& cmd, std::string* out = nullptr) {

@@ -63,7 +63,7 @@ TEST_P(Qcow2WriteModel, RandomOpsMatchReferenceAndCheckIsClean) {
   for (const SnapshotInfo& s : img.Snapshots()) snaps[s.name] = QemuRaw("img.qcow2", s.name);
   std::vector<uint8_t> data;
   const uint64_t cs = shape.cluster;
-  for (int i = 0; i < shape.ops; ++i) {
+  for (int i = 0; i < shape.ops / kRoundsDivisor; ++i) {
     const uint64_t size = ref.size();
     const int r = static_cast<int>(rng() % 100);
     auto [off, len] = RandomRange(rng, size, cs);
