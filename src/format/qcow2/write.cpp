@@ -119,9 +119,9 @@ bool Engine::OverlapsMetadata(uint64_t host, uint64_t len) const {
 
 Status Engine::BeginWrites() {
   std::unique_lock<std::shared_mutex> lock(rw_);
-  if (!opened_writable_) return Status::ReadOnly(name_ + ": opened read-only");
   const std::string reason = ReadOnlyReason();
   if (!reason.empty()) return Status::ReadOnly(name_ + ": " + reason);
+  if (!opened_writable_) return Status::ReadOnly(name_ + ": opened read-only");
   if (writing_.load()) return Status::OK();
   if (!file_->writable() || !data_->writable())
     return Status::ReadOnly(name_ + ": the file is not open for writing");
