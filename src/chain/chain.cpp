@@ -104,8 +104,19 @@ Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
     OpenContext ctx;
     ctx.name = current;
     ctx.writable = writable;
-    ctx.open_related = [current, &policy](const std::string& name) -> Result<std::shared_ptr<Backend>> {
+    ctx.open_related = [current, &policy,
+                        writable](const std::string& name) -> Result<std::shared_ptr<Backend>> {
       KVMFS_ASSIGN_OR_RETURN(std::string related, ResolveRelated(current, name, "data file", policy));
+      // A writable image writes its guest data into the data file: open it
+      // read-write too, or read-only when the host refuses (the driver then
+      // serves the image read-only and says why).
+      if (writable) {
+        auto rw = OpenLocalFile(related, true);
+        if (rw.ok()) return std::shared_ptr<Backend>(std::move(rw).value());
+        if (rw.status().code() != Status::Code::kPermission &&
+            rw.status().code() != Status::Code::kReadOnly)
+          return rw.status();
+      }
       KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, OpenLocalFile(related, false));
       return std::shared_ptr<Backend>(std::move(b));
     };
