@@ -1,6 +1,6 @@
 #!/bin/bash
 # Installs what is missing, builds kvmfs, makes a small demo pool with qemu-img
-# and mounts it read-only, then prints what to try.
+# and mounts it read-write, then prints what to try.
 #
 # usage: tools/demo.sh [DEMO_DIR]      (default /tmp/kvmfs-demo)
 #   DEMO_DIR/pool   the images (made fresh on every run)
@@ -71,12 +71,12 @@ q -c 'write -P 0x33 0 4k' "$pool/vms/snap.qcow2"
 # a file that is not an image: not shown in the mount
 echo "not an image" > "$pool/vms/README.txt"
 
-echo "=== mounting: $kvmfs $pool $mnt -o ro"
-"$kvmfs" "$pool" "$mnt" -o ro
+echo "=== mounting: $kvmfs $pool $mnt"
+"$kvmfs" "$pool" "$mnt"
 
 cat <<EOF
 
-kvmfs is mounted at $mnt (read-only). Try:
+kvmfs is mounted at $mnt (read-write; add -o ro for read-only). Try:
 
   ls -R $mnt
   cat $mnt/vms/plain.qcow2/info.json
@@ -88,6 +88,9 @@ kvmfs is mounted at $mnt (read-only). Try:
   ls $mnt/chain/top.qcow2/backing/           # 1-middle.qcow2  2-base.raw
   cp --sparse=always $mnt/chain/top.qcow2/disk.raw /tmp/top.raw && du -h --apparent-size /tmp/top.raw && du -h /tmp/top.raw
   dd if=$mnt/vms/compressed.qcow2/disk.raw bs=1k count=1 status=none | head -3
+  mkdir $mnt/vms/plain.qcow2/snapshots/mine   # qemu-img snapshot -c mine
+  echo hello | dd of=$mnt/vms/plain.qcow2/disk.raw conv=notrunc,fsync status=none
+  fusermount3 -u $mnt && qemu-img check $pool/vms/plain.qcow2 && qemu-img snapshot -l $pool/vms/plain.qcow2
 
 When done:
 
