@@ -17,32 +17,37 @@ std::string Hex(uint64_t v) {
   return buf;
 }
 
-// ---- Decoders -------------------------------------------------------------------
+// ---- Decoders and encoders -------------------------------------------------------
+
+// The big-endian integer fields of HeaderRaw, in disk order: one list for
+// Decode and Encode, so the two cannot drift apart.
+#define KVMFS_QCOW2_HEADER_FIELDS(X) \
+  X(magic, 32)                       \
+  X(version, 32)                     \
+  X(backing_file_offset, 64)         \
+  X(backing_file_size, 32)           \
+  X(cluster_bits, 32)                \
+  X(size, 64)                        \
+  X(crypt_method, 32)                \
+  X(l1_size, 32)                     \
+  X(l1_table_offset, 64)             \
+  X(refcount_table_offset, 64)       \
+  X(refcount_table_clusters, 32)     \
+  X(nb_snapshots, 32)                \
+  X(snapshots_offset, 64)            \
+  X(incompatible_features, 64)       \
+  X(compatible_features, 64)         \
+  X(autoclear_features, 64)          \
+  X(refcount_order, 32)              \
+  X(header_length, 32)
 
 HeaderRaw HeaderRaw::Decode(const uint8_t* p, size_t length) {
   // Fields at or past `length` are absent and read as 0.
   uint8_t buf[sizeof(HeaderRaw)] = {};
   std::memcpy(buf, p, length < sizeof buf ? length : sizeof buf);
   HeaderRaw h{};
-#define KVMFS_BE(field, bits) h.field = LoadBE##bits(buf + offsetof(HeaderRaw, field))
-  KVMFS_BE(magic, 32);
-  KVMFS_BE(version, 32);
-  KVMFS_BE(backing_file_offset, 64);
-  KVMFS_BE(backing_file_size, 32);
-  KVMFS_BE(cluster_bits, 32);
-  KVMFS_BE(size, 64);
-  KVMFS_BE(crypt_method, 32);
-  KVMFS_BE(l1_size, 32);
-  KVMFS_BE(l1_table_offset, 64);
-  KVMFS_BE(refcount_table_offset, 64);
-  KVMFS_BE(refcount_table_clusters, 32);
-  KVMFS_BE(nb_snapshots, 32);
-  KVMFS_BE(snapshots_offset, 64);
-  KVMFS_BE(incompatible_features, 64);
-  KVMFS_BE(compatible_features, 64);
-  KVMFS_BE(autoclear_features, 64);
-  KVMFS_BE(refcount_order, 32);
-  KVMFS_BE(header_length, 32);
+#define KVMFS_BE(field, bits) h.field = LoadBE##bits(buf + offsetof(HeaderRaw, field));
+  KVMFS_QCOW2_HEADER_FIELDS(KVMFS_BE)
 #undef KVMFS_BE
   h.compression_type = buf[offsetof(HeaderRaw, compression_type)];
   return h;
@@ -50,29 +55,13 @@ HeaderRaw HeaderRaw::Decode(const uint8_t* p, size_t length) {
 
 void HeaderRaw::Encode(uint8_t* p) const {
   std::memset(p, 0, sizeof(HeaderRaw));
-#define KVMFS_BE(field, bits) StoreBE##bits(p + offsetof(HeaderRaw, field), field)
-  KVMFS_BE(magic, 32);
-  KVMFS_BE(version, 32);
-  KVMFS_BE(backing_file_offset, 64);
-  KVMFS_BE(backing_file_size, 32);
-  KVMFS_BE(cluster_bits, 32);
-  KVMFS_BE(size, 64);
-  KVMFS_BE(crypt_method, 32);
-  KVMFS_BE(l1_size, 32);
-  KVMFS_BE(l1_table_offset, 64);
-  KVMFS_BE(refcount_table_offset, 64);
-  KVMFS_BE(refcount_table_clusters, 32);
-  KVMFS_BE(nb_snapshots, 32);
-  KVMFS_BE(snapshots_offset, 64);
-  KVMFS_BE(incompatible_features, 64);
-  KVMFS_BE(compatible_features, 64);
-  KVMFS_BE(autoclear_features, 64);
-  KVMFS_BE(refcount_order, 32);
-  KVMFS_BE(header_length, 32);
+#define KVMFS_BE(field, bits) StoreBE##bits(p + offsetof(HeaderRaw, field), field);
+  KVMFS_QCOW2_HEADER_FIELDS(KVMFS_BE)
 #undef KVMFS_BE
   p[offsetof(HeaderRaw, compression_type)] = compression_type;
   std::memcpy(p + offsetof(HeaderRaw, padding), padding, sizeof padding);
 }
+#undef KVMFS_QCOW2_HEADER_FIELDS
 
 ExtensionHeader ExtensionHeader::Decode(const uint8_t* p) {
   return ExtensionHeader{LoadBE32(p + offsetof(ExtensionHeader, type)),
