@@ -1,6 +1,7 @@
 // QEMU's image locks: OFD byte locks from two descriptors of one file conflict
 // as QEMU's raw_check_lock_bytes says; claims inside kvmfs share one descriptor.
 #include "backend/image_lock.h"
+#include "lock_probe.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -28,21 +29,7 @@ class ImageLockTest : public ::testing::Test {
 
   // The bytes some other open file description holds, as another program
   // (QEMU) would see them with F_OFD_GETLK.
-  std::vector<int> LockedBytes() {
-    int fd = ::open(path_.c_str(), O_RDONLY);
-    std::vector<int> bytes;
-    for (int b : {100, 101, 102, 103, 200, 201, 202, 203}) {
-      struct flock fl {};
-      fl.l_type = F_WRLCK;
-      fl.l_whence = SEEK_SET;
-      fl.l_start = b;
-      fl.l_len = 1;
-      EXPECT_EQ(::fcntl(fd, F_OFD_GETLK, &fl), 0);
-      if (fl.l_type != F_UNLCK) bytes.push_back(b);
-    }
-    ::close(fd);
-    return bytes;
-  }
+  std::vector<int> LockedBytes() { return kvmfs::testing::HeldLockBytes(path_); }
 
   std::unique_ptr<FileLock> Open() {
     auto fl = FileLock::Open(path_);

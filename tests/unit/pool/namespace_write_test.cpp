@@ -12,6 +12,7 @@
 #include "backend/image_lock.h"
 #include "pool/namespace.h"
 #include "pool/snapshot_names.h"
+#include "../backend/lock_probe.h"
 #include "temp_dir.h"
 
 namespace kvmfs::pool {
@@ -35,19 +36,7 @@ class NamespaceWriteTest : public ::testing::Test {
   }
   // Bytes 100..103, 200..203 that someone holds, as QEMU would test them.
   std::vector<int> LockedBytes(const std::string& name) {
-    int fd = ::open(dir_.P(name).c_str(), O_RDONLY);
-    std::vector<int> bytes;
-    for (int b : {100, 101, 102, 103, 200, 201, 202, 203}) {
-      struct flock fl {};
-      fl.l_type = F_WRLCK;
-      fl.l_whence = SEEK_SET;
-      fl.l_start = b;
-      fl.l_len = 1;
-      EXPECT_EQ(::fcntl(fd, F_OFD_GETLK, &fl), 0);
-      if (fl.l_type != F_UNLCK) bytes.push_back(b);
-    }
-    ::close(fd);
-    return bytes;
+    return kvmfs::testing::HeldLockBytes(dir_.P(name));
   }
   bool MakeQcow2WithSnapshot() {
     if (!HaveQemuImg()) return false;
