@@ -416,6 +416,12 @@ Result<std::shared_ptr<OpenImage>> ImageCache::Get(const std::string& path) {
 
 void ImageCache::Evict() {
   std::lock_guard lock(mu_);
+  // A scan costs one try_lock per slot ever seen: with thousands of images
+  // (ls -R of a large pool opens each once) scanning after every open would
+  // make the walk quadratic. Up to EvictEvery() images beyond the limit stay
+  // open until the next scan.
+  if (++opens_since_evict_ < EvictEvery()) return;
+  opens_since_evict_ = 0;
   // Candidates: opened (not failed) images that only the cache holds. A slot
   // busy opening is skipped (try_lock), so this never waits under mu_.
   std::vector<std::pair<uint64_t, Slot*>> idle;

@@ -2,6 +2,7 @@
 // kept while the file is unchanged.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -206,7 +207,10 @@ class ImageCache {
     uint64_t last_use = 0;               // GUARDED_BY(ImageCache::mu_)
   };
   // Closes unreferenced opened images beyond max_open_, oldest use first.
+  // Called after each new open; scans the slots only every EvictEvery()
+  // opens, so that walking a pool of many thousand images stays linear.
   void Evict();
+  size_t EvictEvery() const { return std::max<size_t>(1, max_open_ / 8); }
 
   const ChainPolicy policy_;
   ProbeCache* const probe_;
@@ -215,6 +219,7 @@ class ImageCache {
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Slot>> slots_;  // GUARDED_BY(mu_)
   uint64_t clock_ = 0;                                  // GUARDED_BY(mu_)
+  size_t opens_since_evict_ = 0;                        // GUARDED_BY(mu_)
 };
 
 }  // namespace kvmfs::pool
