@@ -9,7 +9,9 @@ fuse_operations MakeOperations() {
   ops.init = Init;              // op_init.cpp
   ops.destroy = Destroy;        // op_init.cpp
   ops.getattr = GetAttr;        // op_getattr.cpp
+  ops.opendir = OpenDir;        // op_readdir.cpp
   ops.readdir = ReadDir;        // op_readdir.cpp
+  ops.releasedir = ReleaseDir;  // op_readdir.cpp
   ops.open = Open;              // op_open.cpp
   ops.release = Release;        // op_open.cpp
   ops.read = Read;              // op_read.cpp

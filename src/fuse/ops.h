@@ -39,6 +39,8 @@ void Destroy(void* private_data);
 // op_getattr.cpp
 int GetAttr(const char* path, struct stat* st, fuse_file_info* fi);
 // op_readdir.cpp
+int OpenDir(const char* path, fuse_file_info* fi);
+int ReleaseDir(const char* path, fuse_file_info* fi);
 int ReadDir(const char* path, void* buf, fuse_fill_dir_t filler, off_t off, fuse_file_info* fi,
             fuse_readdir_flags flags);
 // op_open.cpp

@@ -197,6 +197,10 @@ bool Namespace::TopWritable(const Node& node) const {
 
 Result<struct stat> Namespace::Stat(const std::string& path) {
   KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  return StatNode(node);
+}
+
+struct stat Namespace::StatNode(const Node& node) {
   struct stat st = BaseStat(node);
   if ((node.kind == NodeKind::kDisk && node.view.kind == ViewId::Kind::kTop) ||
       node.kind == NodeKind::kSnapshotsDir) {
@@ -225,7 +229,7 @@ Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
         std::string name = d->d_name;
         if (name.empty() || name[0] == '.') continue;
         auto child = Child(node, name);
-        if (child.ok()) entries.push_back({name, true});
+        if (child.ok()) entries.push_back({name, true, BaseStat(*child)});
       }
       std::sort(entries.begin(), entries.end(),
                 [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
@@ -233,22 +237,36 @@ Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
     }
     case NodeKind::kImageDir: {
       KVMFS_ASSIGN_OR_RETURN(auto image, ImageOf(node));
-      entries.push_back({kDiskName, false});
-      entries.push_back({kInfoName, false});
-      if (HasSnapshotsDir(*image)) entries.push_back({kSnapshotsName, true});
-      if (image->ok() && image->chain().layers.size() > 1) entries.push_back({kBackingName, true});
+      Node child = node;
+      child.image = image;
+      child.view = ViewId::Top();
+      entries.push_back({kDiskName, false, std::nullopt});
+      entries.push_back({kInfoName, false, std::nullopt});
+      if (HasSnapshotsDir(*image)) {
+        child.kind = NodeKind::kSnapshotsDir;
+        entries.push_back({kSnapshotsName, true, StatNode(child)});
+      }
+      if (image->ok() && image->chain().layers.size() > 1) {
+        child.kind = NodeKind::kBackingDir;
+        entries.push_back({kBackingName, true, StatNode(child)});
+      }
       break;
     }
     case NodeKind::kSnapshotsDir:
-      for (const std::string& name : node.image->snapshot_dir_names()) entries.push_back({name, true});
+    case NodeKind::kBackingDir: {
+      Node child = node;
+      child.kind = node.kind == NodeKind::kSnapshotsDir ? NodeKind::kSnapshotDir : NodeKind::kLayerDir;
+      const struct stat st = BaseStat(child);
+      for (const std::string& name : node.kind == NodeKind::kSnapshotsDir
+                                         ? node.image->snapshot_dir_names()
+                                         : node.image->LayerDirNames())
+        entries.push_back({name, true, st});
       break;
-    case NodeKind::kBackingDir:
-      for (const std::string& name : node.image->LayerDirNames()) entries.push_back({name, true});
-      break;
+    }
     case NodeKind::kSnapshotDir:
     case NodeKind::kLayerDir:
-      entries.push_back({kDiskName, false});
-      entries.push_back({kInfoName, false});
+      entries.push_back({kDiskName, false, std::nullopt});
+      entries.push_back({kInfoName, false, std::nullopt});
       break;
     case NodeKind::kDisk:
     case NodeKind::kInfo:

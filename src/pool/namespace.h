@@ -17,6 +17,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,10 @@ struct Node {
 struct DirEntry {
   std::string name;
   bool is_dir = false;
+  // The entry's attributes (as Stat() of it) when they came for free with
+  // the listing: folders and image/snapshot/layer directories. Handed to the
+  // kernel with READDIRPLUS, which then skips a LOOKUP per entry.
+  std::optional<struct stat> st;
 };
 
 // One open disk.raw counted in its OpenImage (locks, write session): gives
@@ -168,6 +173,7 @@ class Namespace {
   Status WithWriter(const Node& node, const std::function<Status(Image&)>& fn);
   bool TopWritable(const Node& node) const;
   struct stat BaseStat(const Node& node) const;
+  struct stat StatNode(const Node& node);
 
   const NamespaceOptions options_;
   ProbeCache probe_;

@@ -62,7 +62,7 @@ Result<std::vector<DirEntry>> PoolSet::List(const std::string& path) {
   KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, Route(path, &rest));
   if (pool == nullptr) {
     std::vector<DirEntry> out;
-    for (const PoolEntry& p : pools_) out.push_back(DirEntry{p.name, true});
+    for (const PoolEntry& p : pools_) out.push_back(DirEntry{p.name, true, std::nullopt});
     return out;
   }
   if (!pool->ns) {
