@@ -375,6 +375,12 @@ ImageCache::ImageCache(ChainPolicy policy, ProbeCache* probe, ChainOpener opener
 Result<std::shared_ptr<OpenImage>> ImageCache::Get(const std::string& path) {
   KVMFS_ASSIGN_OR_RETURN(std::string canonical, CanonicalPath(path));
   KVMFS_ASSIGN_OR_RETURN(struct stat st, StatPath(canonical));
+  return GetCanonical(canonical, st);
+}
+
+Result<std::shared_ptr<OpenImage>> ImageCache::GetCanonical(const std::string& canonical,
+                                                            const struct stat& known) {
+  struct stat st = known;
   FileKey key = FileKey::FromStat(st);
 
   std::shared_ptr<Slot> slot;

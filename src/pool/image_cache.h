@@ -192,6 +192,10 @@ class ImageCache {
   // when the file itself cannot be found or stat'ed; open failures are in the
   // entry's status().
   Result<std::shared_ptr<OpenImage>> Get(const std::string& path);
+  // The same for a `path` the caller knows to be canonical, with its fresh
+  // stat (the namespace resolved and stat'ed it a moment ago): saves the
+  // realpath and stat calls on every request below an image directory.
+  Result<std::shared_ptr<OpenImage>> GetCanonical(const std::string& path, const struct stat& st);
 
   // The format Get() would use for `path`, without opening it.
   std::string FormatOf(const std::string& path, const struct stat& st) {

@@ -61,6 +61,7 @@ Result<Node> Namespace::Child(const Node& dir, const std::string& name) {
   if (name.empty() || name[0] == '.') return NoEntry(dir.host_path + "/" + name);
   Node node;
   node.host_path = dir.host_path + "/" + name;
+  node.canonical = dir.canonical;
   // Our own mount point inside SOURCE: looking at it would call back into us.
   if (std::find(options_.hidden.begin(), options_.hidden.end(), node.host_path) !=
       options_.hidden.end())
@@ -73,6 +74,7 @@ Result<Node> Namespace::Child(const Node& dir, const std::string& name) {
     auto st = StatPath(node.host_path);
     if (!st.ok() || !S_ISBLK(st->st_mode)) return NoEntry(node.host_path);
     node.host_st = *st;
+    node.canonical = dir.canonical && !S_ISLNK(lst.st_mode);
     node.kind = NodeKind::kImageDir;
     return node;
   }
@@ -88,6 +90,7 @@ Result<Node> Namespace::Child(const Node& dir, const std::string& name) {
       if (!parent.ok() || IsUnder(*parent, *target)) return NoEntry(node.host_path);
     }
     node.host_st = *st;
+    node.canonical = false;
   } else {
     node.host_st = lst;
   }
@@ -109,6 +112,9 @@ bool Namespace::HasExtension(const std::string& name) const {
 }
 
 Result<std::shared_ptr<OpenImage>> Namespace::ImageOf(const Node& image_dir) {
+  // SOURCE is canonical, and so is every path below it reached without a
+  // symlink (names are single components, never "." or "..").
+  if (image_dir.canonical) return cache_.GetCanonical(image_dir.host_path, image_dir.host_st);
   return cache_.Get(image_dir.host_path);
 }
 
@@ -160,6 +166,8 @@ Result<Node> Namespace::Resolve(const std::string& path) {
   Node node;
   node.kind = NodeKind::kFolder;
   node.host_path = options_.source;
+  // ("/" as SOURCE would make "//name" paths: let the cache canonicalize those.)
+  node.canonical = options_.source.size() > 1 && options_.source.back() != '/';
   KVMFS_ASSIGN_OR_RETURN(node.host_st, StatPath(options_.source));
   for (const std::string& part : SplitPath(path)) {
     if (node.kind == NodeKind::kFolder) {

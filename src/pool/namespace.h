@@ -67,6 +67,7 @@ struct Node {
   NodeKind kind = NodeKind::kFolder;
   std::string host_path;  // the folder, or the image file as named in the tree
   struct stat host_st {};  // stat of host_path (symlinks followed)
+  bool canonical = true;   // host_path was reached without following a symlink
   std::shared_ptr<OpenImage> image;  // set for every node below kImageDir
   ViewId view;                       // for kSnapshotDir, kLayerDir, kDisk, kInfo
 
