@@ -85,14 +85,37 @@ std::string ProbeMagic(const uint8_t* head, size_t len) {
 }
 
 std::string ProbeCache::Probe(const std::string& path, const struct stat& st) {
+  return ProbeEntry(path, st).verdict;
+}
+
+HeaderPeek ProbeCache::Peek(const std::string& path, const struct stat& st) {
+  HeaderPeek peek;
+  if (NameSaysRaw(BaseName(path))) {
+    peek.format = "raw";
+    peek.known = true;
+    return peek;
+  }
+  Entry entry = ProbeEntry(path, st);
+  if (entry.verdict.empty()) {
+    peek.format = "raw";
+    peek.known = true;
+    return peek;
+  }
+  if (entry.verdict == "qcow2") return entry.peek;
+  peek.format = entry.verdict;
+  return peek;
+}
+
+ProbeCache::Entry ProbeCache::ProbeEntry(const std::string& path, const struct stat& st) {
   FileKey key = FileKey::FromStat(st);
   std::string id = std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
   {
     std::lock_guard lock(mu_);
     auto it = entries_.find(id);
-    if (it != entries_.end() && it->second.key == key) return it->second.verdict;
+    if (it != entries_.end() && it->second.key == key) return it->second;
   }
   std::string verdict;
+  HeaderPeek peek;
   auto file = OpenLocalFile(path, false);
   if (file.ok()) {
     uint8_t head[kProbeBytes];
@@ -103,13 +126,24 @@ std::string ProbeCache::Probe(const std::string& path, const struct stat& st) {
       size = dev_size.ok() ? static_cast<int64_t>(*dev_size) : 0;
     }
     size_t len = static_cast<size_t>(std::min<int64_t>(size, kProbeBytes));
-    if ((*file)->ReadAt(0, head, len).ok()) verdict = ProbeMagic(head, len);
+    if ((*file)->ReadAt(0, head, len).ok()) {
+      verdict = ProbeMagic(head, len);
+      // qcow2 (v2 and v3): backing_file_offset at 8, nb_snapshots at 60.
+      if (verdict == "qcow2" && len >= 72) {
+        peek.format = verdict;
+        peek.known = true;
+        peek.has_backing = LoadBE64(head + 8) != 0;
+        peek.snapshots = LoadBE32(head + 60);
+      }
+    }
   }
+  if (!peek.known) peek.format = verdict;
+  Entry entry{key, verdict, peek};
   std::lock_guard lock(mu_);
   ++reads_;
   if (entries_.size() >= kMaxProbeEntries) entries_.clear();
-  entries_[id] = Entry{key, verdict};
-  return verdict;
+  entries_[id] = entry;
+  return entry;
 }
 
 std::string ProbeCache::FormatOf(const std::string& path, const struct stat& st) {

@@ -37,9 +37,22 @@ bool IsVmdkExtentName(const std::string& name);
 // shorter than 512.
 std::string ProbeMagic(const uint8_t* head, size_t len);
 
+// What the first bytes of an image file say about its tree, without opening
+// it: enough to list its directory (CONTRACT.md "The tree").
+struct HeaderPeek {
+  std::string format;        // as ProbeCache::FormatOf
+  bool known = false;        // the fields below are known (raw, qcow2)
+  bool has_backing = false;  // the header names a backing file
+  uint32_t snapshots = 0;    // internal snapshots in the header
+};
+
 // Caches magic probes per file version. Thread-safe.
 class ProbeCache {
  public:
+  // The format and, for raw and qcow2, backing file and snapshot count of the
+  // image at `path` (one read of its first bytes per file version).
+  HeaderPeek Peek(const std::string& path, const struct stat& st);
+
   // The magic verdict for the regular file at `path` whose stat is `st`
   // (ProbeMagic of its first 512 bytes; "" for unreadable files).
   std::string Probe(const std::string& path, const struct stat& st);
@@ -55,7 +68,9 @@ class ProbeCache {
   struct Entry {
     FileKey key;
     std::string verdict;
+    HeaderPeek peek;  // for a qcow2 verdict
   };
+  Entry ProbeEntry(const std::string& path, const struct stat& st);
   mutable std::mutex mu_;
   std::unordered_map<std::string, Entry> entries_;  // GUARDED_BY(mu_), by "dev:ino"
   size_t reads_ = 0;                                // GUARDED_BY(mu_)

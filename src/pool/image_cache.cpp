@@ -420,6 +420,19 @@ Result<std::shared_ptr<OpenImage>> ImageCache::GetCanonical(const std::string& c
   return entry;
 }
 
+std::shared_ptr<OpenImage> ImageCache::Cached(const std::string& path, const struct stat& st) {
+  std::shared_ptr<Slot> slot;
+  {
+    std::lock_guard lock(mu_);
+    auto it = slots_.find(path);
+    if (it == slots_.end()) return nullptr;
+    slot = it->second;
+  }
+  std::lock_guard lock(slot->mu);
+  if (slot->current && slot->current->IsCurrentFor(FileKey::FromStat(st))) return slot->current;
+  return nullptr;
+}
+
 void ImageCache::Evict() {
   std::lock_guard lock(mu_);
   // A scan costs one try_lock per slot ever seen: with thousands of images

@@ -197,6 +197,10 @@ class ImageCache {
   // realpath and stat calls on every request below an image directory.
   Result<std::shared_ptr<OpenImage>> GetCanonical(const std::string& path, const struct stat& st);
 
+  // The entry for canonical `path` if the image is open and current for
+  // `st`; nullptr otherwise (never opens).
+  std::shared_ptr<OpenImage> Cached(const std::string& path, const struct stat& st);
+
   // The format Get() would use for `path`, without opening it.
   std::string FormatOf(const std::string& path, const struct stat& st) {
     return probe_->FormatOf(path, st);

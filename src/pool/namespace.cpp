@@ -43,7 +43,10 @@ bool HasSnapshotsDir(const OpenImage& image) {
 }
 
 Namespace::Namespace(NamespaceOptions options, ChainOpener opener)
-    : options_(std::move(options)), cache_(PolicyFor(options_), &probe_, std::move(opener)) {}
+    : options_(std::move(options)),
+      // Headers speak for the real drivers only, not for a test's opener.
+      peek_headers_(opener == nullptr),
+      cache_(PolicyFor(options_), &probe_, std::move(opener)) {}
 
 ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {
   ChainPolicy policy;
@@ -118,6 +121,22 @@ Result<std::shared_ptr<OpenImage>> Namespace::ImageOf(const Node& image_dir) {
   return cache_.Get(image_dir.host_path);
 }
 
+std::optional<HeaderPeek> Namespace::Unopened(const Node& image_dir) {
+  if (!peek_headers_ || !image_dir.canonical || options_.blockdev) return std::nullopt;
+  if (cache_.Cached(image_dir.host_path, image_dir.host_st)) return std::nullopt;
+  HeaderPeek peek = probe_.Peek(image_dir.host_path, image_dir.host_st);
+  if (!peek.known || peek.has_backing) return std::nullopt;
+  return peek;
+}
+
+Status Namespace::EnsureImage(Node& node) {
+  if (node.image) return Status::OK();
+  Node dir = node;
+  dir.kind = NodeKind::kImageDir;
+  KVMFS_ASSIGN_OR_RETURN(node.image, ImageOf(dir));
+  return Status::OK();
+}
+
 Result<Node> Namespace::ImageChild(const Node& parent, const std::string& name) {
   Node node;
   node.host_path = parent.host_path;
@@ -126,8 +145,20 @@ Result<Node> Namespace::ImageChild(const Node& parent, const std::string& name) 
   node.view = parent.view;
   switch (parent.kind) {
     case NodeKind::kImageDir: {
-      KVMFS_ASSIGN_OR_RETURN(node.image, ImageOf(parent));
       node.view = ViewId::Top();
+      // snapshots/ and backing/ of an image nobody opened yet: its header
+      // can tell (ls -R of a pool opens nothing).
+      if (name == kSnapshotsName || name == kBackingName) {
+        if (auto peek = Unopened(parent)) {
+          if (name == kSnapshotsName && peek->format == "qcow2" && peek->snapshots == 0) {
+            node.kind = NodeKind::kSnapshotsDir;
+            return node;
+          }
+          if (name == kBackingName || peek->format == "raw")
+            return NoEntry(parent.host_path + "/" + name);
+        }
+      }
+      KVMFS_ASSIGN_OR_RETURN(node.image, ImageOf(parent));
       if (name == kDiskName) node.kind = NodeKind::kDisk;
       else if (name == kInfoName) node.kind = NodeKind::kInfo;
       else if (name == kSnapshotsName && HasSnapshotsDir(*node.image)) node.kind = NodeKind::kSnapshotsDir;
@@ -137,6 +168,7 @@ Result<Node> Namespace::ImageChild(const Node& parent, const std::string& name) 
       return node;
     }
     case NodeKind::kSnapshotsDir: {
+      if (!node.image) return NoEntry(parent.host_path + "/snapshots/" + name);  // none
       auto id = node.image->SnapshotIdForDir(name);
       if (!id) return NoEntry(parent.host_path + "/snapshots/" + name);
       node.kind = NodeKind::kSnapshotDir;
@@ -205,6 +237,9 @@ bool Namespace::TopWritable(const Node& node) const {
 
 Result<struct stat> Namespace::Stat(const std::string& path) {
   KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  // Whether snapshots/ is writable depends on the image.
+  if (node.kind == NodeKind::kSnapshotsDir && !options_.readonly)
+    KVMFS_RETURN_IF_ERROR(EnsureImage(node));
   return StatNode(node);
 }
 
@@ -244,12 +279,23 @@ Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
       break;
     }
     case NodeKind::kImageDir: {
+      entries.push_back({kDiskName, false, std::nullopt});
+      entries.push_back({kInfoName, false, std::nullopt});
+      if (auto peek = Unopened(node)) {
+        if (peek->format == "qcow2" || peek->snapshots > 0) {
+          Node child = node;
+          child.kind = NodeKind::kSnapshotsDir;
+          // (in a writable pool its mode depends on the image: no attributes)
+          std::optional<struct stat> st;
+          if (options_.readonly) st = BaseStat(child);
+          entries.push_back({kSnapshotsName, true, st});
+        }
+        break;
+      }
       KVMFS_ASSIGN_OR_RETURN(auto image, ImageOf(node));
       Node child = node;
       child.image = image;
       child.view = ViewId::Top();
-      entries.push_back({kDiskName, false, std::nullopt});
-      entries.push_back({kInfoName, false, std::nullopt});
       if (HasSnapshotsDir(*image)) {
         child.kind = NodeKind::kSnapshotsDir;
         entries.push_back({kSnapshotsName, true, StatNode(child)});
@@ -262,6 +308,7 @@ Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
     }
     case NodeKind::kSnapshotsDir:
     case NodeKind::kBackingDir: {
+      if (!node.image) break;  // an unopened image without snapshots
       Node child = node;
       child.kind = node.kind == NodeKind::kSnapshotsDir ? NodeKind::kSnapshotDir : NodeKind::kLayerDir;
       const struct stat st = BaseStat(child);
@@ -353,6 +400,7 @@ std::pair<std::string, std::string> SplitLast(const std::string& path) {
 Status Namespace::MakeSnapshotDir(const std::string& path) {
   auto [parent_path, name] = SplitLast(path);
   KVMFS_ASSIGN_OR_RETURN(Node parent, Resolve(parent_path));
+  if (parent.kind == NodeKind::kSnapshotsDir) KVMFS_RETURN_IF_ERROR(EnsureImage(parent));
   if (parent.kind != NodeKind::kSnapshotsDir) {
     if (Resolve(path).ok()) return Status::AlreadyExists(path + ": exists");
     return Status::ReadOnly(path + ": only snapshots/NAME directories can be made");

@@ -68,7 +68,9 @@ struct Node {
   std::string host_path;  // the folder, or the image file as named in the tree
   struct stat host_st {};  // stat of host_path (symlinks followed)
   bool canonical = true;   // host_path was reached without following a symlink
-  std::shared_ptr<OpenImage> image;  // set for every node below kImageDir
+  // Set for every node below kImageDir, except a kSnapshotsDir of an image
+  // not opened yet whose header says it has no snapshots (EnsureImage()).
+  std::shared_ptr<OpenImage> image;
   ViewId view;                       // for kSnapshotDir, kLayerDir, kDisk, kInfo
 
   bool IsDir() const { return kind != NodeKind::kDisk && kind != NodeKind::kInfo; }
@@ -169,6 +171,12 @@ class Namespace {
   Result<Node> Child(const Node& dir, const std::string& name);
   Result<Node> ImageChild(const Node& parent, const std::string& name);
   Result<std::shared_ptr<OpenImage>> ImageOf(const Node& image_dir);
+  // For an image directory whose image is not open: what its header says,
+  // when that is enough to list the directory without opening the image (raw,
+  // or qcow2 without a backing file); nullopt otherwise.
+  std::optional<HeaderPeek> Unopened(const Node& image_dir);
+  // Opens the image of a node below an image directory if still unopened.
+  Status EnsureImage(Node& node);
   bool HasExtension(const std::string& name) const;
   // A brief write session on the top image of `node` (truncate, snapshots).
   Status WithWriter(const Node& node, const std::function<Status(Image&)>& fn);
@@ -177,6 +185,7 @@ class Namespace {
   struct stat StatNode(const Node& node);
 
   const NamespaceOptions options_;
+  const bool peek_headers_;  // Unopened() may answer from image headers
   ProbeCache probe_;
   ImageCache cache_;
 };

@@ -5,6 +5,7 @@ and image files left closed until a view is used."""
 
 import errno
 import os
+import stat
 import subprocess
 
 import kvmfs_harness as h
@@ -153,6 +154,57 @@ class Tree(h.KvmfsTestCase):
             # and using one view opens only that image's files
             h.md5_file(m.path("x", "vm.qcow2", "disk.raw"))
             self.assertTrue(m.alive())
+        finally:
+            self.unmount(m)
+
+    def open_files(self, m):
+        opened = set()
+        for fd in os.listdir("/proc/%d/fd" % m.proc.pid):
+            try:
+                opened.add(os.readlink("/proc/%d/fd/%s" % (m.proc.pid, fd)))
+            except OSError:
+                pass
+        return opened
+
+    def walk(self, root):
+        found = {}
+        for d, dirs, files in os.walk(root):
+            found[os.path.relpath(d, root)] = (sorted(dirs), sorted(files))
+        return found
+
+    def test_ls_recursive_opens_nothing(self):
+        # ls -R (and os.walk) of a fresh read-only mount: qcow2 images without
+        # backing file or snapshots and raw images are listed from their
+        # headers, so walking a large pool opens no image. The tree is the one
+        # a mount that opened every image shows.
+        m = self.mount(name="mnt-walk")
+        try:
+            h.run(["ls", "-R", m.mnt])
+            walked = self.walk(m.mnt)
+            opened = self.open_files(m)
+            for rel, img in self.imgs.items():
+                self.assertNotIn(os.path.realpath(img), opened, "image opened by ls -R: %s" % rel)
+            self.assertEqual(walked["top.qcow2"], (["snapshots"], ["disk.raw", "info.json"]))
+            self.assertEqual(walked["top.qcow2/snapshots"], ([], []))
+            self.assertEqual(walked["a/b/raw.img"], ([], ["disk.raw", "info.json"]))
+            self.assertEqual(stat.S_IMODE(os.stat(m.path("top.qcow2", "snapshots")).st_mode), 0o555)
+        finally:
+            self.unmount(m)
+        # the same tree once every image is open (info.json read first)
+        m = self.mount(name="mnt-walk-open")
+        try:
+            for rel in self.imgs:
+                with open(m.path(rel, "info.json")) as f:
+                    f.read()
+            self.assertEqual(self.walk(m.mnt), walked)
+        finally:
+            self.unmount(m)
+        # read-write: snapshots/ of a writable image is 0755 (its image is
+        # opened to know), and a snapshot made by qemu-img shows up
+        m = self.mount(name="mnt-walk-rw", options=())
+        try:
+            self.assertEqual(stat.S_IMODE(os.stat(m.path("top.qcow2", "snapshots")).st_mode), 0o755)
+            self.assertEqual(self.walk(m.mnt), walked)
         finally:
             self.unmount(m)
 

@@ -102,5 +102,48 @@ TEST(Detect, FormatOfHonoursRawNames) {
   EXPECT_EQ(cache.FormatOf(dir.P("plain.img"), st), "raw");
 }
 
+TEST(Detect, PeekReadsBackingAndSnapshotsFromTheQcow2Header) {
+  TempDir dir;
+  std::string plain = Padded(Bytes("QFI\xfb\0\0\0\3", 8));
+  std::string overlay = plain;
+  overlay[15] = 0x48;  // backing_file_offset (8..15) = 0x48
+  std::string snapped = plain;
+  snapped[63] = 2;  // nb_snapshots (60..63) = 2
+  dir.Write("plain.qcow2", plain);
+  dir.Write("overlay.qcow2", overlay);
+  dir.Write("snapped.qcow2", snapped);
+  dir.Write("disk.raw", plain);  // the name says raw: the content is never read
+  std::string vdi = Padded("<<< VirtualBox Disk Image >>>");
+  vdi[64] = '\x7f', vdi[65] = '\x10', vdi[66] = '\xda', vdi[67] = '\xbe';  // VDI magic
+  dir.Write("w.vdi", vdi);
+  ProbeCache cache;
+  auto peek = [&](const char* name) {
+    struct stat st;
+    EXPECT_EQ(::stat(dir.P(name).c_str(), &st), 0);
+    return cache.Peek(dir.P(name), st);
+  };
+  HeaderPeek p = peek("plain.qcow2");
+  EXPECT_EQ(p.format, "qcow2");
+  EXPECT_TRUE(p.known);
+  EXPECT_FALSE(p.has_backing);
+  EXPECT_EQ(p.snapshots, 0u);
+  p = peek("overlay.qcow2");
+  EXPECT_TRUE(p.known && p.has_backing);
+  p = peek("snapped.qcow2");
+  EXPECT_TRUE(p.known && !p.has_backing);
+  EXPECT_EQ(p.snapshots, 2u);
+  p = peek("disk.raw");
+  EXPECT_EQ(p.format, "raw");
+  EXPECT_TRUE(p.known && !p.has_backing && p.snapshots == 0);
+  p = peek("w.vdi");  // not raw, not qcow2: the image must be opened to know
+  EXPECT_EQ(p.format, "vdi");
+  EXPECT_FALSE(p.known);
+  // a truncated qcow2 header says nothing
+  dir.Write("short.qcow2", Bytes("QFI\xfb\0\0\0\3", 8));
+  p = peek("short.qcow2");
+  EXPECT_EQ(p.format, "qcow2");
+  EXPECT_FALSE(p.known);
+}
+
 }  // namespace
 }  // namespace kvmfs::pool
