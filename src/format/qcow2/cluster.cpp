@@ -289,6 +289,11 @@ Status Engine::ReadCompressed(uint64_t entry, uint64_t off_in_cluster, uint8_t* 
 Result<size_t> Engine::ReadCompressedRun(const L1Table& l1, const Extent& first, uint64_t off,
                                          uint8_t* out, size_t len) {
   const uint64_t cluster_mask = geo_.cluster_size - 1;
+  // A request inside one cluster (small random reads) has nothing to batch.
+  if (first.length >= len) {
+    KVMFS_RETURN_IF_ERROR(ReadCompressed(first.l2_entry, off & cluster_mask, out, len, off));
+    return len;
+  }
   struct Piece {
     uint64_t entry;
     uint64_t guest_off;
