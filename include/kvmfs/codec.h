@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "kvmfs/status.h"
 
@@ -15,5 +16,28 @@ enum class CompressionType { kDeflate = 0, kZstd = 1 };
 // yields fewer than `out_len` bytes. Thread-safe.
 Status Decompress(CompressionType type, const uint8_t* in, size_t in_len, uint8_t* out,
                   size_t out_len);
+
+// One decompression of a batch: `in_len` bytes at `in` into exactly
+// `out_len` bytes at `out`, as Decompress(). `status` is set by
+// DecompressBatch().
+struct DecompressJob {
+  const uint8_t* in = nullptr;
+  size_t in_len = 0;
+  uint8_t* out = nullptr;
+  size_t out_len = 0;
+  Status status;
+};
+
+// Runs every job of `jobs`, concurrently: the calling thread works through
+// them together with the helpers of a process-wide pool (one thread per core
+// but one, started on first use; none on one core). Returns once every job
+// is done; each job's `status` says how it went. Outputs must not overlap.
+// Thread-safe: when the helpers are busy with other batches, the caller does
+// the work alone, so a batch never waits for another one.
+void DecompressBatch(CompressionType type, std::span<DecompressJob> jobs);
+
+// Helper threads of DecompressBatch's pool (0 until first used, or on one
+// core). For tests and benchmarks.
+unsigned DecompressHelperThreads();
 
 }  // namespace kvmfs

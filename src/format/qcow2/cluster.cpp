@@ -227,38 +227,158 @@ Result<Extent> Engine::Map(const L1Table& l1, uint64_t off, uint64_t len, MapMod
   return run.run();
 }
 
+namespace {
+
+// Bounds of one ReadCompressedRun batch: the plain bytes it may decompress
+// and the compressed bytes one coalesced read may fetch.
+constexpr uint64_t kMaxRunPlainBytes = 8ull << 20;
+constexpr uint64_t kMaxCoalescedRead = 8ull << 20;
+// Compressed clusters this close together are fetched by one read (QEMU
+// packs them byte after byte, so the gap is usually negative: the rounded
+// csize of one overlaps the start of the next).
+constexpr uint64_t kMaxCoalesceGap = 4096;
+
+std::string CompressedWhere(const std::string& name, uint64_t coffset, uint64_t csize,
+                            uint64_t guest_off) {
+  return name + ": compressed cluster at host offset " + Hex(coffset) + " (" +
+         std::to_string(csize) + " bytes, guest offset " + Hex(guest_off) + ")";
+}
+
+}  // namespace
+
+Status Engine::LocateCompressed(uint64_t entry, uint64_t guest_off, uint64_t* coffset,
+                                uint64_t* csize, uint64_t* in_file) {
+  const Geometry& g = geo_;
+  *coffset = entry & g.compressed_offset_mask;
+  const uint64_t sectors = ((entry >> g.csize_shift) & g.csize_mask) + 1;
+  // From coffset to the end of the sector holding the last byte; at most
+  // two clusters by construction of the field.
+  *csize = sectors * kCompressedSectorSize - (*coffset & (kCompressedSectorSize - 1));
+  if (*coffset == 0 || *coffset > kMaxHostOffset)
+    return Status::Corruption(CompressedWhere(name_, *coffset, *csize, guest_off) +
+                              ": invalid offset");
+  if (PastEof(*file_, file_size_, *coffset, 0))
+    return Status::Corruption(CompressedWhere(name_, *coffset, *csize, guest_off) +
+                              ": past the end of the file");
+  // Bytes past the end of the file read as zeros (the stream must not need them).
+  const uint64_t known = file_size_.load(std::memory_order_relaxed);
+  *in_file = known > *coffset ? std::min(*csize, known - *coffset) : 0;
+  return Status::OK();
+}
+
 Status Engine::ReadCompressed(uint64_t entry, uint64_t off_in_cluster, uint8_t* out, size_t n,
                               uint64_t guest_off) {
   std::shared_ptr<const std::vector<uint8_t>> cluster = cluster_cache_.Lookup(entry);
   if (!cluster) {
-    const Geometry& g = geo_;
-    const uint64_t coffset = entry & g.compressed_offset_mask;
-    const uint64_t sectors = ((entry >> g.csize_shift) & g.csize_mask) + 1;
-    // From coffset to the end of the sector holding the last byte; at most
-    // two clusters by construction of the field.
-    const uint64_t csize =
-        sectors * kCompressedSectorSize - (coffset & (kCompressedSectorSize - 1));
-    auto where = [&] {
-      return name_ + ": compressed cluster at host offset " + Hex(coffset) + " (" +
-             std::to_string(csize) + " bytes, guest offset " + Hex(guest_off) + ")";
-    };
-    if (coffset == 0 || coffset > kMaxHostOffset)
-      return Status::Corruption(where() + ": invalid offset");
-    if (PastEof(*file_, file_size_, coffset, 0))
-      return Status::Corruption(where() + ": past the end of the file");
-    // Bytes past the end of the file read as zeros (the stream must not need them).
-    const uint64_t known = file_size_.load(std::memory_order_relaxed);
-    const uint64_t in_file = known > coffset ? std::min(csize, known - coffset) : 0;
-    std::vector<uint8_t> in(in_file);
+    uint64_t coffset = 0, csize = 0, in_file = 0;
+    KVMFS_RETURN_IF_ERROR(LocateCompressed(entry, guest_off, &coffset, &csize, &in_file));
+    std::vector<uint8_t> in(in_file, 0);
     KVMFS_RETURN_IF_ERROR(file_->ReadAt(coffset, in.data(), in.size()));
-    auto plain = std::make_shared<std::vector<uint8_t>>(g.cluster_size);
+    auto plain = std::make_shared<std::vector<uint8_t>>(geo_.cluster_size);
     Status st = Decompress(compression_, in.data(), in.size(), plain->data(), plain->size());
-    if (!st.ok()) return Status::Corruption(where() + ": " + st.message());
+    if (!st.ok())
+      return Status::Corruption(CompressedWhere(name_, coffset, csize, guest_off) + ": " +
+                                st.message());
     cluster = plain;
     cluster_cache_.Insert(entry, cluster);
   }
   std::memcpy(out, cluster->data() + off_in_cluster, n);
   return Status::OK();
+}
+
+Result<size_t> Engine::ReadCompressedRun(const L1Table& l1, const Extent& first, uint64_t off,
+                                         uint8_t* out, size_t len) {
+  const uint64_t cluster_mask = geo_.cluster_size - 1;
+  // A request inside one cluster (small random reads) has nothing to batch.
+  if (first.length >= len) {
+    KVMFS_RETURN_IF_ERROR(ReadCompressed(first.l2_entry, off & cluster_mask, out, len, off));
+    return len;
+  }
+  struct Piece {
+    uint64_t entry;
+    uint64_t guest_off;
+    uint8_t* out;
+    size_t n;
+    std::shared_ptr<const std::vector<uint8_t>> plain;  // cached, or decompressed here
+    // Misses only:
+    uint64_t coffset = 0, csize = 0, in_file = 0;
+    size_t job = SIZE_MAX;  // index in `jobs`
+  };
+  std::vector<Piece> pieces;
+  size_t done = 0;
+  uint64_t plain_bytes = 0;
+  // The run: `first`, then the compressed clusters that follow it. A Map()
+  // result that is not compressed is left for the caller to map again.
+  for (Extent e = first;;) {
+    const size_t n = static_cast<size_t>(e.length);
+    pieces.push_back(Piece{e.l2_entry, off + done, out + done, n, nullptr});
+    done += n;
+    plain_bytes += geo_.cluster_size;
+    if (done == len || plain_bytes >= kMaxRunPlainBytes) break;
+    KVMFS_ASSIGN_OR_RETURN(e, Map(l1, off + done, len - done, MapMode::kRead));
+    if (e.type != Extent::Type::kCompressed) break;
+  }
+
+  // Cache hits are served as they are; misses are located (any corruption
+  // is reported before reading anything).
+  std::vector<size_t> misses;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    Piece& p = pieces[i];
+    p.plain = cluster_cache_.Lookup(p.entry);
+    if (p.plain) continue;
+    KVMFS_RETURN_IF_ERROR(LocateCompressed(p.entry, p.guest_off, &p.coffset, &p.csize, &p.in_file));
+    misses.push_back(i);
+  }
+
+  if (!misses.empty()) {
+    // One read per group of misses that lie close together in the file
+    // (in guest order, which is file order for images written by qemu-img).
+    std::vector<std::vector<uint8_t>> reads;
+    std::vector<const uint8_t*> inputs(pieces.size(), nullptr);
+    for (size_t k = 0; k < misses.size();) {
+      const Piece& head = pieces[misses[k]];
+      const uint64_t start = head.coffset;
+      uint64_t end = start + head.in_file;
+      size_t last = k + 1;
+      while (last < misses.size()) {
+        const Piece& p = pieces[misses[last]];
+        const uint64_t p_end = p.coffset + p.in_file;
+        if (p.coffset < start || p.coffset > end + kMaxCoalesceGap ||
+            std::max(end, p_end) - start > kMaxCoalescedRead)
+          break;
+        end = std::max(end, p_end);
+        ++last;
+      }
+      std::vector<uint8_t>& buf = reads.emplace_back(end - start);
+      KVMFS_RETURN_IF_ERROR(file_->ReadAt(start, buf.data(), buf.size()));
+      for (size_t j = k; j < last; ++j)
+        inputs[misses[j]] = buf.data() + (pieces[misses[j]].coffset - start);
+      k = last;
+    }
+
+    std::vector<DecompressJob> jobs;
+    jobs.reserve(misses.size());
+    for (size_t i : misses) {
+      Piece& p = pieces[i];
+      auto plain = std::make_shared<std::vector<uint8_t>>(geo_.cluster_size);
+      p.job = jobs.size();
+      jobs.push_back(DecompressJob{inputs[i], p.in_file, plain->data(), plain->size(), {}});
+      p.plain = std::move(plain);
+    }
+    DecompressBatch(compression_, jobs);
+    for (size_t i : misses) {
+      Piece& p = pieces[i];
+      const Status& st = jobs[p.job].status;
+      if (!st.ok())
+        return Status::Corruption(CompressedWhere(name_, p.coffset, p.csize, p.guest_off) + ": " +
+                                  st.message());
+      cluster_cache_.Insert(p.entry, p.plain);
+    }
+  }
+
+  for (const Piece& p : pieces)
+    std::memcpy(p.out, p.plain->data() + (p.guest_off & cluster_mask), p.n);
+  return done;
 }
 
 }  // namespace kvmfs::qcow2

@@ -41,7 +41,6 @@ class Qcow2Image final : public Image {
                                      " past the virtual size " + std::to_string(size));
     const L1Table& l1 = is_snapshot() ? snap_l1_ : engine_->active_l1();
     auto* p = static_cast<uint8_t*>(buf);
-    const uint64_t cluster_mask = engine_->geo().cluster_size - 1;
     while (len > 0) {
       KVMFS_ASSIGN_OR_RETURN(Extent e, engine_->Map(l1, off, len, MapMode::kRead));
       const size_t n = static_cast<size_t>(e.length);
@@ -55,9 +54,15 @@ class Qcow2Image final : public Image {
         case Extent::Type::kData:
           KVMFS_RETURN_IF_ERROR(engine_->ReadData(e.host, p, n));
           break;
-        case Extent::Type::kCompressed:
-          KVMFS_RETURN_IF_ERROR(engine_->ReadCompressed(e.l2_entry, off & cluster_mask, p, n, off));
+        case Extent::Type::kCompressed: {
+          // The compressed clusters that follow are read with this one (and
+          // decompressed concurrently): the run may go past `n`.
+          KVMFS_ASSIGN_OR_RETURN(size_t run, engine_->ReadCompressedRun(l1, e, off, p, len));
+          off += run - n;
+          p += run - n;
+          len -= run - n;
           break;
+        }
       }
       off += n;
       p += n;

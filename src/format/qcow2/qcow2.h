@@ -436,6 +436,16 @@ class Engine {
   Status ReadCompressed(uint64_t entry, uint64_t off_in_cluster, uint8_t* out, size_t n,
                         uint64_t guest_off);
 
+  // Reads the guest bytes [off, off+len) that start with the compressed
+  // cluster run `first` (Map() of `off`) and go on over the compressed
+  // clusters that follow it, as ReadCompressed() each: the missing clusters'
+  // bytes are read with as few reads as their layout allows and decompressed
+  // concurrently (DecompressBatch). Returns the bytes read (> 0, <= len):
+  // the caller goes on from there. On failure the error of the first bad
+  // cluster in guest order. Requires mutex() held (shared or exclusive).
+  Result<size_t> ReadCompressedRun(const L1Table& l1, const Extent& first, uint64_t off,
+                                   uint8_t* out, size_t len);
+
   // Reads `n` bytes of the data file (or the image file) at `host`.
   Status ReadData(uint64_t host, uint8_t* out, size_t n) { return data_->ReadAt(host, out, n); }
 
@@ -467,6 +477,11 @@ class Engine {
  private:
   friend class Writer;
   Result<std::shared_ptr<const L2Table>> GetL2(uint64_t l2_offset, uint64_t l1_index);
+  // Where the compressed bytes of descriptor `entry` are: [*coffset,
+  // *coffset + *csize) of the file, of which the first *in_file exist (the
+  // rest reads as zeros); kCorruption naming `guest_off` when invalid.
+  Status LocateCompressed(uint64_t entry, uint64_t guest_off, uint64_t* coffset, uint64_t* csize,
+                          uint64_t* in_file);
   // Whether `offset` >= the backend's size + `slack`; the size is re-read
   // before saying yes (the file may have grown).
   bool PastEof(Backend& b, std::atomic<uint64_t>& size, uint64_t offset, uint64_t slack);

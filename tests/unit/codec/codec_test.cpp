@@ -6,6 +6,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <random>
 #include <thread>
@@ -189,6 +190,61 @@ TEST(Codec, ConcurrentThreadsUseTheirOwnContexts) {
     });
   for (auto& t : threads) t.join();
   EXPECT_EQ(failures.load(), 0);
+}
+
+// Batches: every job done, each with its own status, whoever runs it; and
+// several batches at once (helpers busy with another batch).
+TEST(CodecBatch, EveryJobDoneWithItsOwnStatus) {
+  std::vector<std::vector<uint8_t>> plain, packed;
+  for (uint32_t i = 0; i < 24; ++i) {
+    plain.push_back(Pattern(65536, 100 + i));
+    packed.push_back(i % 2 ? Zstd(plain.back()) : RawDeflate(plain.back()));
+  }
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 20; ++round) {
+        for (CompressionType type : {CompressionType::kDeflate, CompressionType::kZstd}) {
+          const uint32_t parity = type == CompressionType::kZstd ? 1 : 0;
+          std::vector<std::vector<uint8_t>> out;
+          std::vector<DecompressJob> jobs;
+          std::vector<size_t> which;
+          for (size_t i = parity; i < plain.size(); i += 2) {
+            out.emplace_back(plain[i].size(), 0xee);
+            which.push_back(i);
+          }
+          for (size_t k = 0; k < which.size(); ++k) {
+            const auto& in = packed[which[k]];
+            // One job in four gets a cut stream: it alone must fail.
+            const bool cut = (k + t + round) % 4 == 0;
+            jobs.push_back(DecompressJob{in.data(), cut ? in.size() / 3 : in.size(),
+                                         out[k].data(), out[k].size(), {}});
+          }
+          DecompressBatch(type, jobs);
+          for (size_t k = 0; k < which.size(); ++k) {
+            const bool cut = (k + t + round) % 4 == 0;
+            if (cut ? jobs[k].status.code() != Status::Code::kCorruption
+                    : !jobs[k].status.ok() || out[k] != plain[which[k]])
+              ++failures;
+          }
+        }
+      }
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(DecompressHelperThreads(), std::max(1u, std::thread::hardware_concurrency()) - 1);
+}
+
+TEST(CodecBatch, EmptyAndSingleJobBatches) {
+  DecompressBatch(CompressionType::kDeflate, {});
+  auto plain = Pattern(4096, 77);
+  auto packed = RawDeflate(plain);
+  std::vector<uint8_t> out(plain.size());
+  DecompressJob job{packed.data(), packed.size(), out.data(), out.size(), {}};
+  DecompressBatch(CompressionType::kDeflate, std::span<DecompressJob>(&job, 1));
+  EXPECT_TRUE(job.status.ok()) << job.status.ToString();
+  EXPECT_EQ(out, plain);
 }
 
 }  // namespace

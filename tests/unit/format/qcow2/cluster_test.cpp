@@ -169,8 +169,10 @@ TEST(Qcow2Cluster, ZeroClusterDoesNotReadTheBacking) {
   EXPECT_EQ(ReadAll(*image, 65536, 65536), std::vector<uint8_t>(65536, 0x77));
 }
 
-// Raw deflate of one cluster of `byte`, placed at `host` with a descriptor.
-uint64_t PutCompressed(MemImage& img, uint64_t host, const std::vector<uint8_t>& plain) {
+// Raw deflate of one cluster of `byte`, placed at `host` with a descriptor;
+// `end` (if given) receives the offset just past the stream.
+uint64_t PutCompressed(MemImage& img, uint64_t host, const std::vector<uint8_t>& plain,
+                       uint64_t* end = nullptr) {
   z_stream z{};
   deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY);
   std::vector<uint8_t> out(deflateBound(&z, plain.size()));
@@ -182,6 +184,7 @@ uint64_t PutCompressed(MemImage& img, uint64_t host, const std::vector<uint8_t>&
   out.resize(out.size() - z.avail_out);
   deflateEnd(&z);
   img.Bytes(host, out);
+  if (end) *end = host + out.size();
   const uint64_t sectors = (host + out.size() - 1) / 512 - host / 512;
   const uint32_t shift = 62 - (img.cluster_bits - 8);
   return kCompressed | (sectors << shift) | host;
@@ -241,6 +244,72 @@ TEST(Qcow2Cluster, TruncatedCompressedStreamIsCorruption) {
   auto image = MustOpen(img);
   ASSERT_TRUE(image);
   ExpectReadFails(*image, 0, 512, Code::kCorruption, "compressed cluster");
+}
+
+// Plain bytes of cluster `i` for the run tests: compressible, distinct.
+std::vector<uint8_t> RunPlain(int i) {
+  std::vector<uint8_t> plain(65536);
+  for (size_t k = 0; k < plain.size(); ++k) plain[k] = uint8_t((k / (100 + i)) ^ (i * 37));
+  return plain;
+}
+
+// One read over many compressed clusters (read in batches, decompressed
+// concurrently), packed byte after byte as QEMU writes them, with a normal
+// cluster in the middle and one compressed cluster stored out of file order.
+TEST(Qcow2Cluster, CompressedRunReadsLikeClusterByCluster) {
+  MemImage img(16, 3, 1 << 20);
+  img.SetL1(0, img.Cluster(4) | kCopied);
+  uint64_t host = img.Cluster(5) + 77;
+  std::vector<uint8_t> want;
+  for (int i = 0; i < 12; ++i) {
+    std::vector<uint8_t> plain = RunPlain(i);
+    if (i == 6) {  // a normal cluster
+      plain.assign(65536, 0x6e);
+      img.Fill(img.Cluster(12), img.cs, 0x6e);
+      img.SetL2(img.Cluster(4), i, img.Cluster(12) | kCopied);
+    } else if (i == 9) {  // after every other one in the file
+      img.SetL2(img.Cluster(4), i, PutCompressed(img, img.Cluster(13) + 5, plain));
+    } else {
+      // The next stream starts right after this one.
+      img.SetL2(img.Cluster(4), i, PutCompressed(img, host, plain, &host));
+    }
+    want.insert(want.end(), plain.begin(), plain.end());
+  }
+  auto image = MustOpen(img, Qcow2Options{32 << 20, 2 * 65536});
+  ASSERT_TRUE(image);
+  EXPECT_EQ(ReadAll(*image, 0, want.size()), want);
+  // Unaligned, starting on a cached cluster, over a cache too small to hold the run.
+  for (uint64_t off : {1000ull, 65536ull * 5 - 3, 65536ull * 8 + 1})
+    EXPECT_EQ(ReadAll(*image, off, 3 * 65536 + 11),
+              std::vector<uint8_t>(want.begin() + off, want.begin() + off + 3 * 65536 + 11))
+        << off;
+}
+
+TEST(Qcow2Cluster, CorruptClusterInACompressedRunIsCorruptionNamingIt) {
+  MemImage img(16, 3, 1 << 20);
+  img.SetL1(0, img.Cluster(4) | kCopied);
+  uint64_t host = img.Cluster(5);
+  for (int i = 0; i < 6; ++i) {
+    const uint64_t start = host;
+    img.SetL2(img.Cluster(4), i, PutCompressed(img, host, RunPlain(i), &host));
+    // Clobber the middle of stream 3 (the others stay intact).
+    if (i == 3)
+      for (uint64_t k = start + 40; k < host - 8; ++k) img.b[k] = 0xff;
+  }
+  auto image = MustOpen(img);
+  ASSERT_TRUE(image);
+  ExpectReadFails(*image, 0, 6 * 65536, Code::kCorruption, "guest offset 0x30000");
+  ExpectReadFails(*image, 65536 + 5, 4 * 65536, Code::kCorruption, "guest offset 0x30000");
+  std::vector<uint8_t> want;
+  for (int i = 0; i < 3; ++i) {
+    auto plain = RunPlain(i);
+    want.insert(want.end(), plain.begin(), plain.end());
+  }
+  EXPECT_EQ(ReadAll(*image, 0, 3 * 65536), want);
+  const auto fourth = RunPlain(4);
+  EXPECT_EQ(ReadAll(*image, 4 * 65536 + 100, 65536 - 100),
+            std::vector<uint8_t>(fourth.begin() + 100, fourth.end()));
+  EXPECT_EQ(ReadAll(*image, 5 * 65536, 65536), RunPlain(5));
 }
 
 TEST(Qcow2Cluster, ExtendedL2SubclustersOverBacking) {
