@@ -26,10 +26,15 @@ void* Init(fuse_conn_info* conn, fuse_config* cfg) {
   // up to 1 MiB; the kernel caps it at what it supports.
   conn->max_readahead = kMaxReadahead;
   conn->max_write = kMaxWrite;
+  conn->max_read = kMaxRead;  // as the mount option (session.cpp)
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
-  spdlog::debug("fuse init: protocol {}.{}, max_read {}, max_readahead {}, max_write {}",
+  // Read replies may carry ranges of image files (op_read.cpp): libfuse
+  // splices them into /dev/fuse instead of copying them through memory.
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  spdlog::debug("fuse init: protocol {}.{}, max_read {}, max_readahead {}, max_write {}, "
+                "splice write {}",
                 conn->proto_major, conn->proto_minor, conn->max_read, conn->max_readahead,
-                conn->max_write);
+                conn->max_write, (conn->want & FUSE_CAP_SPLICE_WRITE) != 0);
   return fuse_get_context()->private_data;  // becomes private_data for every op
 }
 

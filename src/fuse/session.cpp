@@ -106,7 +106,8 @@ std::string BaseFuseOptions(const Options& options) {
   // Read-write unless -o ro (passed on to the kernel with the other FUSE
   // options). default_permissions lets the kernel check the modes (0444 for
   // read-only files, 0644 for a writable disk.raw; matters with allow_other).
-  return "default_permissions,fsname=" + EscapeFuseOption(options.source) + ",subtype=kvmfs";
+  return "default_permissions,fsname=" + EscapeFuseOption(options.source) + ",subtype=kvmfs" +
+         ",max_read=" + std::to_string(kMaxRead);
 }
 
 int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<void()> reload) {
