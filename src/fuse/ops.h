@@ -36,8 +36,12 @@ inline int Reply(const Status& status) { return -status.ToErrno(); }
 // piece, and a pipe may not grow past /proc/sys/fs/pipe-max-size (1 MiB by
 // default, for root too without CAP_SYS_RESOURCE): a 1 MiB reply never fits
 // and is copied through a fresh buffer instead. 896 KiB leaves room for 29
-// pieces (a 16-deep chain needs 14).
+// pieces (a 16-deep chain needs 14). A user's -o max_read=N wins.
 inline constexpr unsigned kMaxRead = 896u << 10;
+// The max_read of this mount (session.cpp sets it before mounting; init
+// must announce the same value as the mount option, or libfuse fails it).
+void SetMaxRead(unsigned bytes);
+unsigned MaxRead();
 
 // The operations table.
 const fuse_operations& Operations();
