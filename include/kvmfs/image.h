@@ -59,6 +59,8 @@ class ReadPlan {
   uint64_t size() const { return size_; }
   // Hands the pieces over: their memory is now the caller's to free().
   std::vector<Piece> Release();
+  // Drops every piece (freeing their memory): an empty plan again.
+  void Discard();
 
  private:
   std::vector<Piece> pieces_;

@@ -4,9 +4,12 @@
 // pieces (info.json, zeros, backing or compressed data, writable images) are
 // copied as before.
 #include <fuse.h>
+#include <linux/fuse.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -16,6 +19,27 @@
 
 namespace kvmfs::fuse {
 namespace {
+
+// The most a pipe may hold (/proc/sys/fs/pipe-max-size; 1 MiB by default).
+uint64_t PipeMaxSize() {
+  uint64_t bytes = 1 << 20;
+  if (std::FILE* f = std::fopen("/proc/sys/fs/pipe-max-size", "re")) {
+    unsigned long long v = 0;
+    if (std::fscanf(f, "%llu", &v) == 1 && v > 0) bytes = v;
+    std::fclose(f);
+  }
+  return bytes;
+}
+
+// Whether libfuse will splice this reply: it does only when the reply fits
+// its pipe with a page of slack per piece (and the header); otherwise it
+// copies all of it through a fresh aligned buffer, faulting in every page,
+// for every request.
+bool FitsSplicePipe(const ReadPlan& plan) {
+  static const uint64_t pipe_max = PipeMaxSize();
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  return page * (plan.pieces().size() + 2) + sizeof(fuse_out_header) + plan.size() <= pipe_max;
+}
 
 Status PlanFileRead(const pool::OpenFile& file, size_t size, off_t off, ReadPlan& plan) {
   if (off < 0) return Status::InvalidArgument("negative offset");
@@ -30,7 +54,13 @@ Status PlanFileRead(const pool::OpenFile& file, size_t size, off_t off, ReadPlan
   uint64_t end = file.image->size();
   if (offset >= end) return Status::OK();
   size_t n = std::min<uint64_t>(size, end - offset);
-  return file.image->PlanRead(offset, n, plan);
+  KVMFS_RETURN_IF_ERROR(file.image->PlanRead(offset, n, plan));
+  if (FitsSplicePipe(plan) || plan.pieces().size() == 1) return Status::OK();
+  // Too many pieces, or a max_read too large to splice: one memory buffer,
+  // which libfuse writes as it is.
+  plan.Discard();
+  KVMFS_ASSIGN_OR_RETURN(uint8_t* p, plan.AddMemory(n, false));
+  return file.image->Read(offset, p, n);
 }
 
 // The plan as a fuse_bufvec (malloc()ed, as libfuse frees it: the vector

@@ -99,6 +99,12 @@ Result<uint8_t*> ReadPlan::AddMemory(uint64_t length, bool zero) {
   return static_cast<uint8_t*>(mem);
 }
 
+void ReadPlan::Discard() {
+  for (Piece& p : pieces_) std::free(p.mem);
+  pieces_.clear();
+  size_ = 0;
+}
+
 std::vector<ReadPlan::Piece> ReadPlan::Release() {
   size_ = 0;
   return std::exchange(pieces_, {});
