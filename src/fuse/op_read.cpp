@@ -55,7 +55,8 @@ Status PlanFileRead(const pool::OpenFile& file, size_t size, off_t off, ReadPlan
   if (offset >= end) return Status::OK();
   size_t n = std::min<uint64_t>(size, end - offset);
   KVMFS_RETURN_IF_ERROR(file.image->PlanRead(offset, n, plan));
-  if (FitsSplicePipe(plan) || plan.pieces().size() == 1) return Status::OK();
+  if (FitsSplicePipe(plan) || (plan.pieces().size() == 1 && plan.pieces()[0].fd < 0))
+    return Status::OK();
   // Too many pieces, or a max_read too large to splice: one memory buffer,
   // which libfuse writes as it is.
   plan.Discard();
