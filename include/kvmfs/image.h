@@ -28,6 +28,45 @@ struct BlockStatus {
   uint64_t length = 0;  // > 0: the run of `kind` starting at the queried offset
 };
 
+// A read described as pieces in guest order, for replies that hand the kernel
+// ranges of host files (splice) instead of copies: each piece is either a
+// range of an open host file or bytes in memory (zeros, backing, decoded
+// data). Built by Image::PlanRead(). Not thread-safe (one per request).
+class ReadPlan {
+ public:
+  struct Piece {
+    uint64_t length = 0;
+    int fd = -1;             // >= 0: bytes [fd_offset, fd_offset+length) of this host file
+    uint64_t fd_offset = 0;
+    void* mem = nullptr;     // fd < 0: malloc()ed bytes, owned by the plan until Release()
+  };
+
+  ReadPlan() = default;
+  ReadPlan(const ReadPlan&) = delete;
+  ReadPlan& operator=(const ReadPlan&) = delete;
+  ~ReadPlan();
+
+  // Appends `length` bytes of host file `fd` at `offset` (merged with the
+  // previous piece when it continues it). The fd must stay open while the
+  // Image that planned it lives.
+  void AddFile(int fd, uint64_t offset, uint64_t length);
+  // Appends `length` bytes of memory (zeroed when `zero`) and returns where
+  // to write them; valid only until the next Add*() call (a memory piece
+  // following another grows it). kIOError (ENOMEM) when out of memory.
+  Result<uint8_t*> AddMemory(uint64_t length, bool zero);
+
+  const std::vector<Piece>& pieces() const { return pieces_; }
+  uint64_t size() const { return size_; }
+  // Hands the pieces over: their memory is now the caller's to free().
+  std::vector<Piece> Release();
+  // Drops every piece (freeing their memory): an empty plan again.
+  void Discard();
+
+ private:
+  std::vector<Piece> pieces_;
+  uint64_t size_ = 0;
+};
+
 // One internal snapshot, with the fields `qemu-img info` prints.
 struct SnapshotInfo {
   std::string id;
@@ -73,6 +112,18 @@ class Image {
   // zeros. Fails with kCorruption (naming the image and offset) on bad
   // metadata, kIOError on host errors. Thread-safe: concurrent readers allowed.
   virtual Status Read(uint64_t off, void* buf, size_t len) = 0;
+
+  // Plans the same read as Read(off, ..., len) into `plan` (appending): data
+  // that lies as-is in a host file that nothing writes while this Image
+  // lives becomes a file piece, the rest is read into memory pieces. The
+  // caller may use the file pieces after this returns (FUSE splices them
+  // after the handler): a driver hands out a file piece only for a file
+  // opened read-only, so no write of kvmfs can change or reuse those bytes
+  // meanwhile (another program's writes are kept out by QEMU's image locks,
+  // unless force_share, where reads are racy in any case). Same
+  // requirements, errors and thread-safety as Read(). Default: one memory
+  // piece filled by Read().
+  virtual Status PlanRead(uint64_t off, size_t len, ReadPlan& plan);
 
   // ---- Writing -------------------------------------------------------------
   // A view is writable only when its driver supports writing, the file was
@@ -153,6 +204,8 @@ class Image {
   // Reads [off, off+len) from the backing; zeros where there is no backing or
   // the backing is shorter. For drivers' unallocated ranges.
   Status ReadBacking(uint64_t off, void* buf, size_t len);
+  // ReadBacking() as a plan: the backing's own PlanRead(), then zeros.
+  Status PlanBacking(uint64_t off, size_t len, ReadPlan& plan);
 
  private:
   std::shared_ptr<Image> backing_;

@@ -1,6 +1,8 @@
 // init/destroy: connection tuning.
 #include <spdlog/spdlog.h>
 
+#include <atomic>
+
 #include "fuse/ops.h"
 #include "pool/image_cache.h"
 
@@ -10,7 +12,11 @@ constexpr unsigned kMaxReadahead = 1u << 20;
 // Writes of up to 1 MiB per request (libfuse's buffer holds 256 pages); the
 // kernel caps it at what it supports.
 constexpr unsigned kMaxWrite = 1u << 20;
-}
+std::atomic<unsigned> g_max_read{kMaxRead};
+}  // namespace
+
+void SetMaxRead(unsigned bytes) { g_max_read.store(bytes); }
+unsigned MaxRead() { return g_max_read.load(); }
 
 void* Init(fuse_conn_info* conn, fuse_config* cfg) {
   // Paths are resolved on every call (no inode numbers of our own).
@@ -26,10 +32,15 @@ void* Init(fuse_conn_info* conn, fuse_config* cfg) {
   // up to 1 MiB; the kernel caps it at what it supports.
   conn->max_readahead = kMaxReadahead;
   conn->max_write = kMaxWrite;
+  conn->max_read = MaxRead();  // as the mount option (session.cpp)
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
-  spdlog::debug("fuse init: protocol {}.{}, max_read {}, max_readahead {}, max_write {}",
+  // Read replies may carry ranges of image files (op_read.cpp): libfuse
+  // splices them into /dev/fuse instead of copying them through memory.
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  spdlog::debug("fuse init: protocol {}.{}, max_read {}, max_readahead {}, max_write {}, "
+                "splice write {}",
                 conn->proto_major, conn->proto_minor, conn->max_read, conn->max_readahead,
-                conn->max_write);
+                conn->max_write, (conn->want & FUSE_CAP_SPLICE_WRITE) != 0);
   return fuse_get_context()->private_data;  // becomes private_data for every op
 }
 

@@ -14,7 +14,7 @@ fuse_operations MakeOperations() {
   ops.releasedir = ReleaseDir;  // op_readdir.cpp
   ops.open = Open;              // op_open.cpp
   ops.release = Release;        // op_open.cpp
-  ops.read = Read;              // op_read.cpp
+  ops.read_buf = ReadBuf;       // op_read.cpp
   ops.lseek = Lseek;            // op_lseek.cpp
   ops.statfs = StatFs;          // op_statfs.cpp
   ops.write = Write;            // op_write.cpp

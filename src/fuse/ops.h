@@ -30,6 +30,19 @@ inline FileHandle* Handle(const fuse_file_info* fi) {
 // becomes an errno.
 inline int Reply(const Status& status) { return -status.ToErrno(); }
 
+// Reads of at most 896 KiB per request (the max_read mount option, and the
+// same in init as libfuse requires). libfuse splices a read reply
+// (op_read.cpp) only when all of it fits its pipe with a page of slack per
+// piece, and a pipe may not grow past /proc/sys/fs/pipe-max-size (1 MiB by
+// default, for root too without CAP_SYS_RESOURCE): a 1 MiB reply never fits
+// and is copied through a fresh buffer instead. 896 KiB leaves room for 29
+// pieces (a 16-deep chain needs 14). A user's -o max_read=N wins.
+inline constexpr unsigned kMaxRead = 896u << 10;
+// The max_read of this mount (session.cpp sets it before mounting; init
+// must announce the same value as the mount option, or libfuse fails it).
+void SetMaxRead(unsigned bytes);
+unsigned MaxRead();
+
 // The operations table.
 const fuse_operations& Operations();
 
@@ -47,7 +60,7 @@ int ReadDir(const char* path, void* buf, fuse_fill_dir_t filler, off_t off, fuse
 int Open(const char* path, fuse_file_info* fi);
 int Release(const char* path, fuse_file_info* fi);
 // op_read.cpp
-int Read(const char* path, char* buf, size_t size, off_t off, fuse_file_info* fi);
+int ReadBuf(const char* path, fuse_bufvec** bufp, size_t size, off_t off, fuse_file_info* fi);
 // op_lseek.cpp
 off_t Lseek(const char* path, off_t off, int whence, fuse_file_info* fi);
 // op_statfs.cpp

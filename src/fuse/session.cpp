@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <exception>
 #include <string>
 #include <thread>
 #include <vector>
@@ -106,7 +107,12 @@ std::string BaseFuseOptions(const Options& options) {
   // Read-write unless -o ro (passed on to the kernel with the other FUSE
   // options). default_permissions lets the kernel check the modes (0444 for
   // read-only files, 0644 for a writable disk.raw; matters with allow_other).
-  return "default_permissions,fsname=" + EscapeFuseOption(options.source) + ",subtype=kvmfs";
+  std::string base =
+      "default_permissions,fsname=" + EscapeFuseOption(options.source) + ",subtype=kvmfs";
+  // Reads small enough to be spliced (ops.h), unless the user chose a size.
+  for (const std::string& opt : options.fuse_options)
+    if (opt.rfind("max_read=", 0) == 0) return base;
+  return base + ",max_read=" + std::to_string(kMaxRead);
 }
 
 int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<void()> reload) {
@@ -121,6 +127,15 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
   if (options.log_level == "trace") {
     argv.Add("-o");
     argv.Add("debug");  // libfuse's protocol dump, logged at trace level
+  }
+  SetMaxRead(kMaxRead);
+  for (const std::string& opt : options.fuse_options) {
+    if (opt.rfind("max_read=", 0) != 0) continue;
+    try {
+      SetMaxRead(static_cast<unsigned>(std::stoul(opt.substr(9))));
+    } catch (const std::exception&) {
+      return Fail("invalid option " + opt);
+    }
   }
   fuse_args args = argv.Get();
   // libfuse may replace args with its own allocated copy; free it last, as

@@ -1,6 +1,9 @@
 // Defaults of the Image interface and the chain-wide block status walk.
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "kvmfs/image.h"
@@ -46,6 +49,78 @@ std::vector<SnapshotInfo> Image::Snapshots() const { return {}; }
 
 Result<std::unique_ptr<Image>> Image::OpenSnapshot(const std::string& id) {
   return Status::NotSupported("format has no internal snapshots (asked for " + id + ")");
+}
+
+namespace {
+Status OutOfMemory(uint64_t length) {
+  return Status::FromErrno(ENOMEM, "no memory for " + std::to_string(length) + " bytes of a read");
+}
+}  // namespace
+
+ReadPlan::~ReadPlan() {
+  for (Piece& p : pieces_) std::free(p.mem);
+}
+
+void ReadPlan::AddFile(int fd, uint64_t offset, uint64_t length) {
+  if (length == 0) return;
+  size_ += length;
+  if (!pieces_.empty()) {
+    Piece& last = pieces_.back();
+    if (last.fd == fd && last.fd_offset + last.length == offset) {
+      last.length += length;
+      return;
+    }
+  }
+  pieces_.push_back(Piece{length, fd, offset, nullptr});
+}
+
+Result<uint8_t*> ReadPlan::AddMemory(uint64_t length, bool zero) {
+  if (length == 0) {
+    static uint8_t nothing;
+    return &nothing;
+  }
+  // A memory piece after a memory piece grows it: fewer pieces for FUSE to
+  // copy, and realloc() of large blocks is a remap, not a copy.
+  if (!pieces_.empty() && pieces_.back().fd < 0) {
+    Piece& last = pieces_.back();
+    void* grown = std::realloc(last.mem, last.length + length);
+    if (grown == nullptr) return OutOfMemory(length);
+    auto* at = static_cast<uint8_t*>(grown) + last.length;
+    if (zero) std::memset(at, 0, length);
+    last.mem = grown;
+    last.length += length;
+    size_ += length;
+    return at;
+  }
+  void* mem = zero ? std::calloc(1, length) : std::malloc(length);
+  if (mem == nullptr) return OutOfMemory(length);
+  pieces_.push_back(Piece{length, -1, 0, mem});
+  size_ += length;
+  return static_cast<uint8_t*>(mem);
+}
+
+void ReadPlan::Discard() {
+  for (Piece& p : pieces_) std::free(p.mem);
+  pieces_.clear();
+  size_ = 0;
+}
+
+std::vector<ReadPlan::Piece> ReadPlan::Release() {
+  size_ = 0;
+  return std::exchange(pieces_, {});
+}
+
+Status Image::PlanRead(uint64_t off, size_t len, ReadPlan& plan) {
+  KVMFS_ASSIGN_OR_RETURN(uint8_t* p, plan.AddMemory(len, false));
+  return Read(off, p, len);
+}
+
+Status Image::PlanBacking(uint64_t off, size_t len, ReadPlan& plan) {
+  uint64_t in_backing = 0;
+  if (backing_ && off < backing_->size()) in_backing = std::min<uint64_t>(len, backing_->size() - off);
+  if (in_backing > 0) KVMFS_RETURN_IF_ERROR(backing_->PlanRead(off, in_backing, plan));
+  if (in_backing < len) KVMFS_RETURN_IF_ERROR(plan.AddMemory(len - in_backing, true).status());
+  return Status::OK();
 }
 
 Status Image::ReadBacking(uint64_t off, void* buf, size_t len) {

@@ -2,6 +2,7 @@
 // active L1), and the Image views of the active disk and of its snapshots.
 #include "format/qcow2/qcow2.h"
 
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <shared_mutex>
@@ -66,6 +67,60 @@ class Qcow2Image final : public Image {
       }
       off += n;
       p += n;
+      len -= n;
+    }
+    return Status::OK();
+  }
+
+  // Read() as a plan: normal data clusters become pieces of the data file
+  // when neither the image file nor the data file is open for writing. Then
+  // no cluster can be overwritten, freed or reused while this Engine lives,
+  // so the pieces stay valid after the lock is dropped and until FUSE has
+  // spliced them. A writable file's clusters are read into memory under the
+  // lock, as Read() does: once a flush has made a free durable the cluster
+  // may be reused, and that could happen between this return and the
+  // splice. Unallocated ranges are planned by the (read-only) backing.
+  Status PlanRead(uint64_t off, size_t len, ReadPlan& plan) override {
+    const int fd = SpliceFd();
+    std::shared_lock<std::shared_mutex> lock(engine_->mutex());
+    KVMFS_RETURN_IF_ERROR(CheckAlive());
+    const uint64_t size = this->size();
+    if (off > size || len > size - off)
+      return Status::InvalidArgument(engine_->name() + ": read of " + std::to_string(len) +
+                                     " bytes at " + std::to_string(off) +
+                                     " past the virtual size " + std::to_string(size));
+    const L1Table& l1 = is_snapshot() ? snap_l1_ : engine_->active_l1();
+    const uint64_t cluster_mask = engine_->geo().cluster_size - 1;
+    while (len > 0) {
+      KVMFS_ASSIGN_OR_RETURN(Extent e, engine_->Map(l1, off, len, MapMode::kRead));
+      const size_t n = static_cast<size_t>(e.length);
+      switch (e.type) {
+        case Extent::Type::kUnallocated:
+          KVMFS_RETURN_IF_ERROR(PlanBacking(off, n, plan));
+          break;
+        case Extent::Type::kZero:
+          KVMFS_RETURN_IF_ERROR(plan.AddMemory(n, true).status());
+          break;
+        case Extent::Type::kData: {
+          if (fd < 0) {
+            KVMFS_ASSIGN_OR_RETURN(uint8_t* p, plan.AddMemory(n, false));
+            KVMFS_RETURN_IF_ERROR(engine_->ReadData(e.host, p, n));
+            break;
+          }
+          // The last cluster may end past the end of the file, where it
+          // reads as zeros (Map() refused anything further).
+          const uint64_t in_file = DataBytesInFile(e.host, n);
+          plan.AddFile(fd, e.host, in_file);
+          if (in_file < n) KVMFS_RETURN_IF_ERROR(plan.AddMemory(n - in_file, true).status());
+          break;
+        }
+        case Extent::Type::kCompressed: {
+          KVMFS_ASSIGN_OR_RETURN(uint8_t* p, plan.AddMemory(n, false));
+          KVMFS_RETURN_IF_ERROR(engine_->ReadCompressed(e.l2_entry, off & cluster_mask, p, n, off));
+          break;
+        }
+      }
+      off += n;
       len -= n;
     }
     return Status::OK();
@@ -234,6 +289,23 @@ class Qcow2Image final : public Image {
   Status SnapshotReadOnly() const {
     return Status::ReadOnly(engine_->name() + ": snapshot " + snap_info_.id + " is read-only");
   }
+  // The data file's fd when its clusters may be handed out by reference
+  // (PlanRead): nothing of kvmfs can write either file. -1 otherwise.
+  int SpliceFd() const {
+    if (engine_->file().writable() || engine_->data().writable()) return -1;
+    return engine_->data().fd();
+  }
+  // How many of the `n` bytes at `host` the data file holds; the size is
+  // re-read only when the cached one says the range passes the end.
+  uint64_t DataBytesInFile(uint64_t host, uint64_t n) {
+    uint64_t known = data_size_.load(std::memory_order_relaxed);
+    if (host + n > known) {
+      Result<uint64_t> now = engine_->data().Size();
+      if (now.ok()) data_size_.store(known = *now, std::memory_order_relaxed);
+    }
+    return host >= known ? 0 : std::min<uint64_t>(n, known - host);
+  }
+
   BackingView Backing() {
     BackingView v;
     Image* below = backing().get();
@@ -248,6 +320,7 @@ class Qcow2Image final : public Image {
   const uint64_t snap_size_ = 0;
   const SnapshotInfo snap_info_;
   const uint64_t serial_ = 0;  // 0 for the active view
+  std::atomic<uint64_t> data_size_{0};  // the data file's size last seen (PlanRead)
 };
 
 }  // namespace

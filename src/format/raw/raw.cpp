@@ -15,6 +15,14 @@ class RawImage final : public Image {
 
   Status Read(uint64_t off, void* buf, size_t len) override { return file_->ReadAt(off, buf, len); }
 
+  // The file is the disk: a file opened read-only (nothing of kvmfs writes
+  // it while this image lives) is handed out as it is.
+  Status PlanRead(uint64_t off, size_t len, ReadPlan& plan) override {
+    if (file_->writable() || file_->fd() < 0) return Image::PlanRead(off, len, plan);
+    plan.AddFile(file_->fd(), off, len);
+    return Status::OK();
+  }
+
   // Writable once BeginWrites() ran on a backend opened for writing.
   bool writable() const override { return writing_.load(std::memory_order_acquire); }
 
