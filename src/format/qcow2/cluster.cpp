@@ -27,8 +27,9 @@ Engine::Engine(std::shared_ptr<Backend> file, std::shared_ptr<Backend> data, Hea
                                                                 : CompressionType::kDeflate),
       file_size_(file_size),
       data_size_(data_size),
-      l2_cache_(options.l2_cache_bytes / geo_.cluster_size),
-      cluster_cache_(std::max<uint64_t>(2, options.decompressed_cache_bytes / geo_.cluster_size)) {
+      l2_cache_(options.budget ? options.budget : CacheBudget::Global(), geo_.cluster_size),
+      cluster_cache_(options.budget ? options.budget : CacheBudget::Global(), geo_.cluster_size,
+                     options.decompressed_cache_bytes / geo_.cluster_size) {
   for (Snapshot& s : snapshots_) s.serial = next_serial_++;
   virtual_size_.store(header_.virtual_size);
   l1_offset_ = header_.raw.l1_table_offset;
