@@ -6,7 +6,8 @@
 // active disk. The files of this directory are cut by subsystem:
 //   header.cpp    parse and validate the header and its extensions
 //   snapshot.cpp  the internal snapshot table; snapshot create/delete
-//   cache.cpp     L2 table cache (write-back) and decompressed-cluster cache
+//   cache.cpp     the process-wide cache budget, L2 table cache (write-back),
+//                 decompressed-cluster cache
 //   cluster.cpp   L1/L2 mapping, reads, block status
 //   refcount.cpp  refcount blocks and table: get/update, allocation, growth
 //   write.cpp     allocating writes, COW, zeroes/discard, resize, Flush
