@@ -164,11 +164,11 @@ void BudgetedLru<V>::Erase(uint64_t key) {
 }
 
 template <class V>
-std::vector<std::shared_ptr<V>> BudgetedLru<V>::Values() const {
+std::vector<std::shared_ptr<V>> BudgetedLru<V>::Values(bool only_dirty) const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::shared_ptr<V>> out;
-  out.reserve(lru_.size());
-  for (auto it = lru_.rbegin(); it != lru_.rend(); ++it) out.push_back(it->value);
+  for (auto it = lru_.rbegin(); it != lru_.rend(); ++it)
+    if (!only_dirty || IsDirty(*it->value)) out.push_back(it->value);
   return out;
 }
 
@@ -234,9 +234,8 @@ void L2Cache::Put(std::shared_ptr<L2Table> table) {
 void L2Cache::Erase(uint64_t host_offset) { lru_.Erase(host_offset); }
 
 std::vector<std::shared_ptr<L2Table>> L2Cache::DirtyTables() const {
-  std::vector<std::shared_ptr<L2Table>> out = lru_.Values();
-  out.erase(std::remove_if(out.begin(), out.end(), [](const auto& t) { return !IsDirty(*t); }),
-            out.end());
+  // Filtered under the lock: copying every table would pin them all.
+  std::vector<std::shared_ptr<L2Table>> out = lru_.Values(true);
   std::sort(out.begin(), out.end(),
             [](const auto& a, const auto& b) { return a->host_offset < b->host_offset; });
   return out;

@@ -394,8 +394,9 @@ class BudgetedLru final : public BudgetedCache {
   // (never `value` itself: the caller holds it).
   std::shared_ptr<V> Insert(uint64_t key, std::shared_ptr<V> value, bool replace);
   void Erase(uint64_t key);
-  // Every cached value, least recently used first.
-  std::vector<std::shared_ptr<V>> Values() const;
+  // The cached values (only the dirty ones when `only_dirty`), least
+  // recently used first.
+  std::vector<std::shared_ptr<V>> Values(bool only_dirty) const;
   size_t size() const;
   uint64_t entry_bytes() const { return entry_bytes_; }
   CacheBudget& budget() const { return *budget_; }
