@@ -4,6 +4,7 @@
 // different tables never wait on each other's I/O.
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "format/qcow2/qcow2.h"
 
@@ -78,6 +79,26 @@ void CacheBudget::Reclaim() {
   // Still over: whatever is evictable anywhere, waiting for busy caches
   // (their lock is a leaf, so this cannot deadlock).
   for (size_t i = 0; i < caches_.size() && over(); ++i) caches_[i]->Evict(kNoTick, true);
+}
+
+void CacheBudget::KeepSpare(std::shared_ptr<L2Table> table) {
+  const uint64_t bytes = table->words.size() * 8;
+  std::lock_guard<std::mutex> lock(spare_mu_);
+  if (spare_.size() >= kMaxSpareTables || (spare_.size() + 1) * bytes > std::max(bytes, limit() / 16))
+    return;  // freed when `table` goes
+  spare_.push_back(std::move(table));
+}
+
+std::shared_ptr<L2Table> CacheBudget::TakeSpare(size_t words) {
+  std::lock_guard<std::mutex> lock(spare_mu_);
+  for (size_t i = spare_.size(); i-- > 0;) {
+    if (spare_[i]->words.size() != words) continue;
+    std::shared_ptr<L2Table> t = std::move(spare_[i]);
+    spare_.erase(spare_.begin() + static_cast<ptrdiff_t>(i));
+    return t;
+  }
+  spare_.clear();  // of another size: nobody loads those now
+  return nullptr;
 }
 
 // ---- BudgetedLru ----------------------------------------------------------------------
@@ -194,6 +215,7 @@ uint64_t BudgetedLru<V>::Evict(uint64_t bound, bool wait) {
     // use_count 1 under the lock: no request holds the value, and none can
     // get it without this lock.
     if (cur->value.use_count() == 1 && !IsDirty(*cur->value)) {
+      if constexpr (std::is_same_v<V, L2Table>) budget_->KeepSpare(cur->value);
       EraseLocked(cur);
       freed += entry_bytes_;
     } else {
@@ -248,6 +270,16 @@ size_t L2Cache::capacity() const {
 bool L2Cache::OverBudget() const {
   lru_.budget().Reclaim();
   return lru_.budget().over();
+}
+
+std::shared_ptr<L2Table> L2Cache::NewTable(size_t words) const {
+  std::shared_ptr<L2Table> t = lru_.budget().TakeSpare(words);
+  if (!t) {
+    t = std::make_shared<L2Table>();
+    t->words.resize(words);
+  }
+  t->dirty = false;
+  return t;
 }
 
 // ---- ClusterCache ---------------------------------------------------------------------

@@ -74,9 +74,8 @@ Result<std::shared_ptr<const L2Table>> Engine::GetL2(uint64_t l2_offset, uint64_
   // and the cache keeps the first.
   std::vector<uint8_t> raw(geo_.cluster_size);
   KVMFS_RETURN_IF_ERROR(file_->ReadAt(l2_offset, raw.data(), raw.size()));
-  auto table = std::make_shared<L2Table>();
+  std::shared_ptr<L2Table> table = l2_cache_.NewTable(geo_.cluster_size / 8);
   table->host_offset = l2_offset;
-  table->words.resize(geo_.cluster_size / 8);
   for (size_t i = 0; i < table->words.size(); ++i) table->words[i] = LoadBE64(raw.data() + i * 8);
   return l2_cache_.Insert(std::move(table));
 }

@@ -311,6 +311,8 @@ Status ValidateTable(uint64_t offset, uint64_t entries, uint64_t entry_bytes, ui
 // flushes as soon as dirty tables keep the budget over), and one entry per
 // inserting thread (added before it reclaims; when only pinned and dirty
 // entries are left, the entry an insert returned stays until the next one).
+// Besides, up to limit/16 bytes of evicted L2 tables wait uncharged for
+// reuse (CacheBudget::KeepSpare).
 //
 // Lock order: engine rw_ -> CacheBudget::mu_ -> one cache's mu_. A cache's
 // mu_ is a leaf (nothing is locked or waited for under it, the budget's
@@ -321,6 +323,7 @@ Status ValidateTable(uint64_t offset, uint64_t entries, uint64_t entry_bytes, ui
 inline constexpr uint64_t kCacheEntryOverhead = 128;
 
 class CacheBudget;
+struct L2Table;
 
 // A cache whose entries are charged to a CacheBudget.
 class BudgetedCache {
@@ -366,7 +369,18 @@ class CacheBudget {
   // called holding no cache lock.
   void Reclaim();
 
+  // Evicted L2 tables wait here (uncharged: at most kMaxSpareTables and
+  // limit/16 bytes) for the next load of a table of the same size, of any
+  // image. Steady-state eviction then recycles memory instead of returning
+  // it to malloc, whose per-thread arenas would keep it (RSS over budget).
+  void KeepSpare(std::shared_ptr<L2Table> table);
+  // A spare table of `words` words (contents stale), or null.
+  std::shared_ptr<L2Table> TakeSpare(size_t words);
+
  private:
+  static constexpr size_t kMaxSpareTables = 4;
+  std::mutex spare_mu_;                              // a leaf, taken under a cache's lock
+  std::vector<std::shared_ptr<L2Table>> spare_;  // GUARDED_BY(spare_mu_)
   std::atomic<uint64_t> limit_;
   std::atomic<uint64_t> used_{0};
   std::atomic<uint64_t> peak_{0};
@@ -457,6 +471,8 @@ class L2Cache {
   // Whether the budget is still over its limit after evicting what it can
   // (then only dirty or pinned entries keep it over).
   bool OverBudget() const;
+  // A clean table of `words` words to load into (recycled when possible).
+  std::shared_ptr<L2Table> NewTable(size_t words) const;
   size_t size() const { return lru_.size(); }
 
  private:

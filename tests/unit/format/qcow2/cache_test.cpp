@@ -125,6 +125,21 @@ TEST(Qcow2CacheBudget, ShrinkingTheLimitEvictsAtOnce) {
   EXPECT_TRUE(cache.Lookup(8 * kTable));
 }
 
+TEST(Qcow2CacheBudget, EvictedTablesAreRecycledForTheNextLoad) {
+  // Steady state (budget full): each load reuses an evicted table's memory
+  // instead of malloc, whose per-thread arenas would keep the freed ones.
+  auto budget = std::make_shared<CacheBudget>(1 * kEntry);
+  L2Cache a(budget, kTable), b(budget, kTable);
+  const L2Table* first = a.Insert(Table(kTable, kTable)).get();
+  b.Insert(Table(kTable, kTable));  // evicts a's table into the spares
+  EXPECT_EQ(a.size(), 0u);
+  std::shared_ptr<L2Table> t = b.NewTable(kTable / 8);
+  EXPECT_EQ(t.get(), first);
+  EXPECT_FALSE(t->dirty);
+  EXPECT_EQ(t->words.size(), kTable / 8);
+  EXPECT_EQ(b.NewTable(kTable / 8)->words.size(), kTable / 8);  // none left: a new one
+}
+
 // ---- Images on a small budget, with qemu-img as the oracle ------------------------------
 
 using Qcow2CacheImages = WriteTest;
