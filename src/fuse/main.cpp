@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "config/config.h"
+#include "format/qcow2/options.h"
 #include "fuse/options.h"
 #include "fuse/session.h"
 #include "pool/file_key.h"
@@ -79,6 +80,10 @@ int main(int argc, char** argv) {
   }
   Status valid = fuse::ValidateOptions(options);
   if (!valid.ok()) return Fail(valid.message());
+
+  Qcow2Options qcow2_options;
+  qcow2_options.cache_bytes = options.cache_size;
+  SetQcow2DefaultOptions(qcow2_options);
 
   RaiseFileLimit();
   if (options.config.empty()) {

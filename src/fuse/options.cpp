@@ -3,6 +3,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdint>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -50,6 +52,10 @@ Status ApplyOption(const std::string& opt, Options& o) {
       return Status::InvalidArgument("max_threads must be a number from 1 to " +
                                      std::to_string(kMaxThreadsLimit) + ", not '" + value + "'");
     o.max_threads = static_cast<unsigned>(n);
+  } else if (key == "cache_size") {
+    KVMFS_ASSIGN_OR_RETURN(o.cache_size, ParseSize("cache_size", value));
+    if (o.cache_size == 0)
+      return Status::InvalidArgument("cache_size must be more than 0, not '" + value + "'");
   } else if (key == "config") {
     if (value.empty()) return Status::InvalidArgument("config needs a file: -o config=FILE");
     o.config = value;
@@ -98,6 +104,32 @@ Status CheckFile(const std::string& what, std::string& path) { return CheckPath(
 Status CheckDir(const std::string& what, std::string& path) { return CheckPath(what, path, true); }
 
 }  // namespace
+
+Result<uint64_t> ParseSize(const std::string& what, const std::string& value) {
+  auto bad = [&] {
+    return Status::InvalidArgument(what + " must be a size in bytes, or with a K, M or G suffix (" +
+                                   what + "=64M), not '" + value + "'");
+  };
+  size_t digits = 0;
+  while (digits < value.size() && std::isdigit(static_cast<unsigned char>(value[digits]))) ++digits;
+  if (digits == 0 || digits > 19) return bad();
+  const uint64_t n = std::stoull(value.substr(0, digits));
+  std::string suffix = value.substr(digits);
+  for (char& c : suffix) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  unsigned shift;
+  if (suffix.empty() || suffix == "B")
+    shift = 0;
+  else if (suffix == "K" || suffix == "KB" || suffix == "KIB")
+    shift = 10;
+  else if (suffix == "M" || suffix == "MB" || suffix == "MIB")
+    shift = 20;
+  else if (suffix == "G" || suffix == "GB" || suffix == "GIB")
+    shift = 30;
+  else
+    return bad();
+  if (n > (UINT64_MAX >> shift)) return bad();
+  return n << shift;
+}
 
 std::vector<std::string> SplitOptionList(const std::string& list) {
   std::vector<std::string> out;
@@ -190,6 +222,8 @@ void PrintUsage() {
       "    -o force_share         read images other programs hold write locks on\n"
       "                           (as qemu-img -U); never for writing\n"
       "    -o max_threads=N       FUSE worker threads (default 16)\n"
+      "    -o cache_size=SIZE     qcow2 metadata (L2 tables, decompressed clusters)\n"
+      "                           cached by all images together (default 64M)\n"
       "    -o log_level=LEVEL     trace, debug, info (default), warn or error;\n"
       "                           trace also dumps the FUSE protocol\n"
       "    -o config=FILE         YAML configuration; SOURCE is then only a label\n"

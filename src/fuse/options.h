@@ -3,6 +3,7 @@
 // Options may also follow the positional arguments, as mount helpers pass them.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,7 @@ struct Options {
   bool force_share = false;                // force_share: read without refusing writers (qemu-img -U)
   bool read_only = false;                  // ro (also passed to libfuse)
   unsigned max_threads = 16;               // max_threads=N
+  uint64_t cache_size = 64ull << 20;       // cache_size=SIZE: qcow2 metadata cache, whole process
   std::string config;                      // config=FILE, or a YAML SOURCE (canonical after validation)
   std::string log_level;                   // log_level=trace|debug|info|warn|error
   // Everything else given with -o, for libfuse (ro, allow_other, fsname, ...).
@@ -34,6 +36,10 @@ Result<Options> ParseCommandLine(int argc, char** argv);
 // Checks SOURCE, MOUNTPOINT and backing roots before mounting and makes them
 // canonical. Errors carry the one-line reason (without the "kvmfs: " prefix).
 Status ValidateOptions(Options& options);
+
+// Parses a size: bytes, or a number with a K, M or G suffix (powers of
+// 1024; "KiB", "MB"... also accepted). Errors carry the one-line reason.
+Result<uint64_t> ParseSize(const std::string& what, const std::string& value);
 
 // Splits "a,b\,c" into {"a", "b,c"}.
 std::vector<std::string> SplitOptionList(const std::string& list);

@@ -164,8 +164,9 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
     return Fail("cannot detach into the background");
   }
   SetupLogging(options.foreground, options.debug, options.log_level);
-  spdlog::info("serving {} at {} ({}, up to {} threads{})", options.source, options.mountpoint,
-               options.read_only ? "read-only" : "read-write", options.max_threads,
+  spdlog::info("serving {} at {} ({}, up to {} threads, {} KiB metadata cache{})", options.source,
+               options.mountpoint, options.read_only ? "read-only" : "read-write",
+               options.max_threads, options.cache_size >> 10,
                options.force_share ? ", force_share" : "");
 
   fuse_session* se = fuse_get_session(f);

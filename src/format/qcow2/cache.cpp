@@ -1,114 +1,299 @@
-// The L2 table cache and the decompressed-cluster cache: bounded LRUs whose
-// lock covers only the map operations; loading happens outside it, so
-// concurrent readers of different tables never wait on each other's I/O.
+// The metadata cache budget, the L2 table cache and the decompressed-cluster
+// cache (see "Metadata cache budget" in qcow2.h). A cache's lock covers only
+// its map operations; loading happens outside it, so concurrent readers of
+// different tables never wait on each other's I/O.
 #include <algorithm>
+#include <limits>
+#include <type_traits>
 
 #include "format/qcow2/qcow2.h"
 
 namespace kvmfs::qcow2 {
+namespace {
 
-L2Cache::L2Cache(size_t capacity_tables) : capacity_(std::max<size_t>(1, capacity_tables)) {}
+constexpr uint64_t kNoTick = std::numeric_limits<uint64_t>::max();
+
+bool IsDirty(const L2Table& t) { return t.dirty.load(std::memory_order_relaxed); }
+bool IsDirty(const std::vector<uint8_t>&) { return false; }
+
+}  // namespace
+
+// ---- CacheBudget ----------------------------------------------------------------------
+
+const std::shared_ptr<CacheBudget>& CacheBudget::Global() {
+  // Never destroyed: images may outlive static destruction order.
+  static const auto* global =
+      new std::shared_ptr<CacheBudget>(std::make_shared<CacheBudget>(kDefaultQcow2CacheBytes));
+  return *global;
+}
+
+void CacheBudget::SetLimit(uint64_t bytes) {
+  limit_.store(bytes, std::memory_order_relaxed);
+  Reclaim();
+}
+
+void CacheBudget::Charge(uint64_t bytes) {
+  const uint64_t now = used_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+  uint64_t peak = peak_.load(std::memory_order_relaxed);
+  while (now > peak && !peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
+void CacheBudget::Register(BudgetedCache* cache) {
+  std::lock_guard<std::mutex> lock(mu_);
+  caches_.push_back(cache);
+}
+
+void CacheBudget::Unregister(BudgetedCache* cache) {
+  std::lock_guard<std::mutex> lock(mu_);
+  caches_.erase(std::remove(caches_.begin(), caches_.end(), cache), caches_.end());
+}
+
+void CacheBudget::Reclaim() {
+  if (!over()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  // Approximately global LRU: take from the cache whose coldest entry is the
+  // oldest, down to the next cache's coldest, and repeat. A cache that frees
+  // nothing (busy, or only pinned or dirty entries at or before the bound)
+  // drops out of this pass.
+  std::vector<BudgetedCache*> todo = caches_;
+  while (over() && !todo.empty()) {
+    size_t best = 0;
+    uint64_t first = kNoTick, second = kNoTick;
+    for (size_t i = 0; i < todo.size(); ++i) {
+      const uint64_t t = todo[i]->cold_tick();
+      if (t < first) {
+        second = first;
+        first = t;
+        best = i;
+      } else if (t < second) {
+        second = t;
+      }
+    }
+    if (first == kNoTick) break;  // all empty
+    if (todo[best]->Evict(second, false) == 0) {
+      todo[best] = todo.back();
+      todo.pop_back();
+    }
+  }
+  // Still over: whatever is evictable anywhere, waiting for busy caches
+  // (their lock is a leaf, so this cannot deadlock).
+  for (size_t i = 0; i < caches_.size() && over(); ++i) caches_[i]->Evict(kNoTick, true);
+}
+
+void CacheBudget::KeepSpare(std::shared_ptr<L2Table> table) {
+  const uint64_t bytes = table->words.size() * 8;
+  std::lock_guard<std::mutex> lock(spare_mu_);
+  if (spare_.size() >= kMaxSpareTables || (spare_.size() + 1) * bytes > std::max(bytes, limit() / 16))
+    return;  // freed when `table` goes
+  spare_.push_back(std::move(table));
+}
+
+std::shared_ptr<L2Table> CacheBudget::TakeSpare(size_t words) {
+  std::lock_guard<std::mutex> lock(spare_mu_);
+  for (size_t i = spare_.size(); i-- > 0;) {
+    if (spare_[i]->words.size() != words) continue;
+    std::shared_ptr<L2Table> t = std::move(spare_[i]);
+    spare_.erase(spare_.begin() + static_cast<ptrdiff_t>(i));
+    return t;
+  }
+  spare_.clear();  // of another size: nobody loads those now
+  return nullptr;
+}
+
+// ---- BudgetedLru ----------------------------------------------------------------------
+
+template <class V>
+BudgetedLru<V>::BudgetedLru(std::shared_ptr<CacheBudget> budget, uint64_t entry_bytes,
+                            size_t max_entries)
+    : budget_(std::move(budget)),
+      entry_bytes_(entry_bytes),
+      max_entries_(std::max<size_t>(1, max_entries)) {
+  budget_->Register(this);
+}
+
+template <class V>
+BudgetedLru<V>::~BudgetedLru() {
+  // After this no Reclaim can reach the cache.
+  budget_->Unregister(this);
+  budget_->Release(entry_bytes_ * lru_.size());
+}
+
+template <class V>
+void BudgetedLru<V>::PublishColdLocked() {
+  cold_tick_.store(lru_.empty() ? kNoTick : lru_.back().tick, std::memory_order_relaxed);
+}
+
+template <class V>
+void BudgetedLru<V>::EraseLocked(typename List::iterator it) {
+  index_.erase(it->key);
+  lru_.erase(it);
+  budget_->Release(entry_bytes_);
+}
+
+template <class V>
+std::shared_ptr<V> BudgetedLru<V>::Lookup(uint64_t key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(key);
+  if (it == index_.end()) return nullptr;
+  it->second->tick = budget_->Tick();
+  lru_.splice(lru_.begin(), lru_, it->second);
+  PublishColdLocked();
+  return it->second->value;
+}
+
+template <class V>
+std::shared_ptr<V> BudgetedLru<V>::Insert(uint64_t key, std::shared_ptr<V> value, bool replace) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = index_.find(key);
+    if (it != index_.end()) {
+      if (!replace) {
+        // Another reader loaded the same key meanwhile: keep the first one.
+        it->second->tick = budget_->Tick();
+        lru_.splice(lru_.begin(), lru_, it->second);
+        PublishColdLocked();
+        return it->second->value;
+      }
+      EraseLocked(it->second);
+    }
+    lru_.push_front(Entry{key, value, budget_->Tick()});
+    index_.emplace(key, lru_.begin());
+    budget_->Charge(entry_bytes_);
+    // The cache's own bound (the decompressed clusters of one image).
+    for (auto e = lru_.end(); lru_.size() > max_entries_ && e != lru_.begin();) {
+      auto cur = std::prev(e);
+      if (cur->value.use_count() == 1 && !IsDirty(*cur->value))
+        EraseLocked(cur);
+      else
+        e = cur;
+    }
+    PublishColdLocked();
+  }
+  // Over the budget: evict, with no cache lock held (`value` stays pinned).
+  budget_->Reclaim();
+  return value;
+}
+
+template <class V>
+void BudgetedLru<V>::Erase(uint64_t key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(key);
+  if (it == index_.end()) return;
+  EraseLocked(it->second);
+  PublishColdLocked();
+}
+
+template <class V>
+std::vector<std::shared_ptr<V>> BudgetedLru<V>::Values(bool only_dirty) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::shared_ptr<V>> out;
+  for (auto it = lru_.rbegin(); it != lru_.rend(); ++it)
+    if (!only_dirty || IsDirty(*it->value)) out.push_back(it->value);
+  return out;
+}
+
+template <class V>
+size_t BudgetedLru<V>::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return index_.size();
+}
+
+template <class V>
+uint64_t BudgetedLru<V>::Evict(uint64_t bound, bool wait) {
+  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+  if (wait) {
+    lock.lock();
+  } else if (!lock.try_lock()) {
+    return 0;
+  }
+  uint64_t freed = 0;
+  // Ticks grow from the back to the front (taken under the lock).
+  for (auto e = lru_.end(); e != lru_.begin() && budget_->over();) {
+    auto cur = std::prev(e);
+    if (cur->tick > bound) break;
+    // use_count 1 under the lock: no request holds the value, and none can
+    // get it without this lock.
+    if (cur->value.use_count() == 1 && !IsDirty(*cur->value)) {
+      if constexpr (std::is_same_v<V, L2Table>) budget_->KeepSpare(cur->value);
+      EraseLocked(cur);
+      freed += entry_bytes_;
+    } else {
+      e = cur;
+    }
+  }
+  PublishColdLocked();
+  return freed;
+}
+
+template class BudgetedLru<L2Table>;
+template class BudgetedLru<const std::vector<uint8_t>>;
+
+// ---- L2Cache --------------------------------------------------------------------------
+
+L2Cache::L2Cache(std::shared_ptr<CacheBudget> budget, uint64_t table_bytes)
+    : lru_(std::move(budget), table_bytes + kCacheEntryOverhead,
+           std::numeric_limits<size_t>::max()) {}
 
 std::shared_ptr<const L2Table> L2Cache::Lookup(uint64_t host_offset) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = index_.find(host_offset);
-  if (it == index_.end()) return nullptr;
-  lru_.splice(lru_.begin(), lru_, it->second);
-  return *it->second;
+  return lru_.Lookup(host_offset);
 }
 
 std::shared_ptr<const L2Table> L2Cache::Insert(std::shared_ptr<L2Table> table) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = index_.find(table->host_offset);
-  if (it != index_.end()) {
-    // Another reader loaded the same table meanwhile: keep the first one.
-    lru_.splice(lru_.begin(), lru_, it->second);
-    return *it->second;
-  }
-  lru_.push_front(table);
-  index_.emplace(table->host_offset, lru_.begin());
-  EvictLocked();
-  return table;
-}
-
-void L2Cache::EvictLocked() {
-  // Evict from the cold end; dirty tables are written back by the engine
-  // (after their refcount blocks) before they may go, so they are skipped.
-  auto victim = std::prev(lru_.end());
-  while (index_.size() > capacity_ && victim != lru_.begin()) {
-    auto prev = std::prev(victim);
-    if (!(*victim)->dirty) {
-      index_.erase((*victim)->host_offset);
-      lru_.erase(victim);
-    }
-    victim = prev;
-  }
+  const uint64_t key = table->host_offset;
+  return lru_.Insert(key, std::move(table), false);
 }
 
 std::shared_ptr<L2Table> L2Cache::LookupForWrite(uint64_t host_offset) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = index_.find(host_offset);
-  if (it == index_.end()) return nullptr;
-  lru_.splice(lru_.begin(), lru_, it->second);
-  return *it->second;
+  return lru_.Lookup(host_offset);
 }
 
 void L2Cache::Put(std::shared_ptr<L2Table> table) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = index_.find(table->host_offset);
-  if (it != index_.end()) {
-    lru_.erase(it->second);
-    index_.erase(it);
-  }
-  lru_.push_front(std::move(table));
-  index_.emplace(lru_.front()->host_offset, lru_.begin());
-  EvictLocked();
+  const uint64_t key = table->host_offset;
+  lru_.Insert(key, std::move(table), true);
 }
 
-void L2Cache::Erase(uint64_t host_offset) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = index_.find(host_offset);
-  if (it == index_.end()) return;
-  lru_.erase(it->second);
-  index_.erase(it);
-}
+void L2Cache::Erase(uint64_t host_offset) { lru_.Erase(host_offset); }
 
 std::vector<std::shared_ptr<L2Table>> L2Cache::DirtyTables() const {
-  std::vector<std::shared_ptr<L2Table>> out;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& t : lru_)
-      if (t->dirty) out.push_back(t);
-  }
+  // Filtered under the lock: copying every table would pin them all.
+  std::vector<std::shared_ptr<L2Table>> out = lru_.Values(true);
   std::sort(out.begin(), out.end(),
             [](const auto& a, const auto& b) { return a->host_offset < b->host_offset; });
   return out;
 }
 
-size_t L2Cache::size() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return index_.size();
+size_t L2Cache::capacity() const {
+  return std::max<uint64_t>(1, lru_.budget().limit() / lru_.entry_bytes());
 }
 
-ClusterCache::ClusterCache(size_t capacity) : capacity_(std::max<size_t>(1, capacity)) {}
+bool L2Cache::OverBudget() const {
+  lru_.budget().Reclaim();
+  return lru_.budget().over();
+}
+
+std::shared_ptr<L2Table> L2Cache::NewTable(size_t words) const {
+  std::shared_ptr<L2Table> t = lru_.budget().TakeSpare(words);
+  if (!t) {
+    t = std::make_shared<L2Table>();
+    t->words.resize(words);
+  }
+  t->dirty = false;
+  return t;
+}
+
+// ---- ClusterCache ---------------------------------------------------------------------
+
+ClusterCache::ClusterCache(std::shared_ptr<CacheBudget> budget, uint64_t cluster_bytes,
+                           size_t max_clusters)
+    : lru_(std::move(budget), cluster_bytes + kCacheEntryOverhead, std::max<size_t>(2, max_clusters)) {}
 
 std::shared_ptr<const std::vector<uint8_t>> ClusterCache::Lookup(uint64_t key) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = index_.find(key);
-  if (it == index_.end()) return nullptr;
-  lru_.splice(lru_.begin(), lru_, it->second);
-  return it->second->second;
+  return lru_.Lookup(key);
 }
 
 void ClusterCache::Insert(uint64_t key, std::shared_ptr<const std::vector<uint8_t>> data) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (index_.count(key)) return;
-  lru_.emplace_front(key, std::move(data));
-  index_.emplace(key, lru_.begin());
-  while (index_.size() > capacity_) {
-    index_.erase(lru_.back().first);
-    lru_.pop_back();
-  }
+  lru_.Insert(key, std::move(data), false);
 }
 
 }  // namespace kvmfs::qcow2

@@ -27,8 +27,9 @@ Engine::Engine(std::shared_ptr<Backend> file, std::shared_ptr<Backend> data, Hea
                                                                 : CompressionType::kDeflate),
       file_size_(file_size),
       data_size_(data_size),
-      l2_cache_(options.l2_cache_bytes / geo_.cluster_size),
-      cluster_cache_(std::max<uint64_t>(2, options.decompressed_cache_bytes / geo_.cluster_size)) {
+      l2_cache_(options.budget ? options.budget : CacheBudget::Global(), geo_.cluster_size),
+      cluster_cache_(options.budget ? options.budget : CacheBudget::Global(), geo_.cluster_size,
+                     options.decompressed_cache_bytes / geo_.cluster_size) {
   for (Snapshot& s : snapshots_) s.serial = next_serial_++;
   virtual_size_.store(header_.virtual_size);
   l1_offset_ = header_.raw.l1_table_offset;
@@ -73,9 +74,8 @@ Result<std::shared_ptr<const L2Table>> Engine::GetL2(uint64_t l2_offset, uint64_
   // and the cache keeps the first.
   std::vector<uint8_t> raw(geo_.cluster_size);
   KVMFS_RETURN_IF_ERROR(file_->ReadAt(l2_offset, raw.data(), raw.size()));
-  auto table = std::make_shared<L2Table>();
+  std::shared_ptr<L2Table> table = l2_cache_.NewTable(geo_.cluster_size / 8);
   table->host_offset = l2_offset;
-  table->words.resize(geo_.cluster_size / 8);
   for (size_t i = 0; i < table->words.size(); ++i) table->words[i] = LoadBE64(raw.data() + i * 8);
   return l2_cache_.Insert(std::move(table));
 }

@@ -12,22 +12,39 @@
 
 namespace kvmfs {
 
+namespace qcow2 {
+class CacheBudget;
+}
+
+// The default of -o cache_size: bytes of qcow2 metadata cached by the whole
+// process.
+inline constexpr uint64_t kDefaultQcow2CacheBytes = 64ull << 20;
+
 struct Qcow2Options {
-  // Bytes of L2 tables cached per open image file (shared by its snapshot
-  // views). QEMU's default maximum on Linux is 32 MiB. At least one table is
-  // always cached.
-  uint64_t l2_cache_bytes = 32ull << 20;
-  // Bytes of decompressed clusters cached per image file, so sequential small
-  // reads of one compressed cluster inflate it once. At least 2 clusters.
+  // Bytes of cached metadata (L2 tables and decompressed clusters) of all
+  // open images together: the limit of the process-wide budget, applied by
+  // SetQcow2DefaultOptions (-o cache_size). Each image takes what it uses
+  // from the budget, the least recently used entries of any image go first;
+  // an image being read always keeps the table it is using, even when one
+  // table is larger than the budget.
+  uint64_t cache_bytes = kDefaultQcow2CacheBytes;
+  // At most this many bytes of decompressed clusters per image file, within
+  // the budget, so sequential small reads of one compressed cluster inflate
+  // it once. At least 2 clusters.
   uint64_t decompressed_cache_bytes = 4ull << 20;
+  // The budget the image's caches are charged to; null: the process-wide one
+  // (tests give images a budget of their own).
+  std::shared_ptr<qcow2::CacheBudget> budget;
 };
 
 // Options used by Qcow2Format().Open() from now on (process-wide; set them
-// once at startup, before images are opened). Thread-safe.
+// once at startup, before images are opened), and cache_bytes as the limit of
+// the process-wide budget (shrinking it evicts at once). Thread-safe.
 void SetQcow2DefaultOptions(const Qcow2Options& options);
 Qcow2Options Qcow2DefaultOptions();
 
 // Opens a qcow2 image with explicit options (as Qcow2Format().Open()).
+// options.cache_bytes is not applied here (the budget is shared).
 Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const OpenContext& ctx,
                                          const Qcow2Options& options);
 

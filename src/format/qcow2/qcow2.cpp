@@ -350,8 +350,11 @@ class Qcow2Driver final : public FormatDriver {
 }  // namespace
 
 void SetQcow2DefaultOptions(const Qcow2Options& options) {
-  std::lock_guard<std::mutex> lock(g_options_mu);
-  g_options = options;
+  {
+    std::lock_guard<std::mutex> lock(g_options_mu);
+    g_options = options;
+  }
+  qcow2::CacheBudget::Global()->SetLimit(options.cache_bytes);
 }
 
 Qcow2Options Qcow2DefaultOptions() {

@@ -6,7 +6,8 @@
 // active disk. The files of this directory are cut by subsystem:
 //   header.cpp    parse and validate the header and its extensions
 //   snapshot.cpp  the internal snapshot table; snapshot create/delete
-//   cache.cpp     L2 table cache (write-back) and decompressed-cluster cache
+//   cache.cpp     the process-wide cache budget, L2 table cache (write-back),
+//                 decompressed-cluster cache
 //   cluster.cpp   L1/L2 mapping, reads, block status
 //   refcount.cpp  refcount blocks and table: get/update, allocation, growth
 //   write.cpp     allocating writes, COW, zeroes/discard, resize, Flush
@@ -294,6 +295,144 @@ Result<std::vector<Snapshot>> ReadSnapshotTable(Backend& file, uint64_t file_siz
 Status ValidateTable(uint64_t offset, uint64_t entries, uint64_t entry_bytes, uint64_t max_bytes,
                      uint64_t cluster_size, const std::string& what, const std::string& name);
 
+// ---- Metadata cache budget ----------------------------------------------------------------
+//
+// Every cached L2 table and decompressed cluster of every open image is
+// charged (its cluster size plus kCacheEntryOverhead) to one CacheBudget, the
+// process-wide one unless a test gives its own. When an insert takes the
+// budget over its limit, the inserting thread (holding no cache lock) calls
+// Reclaim(), which evicts the least recently used entries of all registered
+// caches, coldest cache end first, so an active image takes memory back from
+// idle ones. Entries that are pinned (a request in progress holds them) or
+// dirty (an L2 table not written back yet) are never evicted, so the charged
+// bytes exceed the limit by at most those: about two clusters per request in
+// progress (the L2 table being mapped, a decompressed cluster), the tables a
+// write request dirties before the writer's write-back (MaybeWriteBack
+// flushes as soon as dirty tables keep the budget over), and one entry per
+// inserting thread (added before it reclaims; when only pinned and dirty
+// entries are left, the entry an insert returned stays until the next one).
+// Besides, up to limit/16 bytes of evicted L2 tables wait uncharged for
+// reuse (CacheBudget::KeepSpare).
+//
+// Lock order: engine rw_ -> CacheBudget::mu_ -> one cache's mu_. A cache's
+// mu_ is a leaf (nothing is locked or waited for under it, the budget's
+// counters are atomics), so Reclaim may wait for it; it first only tries.
+
+// Bytes charged per entry on top of its payload: list and index nodes, the
+// shared_ptr control block, the vector header.
+inline constexpr uint64_t kCacheEntryOverhead = 128;
+
+class CacheBudget;
+struct L2Table;
+
+// A cache whose entries are charged to a CacheBudget.
+class BudgetedCache {
+ public:
+  virtual ~BudgetedCache() = default;
+  // The last-use tick of the least recently used entry, read without the
+  // cache lock (a hint); UINT64_MAX when empty.
+  uint64_t cold_tick() const { return cold_tick_.load(std::memory_order_relaxed); }
+  // While the budget is over its limit, evicts evictable entries last used at
+  // or before `bound`, least recently used first. Takes the cache lock with
+  // try_lock unless `wait`. Returns the bytes freed (0: busy or none).
+  virtual uint64_t Evict(uint64_t bound, bool wait) = 0;
+
+ protected:
+  std::atomic<uint64_t> cold_tick_{UINT64_MAX};
+};
+
+class CacheBudget {
+ public:
+  explicit CacheBudget(uint64_t limit_bytes) : limit_(limit_bytes) {}
+  // The process-wide budget (kDefaultQcow2CacheBytes until SetLimit).
+  static const std::shared_ptr<CacheBudget>& Global();
+
+  // Sets the limit and evicts down to it. Any thread holding no cache lock.
+  void SetLimit(uint64_t bytes);
+  uint64_t limit() const { return limit_.load(std::memory_order_relaxed); }
+  uint64_t used() const { return used_.load(std::memory_order_relaxed); }
+  // The most ever charged at once since ResetPeak (for tests and logs).
+  uint64_t peak() const { return peak_.load(std::memory_order_relaxed); }
+  void ResetPeak() { peak_.store(used(), std::memory_order_relaxed); }
+  bool over() const { return used() > limit(); }
+
+  // A new last-use tick (a global clock, so ticks compare across caches).
+  uint64_t Tick() { return clock_.fetch_add(1, std::memory_order_relaxed) + 1; }
+  void Charge(uint64_t bytes);
+  void Release(uint64_t bytes) { used_.fetch_sub(bytes, std::memory_order_relaxed); }
+
+  // A cache registers for its lifetime; Unregister waits for a Reclaim that
+  // may be evicting from it.
+  void Register(BudgetedCache* cache);
+  void Unregister(BudgetedCache* cache);
+  // Evicts until within the limit or nothing evictable is left. Must be
+  // called holding no cache lock.
+  void Reclaim();
+
+  // Evicted L2 tables wait here (uncharged: at most kMaxSpareTables and
+  // limit/16 bytes) for the next load of a table of the same size, of any
+  // image. Steady-state eviction then recycles memory instead of returning
+  // it to malloc, whose per-thread arenas would keep it (RSS over budget).
+  void KeepSpare(std::shared_ptr<L2Table> table);
+  // A spare table of `words` words (contents stale), or null.
+  std::shared_ptr<L2Table> TakeSpare(size_t words);
+
+ private:
+  static constexpr size_t kMaxSpareTables = 4;
+  std::mutex spare_mu_;                              // a leaf, taken under a cache's lock
+  std::vector<std::shared_ptr<L2Table>> spare_;  // GUARDED_BY(spare_mu_)
+  std::atomic<uint64_t> limit_;
+  std::atomic<uint64_t> used_{0};
+  std::atomic<uint64_t> peak_{0};
+  std::atomic<uint64_t> clock_{0};
+  std::mutex mu_;                        // serialises Reclaim and the registry
+  std::vector<BudgetedCache*> caches_;  // GUARDED_BY(mu_)
+};
+
+// A bounded LRU of shared values keyed by u64, charged to a CacheBudget (and
+// at most `max_entries` of its own). Thread-safe; the lock covers only the
+// map operations, the caller does the I/O. Values stay valid while
+// referenced. An entry is evictable when nothing outside the cache holds it
+// (use_count 1: no request in progress pins it) and it is not dirty.
+template <class V>
+class BudgetedLru final : public BudgetedCache {
+ public:
+  BudgetedLru(std::shared_ptr<CacheBudget> budget, uint64_t entry_bytes, size_t max_entries);
+  ~BudgetedLru() override;
+  BudgetedLru(const BudgetedLru&) = delete;
+  BudgetedLru& operator=(const BudgetedLru&) = delete;
+
+  std::shared_ptr<V> Lookup(uint64_t key);
+  // Inserts `value` at `key`. When the key is cached already: keeps the
+  // cached value and returns it, or replaces it when `replace`. May evict
+  // (never `value` itself: the caller holds it).
+  std::shared_ptr<V> Insert(uint64_t key, std::shared_ptr<V> value, bool replace);
+  void Erase(uint64_t key);
+  // The cached values (only the dirty ones when `only_dirty`), least
+  // recently used first.
+  std::vector<std::shared_ptr<V>> Values(bool only_dirty) const;
+  size_t size() const;
+  uint64_t entry_bytes() const { return entry_bytes_; }
+  CacheBudget& budget() const { return *budget_; }
+  uint64_t Evict(uint64_t bound, bool wait) override;
+
+ private:
+  struct Entry {
+    uint64_t key;
+    std::shared_ptr<V> value;
+    uint64_t tick;
+  };
+  using List = std::list<Entry>;
+  void EraseLocked(typename List::iterator it);
+  void PublishColdLocked();
+  const std::shared_ptr<CacheBudget> budget_;
+  const uint64_t entry_bytes_;
+  const size_t max_entries_;
+  mutable std::mutex mu_;
+  List lru_;                                                     // GUARDED_BY(mu_), front = newest
+  std::unordered_map<uint64_t, typename List::iterator> index_;  // GUARDED_BY(mu_)
+};
+
 // ---- L2 cache ---------------------------------------------------------------------------
 
 // One L2 table, decoded to host order: `entries` u64 words (2 per entry with
@@ -302,20 +441,21 @@ struct L2Table {
   uint64_t host_offset = 0;
   std::vector<uint64_t> words;
   // Changed in memory and not yet written. Set and cleared only under the
-  // engine's exclusive lock; a dirty table is never evicted.
-  bool dirty = false;
+  // engine's exclusive lock; a dirty table is never evicted (atomic: the
+  // budget's Reclaim reads it from other threads).
+  std::atomic<bool> dirty{false};
 };
 
-// A bounded LRU of L2 tables keyed by host offset (so active and snapshot
-// views share tables). Thread-safe; the lock covers only lookup and insert,
-// the caller does the I/O. Returned tables stay valid while referenced.
-// Table contents change only under the engine's exclusive lock.
+// The L2 tables of one image file keyed by host offset (so active and
+// snapshot views share tables), within the budget. Thread-safe; returned
+// tables stay valid while referenced. Table contents change only under the
+// engine's exclusive lock.
 class L2Cache {
  public:
-  explicit L2Cache(size_t capacity_tables);
+  L2Cache(std::shared_ptr<CacheBudget> budget, uint64_t table_bytes);
   std::shared_ptr<const L2Table> Lookup(uint64_t host_offset);
   // Inserts `table` unless another thread inserted the same offset first;
-  // returns the table now cached. Evicts least recently used clean tables.
+  // returns the table now cached. May evict clean tables of any image.
   std::shared_ptr<const L2Table> Insert(std::shared_ptr<L2Table> table);
   // For the writer (engine exclusive lock held): the cached table, mutable.
   std::shared_ptr<L2Table> LookupForWrite(uint64_t host_offset);
@@ -325,31 +465,30 @@ class L2Cache {
   void Erase(uint64_t host_offset);
   // The dirty tables, sorted by host offset.
   std::vector<std::shared_ptr<L2Table>> DirtyTables() const;
-  size_t capacity() const { return capacity_; }
-  size_t size() const;
+  // The tables the whole budget holds (at least 1): the writer's yardstick
+  // for how many tables it keeps dirty.
+  size_t capacity() const;
+  // Whether the budget is still over its limit after evicting what it can
+  // (then only dirty or pinned entries keep it over).
+  bool OverBudget() const;
+  // A clean table of `words` words to load into (recycled when possible).
+  std::shared_ptr<L2Table> NewTable(size_t words) const;
+  size_t size() const { return lru_.size(); }
 
  private:
-  void EvictLocked();
-  using List = std::list<std::shared_ptr<L2Table>>;
-  const size_t capacity_;
-  mutable std::mutex mu_;
-  List lru_;                                            // GUARDED_BY(mu_), front = newest
-  std::unordered_map<uint64_t, List::iterator> index_;  // GUARDED_BY(mu_)
+  mutable BudgetedLru<L2Table> lru_;
 };
 
-// A small LRU of decompressed clusters keyed by the compressed descriptor.
+// A small LRU of decompressed clusters keyed by the compressed descriptor,
+// within the budget.
 class ClusterCache {
  public:
-  explicit ClusterCache(size_t capacity);
+  ClusterCache(std::shared_ptr<CacheBudget> budget, uint64_t cluster_bytes, size_t max_clusters);
   std::shared_ptr<const std::vector<uint8_t>> Lookup(uint64_t key);
   void Insert(uint64_t key, std::shared_ptr<const std::vector<uint8_t>> data);
 
  private:
-  using Entry = std::pair<uint64_t, std::shared_ptr<const std::vector<uint8_t>>>;
-  const size_t capacity_;
-  std::mutex mu_;
-  std::list<Entry> lru_;                                            // GUARDED_BY(mu_)
-  std::unordered_map<uint64_t, std::list<Entry>::iterator> index_;  // GUARDED_BY(mu_)
+  BudgetedLru<const std::vector<uint8_t>> lru_;
 };
 
 // ---- Refcounts -------------------------------------------------------------------------

@@ -227,8 +227,12 @@ Status Engine::MaybeWriteBack() {
   // Bounds the dirty L2 tables the cache must keep (it never evicts them)
   // and the refcount blocks held dirty; QEMU writes a dirty L2 back on
   // eviction after its refcount dependency, this writes all in that order.
+  // Dirty tables cannot be evicted: write them back as soon as they keep
+  // the process-wide cache budget over its limit.
   const uint64_t limit = std::max<uint64_t>(8, l2_cache_.capacity() / 2);
-  if (dirty_l2_count_ > limit || refblocks_.size() > 8192) return FlushLocked();
+  if (dirty_l2_count_ > limit || refblocks_.size() > 8192 ||
+      (dirty_l2_count_ > 0 && l2_cache_.OverBudget()))
+    return FlushLocked();
   return Status::OK();
 }
 

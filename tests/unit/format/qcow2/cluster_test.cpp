@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <zlib.h>
 
+#include "format/qcow2/qcow2.h"
 #include "mem_image.h"
 
 namespace kvmfs::test {
@@ -374,7 +375,7 @@ TEST(Qcow2Cluster, TinyL2CacheStillReadsEverything) {
     img.Fill(data, 512, uint8_t(i + 1));
   }
   Qcow2Options options;
-  options.l2_cache_bytes = 1;  // one table
+  options.budget = std::make_shared<qcow2::CacheBudget>(1);  // one table at a time
   auto image = MustOpen(img, options);
   ASSERT_TRUE(image);
   auto all = ReadAll(*image, 0, 1 << 20);

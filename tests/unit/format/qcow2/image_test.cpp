@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "format/qcow2/options.h"
+#include "format/qcow2/qcow2.h"
 #include "kvmfs/backend.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/format.h"
@@ -428,7 +429,7 @@ TEST_F(Qcow2Image, ConcurrentRandomReadsSeeTheRightBytes) {
   ChainPolicy policy;
   policy.allowed_roots = {dir_};
   Qcow2Options options;
-  options.l2_cache_bytes = 3 * 4096;
+  options.budget = std::make_shared<qcow2::CacheBudget>(5 * (4096 + qcow2::kCacheEntryOverhead));
   options.decompressed_cache_bytes = 2 * 4096;
   SetQcow2DefaultOptions(options);
   auto chain = OpenChain(P("cc.qcow2"), policy);

@@ -1,0 +1,55 @@
+// The kvmfs command line: -o cache_size=SIZE.
+#include "fuse/options.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace kvmfs::fuse {
+namespace {
+
+Result<Options> Parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "kvmfs");
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  return ParseCommandLine(static_cast<int>(argv.size()), argv.data());
+}
+
+TEST(FuseOptions, CacheSizeDefaultsTo64MiB) {
+  auto o = Parse({"src", "mnt"});
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_EQ(o->cache_size, 64ull << 20);
+}
+
+TEST(FuseOptions, CacheSizeAcceptsBytesAndSuffixes) {
+  const std::pair<const char*, uint64_t> cases[] = {
+      {"4096", 4096},          {"512K", 512ull << 10}, {"8M", 8ull << 20},
+      {"8m", 8ull << 20},      {"2G", 2ull << 30},     {"16MiB", 16ull << 20},
+      {"1GB", 1ull << 30},     {"100b", 100},
+  };
+  for (const auto& [text, bytes] : cases) {
+    auto o = Parse({"-o", std::string("ro,cache_size=") + text, "src", "mnt"});
+    ASSERT_TRUE(o.ok()) << text << ": " << o.status().ToString();
+    EXPECT_EQ(o->cache_size, bytes) << text;
+    EXPECT_TRUE(o->read_only);
+  }
+  // The option is ours: not passed to libfuse.
+  auto o = Parse({"-o", "cache_size=8M", "src", "mnt"});
+  ASSERT_TRUE(o.ok());
+  EXPECT_TRUE(o->fuse_options.empty());
+}
+
+TEST(FuseOptions, CacheSizeRejectsNonsenseWithOneLine) {
+  for (const char* text : {"", "M", "-1", "1.5M", "8X", "8 M", "0", "0M", "99999999999G",
+                           "18446744073709551616", "8MM"}) {
+    auto o = Parse({"-o", std::string("cache_size=") + text, "src", "mnt"});
+    ASSERT_FALSE(o.ok()) << text;
+    EXPECT_EQ(o.status().code(), Status::Code::kInvalidArgument) << text;
+    EXPECT_NE(o.status().message().find("cache_size"), std::string::npos) << o.status().message();
+    EXPECT_EQ(o.status().message().find('\n'), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace kvmfs::fuse
