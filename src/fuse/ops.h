@@ -30,14 +30,17 @@ inline FileHandle* Handle(const fuse_file_info* fi) {
 // becomes an errno.
 inline int Reply(const Status& status) { return -status.ToErrno(); }
 
-// Reads of at most 896 KiB per request (the max_read mount option, and the
+// Reads of at most 1 MiB per request (the max_read mount option, and the
 // same in init as libfuse requires). libfuse splices a read reply
 // (op_read.cpp) only when all of it fits its pipe with a page of slack per
 // piece, and a pipe may not grow past /proc/sys/fs/pipe-max-size (1 MiB by
 // default, for root too without CAP_SYS_RESOURCE): a 1 MiB reply never fits
-// and is copied through a fresh buffer instead. 896 KiB leaves room for 29
-// pieces (a 16-deep chain needs 14). A user's -o max_read=N wins.
-inline constexpr unsigned kMaxRead = 896u << 10;
+// and is read into one buffer instead; smaller replies are spliced. Measured
+// on the 2-core machine (bench/results/, medians of 3): 896 KiB, where every
+// fio 1 MiB read becomes two requests but both splice, was slower than 1 MiB
+// copied (plain qcow2 2277 vs 2678 MiB/s; raw 2453 vs 3012). A user's
+// -o max_read=N wins.
+inline constexpr unsigned kMaxRead = 1u << 20;
 // The max_read of this mount (session.cpp sets it before mounting; init
 // must announce the same value as the mount option, or libfuse fails it).
 void SetMaxRead(unsigned bytes);
