@@ -143,12 +143,7 @@ class Tree(h.KvmfsTestCase):
         try:
             for rel in ("", "a", "a/b", "a/b/c", "x"):
                 os.listdir(os.path.join(m.mnt, rel))
-            opened = set()
-            for fd in os.listdir("/proc/%d/fd" % m.proc.pid):
-                try:
-                    opened.add(os.readlink("/proc/%d/fd/%s" % (m.proc.pid, fd)))
-                except OSError:
-                    pass
+            opened = self.open_files(m)
             for rel, img in self.imgs.items():
                 self.assertNotIn(os.path.realpath(img), opened, "image opened by a directory listing: %s" % rel)
             # and using one view opens only that image's files

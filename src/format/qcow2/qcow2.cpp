@@ -30,16 +30,22 @@ class Qcow2Image final : public Image {
 
   bool is_snapshot() const { return serial_ != 0; }
 
-  uint64_t size() const override { return is_snapshot() ? snap_size_ : engine_->virtual_size(); }
-
-  Status Read(uint64_t off, void* buf, size_t len) override {
-    std::shared_lock<std::shared_mutex> lock(engine_->mutex());
-    KVMFS_RETURN_IF_ERROR(CheckAlive());
+  // [off, off+len) lies within the view (Read, PlanRead).
+  Status CheckReadRange(uint64_t off, size_t len) const {
     const uint64_t size = this->size();
     if (off > size || len > size - off)
       return Status::InvalidArgument(engine_->name() + ": read of " + std::to_string(len) +
                                      " bytes at " + std::to_string(off) +
                                      " past the virtual size " + std::to_string(size));
+    return Status::OK();
+  }
+
+  uint64_t size() const override { return is_snapshot() ? snap_size_ : engine_->virtual_size(); }
+
+  Status Read(uint64_t off, void* buf, size_t len) override {
+    std::shared_lock<std::shared_mutex> lock(engine_->mutex());
+    KVMFS_RETURN_IF_ERROR(CheckAlive());
+    KVMFS_RETURN_IF_ERROR(CheckReadRange(off, len));
     const L1Table& l1 = is_snapshot() ? snap_l1_ : engine_->active_l1();
     auto* p = static_cast<uint8_t*>(buf);
     while (len > 0) {
@@ -84,11 +90,7 @@ class Qcow2Image final : public Image {
     const int fd = SpliceFd();
     std::shared_lock<std::shared_mutex> lock(engine_->mutex());
     KVMFS_RETURN_IF_ERROR(CheckAlive());
-    const uint64_t size = this->size();
-    if (off > size || len > size - off)
-      return Status::InvalidArgument(engine_->name() + ": read of " + std::to_string(len) +
-                                     " bytes at " + std::to_string(off) +
-                                     " past the virtual size " + std::to_string(size));
+    KVMFS_RETURN_IF_ERROR(CheckReadRange(off, len));
     const L1Table& l1 = is_snapshot() ? snap_l1_ : engine_->active_l1();
     const uint64_t cluster_mask = engine_->geo().cluster_size - 1;
     while (len > 0) {
