@@ -54,6 +54,9 @@ class ReadPlan {
   // to write them; valid only until the next Add*() call (a memory piece
   // following another grows it). kIOError (ENOMEM) when out of memory.
   Result<uint8_t*> AddMemory(uint64_t length, bool zero);
+  // Gives back the last `unused` bytes of the memory piece AddMemory() just
+  // returned (a reader that learns its length only while reading).
+  void TrimMemory(uint64_t unused);
 
   const std::vector<Piece>& pieces() const { return pieces_; }
   uint64_t size() const { return size_; }

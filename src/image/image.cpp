@@ -99,6 +99,18 @@ Result<uint8_t*> ReadPlan::AddMemory(uint64_t length, bool zero) {
   return static_cast<uint8_t*>(mem);
 }
 
+void ReadPlan::TrimMemory(uint64_t unused) {
+  if (unused == 0 || pieces_.empty() || pieces_.back().fd >= 0) return;
+  Piece& last = pieces_.back();
+  unused = std::min<uint64_t>(unused, last.length);
+  last.length -= unused;
+  size_ -= unused;
+  if (last.length == 0) {
+    std::free(last.mem);
+    pieces_.pop_back();
+  }
+}
+
 void ReadPlan::Discard() {
   for (Piece& p : pieces_) std::free(p.mem);
   pieces_.clear();

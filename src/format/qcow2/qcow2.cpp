@@ -117,8 +117,13 @@ class Qcow2Image final : public Image {
           break;
         }
         case Extent::Type::kCompressed: {
-          KVMFS_ASSIGN_OR_RETURN(uint8_t* p, plan.AddMemory(n, false));
-          KVMFS_RETURN_IF_ERROR(engine_->ReadCompressed(e.l2_entry, off & cluster_mask, p, n, off));
+          // As in Read(): the compressed clusters that follow are read and
+          // decompressed (concurrently) with this one; the run may pass `n`.
+          KVMFS_ASSIGN_OR_RETURN(uint8_t* p, plan.AddMemory(len, false));
+          KVMFS_ASSIGN_OR_RETURN(size_t run, engine_->ReadCompressedRun(l1, e, off, p, len));
+          plan.TrimMemory(len - run);
+          off += run - n;
+          len -= run - n;
           break;
         }
       }
