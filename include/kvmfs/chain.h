@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "kvmfs/format.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
 
@@ -26,9 +27,6 @@ struct ChainPolicy {
   bool writable_top = false;
 };
 
-// Whether kvmfs can write images of this format (raw, qcow2).
-bool FormatWritable(const std::string& format);
-
 struct Layer {
   std::string path;      // canonical host path of the file
   std::string format;    // driver name
@@ -44,8 +42,8 @@ struct Chain {
   const std::shared_ptr<Image>& top() const { return layers.front().image; }
 };
 
-// The format to use for `path`: "raw" for names that say raw (.raw, .iso),
-// else by content (ProbeFormat), else raw. `format_hint` non-empty wins.
+// The format to use for `path`: FormatFor() its name and first bytes.
+// `format_hint` non-empty wins.
 Result<std::string> DetectFormat(const std::string& path, const std::string& format_hint);
 
 // Opens `path` with every backing layer (the top one writable as

@@ -1,4 +1,14 @@
 // Format drivers: turn a backend holding one image file into an Image.
+//
+// A driver is one folder under src/format/ that defines, in its own file,
+//
+//   const FormatDriver& kvmfs::KvmfsFormat_<name>();   // e.g. KvmfsFormat_qcow2
+//
+// and one line in src/format/meson.build's `format_drivers` list, from which
+// the registry is generated. Nothing above src/format/ names a format: the
+// pool, the namespace and the chain opener ask a driver what it can do
+// (caps()), which names are its own (extensions()) and what its first bytes
+// say (Probe(), Peek()).
 #pragma once
 
 #include <functional>
@@ -18,20 +28,50 @@ struct OpenContext {
   // Display name for messages (the image's path).
   std::string name;
   bool writable = false;
-  // Opens a file an image names (external data file), resolved relative to the
-  // image's directory and checked against policy. May be empty: then such
-  // images fail with kNotSupported.
+  // Opens a file an image names (external data file, VMDK extent), resolved
+  // relative to the image's directory and checked against policy (outside the
+  // pool and the backing roots: kPermission). May be empty: then such images
+  // fail with kNotSupported.
   std::function<Result<std::shared_ptr<Backend>>(const std::string& name)> open_related;
 };
+
+// What a format can do, for the layers above (CONTRACT.md "The tree").
+struct FormatCaps {
+  bool writable = false;            // Open(ctx.writable = true) can yield a writable Image
+  bool internal_snapshots = false;  // snapshots/ is shown (and mkdir works) even when empty
+  bool backing_files = false;       // an image may name a backing file
+  bool compression = false;         // compressed data (reads; writes with the pool's compress:)
+};
+
+// What the first bytes of an image say about its tree, without opening it:
+// enough to list its directory.
+struct FormatPeek {
+  bool known = false;        // the fields below are known
+  bool has_backing = false;  // the header names a backing file
+  uint32_t snapshots = 0;    // internal snapshots the header counts
+};
+
+// Bytes of the file handed to Probe() and Peek() (fewer when the file is
+// shorter).
+inline constexpr size_t kProbeBytes = 512;
 
 class FormatDriver {
  public:
   virtual ~FormatDriver() = default;
-  // The format name as QEMU spells it ("qcow2", "raw").
+  // The format name as QEMU spells it ("qcow2", "raw", "vpc").
   virtual const char* name() const = 0;
-  // A score 0..100 of how surely `head` (the first bytes, up to 512) is this
-  // format; raw answers 1.
+  virtual FormatCaps caps() const = 0;
+  // File name extensions (lower case, no dot) that say "this format": a file
+  // so named is opened with this driver, and content that is not this format
+  // is an error, never another format (QEMU's -f). Default: none.
+  virtual std::vector<std::string> extensions() const { return {}; }
+  // A score 0..100 of how surely `head` (the first bytes, up to kProbeBytes)
+  // is this format; raw answers 1. A driver must score > 50 only on its magic.
   virtual int Probe(const uint8_t* head, size_t len) const = 0;
+  // What `head` (the first bytes, up to kProbeBytes) says without opening the
+  // image; {known = false} when that needs more than these bytes. Only called
+  // when Probe() chose this driver. Default: unknown.
+  virtual FormatPeek Peek(const uint8_t* /*head*/, size_t /*len*/) const { return {}; }
   // Opens the image in `file`. Validates every header field and table location
   // before use. Errors: kCorruption (bad header or tables), kNotSupported
   // (unknown incompatible feature), kTooLarge (QEMU limits exceeded).
@@ -39,14 +79,30 @@ class FormatDriver {
                                               const OpenContext& ctx) const = 0;
 };
 
-// All drivers, and lookup by name / by content.
+// All registered drivers (src/format/meson.build's list), and lookup.
+std::vector<const FormatDriver*> AllFormats();
 const FormatDriver* FindFormat(const std::string& name);
 // The driver with the highest probe score for `head` (raw if nothing else).
 const FormatDriver* ProbeFormat(const uint8_t* head, size_t len);
-std::vector<const FormatDriver*> AllFormats();
-
-// Registered by each driver's translation unit.
-const FormatDriver& RawFormat();
-const FormatDriver& Qcow2Format();
+// The driver whose extensions() include the extension of file name `name`
+// (case-insensitive), or nullptr.
+const FormatDriver* FormatForName(const std::string& name);
+// The format to open a file named `name` whose first bytes are `head` with:
+// the format its name says (FormatForName; content that is not that format is
+// then the driver's error, never raw), else the driver that probes surest
+// (score > 50), else a recognised magic of a format without a driver
+// (UnsupportedFormatMagic; opening it fails with kNotSupported), else "raw".
+std::string FormatFor(const std::string& name, const uint8_t* head, size_t len);
+// The format QEMU would name for `head` when no driver claims it (a format
+// kvmfs recognises but does not serve yet), or "".
+std::string UnsupportedFormatMagic(const uint8_t* head, size_t len);
+// Whether kvmfs can write images of `format` (a registered writable driver).
+bool FormatWritable(const std::string& format);
 
 }  // namespace kvmfs
+
+// Each driver's entry point, declared for the generated registry.
+#define KVMFS_DECLARE_FORMAT(name) \
+  namespace kvmfs {                \
+  const FormatDriver& KvmfsFormat_##name(); \
+  }

@@ -40,21 +40,18 @@ Result<std::string> ResolveRelated(const std::string& image_path, const std::str
 
 }  // namespace
 
-bool FormatWritable(const std::string& format) { return format == "raw" || format == "qcow2"; }
-
 Result<std::string> DetectFormat(const std::string& path, const std::string& format_hint) {
   if (!format_hint.empty()) {
     if (FindFormat(format_hint) == nullptr)
       return Status::NotSupported(path + ": format '" + format_hint + "' is not supported");
     return format_hint;
   }
-  std::string ext = LowerExtension(path);
-  if (ext == ".raw" || ext == ".iso") return std::string("raw");  // the name says raw: never probe
+  if (const FormatDriver* said = FormatForName(path)) return std::string(said->name());
   KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> file, OpenLocalFile(path, false));
-  uint8_t head[512];
+  uint8_t head[kProbeBytes];
   KVMFS_RETURN_IF_ERROR(file->ReadAt(0, head, sizeof head));
   KVMFS_ASSIGN_OR_RETURN(uint64_t size, file->Size());
-  return std::string(ProbeFormat(head, std::min<uint64_t>(size, sizeof head))->name());
+  return FormatFor(path, head, std::min<uint64_t>(size, sizeof head));
 }
 
 Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,

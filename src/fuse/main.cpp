@@ -49,7 +49,7 @@ void PrintFuseHelp() {
 
 // Loads the config and builds its pools. -o backing_root=DIR applies to
 // every pool.
-Result<std::shared_ptr<pool::PoolSet>> LoadPools(const fuse::Options& options) {
+Result<std::shared_ptr<pool::PoolSet>> LoadPools(const kvmfs::fuse::Options& options) {
   KVMFS_ASSIGN_OR_RETURN(config::Config cfg, config::LoadConfig(options.config));
   for (config::PoolConfig& p : cfg.pools)
     p.backing_roots.insert(p.backing_roots.end(), options.backing_roots.begin(),
@@ -66,11 +66,11 @@ Result<std::shared_ptr<pool::PoolSet>> LoadPools(const fuse::Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  auto parsed = fuse::ParseCommandLine(argc, argv);
+  auto parsed = kvmfs::fuse::ParseCommandLine(argc, argv);
   if (!parsed.ok()) return Fail(parsed.status().message());
-  fuse::Options options = std::move(parsed).value();
+  kvmfs::fuse::Options options = std::move(parsed).value();
   if (options.help) {
-    fuse::PrintUsage();
+    kvmfs::fuse::PrintUsage();
     PrintFuseHelp();
     return 0;
   }
@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
     std::printf("kvmfs %s (libfuse %s)\n", KVMFS_VERSION, fuse_pkgversion());
     return 0;
   }
-  Status valid = fuse::ValidateOptions(options);
+  Status valid = kvmfs::fuse::ValidateOptions(options);
   if (!valid.ok()) return Fail(valid.message());
 
   Qcow2Options qcow2_options;
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
       ns_options.hidden.push_back(options.mountpoint);
     pool::PoolRoot root(
         std::make_shared<pool::PoolSet>(std::make_shared<pool::Namespace>(std::move(ns_options))));
-    return fuse::MountAndServe(options, root);
+    return kvmfs::fuse::MountAndServe(options, root);
   }
 
   // A YAML config: refuse a bad one before mounting. Warnings (missing pool
@@ -120,5 +120,5 @@ int main(int argc, char** argv) {
     root.Set(std::move(fresh).value());
     spdlog::info("config {}: pools {}", options.config, names.empty() ? "(none)" : names);
   };
-  return fuse::MountAndServe(options, root, reload);
+  return kvmfs::fuse::MountAndServe(options, root, reload);
 }

@@ -13,7 +13,6 @@
 namespace kvmfs::pool {
 namespace {
 
-constexpr size_t kProbeBytes = 512;
 // Bound on remembered verdicts; the map is simply cleared when it is reached.
 constexpr size_t kMaxProbeEntries = 65536;
 
@@ -24,11 +23,6 @@ std::string Lower(std::string s) {
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-bool StartsWith(const uint8_t* head, size_t len, const char* magic) {
-  size_t n = std::strlen(magic);
-  return len >= n && std::memcmp(head, magic, n) == 0;
 }
 
 }  // namespace
@@ -42,11 +36,6 @@ bool HasImageExtension(const std::string& name, const std::vector<std::string>& 
 
 bool HasImageExtension(const std::string& name) {
   return HasImageExtension(name, config::DefaultExtensions());
-}
-
-bool NameSaysRaw(const std::string& name) {
-  std::string ext = LowerExtension(name);
-  return ext == ".raw" || ext == ".iso";
 }
 
 bool IsVmdkExtentName(const std::string& name) {
@@ -64,24 +53,9 @@ bool IsVmdkExtentName(const std::string& name) {
 }
 
 std::string ProbeMagic(const uint8_t* head, size_t len) {
-  if (StartsWith(head, len, "QFI\xfb")) {
-    // Version 1 is qcow; any other version goes to the qcow2 driver, which
-    // says what is wrong with it (QEMU would fall back to raw and show the
-    // header as disk content).
-    if (len >= 8 && LoadBE32(head + 4) == 1) return "qcow";
-    return "qcow2";
-  }
-  if (len >= 68 && LoadLE32(head + 64) == 0xbeda107f) return "vdi";
-  if (StartsWith(head, len, "KDMV") || StartsWith(head, len, "COWD") ||
-      StartsWith(head, len, "# Disk DescriptorFile"))
-    return "vmdk";
-  if (StartsWith(head, len, "vhdxfile")) return "vhdx";
-  if (StartsWith(head, len, "conectix")) return "vpc";
-  // A driver this table does not know yet (its probe must be sure: > 50).
   const FormatDriver* best = ProbeFormat(head, len);
-  if (best != nullptr && std::strcmp(best->name(), "raw") != 0 && best->Probe(head, len) > 50)
-    return best->name();
-  return "";
+  if (best != nullptr && best->Probe(head, len) > 50) return best->name();
+  return UnsupportedFormatMagic(head, len);
 }
 
 std::string ProbeCache::Probe(const std::string& path, const struct stat& st) {
@@ -90,19 +64,18 @@ std::string ProbeCache::Probe(const std::string& path, const struct stat& st) {
 
 HeaderPeek ProbeCache::Peek(const std::string& path, const struct stat& st) {
   HeaderPeek peek;
-  if (NameSaysRaw(BaseName(path))) {
-    peek.format = "raw";
-    peek.known = true;
+  peek.format = FormatOf(path, st);
+  const FormatDriver* driver = FindFormat(peek.format);
+  if (driver == nullptr) return peek;
+  // A driver that can tell without any bytes (raw) reads nothing.
+  if (FormatPeek blind = driver->Peek(nullptr, 0); blind.known) {
+    static_cast<FormatPeek&>(peek) = blind;
     return peek;
   }
   Entry entry = ProbeEntry(path, st);
-  if (entry.verdict.empty()) {
-    peek.format = "raw";
-    peek.known = true;
-    return peek;
-  }
-  if (entry.verdict == "qcow2") return entry.peek;
-  peek.format = entry.verdict;
+  // Only what the content confirms: a file whose name says a format it does
+  // not hold is not peeked (opening it reports why).
+  if (entry.verdict == peek.format) static_cast<FormatPeek&>(peek) = entry.peek;
   return peek;
 }
 
@@ -115,7 +88,7 @@ ProbeCache::Entry ProbeCache::ProbeEntry(const std::string& path, const struct s
     if (it != entries_.end() && it->second.key == key) return it->second;
   }
   std::string verdict;
-  HeaderPeek peek;
+  FormatPeek peek;
   auto file = OpenLocalFile(path, false);
   if (file.ok()) {
     uint8_t head[kProbeBytes];
@@ -128,16 +101,9 @@ ProbeCache::Entry ProbeCache::ProbeEntry(const std::string& path, const struct s
     size_t len = static_cast<size_t>(std::min<int64_t>(size, kProbeBytes));
     if ((*file)->ReadAt(0, head, len).ok()) {
       verdict = ProbeMagic(head, len);
-      // qcow2 (v2 and v3): backing_file_offset at 8, nb_snapshots at 60.
-      if (verdict == "qcow2" && len >= 72) {
-        peek.format = verdict;
-        peek.known = true;
-        peek.has_backing = LoadBE64(head + 8) != 0;
-        peek.snapshots = LoadBE32(head + 60);
-      }
+      if (const FormatDriver* driver = FindFormat(verdict)) peek = driver->Peek(head, len);
     }
   }
-  if (!peek.known) peek.format = verdict;
   Entry entry{key, verdict, peek};
   std::lock_guard lock(mu_);
   ++reads_;
@@ -147,7 +113,7 @@ ProbeCache::Entry ProbeCache::ProbeEntry(const std::string& path, const struct s
 }
 
 std::string ProbeCache::FormatOf(const std::string& path, const struct stat& st) {
-  if (NameSaysRaw(BaseName(path))) return "raw";
+  if (const FormatDriver* said = FormatForName(BaseName(path))) return said->name();
   std::string verdict = Probe(path, st);
   return verdict.empty() ? "raw" : verdict;
 }

@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "kvmfs/format.h"
 #include "pool/file_key.h"
 
 namespace kvmfs::pool {
@@ -25,40 +26,35 @@ bool HasImageExtension(const std::string& name, const std::vector<std::string>& 
 // .qcow2 .qcow .img .raw .vdi .vmdk .vhd .vhdx .iso.
 bool HasImageExtension(const std::string& name);
 
-// `name` ends in .raw or .iso: the name says raw, the content is never probed.
-bool NameSaysRaw(const std::string& name);
-
 // `name` is a VMDK extent file (*-flat.vmdk, *-sNNN.vmdk, *-fNNN.vmdk), which
 // belongs to a descriptor and is not shown on its own.
 bool IsVmdkExtentName(const std::string& name);
 
 // The format QEMU would name for these leading bytes ("qcow2", "qcow", "vdi",
-// "vmdk", "vhdx", "vpc"), or "" when no known magic matches. `len` may be
+// "vmdk", "vhdx", "vpc": a driver's sure probe, or a recognised magic of a
+// format without a driver), or "" when no known magic matches. `len` may be
 // shorter than 512.
 std::string ProbeMagic(const uint8_t* head, size_t len);
 
 // What the first bytes of an image file say about its tree, without opening
 // it: enough to list its directory (CONTRACT.md "The tree").
-struct HeaderPeek {
-  std::string format;        // as ProbeCache::FormatOf
-  bool known = false;        // the fields below are known (raw, qcow2)
-  bool has_backing = false;  // the header names a backing file
-  uint32_t snapshots = 0;    // internal snapshots in the header
+struct HeaderPeek : FormatPeek {
+  std::string format;  // as ProbeCache::FormatOf
 };
 
 // Caches magic probes per file version. Thread-safe.
 class ProbeCache {
  public:
-  // The format and, for raw and qcow2, backing file and snapshot count of the
-  // image at `path` (one read of its first bytes per file version).
+  // The format and what its driver's Peek() says of the image at `path` (one
+  // read of its first bytes per file version).
   HeaderPeek Peek(const std::string& path, const struct stat& st);
 
   // The magic verdict for the regular file at `path` whose stat is `st`
   // (ProbeMagic of its first 512 bytes; "" for unreadable files).
   std::string Probe(const std::string& path, const struct stat& st);
 
-  // The format to open `path` with: "raw" when the name says raw, else the
-  // magic verdict, else "raw".
+  // The format to open `path` with: the format its name says (FormatForName),
+  // else the magic verdict, else "raw".
   std::string FormatOf(const std::string& path, const struct stat& st);
 
   // Number of probes that really read a file (for tests).
@@ -68,7 +64,7 @@ class ProbeCache {
   struct Entry {
     FileKey key;
     std::string verdict;
-    HeaderPeek peek;  // for a qcow2 verdict
+    FormatPeek peek;  // the verdict's driver's Peek()
   };
   Entry ProbeEntry(const std::string& path, const struct stat& st);
   mutable std::mutex mu_;

@@ -36,10 +36,16 @@ struct DirCloser {
   void operator()(DIR* d) const { ::closedir(d); }
 };
 
+// Whether images of `format` show snapshots/ even without snapshots.
+bool SnapshotsDirAlways(const std::string& format) {
+  const FormatDriver* driver = FindFormat(format);
+  return driver != nullptr && driver->caps().internal_snapshots;
+}
+
 }  // namespace
 
 bool HasSnapshotsDir(const OpenImage& image) {
-  return image.format() == "qcow2" || !image.snapshots().empty();
+  return SnapshotsDirAlways(image.format()) || !image.snapshots().empty();
 }
 
 Namespace::Namespace(NamespaceOptions options, ChainOpener opener)
@@ -150,11 +156,11 @@ Result<Node> Namespace::ImageChild(const Node& parent, const std::string& name) 
       // can tell (ls -R of a pool opens nothing).
       if (name == kSnapshotsName || name == kBackingName) {
         if (auto peek = Unopened(parent)) {
-          if (name == kSnapshotsName && peek->format == "qcow2" && peek->snapshots == 0) {
+          if (name == kSnapshotsName && SnapshotsDirAlways(peek->format) && peek->snapshots == 0) {
             node.kind = NodeKind::kSnapshotsDir;
             return node;
           }
-          if (name == kBackingName || peek->format == "raw")
+          if (name == kBackingName || (!SnapshotsDirAlways(peek->format) && peek->snapshots == 0))
             return NoEntry(parent.host_path + "/" + name);
         }
       }
@@ -282,7 +288,7 @@ Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
       entries.push_back({kDiskName, false, std::nullopt});
       entries.push_back({kInfoName, false, std::nullopt});
       if (auto peek = Unopened(node)) {
-        if (peek->format == "qcow2" || peek->snapshots > 0) {
+        if (SnapshotsDirAlways(peek->format) || peek->snapshots > 0) {
           Node child = node;
           child.kind = NodeKind::kSnapshotsDir;
           // (in a writable pool its mode depends on the image: no attributes)

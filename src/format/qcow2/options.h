@@ -1,6 +1,6 @@
 // Tuning of the qcow2 driver, for the mount options (include as
 // "format/qcow2/options.h"; the driver itself is reached through
-// Qcow2Format() in kvmfs/format.h).
+// KvmfsFormat_qcow2() in kvmfs/format.h).
 #pragma once
 
 #include <cstddef>
@@ -37,13 +37,13 @@ struct Qcow2Options {
   std::shared_ptr<qcow2::CacheBudget> budget;
 };
 
-// Options used by Qcow2Format().Open() from now on (process-wide; set them
+// Options used by the qcow2 driver's Open() from now on (process-wide; set them
 // once at startup, before images are opened), and cache_bytes as the limit of
 // the process-wide budget (shrinking it evicts at once). Thread-safe.
 void SetQcow2DefaultOptions(const Qcow2Options& options);
 Qcow2Options Qcow2DefaultOptions();
 
-// Opens a qcow2 image with explicit options (as Qcow2Format().Open()).
+// Opens a qcow2 image with explicit options (as the qcow2 driver's Open()).
 // options.cache_bytes is not applied here (the budget is shared).
 Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const OpenContext& ctx,
                                          const Qcow2Options& options);

@@ -2,6 +2,8 @@
 // active L1), and the Image views of the active disk and of its snapshots.
 #include "format/qcow2/qcow2.h"
 
+#include "base/endian.h"
+
 #include <atomic>
 #include <cstring>
 #include <mutex>
@@ -92,7 +94,6 @@ class Qcow2Image final : public Image {
     KVMFS_RETURN_IF_ERROR(CheckAlive());
     KVMFS_RETURN_IF_ERROR(CheckReadRange(off, len));
     const L1Table& l1 = is_snapshot() ? snap_l1_ : engine_->active_l1();
-    const uint64_t cluster_mask = engine_->geo().cluster_size - 1;
     while (len > 0) {
       KVMFS_ASSIGN_OR_RETURN(Extent e, engine_->Map(l1, off, len, MapMode::kRead));
       const size_t n = static_cast<size_t>(e.length);
@@ -341,12 +342,24 @@ Qcow2Options g_options;  // GUARDED_BY(g_options_mu)
 class Qcow2Driver final : public FormatDriver {
  public:
   const char* name() const override { return "qcow2"; }
+  FormatCaps caps() const override {
+    return {.writable = true, .internal_snapshots = true, .backing_files = true, .compression = true};
+  }
+  std::vector<std::string> extensions() const override { return {"qcow2"}; }
+  FormatPeek Peek(const uint8_t* h, size_t len) const override {
+    // backing_file_offset at 8, nb_snapshots at 60 (v2 and v3).
+    if (len < 72) return {};
+    return {.known = true, .has_backing = LoadBE64(h + 8) != 0, .snapshots = LoadBE32(h + 60)};
+  }
   int Probe(const uint8_t* h, size_t len) const override {
     // qcow (v1) shares the magic: as QEMU's qcow2_probe, only versions >= 2.
     if (len < 8 || h[0] != 'Q' || h[1] != 'F' || h[2] != 'I' || h[3] != 0xfb) return 0;
     const uint32_t version =
         uint32_t(h[4]) << 24 | uint32_t(h[5]) << 16 | uint32_t(h[6]) << 8 | h[7];
-    return version >= 2 ? 100 : 0;
+    if (version == 1) return 0;
+    // Version 0 is no format QEMU knows (it would show the file as raw):
+    // claim it so that the qcow2 driver says what is wrong with it.
+    return version >= 2 ? 100 : 51;
   }
   Result<std::unique_ptr<Image>> Open(std::shared_ptr<Backend> file,
                                       const OpenContext& ctx) const override {
@@ -414,7 +427,7 @@ Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const Op
   return std::unique_ptr<Image>(std::make_unique<Qcow2Image>(std::move(engine)));
 }
 
-const FormatDriver& Qcow2Format() {
+const FormatDriver& KvmfsFormat_qcow2() {
   static const Qcow2Driver driver;
   return driver;
 }

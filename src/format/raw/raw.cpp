@@ -96,7 +96,10 @@ class RawImage final : public Image {
 class RawFormatDriver final : public FormatDriver {
  public:
   const char* name() const override { return "raw"; }
+  FormatCaps caps() const override { return {.writable = true}; }
+  std::vector<std::string> extensions() const override { return {"raw", "iso"}; }
   int Probe(const uint8_t*, size_t) const override { return 1; }
+  FormatPeek Peek(const uint8_t*, size_t) const override { return {.known = true}; }
   Result<std::unique_ptr<Image>> Open(std::shared_ptr<Backend> file,
                                       const OpenContext&) const override {
     KVMFS_ASSIGN_OR_RETURN(uint64_t size, file->Size());
@@ -106,7 +109,7 @@ class RawFormatDriver final : public FormatDriver {
 
 }  // namespace
 
-const FormatDriver& RawFormat() {
+const FormatDriver& KvmfsFormat_raw() {
   static const RawFormatDriver driver;
   return driver;
 }

@@ -48,11 +48,11 @@ class ChainWriteTest : public ::testing::Test {
   bool has_qemu_img_ = false;
 };
 
-TEST_F(ChainWriteTest, WritableFormats) {
+TEST_F(ChainWriteTest, WritableFormatsAreTheDriversThatSaySo) {
   EXPECT_TRUE(FormatWritable("raw"));
   EXPECT_TRUE(FormatWritable("qcow2"));
-  EXPECT_FALSE(FormatWritable("vdi"));
-  EXPECT_FALSE(FormatWritable("vmdk"));
+  EXPECT_FALSE(FormatWritable("no-such-format"));
+  for (const FormatDriver* f : AllFormats()) EXPECT_EQ(FormatWritable(f->name()), f->caps().writable);
 }
 
 TEST_F(ChainWriteTest, RawTopOpensWritableOnlyWhenAsked) {

@@ -32,11 +32,17 @@ TEST(Detect, ImageExtensionsAreCaseInsensitive) {
     EXPECT_FALSE(HasImageExtension(name)) << name;
 }
 
-TEST(Detect, NameSaysRawForRawAndIso) {
-  EXPECT_TRUE(NameSaysRaw("a.raw"));
-  EXPECT_TRUE(NameSaysRaw("a.ISO"));
-  EXPECT_FALSE(NameSaysRaw("a.img"));
-  EXPECT_FALSE(NameSaysRaw("a.qcow2"));
+TEST(Detect, NamesSayTheirDriversFormat) {
+  auto said = [](const char* name) {
+    const FormatDriver* f = FormatForName(name);
+    return f == nullptr ? std::string() : std::string(f->name());
+  };
+  EXPECT_EQ(said("a.raw"), "raw");
+  EXPECT_EQ(said("a.ISO"), "raw");
+  EXPECT_EQ(said("a.qcow2"), "qcow2");
+  EXPECT_EQ(said("a.img"), "");
+  EXPECT_EQ(said(".qcow2"), "");
+  EXPECT_EQ(said("qcow2"), "");
 }
 
 TEST(Detect, VmdkExtentFilesAreRecognised) {
@@ -100,6 +106,23 @@ TEST(Detect, FormatOfHonoursRawNames) {
   EXPECT_EQ(cache.FormatOf(dir.P("guest.img"), st), "qcow2");
   ASSERT_EQ(::stat(dir.P("plain.img").c_str(), &st), 0);
   EXPECT_EQ(cache.FormatOf(dir.P("plain.img"), st), "raw");
+}
+
+// A name that says a format wins over content: a .qcow2 whose magic is broken
+// (or that is empty) is a broken qcow2, never a raw disk to write into.
+TEST(Detect, FormatOfNeverTakesABrokenQcow2ForRaw) {
+  TempDir dir;
+  dir.Write("broken.qcow2", Padded("QFI\xfa not a header"));
+  dir.Write("empty.qcow2", "");
+  ProbeCache cache;
+  struct stat st;
+  for (const char* name : {"broken.qcow2", "empty.qcow2"}) {
+    ASSERT_EQ(::stat(dir.P(name).c_str(), &st), 0);
+    EXPECT_EQ(cache.FormatOf(dir.P(name), st), "qcow2") << name;
+    HeaderPeek peek = cache.Peek(dir.P(name), st);
+    EXPECT_EQ(peek.format, "qcow2") << name;
+    EXPECT_FALSE(peek.known) << name;
+  }
 }
 
 TEST(Detect, PeekReadsBackingAndSnapshotsFromTheQcow2Header) {

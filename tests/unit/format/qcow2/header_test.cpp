@@ -46,14 +46,14 @@ TEST(Qcow2Header, ValidEmptyImagesOpen) {
 
 TEST(Qcow2Header, ProbeWantsTheMagicAndVersion2OrLater) {
   MemImage img;
-  EXPECT_EQ(Qcow2Format().Probe(img.b.data(), 512), 100);
+  EXPECT_EQ(FindFormat("qcow2")->Probe(img.b.data(), 512), 100);
   MemImage v2(16, 2);
-  EXPECT_EQ(Qcow2Format().Probe(v2.b.data(), 512), 100);
+  EXPECT_EQ(FindFormat("qcow2")->Probe(v2.b.data(), 512), 100);
   uint8_t qcow1[8] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 1};  // qcow v1 shares the magic
-  EXPECT_EQ(Qcow2Format().Probe(qcow1, 8), 0);
+  EXPECT_EQ(FindFormat("qcow2")->Probe(qcow1, 8), 0);
   uint8_t raw[8] = {'Q', 'F', 'I', 0, 0, 0, 0, 3};
-  EXPECT_EQ(Qcow2Format().Probe(raw, 8), 0);
-  EXPECT_EQ(Qcow2Format().Probe(img.b.data(), 7), 0);
+  EXPECT_EQ(FindFormat("qcow2")->Probe(raw, 8), 0);
+  EXPECT_EQ(FindFormat("qcow2")->Probe(img.b.data(), 7), 0);
 }
 
 TEST(Qcow2Header, BadMagicIsRefused) {
