@@ -1,6 +1,7 @@
 // Opening an image file with its whole backing chain.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +15,21 @@ namespace kvmfs {
 // Maximum backing-chain depth (the top image counts as 1).
 inline constexpr int kMaxChainDepth = 64;
 
+struct Layer;
+struct ChainPolicy;
+
+// One file of a chain to open: OpenLayerFile() does it; a pool hands
+// OpenChain an opener that shares one open file per host file instead
+// (pool/layer_file.h).
+struct LayerRequest {
+  std::string path;    // canonical host path
+  std::string format;  // driver name
+  bool writable = false;  // open for writing when the format and the host allow
+  bool top = false;       // the chain's top image (else a backing file)
+  const ChainPolicy* policy = nullptr;  // for the files the image names
+};
+using LayerOpener = std::function<Result<Layer>(const LayerRequest&)>;
+
 struct ChainPolicy {
   // Canonical directories an image of the chain may live in: the pool root
   // and the configured backing roots. A backing file elsewhere is refused
@@ -21,17 +37,24 @@ struct ChainPolicy {
   std::vector<std::string> allowed_roots;
   int max_depth = kMaxChainDepth;
   // Open the top image for writing (O_RDWR, OpenContext::writable) when its
-  // format can be written (FormatWritable) and the host lets us; backing
-  // layers are always opened read-only. A top file the host does not let us
-  // open for writing (EACCES, EPERM, EROFS) is opened read-only instead.
+  // format can be written (FormatWritable) and the host lets us. A file the
+  // host does not let us open for writing (EACCES, EPERM, EROFS) is opened
+  // read-only instead.
   bool writable_top = false;
+  // With writable_top, backing files under these directories (the pool) are
+  // opened for writing too: each is an image of the pool in its own right,
+  // and one open file serves both uses (pool/layer_file.h). Backing files
+  // elsewhere are opened read-only.
+  std::vector<std::string> writable_roots;
+  // Opens each file (default: OpenLayerFile).
+  LayerOpener opener;
 };
 
 struct Layer {
   std::string path;      // canonical host path of the file
   std::string format;    // driver name
   std::shared_ptr<Image> image;
-  bool writable = false;  // opened for writing (only ever the top layer)
+  bool writable = false;  // opened for writing
   // Why a top layer was opened read-only although ChainPolicy::writable_top
   // asked for writing (format or host file read-only); empty otherwise.
   std::string read_only_reason;
@@ -45,6 +68,12 @@ struct Chain {
 // The format to use for `path`: FormatFor() its name and first bytes.
 // `format_hint` non-empty wins.
 Result<std::string> DetectFormat(const std::string& path, const std::string& format_hint);
+
+// Opens one file of a chain with its format driver: the host file read-write
+// when asked and allowed (else read-only, with the reason), the files it names
+// (data file, extents) resolved relative to it and checked against
+// request.policy.
+Result<Layer> OpenLayerFile(const LayerRequest& request);
 
 // Opens `path` with every backing layer (the top one writable as
 // policy.writable_top says, the others read-only). Backing names are resolved

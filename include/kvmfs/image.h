@@ -5,6 +5,7 @@
 // backing through ReadBacking() for every range the layer does not allocate.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -199,9 +200,13 @@ class Image {
   // Host bytes used by this layer's file(s), for "actual-size".
   virtual Result<uint64_t> ActualSize() = 0;
 
-  // The layer below, or nullptr. Set once by the chain opener, before use.
-  const std::shared_ptr<Image>& backing() const { return backing_; }
-  void SetBacking(std::shared_ptr<Image> backing) { backing_ = std::move(backing); }
+  // The layer below, or nullptr. Set by the chain opener before use, and set
+  // again when the backing file changed outside kvmfs and was opened anew
+  // (the image then reads through the new one). Thread-safe.
+  std::shared_ptr<Image> backing() const { return backing_.load(std::memory_order_acquire); }
+  void SetBacking(std::shared_ptr<Image> backing) {
+    backing_.store(std::move(backing), std::memory_order_release);
+  }
 
  protected:
   // Reads [off, off+len) from the backing; zeros where there is no backing or
@@ -211,7 +216,7 @@ class Image {
   Status PlanBacking(uint64_t off, size_t len, ReadPlan& plan);
 
  private:
-  std::shared_ptr<Image> backing_;
+  std::atomic<std::shared_ptr<Image>> backing_;
 };
 
 // The allocation of the flattened chain at `off`: walks down through backing

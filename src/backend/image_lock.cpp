@@ -138,11 +138,6 @@ struct Entry {
       if (claim != skip) u = u | set;
     return u;
   }
-  LockSet OthersConflicting(const LockClaim* self, LockSet set) const {
-    for (const auto& [claim, other] : claims)
-      if (claim != self && set.ConflictsWith(other)) return other;
-    return {};
-  }
 };
 
 template <typename K>
@@ -150,14 +145,6 @@ struct Table {
   std::mutex mu;
   std::map<K, Entry> files;  // GUARDED_BY(mu)
 };
-
-Status InternalConflict(const std::string& path, LockSet set, LockSet other) {
-  bool writing = (set.perms & kPermWrite) || (other.perms & kPermWrite);
-  return Status::Busy(std::string("Failed to get \"") + (writing ? "write" : "consistent read") +
-                      "\" lock: " + path +
-                      " is in use by kvmfs itself (an open view of this image, or of an image "
-                      "backed by it, does not share it)");
-}
 
 }  // namespace
 
@@ -183,9 +170,7 @@ Result<std::unique_ptr<LockClaim>> LockClaim::Acquire(const std::string& path, L
     created = true;
   }
   Entry& entry = it->second;
-  LockSet other = entry.OthersConflicting(nullptr, set);
-  Status st_set = !other.empty() ? InternalConflict(path, set, other)
-                                 : entry.lock->Set(entry.UnionExcept(nullptr) | set);
+  Status st_set = entry.lock->Set(entry.UnionExcept(nullptr) | set);
   if (!st_set.ok()) {
     if (created) table.files.erase(it);
     return st_set;
@@ -215,8 +200,6 @@ Status LockClaim::Change(LockSet set) {
   auto it = table.files.find(key_);
   if (it == table.files.end()) return Status::NotFound(path_ + ": lock claim lost");
   Entry& entry = it->second;
-  LockSet other = entry.OthersConflicting(this, set);
-  if (!other.empty()) return InternalConflict(path_, set, other);
   KVMFS_RETURN_IF_ERROR(entry.lock->Set(entry.UnionExcept(this) | set));
   entry.claims[this] = set;
   return Status::OK();

@@ -86,13 +86,14 @@ class FileLock {
 // One kvmfs user's claim on a file's locks. All claims on one host file
 // (same device and inode) share one FileLock, because OFD locks of two
 // descriptors conflict even inside one process; the file holds the union of
-// the claims, and claims that could not coexist in QEMU (a writer and a
-// reader that does not share writing) refuse each other with kBusy.
-// Destroying a claim gives its bytes back. Thread-safe.
+// the claims. Claims never refuse each other: every user of a file inside
+// kvmfs shares one engine per file (pool/layer_file.h), so a writer and a
+// reader of kvmfs see the same bytes; QEMU's locks keep other programs out,
+// not kvmfs itself. Destroying a claim gives its bytes back. Thread-safe.
 class LockClaim {
  public:
-  // Claims `set` on `path`. Errors: kBusy (another program or another kvmfs
-  // claim holds conflicting locks), the errors of FileLock::Open.
+  // Claims `set` on `path`. Errors: kBusy (another program holds
+  // conflicting locks), the errors of FileLock::Open.
   static Result<std::unique_ptr<LockClaim>> Acquire(const std::string& path, LockSet set);
   ~LockClaim();
   LockClaim(const LockClaim&) = delete;

@@ -54,12 +54,69 @@ Result<std::string> DetectFormat(const std::string& path, const std::string& for
   return FormatFor(path, head, std::min<uint64_t>(size, sizeof head));
 }
 
+Result<Layer> OpenLayerFile(const LayerRequest& request) {
+  const std::string& current = request.path;
+  static const ChainPolicy kNoPolicy;
+  const ChainPolicy& policy = request.policy ? *request.policy : kNoPolicy;
+  const FormatDriver* driver = FindFormat(request.format);
+  if (driver == nullptr)
+    return Status::NotSupported(current + ": format '" + request.format + "' is not supported");
+  bool writable = false;
+  std::string read_only_reason;
+  std::unique_ptr<Backend> file;
+  if (request.writable) {
+    if (!driver->caps().writable) {
+      read_only_reason = "kvmfs does not write " + request.format + " images";
+    } else {
+      auto rw = OpenLocalFile(current, true);
+      if (rw.ok()) {
+        file = std::move(rw).value();
+        writable = true;
+      } else if (rw.status().code() == Status::Code::kPermission ||
+                 rw.status().code() == Status::Code::kReadOnly ||
+                 (rw.status().code() == Status::Code::kIOError && rw.status().ToErrno() == ETXTBSY)) {
+        read_only_reason = rw.status().message();  // the host says no: serve it read-only
+      } else {
+        return rw.status();
+      }
+    }
+  }
+  if (!file) {
+    KVMFS_ASSIGN_OR_RETURN(file, OpenLocalFile(current, false));
+  }
+
+  OpenContext ctx;
+  ctx.name = current;
+  ctx.writable = writable;
+  ctx.open_related = [current, &policy,
+                      writable](const std::string& name) -> Result<std::shared_ptr<Backend>> {
+    KVMFS_ASSIGN_OR_RETURN(std::string related, ResolveRelated(current, name, "data file", policy));
+    // A writable image writes its guest data into the data file: open it
+    // read-write too, or read-only when the host refuses (the driver then
+    // serves the image read-only and says why).
+    if (writable) {
+      auto rw = OpenLocalFile(related, true);
+      if (rw.ok()) return std::shared_ptr<Backend>(std::move(rw).value());
+      if (rw.status().code() != Status::Code::kPermission &&
+          rw.status().code() != Status::Code::kReadOnly)
+        return rw.status();
+    }
+    KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, OpenLocalFile(related, false));
+    return std::shared_ptr<Backend>(std::move(b));
+  };
+  KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Image> image,
+                         driver->Open(std::shared_ptr<Backend>(std::move(file)), ctx));
+  return Layer{current, request.format, std::shared_ptr<Image>(std::move(image)), writable,
+               std::move(read_only_reason)};
+}
+
 Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
                         const std::string& format_hint) {
   Chain chain;
   std::set<std::string> seen;
   KVMFS_ASSIGN_OR_RETURN(std::string current, CanonicalPath(path));
   KVMFS_ASSIGN_OR_RETURN(std::string format, DetectFormat(current, format_hint));
+  const LayerOpener& opener = policy.opener ? policy.opener : LayerOpener(OpenLayerFile);
 
   while (true) {
     const std::string& top_path = chain.layers.empty() ? current : chain.layers.front().path;
@@ -70,58 +127,18 @@ Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
       return Status::InvalidArgument(top_path + ": backing loop: " + current +
                                      " is its own backing file");
 
-    const FormatDriver* driver = FindFormat(format);
-    if (driver == nullptr)
-      return Status::NotSupported(current + ": format '" + format + "' is not supported");
-    const bool is_top = chain.layers.empty();
-    bool writable = false;
-    std::string read_only_reason;
-    std::unique_ptr<Backend> file;
-    if (is_top && policy.writable_top) {
-      if (!FormatWritable(format)) {
-        read_only_reason = "kvmfs does not write " + format + " images";
-      } else {
-        auto rw = OpenLocalFile(current, true);
-        if (rw.ok()) {
-          file = std::move(rw).value();
-          writable = true;
-        } else if (rw.status().code() == Status::Code::kPermission ||
-                   rw.status().code() == Status::Code::kReadOnly ||
-                   (rw.status().code() == Status::Code::kIOError && rw.status().ToErrno() == ETXTBSY)) {
-          read_only_reason = rw.status().message();  // the host says no: serve it read-only
-        } else {
-          return rw.status();
-        }
-      }
-    }
-    if (!file) {
-      KVMFS_ASSIGN_OR_RETURN(file, OpenLocalFile(current, false));
-    }
-
-    OpenContext ctx;
-    ctx.name = current;
-    ctx.writable = writable;
-    ctx.open_related = [current, &policy,
-                        writable](const std::string& name) -> Result<std::shared_ptr<Backend>> {
-      KVMFS_ASSIGN_OR_RETURN(std::string related, ResolveRelated(current, name, "data file", policy));
-      // A writable image writes its guest data into the data file: open it
-      // read-write too, or read-only when the host refuses (the driver then
-      // serves the image read-only and says why).
-      if (writable) {
-        auto rw = OpenLocalFile(related, true);
-        if (rw.ok()) return std::shared_ptr<Backend>(std::move(rw).value());
-        if (rw.status().code() != Status::Code::kPermission &&
-            rw.status().code() != Status::Code::kReadOnly)
-          return rw.status();
-      }
-      KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, OpenLocalFile(related, false));
-      return std::shared_ptr<Backend>(std::move(b));
-    };
-    KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Image> image,
-                           driver->Open(std::shared_ptr<Backend>(std::move(file)), ctx));
-    ImageInfo info = image->Info();
-    chain.layers.push_back(Layer{current, format, std::shared_ptr<Image>(std::move(image)), writable,
-                                 std::move(read_only_reason)});
+    LayerRequest request;
+    request.path = current;
+    request.format = format;
+    request.top = chain.layers.empty();
+    request.writable =
+        policy.writable_top &&
+        (request.top || std::any_of(policy.writable_roots.begin(), policy.writable_roots.end(),
+                                    [&](const std::string& root) { return IsUnder(current, root); }));
+    request.policy = &policy;
+    KVMFS_ASSIGN_OR_RETURN(Layer layer, opener(request));
+    ImageInfo info = layer.image->Info();
+    chain.layers.push_back(std::move(layer));
     if (info.backing_filename.empty()) break;
 
     KVMFS_ASSIGN_OR_RETURN(std::string next,

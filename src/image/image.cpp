@@ -128,33 +128,37 @@ Status Image::PlanRead(uint64_t off, size_t len, ReadPlan& plan) {
 }
 
 Status Image::PlanBacking(uint64_t off, size_t len, ReadPlan& plan) {
+  const std::shared_ptr<Image> below = backing();
   uint64_t in_backing = 0;
-  if (backing_ && off < backing_->size()) in_backing = std::min<uint64_t>(len, backing_->size() - off);
-  if (in_backing > 0) KVMFS_RETURN_IF_ERROR(backing_->PlanRead(off, in_backing, plan));
+  if (below && off < below->size()) in_backing = std::min<uint64_t>(len, below->size() - off);
+  if (in_backing > 0) KVMFS_RETURN_IF_ERROR(below->PlanRead(off, in_backing, plan));
   if (in_backing < len) KVMFS_RETURN_IF_ERROR(plan.AddMemory(len - in_backing, true).status());
   return Status::OK();
 }
 
 Status Image::ReadBacking(uint64_t off, void* buf, size_t len) {
   auto* p = static_cast<uint8_t*>(buf);
+  const std::shared_ptr<Image> below = backing();
   uint64_t in_backing = 0;
-  if (backing_ && off < backing_->size()) in_backing = std::min<uint64_t>(len, backing_->size() - off);
-  if (in_backing > 0) KVMFS_RETURN_IF_ERROR(backing_->Read(off, p, in_backing));
+  if (below && off < below->size()) in_backing = std::min<uint64_t>(len, below->size() - off);
+  if (in_backing > 0) KVMFS_RETURN_IF_ERROR(below->Read(off, p, in_backing));
   if (in_backing < len) std::memset(p + in_backing, 0, len - in_backing);
   return Status::OK();
 }
 
 Result<BlockStatus> ChainBlockStatus(Image& top, uint64_t off, uint64_t len) {
   Image* layer = &top;
+  std::shared_ptr<Image> hold;  // keeps `layer` alive if its link is replaced meanwhile
   while (true) {
     KVMFS_ASSIGN_OR_RETURN(BlockStatus bs, layer->GetBlockStatus(off, len));
     if (bs.kind != Allocation::kUnallocated) return bs;
     len = bs.length;  // only this run is known to be unallocated above
-    Image* below = layer->backing().get();
+    std::shared_ptr<Image> below = layer->backing();
     if (below == nullptr) return bs;
     if (off >= below->size()) return BlockStatus{Allocation::kZero, len};  // past a shorter backing
     len = std::min<uint64_t>(len, below->size() - off);
-    layer = below;
+    hold = std::move(below);
+    layer = hold.get();
   }
 }
 

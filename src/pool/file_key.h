@@ -12,17 +12,21 @@
 
 namespace kvmfs::pool {
 
-// (dev, ino, mtime, size): a cached verdict or opened image is reused only
-// while all four are unchanged.
+// (dev, ino, mtime, ctime, size): a cached verdict or opened image is reused
+// only while all of them are unchanged. (ctime catches what mtime can be set
+// back to hide, and a new file that reuses a deleted one's inode.)
 struct FileKey {
   dev_t dev = 0;
   ino_t ino = 0;
   int64_t mtime_sec = 0;
   int64_t mtime_nsec = 0;
+  int64_t ctime_sec = 0;
+  int64_t ctime_nsec = 0;
   int64_t size = 0;
 
   static FileKey FromStat(const struct stat& st) {
-    return FileKey{st.st_dev, st.st_ino, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_size};
+    return FileKey{st.st_dev,          st.st_ino,          st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+                   st.st_ctim.tv_sec, st.st_ctim.tv_nsec, st.st_size};
   }
   bool operator==(const FileKey&) const = default;
 };

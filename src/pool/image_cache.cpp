@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <set>
 #include <utility>
 
 #include "pool/info_json.h"
@@ -12,36 +11,36 @@
 namespace kvmfs::pool {
 namespace {
 
-Status StatusOf(const Result<Chain>& chain) {
-  if (!chain.ok()) return chain.status();
-  if (chain->layers.empty()) return Status::Corruption("empty chain");
-  return Status::OK();
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
-// The OpenImages with write handles, for EndAllWrites() at unmount.
-class WritingSet {
- public:
-  void Add(OpenImage* image) {
-    std::lock_guard lock(mu_);
-    images_.insert(image);
-  }
-  void Remove(OpenImage* image) {
-    std::lock_guard lock(mu_);
-    images_.erase(image);
-  }
-  std::vector<OpenImage*> Snapshot() {
-    std::lock_guard lock(mu_);
-    return {images_.begin(), images_.end()};
-  }
+// Allocation is kept per region: at most kMaxRegions of at least
+// kMinRegionBytes (a 1 TiB disk: 16384 regions of 64 MiB, 128 KiB of counts).
+constexpr uint64_t kMinRegionBytes = 64ull << 20;
+constexpr uint64_t kMaxRegions = 65536;
 
- private:
-  std::mutex mu_;
-  std::set<OpenImage*> images_;  // GUARDED_BY(mu_)
-};
+uint64_t RegionSize(uint64_t size) {
+  uint64_t region = kMinRegionBytes;
+  while (size / region >= kMaxRegions) region *= 2;
+  return region;
+}
 
-WritingSet& Writing() {
-  static WritingSet* set = new WritingSet;  // outlives every OpenImage
-  return *set;
+// Data bytes of the flattened chain of `image` in [off, end).
+uint64_t DataBytes(Image& image, uint64_t off, uint64_t end, const std::string& path) {
+  uint64_t data = 0;
+  while (off < end) {
+    auto bs = ChainBlockStatus(image, off, end - off);
+    if (!bs.ok() || bs->length == 0) {
+      if (!bs.ok()) spdlog::warn("{}: allocation map at offset {}: {}", path, off, bs.status().ToString());
+      break;
+    }
+    if (bs->kind == Allocation::kData) data += bs->length;
+    off += bs->length;
+  }
+  return data;
 }
 
 }  // namespace
@@ -55,167 +54,244 @@ std::string ViewId::CacheKey() const {
   return "?";
 }
 
-OpenImage::OpenImage(std::string path, FileKey key, std::string format, Result<Chain> chain)
-    : path_(std::move(path)),
-      format_(std::move(format)),
-      status_(StatusOf(chain)),
-      chain_(status_.ok() ? std::move(chain).value() : Chain{}),
-      key_(key),
-      snapshots_(status_.ok() ? chain_.top()->Snapshots() : std::vector<SnapshotInfo>{}),
-      snapshot_names_(SnapshotDirNames(snapshots_)) {}
+// ---- OpenImage ------------------------------------------------------------------
 
-OpenImage::~OpenImage() { Writing().Remove(this); }
-
-FileKey OpenImage::key() const {
-  std::lock_guard lock(mu_);
-  return key_;
+OpenImage::OpenImage(std::string path, std::string format, ChainBuilder build,
+                     std::chrono::nanoseconds recheck)
+    : path_(std::move(path)), build_(std::move(build)), recheck_(recheck), format_(std::move(format)) {
+  Rebuild(nullptr);
 }
 
-bool OpenImage::IsCurrentFor(const FileKey& key) const {
-  if (pinned_.load(std::memory_order_acquire) > 0) return true;
-  std::lock_guard lock(mu_);
-  return key_ == key;
+std::shared_ptr<const OpenImage::State> OpenImage::state() const {
+  MutexLock lock(mu_);
+  return state_;
 }
 
-std::vector<SnapshotInfo> OpenImage::snapshots() const {
-  std::lock_guard lock(mu_);
-  return snapshots_;
+std::string OpenImage::format() const {
+  MutexLock lock(mu_);
+  return format_;
 }
 
-std::vector<std::string> OpenImage::snapshot_dir_names() const {
-  std::lock_guard lock(mu_);
-  return snapshot_names_;
+Status OpenImage::status() const { return state()->status; }
+
+std::vector<std::shared_ptr<LayerFile>> OpenImage::files() const { return state()->files; }
+
+std::shared_ptr<Image> OpenImage::top() const {
+  auto s = state();
+  return s->files.empty() ? nullptr : s->files.front()->image();
 }
 
-std::optional<std::string> OpenImage::SnapshotIdForDir(const std::string& dir_name) const {
-  std::lock_guard lock(mu_);
-  auto it = std::find(snapshot_names_.begin(), snapshot_names_.end(), dir_name);
-  if (it == snapshot_names_.end()) return std::nullopt;
-  return snapshots_[size_t(it - snapshot_names_.begin())].id;
-}
-
-std::vector<std::string> OpenImage::LayerDirNames() const {
-  std::vector<std::string> names;
-  for (size_t n = 1; n < chain_.layers.size(); ++n)
-    names.push_back(std::to_string(n) + "-" + BaseName(chain_.layers[n].path));
-  return names;
-}
-
-Result<std::shared_ptr<Image>> OpenImage::ViewImage(const ViewId& view) {
-  std::lock_guard lock(mu_);
-  return ViewImageLocked(view, views_[view.CacheKey()]);
-}
-
-Result<std::shared_ptr<Image>> OpenImage::ViewImageLocked(const ViewId& view, ViewState& state) {
-  if (state.image) return *state.image;
-  Result<std::shared_ptr<Image>> image = Status::NotFound(path_ + ": no such view");
-  if (!status_.ok()) {
-    image = status_;
+void OpenImage::Rebuild(const std::shared_ptr<const State>& seen) {
+  MutexLock build(build_mu_);
+  if (seen != nullptr && state() != seen) return;  // another thread rebuilt it meanwhile
+  auto next = std::make_shared<State>();
+  auto st = StatPath(path_);
+  if (st.ok()) next->top_key = FileKey::FromStat(*st);
+  LayerChain chain = build_();
+  next->status = chain.status;
+  next->files = std::move(chain.files);
+  next->built_ns = SteadyNs();
+  if (!next->status.ok()) {
+    spdlog::error("cannot open image {}: {}", path_, next->status.ToString());
   } else {
-    switch (view.kind) {
-      case ViewId::Kind::kTop: image = chain_.top(); break;
-      case ViewId::Kind::kLayer:
-        if (view.layer >= 1 && view.layer < chain_.layers.size())
-          image = chain_.layers[view.layer].image;
-        break;
-      case ViewId::Kind::kSnapshot: {
-        auto snap = chain_.top()->OpenSnapshot(view.snapshot_id);
-        if (snap.ok()) {
-          image = std::shared_ptr<Image>(std::move(snap).value());
-        } else {
-          image = snap.status();
-          spdlog::error("{}: cannot open snapshot {}: {}", path_, view.snapshot_id,
-                        snap.status().ToString());
+    spdlog::debug("opened image {} ({}, {} layer(s))", path_, next->files.front()->format(),
+                  next->files.size());
+  }
+  MutexLock lock(mu_);
+  if (next->status.ok()) format_ = next->files.front()->format();
+  state_ = std::move(next);
+}
+
+void OpenImage::EnsureCurrent(const struct stat* top_st, bool force) {
+  auto s = state();
+  bool current = true;
+  if (!s->status.ok()) {
+    // A failed open is retried when the file changed, or once an interval
+    // has passed (a missing backing file may have appeared); not at every
+    // open of a view, which would log the failure each time.
+    FileKey now = top_st ? FileKey::FromStat(*top_st) : FileKey{};
+    if (!top_st) {
+      auto st = StatPath(path_);
+      if (st.ok()) now = FileKey::FromStat(*st);
+    }
+    current = now == s->top_key && SteadyNs() - s->built_ns < recheck_.count();
+  } else {
+    const auto interval = force ? std::chrono::nanoseconds(0) : recheck_;
+    for (size_t i = 0; i < s->files.size() && current; ++i) {
+      LayerFile& f = *s->files[i];
+      if (i == 0 && top_st != nullptr) {
+        if (!f.stale() && !f.IsCurrentFor(FileKey::FromStat(*top_st))) {
+          spdlog::info("{}: changed outside kvmfs: opened anew", f.path());
+          f.MarkStale();
         }
-        break;
+        current = !f.stale() && (!force || f.CheckCurrent(interval));
+      } else {
+        current = f.CheckCurrent(interval);
       }
     }
   }
-  state.image = image;
-  return image;
+  if (!current) Rebuild(s);
+}
+
+std::vector<SnapshotInfo> OpenImage::snapshots() const {
+  auto s = state();
+  return s->files.empty() ? std::vector<SnapshotInfo>{} : s->files.front()->snapshots();
+}
+
+std::vector<std::string> OpenImage::snapshot_dir_names() const { return SnapshotDirNames(snapshots()); }
+
+std::optional<std::string> OpenImage::SnapshotIdForDir(const std::string& dir_name) const {
+  std::vector<SnapshotInfo> list = snapshots();
+  std::vector<std::string> names = SnapshotDirNames(list);
+  auto it = std::find(names.begin(), names.end(), dir_name);
+  if (it == names.end()) return std::nullopt;
+  return list[size_t(it - names.begin())].id;
+}
+
+std::vector<std::string> OpenImage::LayerDirNames() const {
+  auto s = state();
+  std::vector<std::string> names;
+  for (size_t n = 1; n < s->files.size(); ++n)
+    names.push_back(std::to_string(n) + "-" + BaseName(s->files[n]->path()));
+  return names;
+}
+
+std::vector<std::shared_ptr<LayerFile>> OpenImage::ViewFiles(const State& state, const ViewId& view) {
+  if (view.kind != ViewId::Kind::kLayer) return state.files;
+  if (view.layer >= state.files.size()) return {};
+  return {state.files.begin() + static_cast<ptrdiff_t>(view.layer), state.files.end()};
+}
+
+OpenImage::Version OpenImage::VersionOf(const std::vector<std::shared_ptr<LayerFile>>& files) {
+  Version v;
+  v.reserve(files.size());
+  for (const auto& f : files) v.emplace_back(f.get(), f->generation());
+  return v;
+}
+
+Result<std::shared_ptr<Image>> OpenImage::ViewImage(const ViewId& view) const {
+  auto s = state();
+  if (!s->status.ok()) return s->status;
+  switch (view.kind) {
+    case ViewId::Kind::kTop: return s->files.front()->image();
+    case ViewId::Kind::kLayer:
+      if (view.layer >= 1 && view.layer < s->files.size()) return s->files[view.layer]->image();
+      break;
+    case ViewId::Kind::kSnapshot:
+      for (const SnapshotInfo& info : s->files.front()->snapshots())
+        if (info.id == view.snapshot_id) return s->files.front()->SnapshotImage(view.snapshot_id);
+      break;
+  }
+  return Status::NotFound(path_ + ": no such view");
 }
 
 uint64_t OpenImage::AllocatedBytes(const ViewId& view) {
-  std::shared_ptr<Image> image;
-  const uint64_t gen = generation_.load(std::memory_order_acquire);
+  auto s = state();
+  auto image = ViewImage(view);
+  if (!image.ok()) return 0;
+  const std::vector<std::shared_ptr<LayerFile>> files = ViewFiles(*s, view);
+  // Taken before walking: a change that races with the walk is walked again
+  // next time.
+  const Version version = VersionOf(files);
+  std::optional<AllocMap> old;
   {
-    std::lock_guard lock(mu_);
-    ViewState& state = views_[view.CacheKey()];
-    if (state.allocated && state.allocated_gen == gen) return *state.allocated;
-    auto opened = ViewImageLocked(view, state);
-    if (!opened.ok()) {
-      state.allocated = 0;
-      state.allocated_gen = gen;
-      return 0;
+    MutexLock lock(mu_);
+    ViewState& vs = views_[view.CacheKey()];
+    if (vs.alloc && vs.alloc->version == version) return vs.alloc->total;
+    old = vs.alloc;
+  }
+  const uint64_t size = (*image)->size();
+  // Regions to walk again: those the logged changes touched, when every
+  // file is the same object and can say what changed since.
+  std::optional<std::vector<bool>> dirty;
+  if (old && old->size == size && old->version.size() == version.size()) {
+    dirty.emplace(old->regions.size(), false);
+    for (size_t i = 0; i < version.size() && dirty; ++i) {
+      if (old->version[i].first != version[i].first) {
+        dirty.reset();
+        break;
+      }
+      auto changes = files[i]->ChangesSince(old->version[i].second);
+      if (!changes) {
+        dirty.reset();
+        break;
+      }
+      for (auto [off, len] : *changes) {
+        if (off >= size) continue;
+        const uint64_t last = std::min(size - 1, off + len - 1);
+        for (uint64_t r = off / old->region; r <= last / old->region; ++r) (*dirty)[r] = true;
+      }
     }
-    image = *opened;
   }
-  // Walked without the lock, so opens and reads of this image do not wait for
-  // a large map; two first callers may both walk it, with the same result.
-  // Runs are as long as the drivers can tell: for a mostly empty image this is
-  // a handful of calls, not one per cluster.
-  uint64_t allocated = 0;
-  uint64_t size = image->size();
-  for (uint64_t off = 0; off < size;) {
-    auto bs = ChainBlockStatus(*image, off, size - off);
-    if (!bs.ok() || bs->length == 0) {
-      if (!bs.ok())
-        spdlog::warn("{}: allocation map at offset {}: {}", path_, off, bs.status().ToString());
-      break;
-    }
-    if (bs->kind == Allocation::kData) allocated += bs->length;
-    off += bs->length;
+  AllocMap map;
+  if (dirty) {
+    map = std::move(*old);
+  } else {
+    map.size = size;
+    map.region = RegionSize(size);
+    map.regions.assign(size == 0 ? 0 : (size - 1) / map.region + 1, 0);
+    dirty.emplace(map.regions.size(), true);
   }
-  std::lock_guard lock(mu_);
-  ViewState& state = views_[view.CacheKey()];
-  // A walk that raced with a write is still returned, but not kept.
-  if (!state.allocated || state.allocated_gen != gen) {
-    state.allocated = allocated;
-    state.allocated_gen = gen;
+  map.version = version;
+  for (size_t r = 0; r < map.regions.size(); ++r) {
+    if (!(*dirty)[r]) continue;
+    const uint64_t begin = r * map.region;
+    map.regions[r] = DataBytes(**image, begin, std::min(size, begin + map.region), path_);
   }
-  return allocated;
+  map.total = 0;
+  for (uint64_t bytes : map.regions) map.total += bytes;
+  const uint64_t total = map.total;
+  MutexLock lock(mu_);
+  views_[view.CacheKey()].alloc = std::move(map);
+  return total;
 }
 
 std::string OpenImage::InfoText(const ViewId& view) {
-  const uint64_t gen = generation_.load(std::memory_order_acquire);
-  std::lock_guard lock(mu_);
-  ViewState& state = views_[view.CacheKey()];
-  if (!state.info_json || state.info_gen != gen) {
-    state.info_json = RenderInfo(view, state);
-    state.info_gen = gen;
+  auto s = state();
+  const Version version = VersionOf(ViewFiles(*s, view));
+  {
+    MutexLock lock(mu_);
+    ViewState& vs = views_[view.CacheKey()];
+    if (vs.info_json && vs.info_version == version) return *vs.info_json;
   }
-  return *state.info_json;
+  std::string text = RenderInfo(view, *s);
+  MutexLock lock(mu_);
+  ViewState& vs = views_[view.CacheKey()];
+  vs.info_json = text;
+  vs.info_version = version;
+  return text;
 }
 
-std::string OpenImage::RenderInfo(const ViewId& view, ViewState& state) {
-  if (!status_.ok()) return RenderJson(ErrorJson(path_, format_, status_.ToString()));
+std::string OpenImage::RenderInfo(const ViewId& view, const State& state) const {
+  if (!state.status.ok()) return RenderJson(ErrorJson(path_, format(), state.status.ToString()));
   size_t index = view.kind == ViewId::Kind::kLayer ? view.layer : 0;
-  if (index >= chain_.layers.size())
-    return RenderJson(ErrorJson(path_, format_, "no such backing layer"));
-  const Layer& layer = chain_.layers[index];
+  if (index >= state.files.size())
+    return RenderJson(ErrorJson(path_, format(), "no such backing layer"));
+  const LayerFile& layer = *state.files[index];
 
   InfoSubject subject;
-  subject.filename = layer.path;
-  subject.info = layer.image->Info();
-  auto actual = layer.image->ActualSize();
+  subject.filename = layer.path();
+  subject.info = layer.image()->Info();
+  auto actual = layer.image()->ActualSize();
   if (actual.ok()) subject.actual_size = *actual;
-  if (index + 1 < chain_.layers.size()) subject.full_backing_filename = chain_.layers[index + 1].path;
-  subject.snapshots = index == 0 ? snapshots_ : layer.image->Snapshots();
-  if (view.kind == ViewId::Kind::kTop) {
+  if (index + 1 < state.files.size()) subject.full_backing_filename = state.files[index + 1]->path();
+  subject.snapshots = layer.snapshots();
+  if (view.kind == ViewId::Kind::kTop && layer.writable()) {
     // Only where writing was asked for (a read-write pool) and is refused.
-    subject.read_only_reason = layer.read_only_reason;
-    if (subject.read_only_reason.empty() && layer.writable)
-      subject.read_only_reason = layer.image->ReadOnlyReason();
+    subject.read_only_reason = layer.read_only_reason();
+    if (subject.read_only_reason.empty()) subject.read_only_reason = layer.image()->ReadOnlyReason();
+  } else if (view.kind == ViewId::Kind::kTop) {
+    subject.read_only_reason = layer.read_only_reason();
   }
 
   if (view.kind == ViewId::Kind::kSnapshot) {
-    for (const SnapshotInfo& s : snapshots_)
+    for (const SnapshotInfo& s : subject.snapshots)
       if (s.id == view.snapshot_id) subject.snapshot = s;
     if (!subject.snapshot)
-      return RenderJson(ErrorJson(path_, format_, "no snapshot with id " + view.snapshot_id));
-    auto image = ViewImageLocked(view, state);
+      return RenderJson(ErrorJson(path_, format(), "no snapshot with id " + view.snapshot_id));
+    auto image = ViewImage(view);
     if (!image.ok()) {
-      nlohmann::ordered_json j = ErrorJson(path_, format_, image.status().ToString());
+      nlohmann::ordered_json j = ErrorJson(path_, format(), image.status().ToString());
       j["snapshot"] = SnapshotJson(*subject.snapshot);
       return RenderJson(j);
     }
@@ -224,153 +300,105 @@ std::string OpenImage::RenderInfo(const ViewId& view, ViewState& state) {
 }
 
 bool OpenImage::MarkOpened(const ViewId& view, bool info) {
-  std::lock_guard lock(mu_);
-  ViewState& state = views_[view.CacheKey()];
-  return std::exchange(info ? state.info_opened : state.disk_opened, true);
+  auto s = state();
+  Version version = VersionOf(ViewFiles(*s, view));
+  MutexLock lock(mu_);
+  ViewState& vs = views_[view.CacheKey()];
+  std::optional<Version>& seen = info ? vs.info_opened : vs.disk_opened;
+  const bool unchanged = seen && *seen == version;
+  seen = std::move(version);
+  return unchanged;
 }
 
 // ---- Handles, locks and write sessions ---------------------------------------
 
 Status OpenImage::CanWrite() const {
-  if (!status_.ok()) return status_;
-  const Layer& top = chain_.layers.front();
-  if (!top.writable)
+  auto s = state();
+  if (!s->status.ok()) return s->status;
+  const LayerFile& top = *s->files.front();
+  if (!top.writable())
     return Status::ReadOnly(path_ + ": " +
-                            (top.read_only_reason.empty() ? "opened read-only" : top.read_only_reason));
+                            (top.read_only_reason().empty() ? "opened read-only" : top.read_only_reason()));
+  std::string reason = top.image()->ReadOnlyReason();
+  if (!reason.empty()) return Status::ReadOnly(path_ + ": " + reason);
   return Status::OK();
 }
 
-Status OpenImage::TakeLocks(bool write, const AccessOptions& access) {
-  read_locks_ = access.force_share ? kSharedReaderLocks : kReaderLocks;
-  std::vector<std::unique_ptr<LockClaim>> claims;
-  for (size_t i = 0; i < chain_.layers.size(); ++i) {
-    // Backing files are read as QEMU reads them under an overlay: byte 100,
-    // not sharing write/resize (201, 203) unless force_share.
-    LockSet set = (i == 0 && write) ? kWriterLocks : read_locks_;
-    KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<LockClaim> claim,
-                           LockClaim::Acquire(chain_.layers[i].path, set));
-    claims.push_back(std::move(claim));
-  }
-  claims_ = std::move(claims);
-  return Status::OK();
-}
-
-Status OpenImage::AcquireHandle(const ViewId& view, bool write, const AccessOptions& access) {
-  if (!status_.ok()) return status_;
+Result<std::shared_ptr<DiskHandle>> OpenImage::AcquireHandle(const ViewId& view, bool write,
+                                                             const AccessOptions& access) {
+  auto s = state();
+  if (!s->status.ok()) return s->status;
   if (write) {
     if (view.kind != ViewId::Kind::kTop)
       return Status::ReadOnly(path_ + ": snapshot and backing views are read-only");
-    KVMFS_RETURN_IF_ERROR(CanWrite());
+    const LayerFile& top = *s->files.front();
+    if (!top.writable())
+      return Status::ReadOnly(path_ + ": " + (top.read_only_reason().empty() ? "opened read-only"
+                                                                              : top.read_only_reason()));
   }
-  std::lock_guard lock(handles_mu_);
-  const bool first = handles_ == 0;
-  if (first) {
-    KVMFS_RETURN_IF_ERROR(TakeLocks(write, access));
-  } else if (write && writers_ == 0) {
-    KVMFS_RETURN_IF_ERROR(claims_.front()->Change(kWriterLocks));
+  std::shared_ptr<DiskHandle> handle(new DiskHandle(shared_from_this(), view));
+  // Read locks on every file of the chain (QEMU takes them on backing files
+  // of a view too), then the top file's write lock and write session.
+  const LockUse read = access.force_share ? LockUse::kSharedRead : LockUse::kRead;
+  std::vector<std::pair<std::shared_ptr<LayerFile>, LockUse>> wanted;
+  for (const auto& f : s->files) wanted.emplace_back(f, read);
+  if (write) wanted.emplace_back(s->files.front(), LockUse::kWrite);
+  for (auto& [file, use] : wanted) {
+    Status got = file->Acquire(use);
+    if (!got.ok()) return got;  // the handle gives back what it holds
+    handle->uses_.emplace_back(file, use);
   }
-  if (write && writers_ == 0) {
-    // Pinned before the first byte changes: our own writes must not make the
-    // cache take this entry for a changed file.
-    pinned_.fetch_add(1, std::memory_order_acq_rel);
-    const std::shared_ptr<Image>& top = chain_.top();
-    Status begun = top->BeginWrites();
-    if (!begun.ok()) {
-      std::string reason = top->ReadOnlyReason();
-      spdlog::error("{}: cannot write: {}{}", path_, begun.ToString(),
-                    reason.empty() || begun.message().find(reason) != std::string::npos
-                        ? ""
-                        : " (" + reason + ")");
-      RefreshKey();
-      Changed();
-      pinned_.fetch_sub(1, std::memory_order_acq_rel);
-      if (first) {
-        claims_.clear();
-      } else {
-        (void)claims_.front()->Change(read_locks_);
-      }
-      if (begun.code() == Status::Code::kReadOnly && !reason.empty())
-        return Status::ReadOnly(path_ + ": " + reason);
-      return begun.WithContext(path_);
-    }
-    Writing().Add(this);
-  }
-  ++handles_;
-  if (write) ++writers_;
+  MutexLock lock(mu_);
   ++open_views_[view.CacheKey()];
-  return Status::OK();
+  handle->counted_ = true;
+  return handle;
 }
 
-void OpenImage::EndWriting() {
-  Status ended = chain_.top()->EndWrites();
-  if (!ended.ok()) spdlog::error("{}: finishing writes: {}", path_, ended.ToString());
-  Writing().Remove(this);
-  RefreshKey();
-  Changed();
-  pinned_.fetch_sub(1, std::memory_order_acq_rel);
+void OpenImage::ReleaseHandle(DiskHandle& handle) {
+  for (auto it = handle.uses_.rbegin(); it != handle.uses_.rend(); ++it) it->first->Release(it->second);
 }
 
-void OpenImage::ReleaseHandle(const ViewId& view, bool write) {
-  std::lock_guard lock(handles_mu_);
-  auto it = open_views_.find(view.CacheKey());
-  if (it != open_views_.end() && --it->second <= 0) open_views_.erase(it);
-  if (write && writers_ > 0 && --writers_ == 0) {
-    EndWriting();
-    if (handles_ > 1) {
-      Status down = claims_.front()->Change(read_locks_);
-      if (!down.ok()) spdlog::warn("{}: back to read locks: {}", path_, down.ToString());
-    }
-  }
-  if (handles_ > 0 && --handles_ == 0) claims_.clear();
+DiskHandle::~DiskHandle() {
+  owner_->ReleaseHandle(*this);
+  if (!counted_) return;  // acquiring failed
+  MutexLock lock(owner_->mu_);
+  auto it = owner_->open_views_.find(view_.CacheKey());
+  if (it != owner_->open_views_.end() && --it->second <= 0) owner_->open_views_.erase(it);
 }
 
 bool OpenImage::ViewOpen(const ViewId& view) const {
-  std::lock_guard lock(handles_mu_);
+  MutexLock lock(mu_);
   return open_views_.count(view.CacheKey()) > 0;
 }
 
-void OpenImage::RefreshKey() {
-  auto st = StatPath(path_);
-  if (!st.ok()) return;
-  std::lock_guard lock(mu_);
-  key_ = FileKey::FromStat(*st);
-}
-
 void OpenImage::SnapshotsChanged() {
-  std::lock_guard lock(mu_);
-  snapshots_ = chain_.top()->Snapshots();
-  snapshot_names_ = SnapshotDirNames(snapshots_);
-  for (auto it = views_.begin(); it != views_.end();) {
-    bool gone = it->first.rfind("s:", 0) == 0 &&
-                std::none_of(snapshots_.begin(), snapshots_.end(),
-                             [&](const SnapshotInfo& s) { return "s:" + s.id == it->first; });
-    it = gone ? views_.erase(it) : std::next(it);
-  }
-  Changed();
+  auto s = state();
+  if (!s->files.empty()) s->files.front()->NoteSnapshots();
 }
 
-void OpenImage::EndWritesForShutdown() {
-  std::lock_guard lock(handles_mu_);
-  if (writers_ == 0) return;
-  Status ended = chain_.top()->EndWrites();
-  if (!ended.ok()) spdlog::error("{}: finishing writes at unmount: {}", path_, ended.ToString());
-  else spdlog::info("{}: writes finished at unmount ({} write handle(s) still open)", path_, writers_);
-}
+void EndAllWrites() { LayerRegistry::EndAllWrites(); }
 
-void EndAllWrites() {
-  for (OpenImage* image : Writing().Snapshot()) image->EndWritesForShutdown();
-}
+// ---- ImageCache -------------------------------------------------------------------
 
-ImageCache::ImageCache(ChainPolicy policy, ProbeCache* probe, ChainOpener opener,
-                       size_t max_open)
+ImageCache::ImageCache(ChainPolicy policy, ProbeCache* probe, ChainOpener opener, size_t max_open,
+                       std::shared_ptr<LayerRegistry> registry, std::chrono::nanoseconds recheck)
     : policy_(std::move(policy)),
       probe_(probe),
-      opener_(opener ? std::move(opener)
-                     : ChainOpener([](const std::string& path, const ChainPolicy& p,
-                                      const std::string& format) {
-                         return OpenChain(path, p, format);
-                       })),
-      max_open_(max_open) {}
+      opener_(std::move(opener)),
+      max_open_(max_open),
+      registry_(registry ? std::move(registry) : std::make_shared<LayerRegistry>()),
+      recheck_(recheck) {}
+
+ChainBuilder ImageCache::BuilderFor(const std::string& path, const std::string& format) {
+  // A chain opens with the format the path's name and content say now (the
+  // file may have been replaced by another format).
+  return [this, path, format]() -> LayerChain {
+    std::string now = format;
+    if (auto st = StatPath(path); st.ok()) now = probe_->FormatOf(path, *st);
+    if (opener_) return LayerRegistry::Adopt(opener_(path, policy_, now));
+    return registry_->Open(path, policy_, now);
+  };
+}
 
 Result<std::shared_ptr<OpenImage>> ImageCache::Get(const std::string& path) {
   KVMFS_ASSIGN_OR_RETURN(std::string canonical, CanonicalPath(path));
@@ -379,87 +407,83 @@ Result<std::shared_ptr<OpenImage>> ImageCache::Get(const std::string& path) {
 }
 
 Result<std::shared_ptr<OpenImage>> ImageCache::GetCanonical(const std::string& canonical,
-                                                            const struct stat& known) {
-  struct stat st = known;
-  FileKey key = FileKey::FromStat(st);
-
+                                                            const struct stat& st) {
   std::shared_ptr<Slot> slot;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto& s = slots_[canonical];
     if (!s) s = std::make_shared<Slot>();
     s->last_use = ++clock_;
     slot = s;
   }
   std::shared_ptr<OpenImage> entry;
+  bool created = false;
   {
-    std::lock_guard lock(slot->mu);
-    if (slot->current && slot->current->IsCurrentFor(key)) return slot->current;
-    if (slot->current) {
-      // The stat above may predate the end of our own write session (which
-      // refreshes the entry's key): look again before reopening.
-      auto again = StatPath(canonical);
-      if (again.ok()) {
-        st = *again;
-        key = FileKey::FromStat(st);
-        if (slot->current->IsCurrentFor(key)) return slot->current;
-      }
+    MutexLock lock(slot->mu);
+    if (!slot->current) {
+      slot->current = std::make_shared<OpenImage>(canonical, probe_->FormatOf(canonical, st),
+                                                  BuilderFor(canonical, ""), recheck_);
+      created = true;
     }
-
-    std::string format = probe_->FormatOf(canonical, st);
-    Result<Chain> chain = opener_(canonical, policy_, format);
-    if (!chain.ok()) {
-      spdlog::error("cannot open image {}: {}", canonical, chain.status().ToString());
-    } else {
-      spdlog::debug("opened image {} ({}, {} layer(s))", canonical, format, chain->layers.size());
-    }
-    slot->current = std::make_shared<OpenImage>(canonical, key, format, std::move(chain));
     entry = slot->current;
   }
-  Evict();
+  if (!created) entry->EnsureCurrent(&st, false);
+  else Evict();
   return entry;
 }
 
 std::shared_ptr<OpenImage> ImageCache::Cached(const std::string& path, const struct stat& st) {
   std::shared_ptr<Slot> slot;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto it = slots_.find(path);
     if (it == slots_.end()) return nullptr;
     slot = it->second;
   }
-  std::lock_guard lock(slot->mu);
-  if (slot->current && slot->current->IsCurrentFor(FileKey::FromStat(st))) return slot->current;
-  return nullptr;
+  std::shared_ptr<OpenImage> entry;
+  {
+    MutexLock lock(slot->mu);
+    entry = slot->current;
+  }
+  if (!entry) return nullptr;
+  auto files = entry->files();
+  if (files.empty() || files.front()->stale() || !files.front()->IsCurrentFor(FileKey::FromStat(st)))
+    return nullptr;
+  return entry;
 }
 
 void ImageCache::Evict() {
-  std::lock_guard lock(mu_);
-  // A scan costs one try_lock per slot ever seen: with thousands of images
-  // (ls -R of a large pool opens each once) scanning after every open would
-  // make the walk quadratic. Up to EvictEvery() images beyond the limit stay
-  // open until the next scan.
+  MutexLock lock(mu_);
+  // A scan costs one try_lock per slot: with thousands of images (ls -R of a
+  // large pool opens each once) scanning after every open would make the
+  // walk quadratic. Up to EvictEvery() images beyond the limit stay open
+  // until the next scan.
   if (++opens_since_evict_ < EvictEvery()) return;
   opens_since_evict_ = 0;
-  // Candidates: opened (not failed) images that only the cache holds. A slot
+  if (slots_.size() <= max_open_) return;
+  // Candidates: entries (opened or failed) that only the cache holds. A slot
   // busy opening is skipped (try_lock), so this never waits under mu_.
-  std::vector<std::pair<uint64_t, Slot*>> idle;
-  size_t open = 0;
+  std::vector<std::pair<uint64_t, std::string>> idle;
   for (auto& [path, slot] : slots_) {
-    std::unique_lock slot_lock(slot->mu, std::try_to_lock);
-    if (!slot_lock.owns_lock() || !slot->current || !slot->current->ok()) continue;
-    ++open;
-    if (slot->current.use_count() == 1) idle.emplace_back(slot->last_use, slot.get());
+    if (!slot->mu.TryLock()) continue;
+    if (!slot->current || slot->current.use_count() == 1) idle.emplace_back(slot->last_use, path);
+    slot->mu.Unlock();
   }
-  if (open <= max_open_) return;
   std::sort(idle.begin(), idle.end());
-  for (auto& [last_use, slot] : idle) {
-    if (open <= max_open_) break;
-    std::unique_lock slot_lock(slot->mu, std::try_to_lock);
-    if (!slot_lock.owns_lock() || !slot->current || slot->current.use_count() != 1) continue;
-    spdlog::debug("closing idle image {}", slot->current->path());
-    slot->current.reset();
-    --open;
+  size_t count = slots_.size();
+  for (auto& [last_use, path] : idle) {
+    if (count <= max_open_) break;
+    auto it = slots_.find(path);
+    Slot& slot = *it->second;
+    if (!slot.mu.TryLock()) continue;
+    const bool unused = !slot.current || slot.current.use_count() == 1;
+    std::shared_ptr<OpenImage> closing;
+    if (unused) closing = std::move(slot.current);
+    slot.mu.Unlock();
+    if (!unused) continue;
+    spdlog::debug("closing idle image {}", path);
+    slots_.erase(it);  // a Get() holding the slot still gets a working (empty) slot
+    --count;
   }
 }
 

@@ -1,30 +1,39 @@
-// ImageCache: image files opened on first use, with their backing chains,
-// kept while the file is unchanged.
+// ImageCache: the images of a namespace, each opened on first use as a chain
+// of shared LayerFiles (pool/layer_file.h) and kept current.
+//
+// Coherence (issue 10, CONTRACT.md): every file of a chain is one LayerFile
+// per mount, so a write through any view is seen at once by every view whose
+// chain contains the file. A change from outside kvmfs (qemu-io, a VM,
+// qemu-img commit/rebase, mv) is noticed at the next open of any view of the
+// image (every file of the chain is stat'ed), and otherwise within
+// `recheck` (default 1 s) by stat, listing and force_share readers; the
+// chain is then opened anew in place (only the changed files are reopened).
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "backend/image_lock.h"
+#include "base/mutex.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
 #include "pool/detect.h"
 #include "pool/file_key.h"
+#include "pool/layer_file.h"
 
 namespace kvmfs::pool {
 
 // One virtual disk an image file offers: its flattened chain (kTop), an
 // internal snapshot (kSnapshot, by SnapshotInfo::id), or a layer of its chain
-// (kLayer, n >= 1: Chain::layers[n], read over its own backing).
+// (kLayer, n >= 1: the n-th backing file, read over its own backing).
 struct ViewId {
   enum class Kind { kTop, kSnapshot, kLayer };
   Kind kind = Kind::kTop;
@@ -42,27 +51,54 @@ struct AccessOptions {
   bool force_share = false;  // readers take no "not shared" bytes (qemu-img -U)
 };
 
-// An image file as opened (or failed to open) for one FileKey, with the
-// cached per-view values derived from it and the state of open disk.raw
-// handles: QEMU's locks are held only while handles are open (read locks on
-// every file of the chain; write locks on the top file while a write handle
-// is open), never for metadata (stat, listing, info.json). Thread-safe.
-class OpenImage {
+// Builds the chain of one image (its files), for OpenImage.
+using ChainBuilder = std::function<LayerChain()>;
+
+class OpenImage;
+
+// One open disk.raw: the QEMU locks (and write session) it holds on the files
+// of its chain, counted in its OpenImage. Given back when destroyed.
+class DiskHandle {
  public:
-  OpenImage(std::string path, FileKey key, std::string format, Result<Chain> chain);
-  ~OpenImage();
+  ~DiskHandle();
+  DiskHandle(const DiskHandle&) = delete;
+  DiskHandle& operator=(const DiskHandle&) = delete;
+
+ private:
+  friend class OpenImage;
+  DiskHandle(std::shared_ptr<OpenImage> owner, ViewId view) : owner_(std::move(owner)), view_(std::move(view)) {}
+  const std::shared_ptr<OpenImage> owner_;
+  const ViewId view_;
+  std::vector<std::pair<std::shared_ptr<LayerFile>, LockUse>> uses_;
+  bool counted_ = false;  // in OwnerImage::open_views_
+};
+
+// An image file as opened (or failed to open) at one canonical path, with
+// the per-view values derived from it (allocation, info.json), kept current
+// as its files change. Thread-safe.
+class OpenImage : public std::enable_shared_from_this<OpenImage> {
+ public:
+  // `format`: what the file's name and first bytes say (ProbeCache::FormatOf),
+  // for messages while the chain cannot be opened.
+  OpenImage(std::string path, std::string format, ChainBuilder build, std::chrono::nanoseconds recheck);
 
   const std::string& path() const { return path_; }  // canonical
-  FileKey key() const;
-  const std::string& format() const { return format_; }  // detected before opening
-  const Status& status() const { return status_; }       // why opening failed, or OK
-  bool ok() const { return status_.ok(); }
-  const Chain& chain() const { return chain_; }  // requires ok()
+  std::string format() const EXCLUDES(mu_);           // of the top file (detected before opening)
+  Status status() const EXCLUDES(mu_);                // why opening failed, or OK
+  bool ok() const { return status().ok(); }
 
-  // Whether this entry still stands for the file with `key`: the key matches,
-  // or kvmfs itself is writing the file (its own writes change mtime and
-  // size; the entry is then never replaced).
-  bool IsCurrentFor(const FileKey& key) const;
+  // The files of the chain ([0] the top image; empty when !ok()).
+  std::vector<std::shared_ptr<LayerFile>> files() const EXCLUDES(mu_);
+  size_t depth() const { return files().size(); }
+  // The top image (null when !ok()).
+  std::shared_ptr<Image> top() const;
+
+  // Makes sure the chain is the one on the host: the top file is compared
+  // with `top_st` (a fresh stat) when given, every other file is stat'ed at
+  // most once per recheck interval (always when `force`). A changed file, or
+  // an open that failed more than an interval ago, makes the chain open
+  // anew. Thread-safe.
+  void EnsureCurrent(const struct stat* top_st, bool force) EXCLUDES(mu_);
 
   // Internal snapshots of the top image (empty when not opened).
   std::vector<SnapshotInfo> snapshots() const;
@@ -73,99 +109,103 @@ class OpenImage {
   // Names "<n>-<file name>" of the backing layers, n = 1.. (index n-1).
   std::vector<std::string> LayerDirNames() const;
 
-  // The image of `view`. Errors: status() when the file failed to open, or the
-  // driver's error opening a snapshot; kNotFound for an unknown snapshot/layer.
-  Result<std::shared_ptr<Image>> ViewImage(const ViewId& view);
+  // The image of `view`. Errors: status() when the file failed to open, the
+  // driver's error opening a snapshot, kNotFound for an unknown snapshot/layer.
+  Result<std::shared_ptr<Image>> ViewImage(const ViewId& view) const;
 
   // Bytes of `view` held as data anywhere in its chain (sum of kData runs of
-  // ChainBlockStatus), computed once per version of the image (see Changed()).
-  // 0 when the view cannot be opened.
-  uint64_t AllocatedBytes(const ViewId& view);
+  // ChainBlockStatus). Kept per region of the disk: after changes through
+  // kvmfs only the regions they touched are walked again. 0 when the view
+  // cannot be opened.
+  uint64_t AllocatedBytes(const ViewId& view) EXCLUDES(mu_);
 
-  // The rendered info.json of `view`, computed once per version.
-  std::string InfoText(const ViewId& view);
+  // The rendered info.json of `view`, computed once per version of its files.
+  std::string InfoText(const ViewId& view) EXCLUDES(mu_);
 
   // Records an open() of `view`'s disk.raw (or info.json when `info`); returns
-  // whether it had been opened before, i.e. the kernel's page cache for it is
-  // still valid.
-  bool MarkOpened(const ViewId& view, bool info);
+  // whether it had been opened before with the same version of every file of
+  // its chain, i.e. the kernel's page cache for it is still valid.
+  bool MarkOpened(const ViewId& view, bool info) EXCLUDES(mu_);
 
   // ---- Open disk.raw handles and writes -------------------------------------
 
-  // Whether the top disk.raw may be opened for writing (the top file was
-  // opened for writing); otherwise why not.
+  // Whether the top disk.raw may be opened for writing; otherwise why not
+  // (kReadOnly with the reason, or status()).
   Status CanWrite() const;
 
-  // A disk.raw handle of `view` opens. The first handle takes QEMU's read
-  // locks on every file of the chain; the first write handle (kTop only)
-  // moves the top file to the write locks and calls Image::BeginWrites().
-  // Errors: kBusy (another program, or another open image of kvmfs, holds
-  // conflicting locks), kReadOnly (CanWrite(), or BeginWrites refused:
-  // logged with the image's ReadOnlyReason()), status() of a broken image.
-  // Nothing is held on failure.
-  Status AcquireHandle(const ViewId& view, bool write, const AccessOptions& access);
-
-  // A handle from AcquireHandle() closes. The last write handle calls
-  // Image::EndWrites() (logged on failure) and goes back to the read locks;
-  // the last handle releases every lock.
-  void ReleaseHandle(const ViewId& view, bool write);
+  // A disk.raw handle of `view` opens: a read lock (kSharedRead with
+  // force_share) on every file of the chain, and for a write handle (kTop
+  // only) a write lock and the write session on the top file. Errors: kBusy
+  // (another program holds conflicting locks), kReadOnly (CanWrite(), or
+  // BeginWrites refused), status() of a broken image. Nothing is held on
+  // failure.
+  Result<std::shared_ptr<DiskHandle>> AcquireHandle(const ViewId& view, bool write,
+                                                    const AccessOptions& access) EXCLUDES(mu_);
 
   // Whether a disk.raw of `view` is open.
-  bool ViewOpen(const ViewId& view) const;
+  bool ViewOpen(const ViewId& view) const EXCLUDES(mu_);
 
-  // The image changed through kvmfs (write, zeroes, resize): cached
-  // allocation and info.json are computed again.
-  void Changed() { generation_.fetch_add(1, std::memory_order_acq_rel); }
+  // Kept for callers that still signal writes: changes are recorded by the
+  // LiveView that made them (see MakeLiveView), so this does nothing.
+  void Changed() {}
 
-  // After snapshot create/delete: reads the snapshot list again and forgets
-  // the views of snapshots that are gone.
+  // After snapshot create/delete: the top file reads its snapshot list again.
   void SnapshotsChanged();
 
-  // Ends every write session still open (unmount): EndWrites on the top
-  // image; the handles themselves stay counted.
-  void EndWritesForShutdown();
+  // The Image a disk.raw handle of `view` reads and writes through: it
+  // records writes in the top file (other views recompute what changed),
+  // answers GetBlockStatus for the whole flattened chain, and follows the
+  // chain when a file of it is opened anew (force_share readers check for
+  // outside changes once per recheck interval while they read).
+  std::shared_ptr<Image> MakeLiveView(const ViewId& view, std::shared_ptr<Image> image, bool write,
+                                      bool force_share);
 
  private:
-  struct ViewState {
-    std::optional<Result<std::shared_ptr<Image>>> image;
-    std::optional<uint64_t> allocated;
-    uint64_t allocated_gen = 0;
-    std::optional<std::string> info_json;
-    uint64_t info_gen = 0;
-    bool disk_opened = false;
-    bool info_opened = false;
+  friend class DiskHandle;
+  friend class LiveView;
+  struct State {
+    Status status;
+    std::vector<std::shared_ptr<LayerFile>> files;
+    FileKey top_key;          // the top file when this state was built
+    int64_t built_ns = 0;     // steady clock
   };
-  Result<std::shared_ptr<Image>> ViewImageLocked(const ViewId& view, ViewState& state);
-  std::string RenderInfo(const ViewId& view, ViewState& state);
-  Status TakeLocks(bool write, const AccessOptions& access);
-  void EndWriting();
-  void RefreshKey();
+  // (file, generation) of every file a view reads, as of now.
+  using Version = std::vector<std::pair<const LayerFile*, uint64_t>>;
+  struct AllocMap {
+    Version version;
+    uint64_t size = 0;
+    uint64_t region = 0;
+    std::vector<uint64_t> regions;  // data bytes per region
+    uint64_t total = 0;
+  };
+  struct ViewState {
+    std::optional<AllocMap> alloc;
+    std::optional<std::string> info_json;
+    Version info_version;
+    std::optional<Version> disk_opened;
+    std::optional<Version> info_opened;
+  };
+  std::shared_ptr<const State> state() const EXCLUDES(mu_);
+  void Rebuild(const std::shared_ptr<const State>& seen) EXCLUDES(mu_);
+  // The files `view` reads: all for kTop/kSnapshot, [n..] for kLayer n.
+  static std::vector<std::shared_ptr<LayerFile>> ViewFiles(const State& state, const ViewId& view);
+  static Version VersionOf(const std::vector<std::shared_ptr<LayerFile>>& files);
+  std::string RenderInfo(const ViewId& view, const State& state) const;
+  void ReleaseHandle(DiskHandle& handle) EXCLUDES(mu_);
 
   const std::string path_;
-  const std::string format_;
-  const Status status_;
-  const Chain chain_;
+  const ChainBuilder build_;
+  const std::chrono::nanoseconds recheck_;
 
-  mutable std::mutex mu_;
-  FileKey key_;                                // GUARDED_BY(mu_)
-  std::vector<SnapshotInfo> snapshots_;        // GUARDED_BY(mu_)
-  std::vector<std::string> snapshot_names_;    // GUARDED_BY(mu_)
-  std::map<std::string, ViewState> views_;     // GUARDED_BY(mu_), by ViewId::CacheKey()
-  std::atomic<uint64_t> generation_{0};
-
-  // Handles and locks. Taken before mu_ when both are needed; held across
-  // BeginWrites/EndWrites so handles open and close one at a time.
-  mutable std::mutex handles_mu_;
-  int handles_ = 0;                                   // GUARDED_BY(handles_mu_)
-  int writers_ = 0;                                   // GUARDED_BY(handles_mu_)
-  LockSet read_locks_;                                // GUARDED_BY(handles_mu_)
-  std::vector<std::unique_ptr<LockClaim>> claims_;    // GUARDED_BY(handles_mu_); [0]: top
-  std::map<std::string, int> open_views_;             // GUARDED_BY(handles_mu_): handles by view
-  // > 0 while kvmfs writes the file or is about to: see IsCurrentFor().
-  std::atomic<int> pinned_{0};
+  mutable Mutex mu_;
+  std::string format_ GUARDED_BY(mu_);
+  std::shared_ptr<const State> state_ GUARDED_BY(mu_);
+  std::map<std::string, ViewState> views_ GUARDED_BY(mu_);  // by ViewId::CacheKey()
+  std::map<std::string, int> open_views_ GUARDED_BY(mu_);   // disk.raw handles by view
+  Mutex build_mu_ ACQUIRED_BEFORE(mu_);                     // one Rebuild at a time
 };
 
-// Unmount: ends the write sessions of every OpenImage that still has write
+// Unmount: ends the write sessions of every LayerFile that still has write
 // handles (EndWrites: caches written back, no dirty bit, no leaks), wherever
 // it lives (current pools, or pools replaced by a reload). Thread-safe.
 void EndAllWrites();
@@ -173,20 +213,23 @@ void EndAllWrites();
 using ChainOpener = std::function<Result<Chain>(const std::string& path, const ChainPolicy& policy,
                                                 const std::string& format)>;
 
-// Canonical path -> OpenImage. An image is opened on first Get() and opened
-// again when its FileKey changes; failures are cached under the same key (and
-// logged once). Only the top file's key is watched: a changed backing file is
-// seen after the top file changes, or after remounting. Thread-safe; opens of
-// one image are serialised, different images open in parallel.
+// Canonical path -> OpenImage. An image is opened on first Get() and kept
+// current (OpenImage::EnsureCurrent). Thread-safe; opens of one image are
+// serialised, different images open in parallel.
 class ImageCache {
  public:
   // Opened images kept beyond this many are closed again, least recently used
   // first, once nothing else (an open file) holds them; each holds file
-  // descriptors. Failed opens hold none and stay cached.
+  // descriptors. Failed opens are kept up to the same number.
   static constexpr size_t kDefaultMaxOpen = 256;
+  static constexpr std::chrono::milliseconds kDefaultRecheck{1000};
 
+  // `opener` replaces the real chain opener (tests: its chains are not
+  // shared through `registry`). `registry`: the mount's LayerRegistry (a
+  // private one when null).
   ImageCache(ChainPolicy policy, ProbeCache* probe, ChainOpener opener = nullptr,
-             size_t max_open = kDefaultMaxOpen);
+             size_t max_open = kDefaultMaxOpen, std::shared_ptr<LayerRegistry> registry = nullptr,
+             std::chrono::nanoseconds recheck = kDefaultRecheck);
 
   // The entry for the image file at `path` (canonicalized here). Fails only
   // when the file itself cannot be found or stat'ed; open failures are in the
@@ -207,27 +250,31 @@ class ImageCache {
   }
 
   const ChainPolicy& policy() const { return policy_; }
+  std::chrono::nanoseconds recheck() const { return recheck_; }
 
  private:
   struct Slot {
-    std::mutex mu;
-    std::shared_ptr<OpenImage> current;  // GUARDED_BY(mu)
-    uint64_t last_use = 0;               // GUARDED_BY(ImageCache::mu_)
+    Mutex mu;
+    std::shared_ptr<OpenImage> current GUARDED_BY(mu);
+    uint64_t last_use = 0;  // GUARDED_BY(ImageCache::mu_)
   };
-  // Closes unreferenced opened images beyond max_open_, oldest use first.
-  // Called after each new open; scans the slots only every EvictEvery()
-  // opens, so that walking a pool of many thousand images stays linear.
-  void Evict();
+  // Closes unreferenced images beyond max_open_ (opened or failed), oldest
+  // use first, and forgets their slots. Scans only every EvictEvery() new
+  // entries, so that walking a pool of many thousand images stays linear.
+  void Evict() EXCLUDES(mu_);
   size_t EvictEvery() const { return std::max<size_t>(1, max_open_ / 8); }
+  ChainBuilder BuilderFor(const std::string& path, const std::string& format);
 
   const ChainPolicy policy_;
   ProbeCache* const probe_;
   const ChainOpener opener_;
   const size_t max_open_;
-  std::mutex mu_;
-  std::map<std::string, std::shared_ptr<Slot>> slots_;  // GUARDED_BY(mu_)
-  uint64_t clock_ = 0;                                  // GUARDED_BY(mu_)
-  size_t opens_since_evict_ = 0;                        // GUARDED_BY(mu_)
+  const std::shared_ptr<LayerRegistry> registry_;
+  const std::chrono::nanoseconds recheck_;
+  Mutex mu_;
+  std::map<std::string, std::shared_ptr<Slot>> slots_ GUARDED_BY(mu_);
+  uint64_t clock_ GUARDED_BY(mu_) = 0;
+  size_t opens_since_evict_ GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace kvmfs::pool

@@ -52,7 +52,8 @@ Namespace::Namespace(NamespaceOptions options, ChainOpener opener)
     : options_(std::move(options)),
       // Headers speak for the real drivers only, not for a test's opener.
       peek_headers_(opener == nullptr),
-      cache_(PolicyFor(options_), &probe_, std::move(opener)) {}
+      cache_(PolicyFor(options_), &probe_, std::move(opener), ImageCache::kDefaultMaxOpen,
+             options_.registry, options_.recheck) {}
 
 ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {
   ChainPolicy policy;
@@ -62,6 +63,9 @@ ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {
         policy.allowed_roots.end())
       policy.allowed_roots.push_back(root);
   policy.writable_top = !options.readonly;
+  // Backing files inside the pool are its images too: opened once, for
+  // writing, whatever uses them first.
+  policy.writable_roots.push_back(options.source);
   return policy;
 }
 
@@ -168,7 +172,7 @@ Result<Node> Namespace::ImageChild(const Node& parent, const std::string& name) 
       if (name == kDiskName) node.kind = NodeKind::kDisk;
       else if (name == kInfoName) node.kind = NodeKind::kInfo;
       else if (name == kSnapshotsName && HasSnapshotsDir(*node.image)) node.kind = NodeKind::kSnapshotsDir;
-      else if (name == kBackingName && node.image->ok() && node.image->chain().layers.size() > 1)
+      else if (name == kBackingName && node.image->depth() > 1)
         node.kind = NodeKind::kBackingDir;
       else return NoEntry(parent.host_path + "/" + name);
       return node;
@@ -237,8 +241,7 @@ struct stat Namespace::BaseStat(const Node& node) const {
 
 bool Namespace::TopWritable(const Node& node) const {
   // A corrupt qcow2 image says so before anyone tries to write it.
-  return !options_.readonly && node.image && node.image->CanWrite().ok() &&
-         node.image->chain().top()->ReadOnlyReason().empty();
+  return !options_.readonly && node.image && node.image->CanWrite().ok();
 }
 
 Result<struct stat> Namespace::Stat(const std::string& path) {
@@ -306,7 +309,7 @@ Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
         child.kind = NodeKind::kSnapshotsDir;
         entries.push_back({kSnapshotsName, true, StatNode(child)});
       }
-      if (image->ok() && image->chain().layers.size() > 1) {
+      if (image->depth() > 1) {
         child.kind = NodeKind::kBackingDir;
         entries.push_back({kBackingName, true, StatNode(child)});
       }
@@ -349,17 +352,20 @@ Result<OpenFile> Namespace::Open(const std::string& path, int flags) {
     if ((flags & O_TRUNC) != 0)
       return Status::InvalidArgument(path + ": O_TRUNC: a disk cannot be truncated (dd: use conv=notrunc)");
   }
+  // Opening a view looks at every file of its chain: a change from outside
+  // is seen no later than here.
+  node.image->EnsureCurrent(nullptr, true);
   OpenFile file;
   file.owner = node.image;
   if (node.kind == NodeKind::kInfo) {
     file.is_info = true;
     file.content = node.image->InfoText(node.view);
   } else {
-    KVMFS_ASSIGN_OR_RETURN(file.image, node.image->ViewImage(node.view));
+    KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<Image> image, node.image->ViewImage(node.view));
     AccessOptions access;
     access.force_share = options_.force_share;
-    KVMFS_RETURN_IF_ERROR(node.image->AcquireHandle(node.view, write, access));
-    file.handle = std::make_shared<DiskHandle>(node.image, node.view, write);
+    KVMFS_ASSIGN_OR_RETURN(file.handle, node.image->AcquireHandle(node.view, write, access));
+    file.image = node.image->MakeLiveView(node.view, std::move(image), write, access.force_share);
     file.writable = write;
     file.sync = (flags & (O_SYNC | O_DSYNC)) != 0;
   }
@@ -373,9 +379,11 @@ Status Namespace::WithWriter(const Node& node, const std::function<Status(Image&
   AccessOptions access;
   access.force_share = options_.force_share;
   const ViewId top = ViewId::Top();
-  KVMFS_RETURN_IF_ERROR(node.image->AcquireHandle(top, true, access));
-  DiskHandle handle(node.image, top, true);  // EndWrites and unlock on the way out
-  return fn(*node.image->chain().top());
+  // EndWrites and unlock when `handle` goes, on the way out.
+  KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<DiskHandle> handle, node.image->AcquireHandle(top, true, access));
+  KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<Image> image, node.image->ViewImage(top));
+  std::shared_ptr<Image> view = node.image->MakeLiveView(top, std::move(image), true, false);
+  return fn(*view);
 }
 
 Status Namespace::Truncate(const std::string& path, uint64_t size) {
@@ -383,11 +391,7 @@ Status Namespace::Truncate(const std::string& path, uint64_t size) {
   if (node.IsDir()) return Status::FromErrno(EISDIR, path);
   if (node.kind != NodeKind::kDisk || node.view.kind != ViewId::Kind::kTop)
     return Status::ReadOnly(path + ": read-only (only an image's own disk.raw is writable)");
-  return WithWriter(node, [&](Image& image) {
-    Status resized = image.Resize(size);
-    node.image->Changed();
-    return resized.WithContext(path);
-  });
+  return WithWriter(node, [&](Image& image) { return image.Resize(size).WithContext(path); });
 }
 
 namespace {
@@ -421,7 +425,6 @@ Status Namespace::MakeSnapshotDir(const std::string& path) {
       return Status::AlreadyExists(path + ": a snapshot named '" + s.name + "' exists (id " + s.id + ")");
   return WithWriter(parent, [&](Image& image) -> Status {
     auto created = image.CreateSnapshot(*snapshot_name);
-    parent.image->SnapshotsChanged();
     if (!created.ok()) return created.status().WithContext(path);
     spdlog::info("{}: created snapshot '{}' (id {})", parent.host_path, created->name, created->id);
     return Status::OK();
@@ -438,7 +441,6 @@ Status Namespace::RemoveSnapshotDir(const std::string& path) {
     return Status::Busy(path + ": the snapshot's disk.raw is open");
   return WithWriter(node, [&](Image& image) -> Status {
     Status deleted = image.DeleteSnapshot(node.view.snapshot_id);
-    node.image->SnapshotsChanged();
     if (!deleted.ok()) return deleted.WithContext(path);
     spdlog::info("{}: deleted snapshot id {}", node.host_path, node.view.snapshot_id);
     return Status::OK();

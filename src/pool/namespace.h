@@ -15,6 +15,7 @@
 #include <sys/statvfs.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -49,6 +50,12 @@ struct NamespaceOptions {
   // force_share: disk.raw readers take QEMU's read lock without refusing to
   // share writing (qemu-img -U), so they open while a VM writes the image.
   bool force_share = false;
+  // The mount's open files (one engine per host file across its pools); a
+  // private registry when null.
+  std::shared_ptr<LayerRegistry> registry;
+  // How often a file of an open chain is stat'ed for changes from outside
+  // (besides every open of a view).
+  std::chrono::nanoseconds recheck = ImageCache::kDefaultRecheck;
 };
 
 enum class NodeKind {
@@ -85,27 +92,11 @@ struct DirEntry {
   std::optional<struct stat> st;
 };
 
-// One open disk.raw counted in its OpenImage (locks, write session): gives
-// the handle back when destroyed.
-class DiskHandle {
- public:
-  DiskHandle(std::shared_ptr<OpenImage> image, ViewId view, bool write)
-      : image_(std::move(image)), view_(std::move(view)), write_(write) {}
-  ~DiskHandle() { image_->ReleaseHandle(view_, write_); }
-  DiskHandle(const DiskHandle&) = delete;
-  DiskHandle& operator=(const DiskHandle&) = delete;
-
- private:
-  const std::shared_ptr<OpenImage> image_;
-  const ViewId view_;
-  const bool write_;
-};
-
 // An open disk.raw or info.json. Holding it keeps the opened chain alive (and
 // for disk.raw, QEMU's locks on its files).
 struct OpenFile {
   std::shared_ptr<OpenImage> owner;
-  std::shared_ptr<Image> image;  // disk.raw: the view's image
+  std::shared_ptr<Image> image;  // disk.raw: the view's image (a LiveView)
   std::string content;           // info.json: its text at open time
   bool is_info = false;
   bool unchanged = false;        // opened before with this image version: keep the page cache

@@ -124,6 +124,8 @@ Result<struct statvfs> PoolSet::StatFs(const std::string& path) {
 
 Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
                                               const PoolSetOptions& options) {
+  static const auto process_registry = std::make_shared<LayerRegistry>();
+  const std::shared_ptr<LayerRegistry> registry = options.registry ? options.registry : process_registry;
   config::OsRelease os;
   bool need_os = false;
   for (const config::PoolConfig& p : config.pools) need_os |= !p.layout.empty();
@@ -168,6 +170,7 @@ Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
       ns.blockdev = p.backend == config::Backend::kBlockdev;
       ns.readonly = entry.readonly;
       ns.force_share = options.force_share;
+      ns.registry = registry;
       entry.ns = std::make_shared<Namespace>(std::move(ns));
     }
     pools.push_back(std::move(entry));

@@ -71,6 +71,9 @@ struct PoolSetOptions {
   std::vector<std::string> hidden;  // canonical paths never shown (the mount point)
   bool readonly = false;             // -o ro: every pool read-only
   bool force_share = false;          // -o force_share (NamespaceOptions::force_share)
+  // The mount's open files, shared by its pools and kept across config
+  // reloads; null: the process-wide one (a process serves one mount).
+  std::shared_ptr<LayerRegistry> registry;
 };
 
 // The pools of `config`: each pool's path (layouts resolved with the config's

@@ -298,9 +298,11 @@ class Qcow2Image final : public Image {
     return Status::ReadOnly(engine_->name() + ": snapshot " + snap_info_.id + " is read-only");
   }
   // The data file's fd when its clusters may be handed out by reference
-  // (PlanRead): nothing of kvmfs can write either file. -1 otherwise.
+  // (PlanRead): no write session is open, so no cluster of kvmfs's is freed
+  // and reused while the reply is spliced (freed clusters are reused only
+  // after a flush of a write session). -1 otherwise.
   int SpliceFd() const {
-    if (engine_->file().writable() || engine_->data().writable()) return -1;
+    if (engine_->writable()) return -1;
     return engine_->data().fd();
   }
   // How many of the `n` bytes at `host` the data file holds; the size is
@@ -316,7 +318,7 @@ class Qcow2Image final : public Image {
 
   BackingView Backing() {
     BackingView v;
-    Image* below = backing().get();
+    const std::shared_ptr<Image> below = backing();
     v.present = below != nullptr;
     v.size = below ? below->size() : 0;
     v.read = [this](uint64_t off, void* buf, size_t len) { return ReadBacking(off, buf, len); };

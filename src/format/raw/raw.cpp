@@ -15,10 +15,11 @@ class RawImage final : public Image {
 
   Status Read(uint64_t off, void* buf, size_t len) override { return file_->ReadAt(off, buf, len); }
 
-  // The file is the disk: a file opened read-only (nothing of kvmfs writes
-  // it while this image lives) is handed out as it is.
+  // The file is the disk, byte for byte: it is handed out as it is. (A write
+  // racing with the splice shows the reader old or new bytes of its own
+  // range, as any read racing a write; no range ever moves.)
   Status PlanRead(uint64_t off, size_t len, ReadPlan& plan) override {
-    if (file_->writable() || file_->fd() < 0) return Image::PlanRead(off, len, plan);
+    if (file_->fd() < 0) return Image::PlanRead(off, len, plan);
     plan.AddFile(file_->fd(), off, len);
     return Status::OK();
   }

@@ -1,6 +1,9 @@
 // Opening chains for writing: only the top layer, only writable formats, and
 // the raw driver's writes, zeroes and resize.
 #include <gtest/gtest.h>
+#include <grp.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -124,7 +127,7 @@ TEST_F(ChainWriteTest, RawResizeGrowsAndRefusesShrinking) {
 }
 
 TEST_F(ChainWriteTest, BackingLayersAlwaysReadOnly) {
-  if (!has_qemu_img_) GTEST_SKIP() << "qemu-img not installed";
+  ASSERT_TRUE(has_qemu_img_) << "qemu-img is required (tools/setup-deps.sh)";
   WriteFile("base.raw", std::string(1 << 20, 'b'));
   ASSERT_TRUE(Run("qemu-img create -q -f qcow2 -b '" + P("base.raw") + "' -F raw '" + P("top.qcow2") + "'"));
   Chain c = Open("top.qcow2");
@@ -134,14 +137,45 @@ TEST_F(ChainWriteTest, BackingLayersAlwaysReadOnly) {
   EXPECT_EQ(c.layers[1].image->BeginWrites().code(), Status::Code::kReadOnly);
 }
 
+TEST_F(ChainWriteTest, BackingFilesUnderWritableRootsOpenForWriting) {
+  ASSERT_TRUE(has_qemu_img_) << "qemu-img is required (tools/setup-deps.sh)";
+  WriteFile("base.raw", std::string(1 << 20, 'b'));
+  ASSERT_TRUE(Run("qemu-img create -q -f qcow2 -b '" + P("base.raw") + "' -F raw '" + P("top.qcow2") + "'"));
+  policy_.writable_roots = {dir_};
+  Chain c = Open("top.qcow2");
+  ASSERT_EQ(c.layers.size(), 2u);
+  EXPECT_TRUE(c.layers[0].writable);
+  EXPECT_TRUE(c.layers[1].writable);
+  policy_.writable_top = false;  // a read-only pool opens nothing for writing
+  Chain ro = Open("top.qcow2");
+  EXPECT_FALSE(ro.layers[0].writable);
+  EXPECT_FALSE(ro.layers[1].writable);
+}
+
+// The host refuses writing: the file is served read-only with the reason.
+// CI runs as root, who may write a 0444 file: the check runs in a child that
+// drops to an unprivileged user first.
 TEST_F(ChainWriteTest, UnwritableHostFileOpensReadOnly) {
-  if (::geteuid() == 0) GTEST_SKIP() << "root may write a 0444 file";
   WriteFile("a.raw", std::string(4096, 'a'));
   ASSERT_EQ(::chmod(P("a.raw").c_str(), 0444), 0);
-  Chain c = Open("a.raw");
-  ASSERT_EQ(c.layers.size(), 1u);
-  EXPECT_FALSE(c.layers[0].writable);
-  EXPECT_FALSE(c.layers[0].read_only_reason.empty());
+  ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+                             ::setresuid(65534, 65534, 65534) != 0))
+      ::_exit(2);
+    auto c = OpenChain(P("a.raw"), policy_);
+    if (!c.ok() || c->layers.size() != 1) ::_exit(3);
+    if (c->layers[0].writable) ::_exit(4);
+    if (c->layers[0].read_only_reason.empty()) ::_exit(5);
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: cannot drop privileges, 3: open failed, 4: opened "
+                                       "writable, 5: no read-only reason";
 }
 
 }  // namespace
