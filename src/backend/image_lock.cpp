@@ -56,9 +56,15 @@ std::string LockSet::ToString() const {
 }
 
 Result<std::unique_ptr<FileLock>> FileLock::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  // Never waits for a FIFO writer (image content chooses these names).
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0) return Status::FromErrno(errno, path + ": opening for image locks");
-  return std::unique_ptr<FileLock>(new FileLock(path, UniqueFd(fd)));
+  UniqueFd ufd(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, path + ": fstat");
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+    return Status::InvalidArgument(path + ": not a regular file or block device");
+  return std::unique_ptr<FileLock>(new FileLock(path, std::move(ufd)));
 }
 
 Status FileLock::LockBytes(LockSet set) {

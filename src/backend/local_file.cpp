@@ -151,13 +151,24 @@ class LocalFile final : public Backend {
 }  // namespace
 
 Result<std::unique_ptr<Backend>> OpenLocalFile(const std::string& path, bool writable) {
-  int fd = ::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  // Image content names the files opened here (backing and data files): a
+  // FIFO would block open() and read() for good, a device may act on open.
+  // The type is checked before opening, and again on what was opened (the
+  // name may have changed in between; O_NONBLOCK keeps that open from
+  // waiting for a FIFO writer).
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return Status::FromErrno(errno, path);
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+    return Status::InvalidArgument(path + ": not a regular file or block device");
+  int fd = ::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0) return Status::FromErrno(errno, path);
   UniqueFd ufd(fd);
-  struct stat st;
   if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, path + ": fstat");
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
     return Status::InvalidArgument(path + ": not a regular file or block device");
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+    return Status::FromErrno(errno, path + ": fcntl");
   return std::unique_ptr<Backend>(
       std::make_unique<LocalFile>(path, std::move(ufd), writable, S_ISBLK(st.st_mode)));
 }

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/image_lock.h"
 #include "kvmfs/backend.h"
 
 namespace kvmfs {
@@ -99,6 +100,23 @@ TEST_F(LocalFileTest, TruncateGrowsWithZeros) {
   ASSERT_TRUE((*b)->Truncate(3 << 20).ok());
   EXPECT_EQ(*(*b)->Size(), 3u << 20);
   EXPECT_EQ(Read(**b, 2 << 20, 8), std::vector<uint8_t>(8, 0));
+}
+
+// Image content chooses backing and data file names: a FIFO there must be
+// refused at once, never waited on (issue 15), and so must a socket or a
+// character device; the same for the descriptor that holds QEMU's locks.
+TEST_F(LocalFileTest, FifosAndDevicesAreRefusedWithoutBlocking) {
+  const std::string fifo = dir_ + "/pipe.qcow2";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  for (bool writable : {false, true}) {
+    auto f = OpenLocalFile(fifo, writable);
+    ASSERT_FALSE(f.ok());
+    EXPECT_EQ(f.status().code(), Status::Code::kInvalidArgument) << f.status().ToString();
+  }
+  auto dev = OpenLocalFile("/dev/null", false);
+  EXPECT_EQ(dev.status().code(), Status::Code::kInvalidArgument);
+  auto lock = FileLock::Open(fifo);
+  EXPECT_EQ(lock.status().code(), Status::Code::kInvalidArgument);
 }
 
 }  // namespace
