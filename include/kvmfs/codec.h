@@ -46,6 +46,11 @@ Result<size_t> InflateZlibStream(const uint8_t* in, size_t in_len, uint8_t* out,
 // the work alone, so a batch never waits for another one.
 void DecompressBatch(CompressionType type, std::span<DecompressJob> jobs);
 
+// Compresses `in` into one zlib (RFC 1950) stream, as zlib's compress() at
+// the default level (QEMU's VMDK grains), into at most `out_cap` bytes of
+// `out`; returns its length. kNoSpace when it does not fit. Thread-safe.
+Result<size_t> CompressZlibStream(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_cap);
+
 // Helper threads of DecompressBatch's pool (0 until first used, or on one
 // core). For tests and benchmarks.
 unsigned DecompressHelperThreads();

@@ -154,6 +154,18 @@ Result<size_t> InflateZlibStream(const uint8_t* in, size_t in_len, uint8_t* out,
                             " produced, zlib " + std::to_string(ret) + ")");
 }
 
+Result<size_t> CompressZlibStream(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_cap) {
+  if (in_len > UINT32_MAX || out_cap > UINT32_MAX)
+    return Status::InvalidArgument("zlib: buffer too large (" + std::to_string(in_len) + " bytes)");
+  uLongf out_len = static_cast<uLongf>(out_cap);
+  int ret = compress2(out, &out_len, in, static_cast<uLong>(in_len), Z_DEFAULT_COMPRESSION);
+  if (ret == Z_BUF_ERROR)
+    return Status::NoSpace("zlib: " + std::to_string(in_len) + " bytes do not compress into " +
+                           std::to_string(out_cap));
+  if (ret != Z_OK) return Status::NoSpace("zlib: compress2 failed (" + std::to_string(ret) + ")");
+  return static_cast<size_t>(out_len);
+}
+
 Status Decompress(CompressionType type, const uint8_t* in, size_t in_len, uint8_t* out,
                   size_t out_len) {
   switch (type) {

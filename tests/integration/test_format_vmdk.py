@@ -6,10 +6,12 @@ base, read through the mount byte-exact with `qemu-img convert`, with
 SEEK_DATA/SEEK_HOLE equal to `qemu-img map` and info.json equal to
 `qemu-img info` (the vmdk keys included). Extent files are not listed; a
 descriptor naming /etc/passwd or itself is listed with an error. Writes (dd,
-fio --verify=crc32c) on the writable subformats leave images that
-`qemu-img check` passes and `qemu-img compare` finds equal."""
+fio --verify=crc32c) on the sparse and flat subformats, and whole new grains
+written into a streamOptimized image (the writes QEMU takes there), leave
+images that `qemu-img check` passes and `qemu-img compare` finds equal."""
 
 import errno
+import mmap
 import os
 import shutil
 import subprocess
@@ -161,11 +163,13 @@ class WriteVmdk(h.KvmfsTestCase):
     @classmethod
     def make_images(cls):
         cls.src = make_source(os.path.join(cls.work, "src.raw"))
-        for sub in cls.WRITABLE + ("streamOptimized",):
+        for sub in cls.WRITABLE:
             h.qemu_img("convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=" + sub,
                        cls.src, os.path.join(cls.pool, sub + ".vmdk"))
         h.qemu_img("create", "-q", "-f", "vmdk", "-o", "zeroed_grain=on",
                    os.path.join(cls.pool, "zg.vmdk"), str(SIZE))
+        h.qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized",
+                   os.path.join(cls.pool, "so-empty.vmdk"), str(SIZE))
         base = os.path.join(cls.pool, "base.vmdk")
         h.qemu_img("convert", "-q", "-f", "raw", "-O", "vmdk", cls.src, base)
         h.qemu_img("create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk",
@@ -210,21 +214,29 @@ class WriteVmdk(h.KvmfsTestCase):
                 copy = os.path.join(self.work, name + ".raw")
                 h.copy_file(disk, copy)
                 copies.append((name, copy))
-        # streamOptimized is served read-only
-        so = m.path("streamOptimized.vmdk", "disk.raw")
-        e = h.open_errno(so, os.O_WRONLY)
-        if e == 0:
-            fd = os.open(so, os.O_WRONLY)
-            try:
-                with self.assertRaises(OSError) as cm:
-                    os.pwrite(fd, b"x" * 512, 0)
-                    os.fsync(fd)
-                e = cm.exception.errno
-            finally:
-                os.close(fd)
-        self.assertEqual(e, errno.EROFS)
-        info = h.read_json(m.path("streamOptimized.vmdk", "info.json"))
-        self.assertIn("streamOptimized", info.get("read-only-reason", ""))
+        # streamOptimized: whole new grains (O_DIRECT dd, 64 KiB = one grain), as QEMU
+        so = m.path("so-empty.vmdk", "disk.raw")
+        subprocess.run(["dd", "if=" + self.src, "of=" + so, "bs=64k", "count=20", "skip=3",
+                        "seek=3", "oflag=direct", "conv=notrunc,fsync", "status=none"], check=True)
+        fd = os.open(so, os.O_WRONLY | os.O_DIRECT)
+        try:
+            buf = mmap.mmap(-1, 64 * KiB)
+            buf.write(b"y" * 64 * KiB)
+            with self.assertRaises(OSError) as cm:  # a grain written already
+                os.pwrite(fd, buf, 3 * 64 * KiB)
+            self.assertEqual(cm.exception.errno, errno.EIO)
+            with self.assertRaises(OSError) as cm:  # part of a grain
+                os.pwrite(fd, memoryview(buf)[:4096], 40 * 64 * KiB + 4096)
+            self.assertEqual(cm.exception.errno, errno.EINVAL)
+        finally:
+            os.close(fd)
+        copy = os.path.join(self.work, "so-empty.raw")
+        h.copy_file(so, copy)
+        copies.append(("so-empty.vmdk", copy))
+        with open(copy, "rb") as f, open(self.src, "rb") as g:
+            f.seek(3 * 64 * KiB)
+            g.seek(3 * 64 * KiB)
+            self.assertEqual(f.read(20 * 64 * KiB), g.read(20 * 64 * KiB))
         self.unmount(m)
         self.check_and_compare(copies)
         # the base of child.vmdk is untouched

@@ -379,10 +379,9 @@ Result<std::unique_ptr<Image>> OpenVmdk(std::shared_ptr<Backend> file, const Ope
   std::string reason;
   for (const auto& e : opened.extents) {
     if (!reason.empty()) break;
-    if (e->kind == Extent::Kind::kSparse && e->compressed)
-      reason = "streamOptimized VMDK images are read-only in kvmfs (QEMU only appends whole "
-               "grains to them; convert the image to write it)";
-    else if (e->kind == Extent::Kind::kSparse && e->version == 3)
+    if (e->kind == Extent::Kind::kSparse && e->compressed && !e->markers)
+      reason = "compressed grains without markers are not written (QEMU refuses too)";
+    else if (e->kind == Extent::Kind::kSparse && e->version == 3 && !e->compressed)
       reason = "VMDK version 3 must be read only (as QEMU)";
     else if (e->kind == Extent::Kind::kSparse && e->grain_bytes > (16u << 20))
       reason = "grains of " + Num(e->grain_bytes) + " bytes are too big for kvmfs to write";

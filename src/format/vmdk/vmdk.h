@@ -244,6 +244,9 @@ class Engine {
                         const BackingRead& backing, bool has_backing, uint64_t backing_size,
                         uint64_t guest_off);
   Status SetGte(Extent& e, const GteRef& ref, uint32_t value);
+  Status WriteCompressedGrain(Extent& e, const GteRef& ref, uint64_t rel, const uint8_t* buf,
+                              size_t n, bool zero, bool has_backing, uint64_t backing_size,
+                              uint64_t guest_off);
 
   // Decompressed grains, keyed by (extent, marker offset): repeated small
   // reads of one grain decode it once.

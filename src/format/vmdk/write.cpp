@@ -2,7 +2,8 @@
 // (hosted sparse, COWD) in place where a grain is allocated, else a new
 // grain at the end of the file (the whole grain written first, with the
 // backing's bytes or zeros around the new data), then its grain table entry
-// in both directories. The first write after BeginWrites() gives the image a
+// in both directories; streamOptimized grains are appended compressed. The
+// first write after BeginWrites() gives the image a
 // new CID, as QEMU does on the first write after each open, so that overlays
 // made against the old content stop reading through it.
 #include <algorithm>
@@ -11,6 +12,7 @@
 
 #include "base/endian.h"
 #include "format/vmdk/vmdk.h"
+#include "kvmfs/codec.h"
 
 namespace kvmfs::vmdk {
 namespace {
@@ -187,10 +189,53 @@ Status Engine::SetGte(Extent& e, const GteRef& ref, uint32_t value) {
   return Status::OK();
 }
 
+// streamOptimized, as QEMU writes it: only grains not yet allocated, only
+// whole ones (the last grain of the extent may end with it), each appended
+// as a compressed grain marker right after the last one.
+Status Engine::WriteCompressedGrain(Extent& e, const GteRef& ref, uint64_t rel, const uint8_t* buf,
+                                    size_t n, bool zero, bool has_backing, uint64_t backing_size,
+                                    uint64_t guest_off) {
+  const uint64_t in_grain = rel % e.grain_bytes;
+  if (ref.value != 0 && !(e.zero_grain && ref.value == kGteZeroed))
+    return Status::FromErrno(EIO, name_ + ": guest offset " + Num(guest_off) +
+                                      ": could not write to an allocated grain of a "
+                                      "streamOptimized image (as QEMU)");
+  // Zeros over an unallocated grain with nothing below: nothing to do.
+  if (zero && ref.value == 0 && (!has_backing || guest_off >= backing_size)) return Status::OK();
+  if (in_grain != 0 || (n != e.grain_bytes && rel + n != e.bytes))
+    return Status::InvalidArgument(name_ + ": guest offset " + Num(guest_off) + ", " + Num(n) +
+                                   " bytes: a streamOptimized image takes whole grains only "
+                                   "(as QEMU)");
+  if (ref.gt_sector == 0)
+    return Status::NotSupported(name_ + ": guest offset " + Num(guest_off) + " of extent " +
+                                e.filename + " has no grain table");
+  std::vector<uint8_t> plain;
+  if (zero) {
+    plain.assign(n, 0);
+    buf = plain.data();
+  }
+  // QEMU's buffer: two grains (incompressible data grows a little).
+  std::vector<uint8_t> marker(12 + 2 * e.grain_bytes, 0);
+  KVMFS_ASSIGN_OR_RETURN(size_t clen, CompressZlibStream(buf, n, marker.data() + 12, marker.size() - 12));
+  StoreLE64(marker.data(), guest_off / kSector);
+  StoreLE32(marker.data() + 8, static_cast<uint32_t>(clen));
+  const uint64_t bytes = (12 + clen + kSector - 1) / kSector * kSector;  // whole sectors, zero padded
+  const uint64_t sector = e.next_grain_sector;
+  if (sector + bytes / kSector > kMaxGrainSector)
+    return Status::NoSpace(name_ + ": extent " + e.filename + " is full (grains past sector 2^32)");
+  KVMFS_RETURN_IF_ERROR(e.file->WriteAt(sector * kSector, marker.data(), bytes));
+  e.next_grain_sector = sector + bytes / kSector;
+  const uint64_t end = sector * kSector + bytes;
+  if (end > e.file_size.load(std::memory_order_relaxed)) e.file_size.store(end, std::memory_order_relaxed);
+  return SetGte(e, ref, static_cast<uint32_t>(sector));
+}
+
 Status Engine::WriteGrainPart(Extent& e, uint64_t rel, const uint8_t* buf, size_t n, bool zero,
                               const BackingRead& backing, bool has_backing, uint64_t backing_size,
                               uint64_t guest_off) {
   KVMFS_ASSIGN_OR_RETURN(GteRef ref, LookupGte(e, rel));
+  if (e.compressed)
+    return WriteCompressedGrain(e, ref, rel, buf, n, zero, has_backing, backing_size, guest_off);
   const uint64_t in_grain = rel % e.grain_bytes;
   const bool zeroed = e.zero_grain && ref.value == kGteZeroed;
   if (ref.value != 0 && !zeroed) {  // an allocated grain: in place

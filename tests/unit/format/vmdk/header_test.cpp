@@ -204,6 +204,30 @@ TEST(VmdkSparse, CompressedGrainWithBadSizeOrStreamIsCorruption) {
   EXPECT_NE((*r)->ReadOnlyReason(), "x");  // no crash asking
 }
 
+// QEMU opens version 3 images without compression read-only (changed block
+// tracking); kvmfs serves them read-only with that reason.
+TEST(VmdkSparse, Version3WithoutCompressionIsServedReadOnly) {
+  MemVmdk m;
+  m.Le32(test::kVOffVersion, 3);
+  OpenContext ctx = MemContext("t.vmdk", std::make_shared<Files>());
+  ctx.writable = true;
+  auto r = vmdk::OpenVmdk(NewMemBackend("t.vmdk", m.b, true), ctx);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  Status st = (*r)->BeginWrites();
+  EXPECT_EQ(st.code(), Status::Code::kReadOnly);
+  EXPECT_NE((*r)->ReadOnlyReason().find("version 3"), std::string::npos);
+  // Version 1 of the same image is writable, and writes land in a new grain.
+  m.Le32(test::kVOffVersion, 1);
+  r = vmdk::OpenVmdk(NewMemBackend("t.vmdk", m.b, true), ctx);
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE((*r)->BeginWrites().ok());
+  std::vector<uint8_t> in(1000, 0x4d), out(1000);
+  ASSERT_TRUE((*r)->Write(70000, in.data(), in.size()).ok());
+  ASSERT_TRUE((*r)->Read(70000, out.data(), out.size()).ok());
+  EXPECT_EQ(in, out);
+  EXPECT_NE(std::get<int64_t>((*r)->Info().format_specific[0].value), 0x1234abcd);  // a new CID
+}
+
 TEST(VmdkSparse, ProbeAndPeekFollowQemu) {
   MemVmdk m;
   EXPECT_EQ(vmdk::ProbeVmdk(m.b.data(), 512), 100);

@@ -163,8 +163,9 @@ class VmdkQemu : public ::testing::Test {
     EXPECT_EQ(info.format, "vmdk");
     EXPECT_EQ(info.virtual_size, q["virtual-size"].get<uint64_t>());
     EXPECT_EQ(info.cluster_size.has_value(), q.contains("cluster-size")) << name;
-    if (info.cluster_size && q.contains("cluster-size"))
+    if (info.cluster_size && q.contains("cluster-size")) {
       EXPECT_EQ(*info.cluster_size, q["cluster-size"].get<uint64_t>());
+    }
     EXPECT_EQ(info.backing_filename, q.value("backing-filename", std::string()));
     EXPECT_EQ(info.backing_format, q.value("backing-filename-format", std::string()));
     ASSERT_EQ(info.format_specific_type, q["format-specific"]["type"].get<std::string>());
@@ -394,14 +395,38 @@ TEST_F(VmdkQemu, OverlayWritesCopyFromTheParent) {
   ExpectSame("over.vmdk");
 }
 
-TEST_F(VmdkQemu, StreamOptimizedAndVersion3AreServedReadOnly) {
-  MakeSource("src.raw");
-  Sh("qemu-img convert -f raw -O vmdk -o subformat=streamOptimized src.raw s.vmdk");
-  Chain chain = Open("s.vmdk", true);
-  ASSERT_FALSE(chain.layers.empty());
-  EXPECT_FALSE(chain.top()->BeginWrites().ok());
-  EXPECT_FALSE(chain.top()->writable());
-  EXPECT_NE(chain.top()->ReadOnlyReason().find("streamOptimized"), std::string::npos);
+// streamOptimized takes what QEMU writes to it: whole grains not written
+// yet (and the partial last grain), appended compressed.
+TEST_F(VmdkQemu, StreamOptimizedTakesWholeNewGrainsAsQemu) {
+  Sh("qemu-img create -q -f vmdk -o subformat=streamOptimized s.vmdk " + std::to_string(kOddSize));
+  Sh("truncate -s " + std::to_string(kOddSize) + " mirror.raw");
+  {
+    Chain chain = Open("s.vmdk", true);
+    ASSERT_FALSE(chain.layers.empty());
+    Image& image = *chain.top();
+    ASSERT_TRUE(image.BeginWrites().ok()) << image.ReadOnlyReason();
+    std::fstream mirror(P("mirror.raw"), std::ios::in | std::ios::out | std::ios::binary);
+    std::mt19937_64 rng(3);
+    auto put = [&](uint64_t off, size_t n, bool random) {
+      std::vector<uint8_t> b(n);
+      for (size_t i = 0; i < n; ++i) b[i] = random ? uint8_t(rng()) : uint8_t("streamOptimized "[i % 16]);
+      Status st = image.Write(off, b.data(), n);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      mirror.seekp(static_cast<std::streamoff>(off));
+      mirror.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(n));
+    };
+    put(0, 256 * KiB, false);
+    put(1 * MiB, 64 * KiB, true);
+    put(kOddSize / (64 * KiB) * (64 * KiB), kOddSize % (64 * KiB), true);  // the last, partial grain
+    ASSERT_TRUE(image.WriteZeroes(2 * MiB, 128 * KiB, true).ok());  // unallocated, nothing below
+    std::vector<uint8_t> b(64 * KiB, 1);
+    EXPECT_EQ(image.Write(3 * MiB + 512, b.data(), 4096).code(), Status::Code::kInvalidArgument);
+    EXPECT_EQ(image.Write(0, b.data(), b.size()).ToErrno(), EIO);  // allocated already
+    mirror.close();
+    ASSERT_TRUE(image.EndWrites().ok());
+  }
+  ExpectQemuAgrees("s.vmdk", "mirror.raw");
+  ExpectSame("s.vmdk");
 }
 
 }  // namespace
