@@ -3,7 +3,7 @@
 // of "\n@@file NAME\n" sections (NAME up to the line end) holding the
 // related files; open_related finds them by name (an absolute name is
 // refused, as the pool policy refuses most). The image is opened through
-// the whole driver, read at ranges the input picks, and, when its first byte
+// the whole driver, read at ranges the input picks, and, when its last byte
 // is odd, opened for writing and written a little.
 #include <map>
 #include <string_view>
@@ -39,7 +39,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::Quiet();
   auto files = std::make_shared<Files>();
   std::vector<uint8_t> main = Split(data, size, files.get());
-  const bool write = size > 0 && (data[0] & 1);
+  const bool write = size > 0 && (data[size - 1] & 1);
   auto file = std::shared_ptr<Backend>(NewMemBackend("fuzz.vmdk", std::move(main), write));
   OpenContext ctx;
   ctx.name = "fuzz.vmdk";
