@@ -5,6 +5,11 @@
 // refused, as the pool policy refuses most). The image is opened through
 // the whole driver, read at ranges the input picks, and, when its last byte
 // is odd, opened for writing and written a little.
+//
+// Seeds: qemu-img-made images of every subformat (qemu-img create -f vmdk -o
+// subformat=S, a few qemu-io writes), and descriptors with their extents
+// appended, e.g. for monolithicFlat:
+//   { cat d.vmdk; printf '\n@@file d-flat.vmdk\n'; cat d-flat.vmdk; } > seeds/flat
 #include <map>
 #include <string_view>
 
