@@ -67,6 +67,7 @@ Status OpenCowd(Extent& e, const uint8_t* head, uint64_t file_size, const std::s
   e.gtes_per_gt = kCowdGtes;
   e.gt_span = e.grain_bytes * kCowdGtes;
   e.bytes = uint64_t{h.disk_sectors} * kSector;
+  e.data_start = (uint64_t{h.gd_offset} + (uint64_t{h.gd_entries} * 4 + kSector - 1) / kSector) * kSector;
   KVMFS_ASSIGN_OR_RETURN(e.gd, ReadGd(*e.file, file_size, h.gd_offset, h.gd_entries,
                                       "grain directory", name));
   return Status::OK();
@@ -132,6 +133,7 @@ Status OpenSparseExtent(Extent& e, const uint8_t* head, size_t head_len, OpenDep
       return Status::NotSupported(name + ": compressed grains of " + Num(h.grain_sectors) +
                                   " sectors (kvmfs reads compressed grains of at most " +
                                   Num(kMaxCompressedGrain) + " bytes)");
+    e.data_start = h.grain_offset * kSector;
     e.version = h.version;
     e.flags = h.flags;
     e.compressed = h.compress_algorithm == kCompressionDeflate;

@@ -156,6 +156,7 @@ struct Extent {
   std::vector<uint32_t> rgd;     // the redundant GD (writes keep its GTs in step), may be empty
   std::atomic<uint64_t> file_size{0};
   uint64_t next_grain_sector = 0;  // where the next grain goes (writes; engine lock)
+  uint64_t data_start = 0;  // bytes before it are metadata (header, descriptor, tables)
 
   // Grain tables by GT sector, a bounded LRU.
   std::mutex gt_mu;

@@ -241,6 +241,11 @@ Status Engine::WriteGrainPart(Extent& e, uint64_t rel, const uint8_t* buf, size_
   if (ref.value != 0 && !zeroed) {  // an allocated grain: in place
     const uint64_t host = uint64_t{ref.value} * kSector + in_grain;
     KVMFS_RETURN_IF_ERROR(CheckGrain(e, uint64_t{ref.value} * kSector, guest_off));
+    // QEMU would write it; kvmfs does not overwrite the header and tables.
+    if (uint64_t{ref.value} * kSector < e.data_start)
+      return Status::Corruption(name_ + ": grain of guest offset " + Num(guest_off) + " in " +
+                                e.filename + " lies in the metadata (sector " + Num(ref.value) +
+                                ", grains start at byte " + Num(e.data_start) + "); not written");
     return zero ? e.file->WriteZeroes(host, n, false) : e.file->WriteAt(host, buf, n);
   }
   if (zero) {

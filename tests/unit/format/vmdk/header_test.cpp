@@ -228,6 +228,22 @@ TEST(VmdkSparse, Version3WithoutCompressionIsServedReadOnly) {
   EXPECT_NE(std::get<int64_t>((*r)->Info().format_specific[0].value), 0x1234abcd);  // a new CID
 }
 
+// A grain table entry pointing into the header or tables reads (as QEMU)
+// but is never written over.
+TEST(VmdkSparse, GrainInTheMetadataIsNotWritten) {
+  MemVmdk m;
+  m.Gte(0, static_cast<uint32_t>(m.gd_sector));  // the grain directory
+  OpenContext ctx = MemContext("t.vmdk", std::make_shared<Files>());
+  ctx.writable = true;
+  auto r = vmdk::OpenVmdk(NewMemBackend("t.vmdk", m.b, true), ctx);
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE((*r)->BeginWrites().ok());
+  std::vector<uint8_t> buf(512, 0xee);
+  EXPECT_TRUE((*r)->Read(0, buf.data(), buf.size()).ok());
+  EXPECT_EQ((*r)->Write(0, buf.data(), buf.size()).code(), Status::Code::kCorruption);
+  EXPECT_TRUE((*r)->Write(65536, buf.data(), buf.size()).ok());  // a fresh grain is fine
+}
+
 TEST(VmdkSparse, ProbeAndPeekFollowQemu) {
   MemVmdk m;
   EXPECT_EQ(vmdk::ProbeVmdk(m.b.data(), 512), 100);
