@@ -50,7 +50,9 @@ Status OpenDescribedExtents(const Descriptor& d, const OpenContext& ctx, Opened&
     const std::string where = name + " (descriptor line " + std::to_string(line.line) + ")";
     if (line.type == "SESPARSE")
       return Status::NotSupported(where + ": seSparse extents are not supported");
-    KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<Backend> file, ctx.open_related(line.file_name));
+    Result<std::shared_ptr<Backend>> opened = ctx.open_related(line.file_name);
+    if (!opened.ok()) return opened.status().WithContext(where + ": extent '" + line.file_name + "'");
+    std::shared_ptr<Backend> file = std::move(opened).value();
     // An extent that is the descriptor, or a sparse file used twice, would
     // have one file's bytes serve as two things (and writes corrupt them).
     if (file->name() == name)
