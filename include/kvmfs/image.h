@@ -90,6 +90,12 @@ struct InfoField {
   std::string key;
   InfoValue value;
 };
+// A `qemu-img info` list of objects (vmdk "extents"): each object's fields in
+// qemu-img's order.
+struct InfoList {
+  std::string key;
+  std::vector<std::vector<InfoField>> items;
+};
 
 // Layer metadata, with the meaning of `qemu-img info --output=json` keys.
 struct ImageInfo {
@@ -102,6 +108,7 @@ struct ImageInfo {
   std::string backing_format;            // as stored; empty: not recorded
   std::string format_specific_type;      // "qcow2"; empty: no "format-specific"
   std::vector<InfoField> format_specific;  // in qemu-img's order
+  std::vector<InfoList> format_specific_lists;  // printed after format_specific
 };
 
 class Image {

@@ -81,6 +81,18 @@ HelperPool& Pool() {
 
 std::atomic<bool> g_pool_started{false};
 
+// One job: exactly out_len bytes, but for kZlib (at most out_len).
+void RunJob(CompressionType type, DecompressJob& j) {
+  if (type == CompressionType::kZlib) {
+    Result<size_t> n = InflateZlibStream(j.in, j.in_len, j.out, j.out_len);
+    j.status = n.status();
+    j.produced = n.ok() ? *n : 0;
+    return;
+  }
+  j.status = Decompress(type, j.in, j.in_len, j.out, j.out_len);
+  j.produced = j.status.ok() ? j.out_len : 0;
+}
+
 // The shared state of one batch. Helpers hold it by shared_ptr: one that
 // starts after the batch is over finds no job left and touches nothing
 // else, so the caller may return (and free the jobs) as soon as every job
@@ -96,8 +108,7 @@ struct Batch {
   // Runs jobs until none is left; true when it finished the last one.
   void Work() {
     for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < jobs.size();) {
-      DecompressJob& j = jobs[i];
-      j.status = Decompress(type, j.in, j.in_len, j.out, j.out_len);
+      RunJob(type, jobs[i]);
       // acq_rel: the caller, seeing done == size, sees every job's output.
       if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == jobs.size()) {
         std::lock_guard<std::mutex> lock(mu);
@@ -111,7 +122,7 @@ struct Batch {
 
 void DecompressBatch(CompressionType type, std::span<DecompressJob> jobs) {
   if (jobs.size() <= 1) {
-    for (DecompressJob& j : jobs) j.status = Decompress(type, j.in, j.in_len, j.out, j.out_len);
+    for (DecompressJob& j : jobs) RunJob(type, j);
     return;
   }
   HelperPool& pool = Pool();

@@ -122,6 +122,50 @@ Status DecompressZstd(const uint8_t* in, size_t in_len, uint8_t* out, size_t out
 
 }  // namespace
 
+// As zlib's uncompress(): one whole zlib stream, checksum included, into
+// the output; a stream that needs more output than there is fails.
+Result<size_t> InflateZlibStream(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_len) {
+  struct Stream {
+    z_stream z{};
+    bool ready = false;
+    ~Stream() {
+      if (ready) inflateEnd(&z);
+    }
+  };
+  thread_local Stream s;
+  if (!s.ready) {
+    if (inflateInit(&s.z) != Z_OK) return Status::NoSpace("zlib: inflateInit failed");
+    s.ready = true;
+  } else if (inflateReset(&s.z) != Z_OK) {
+    return Status::Corruption("zlib: inflateReset failed");
+  }
+  if (in_len > UINT32_MAX || out_len > UINT32_MAX)
+    return Status::InvalidArgument("zlib: buffer too large (" + SizeText(in_len, out_len) + ")");
+  s.z.next_in = const_cast<Bytef*>(in);
+  s.z.avail_in = static_cast<uInt>(in_len);
+  s.z.next_out = out;
+  s.z.avail_out = static_cast<uInt>(out_len);
+  int ret = inflate(&s.z, Z_FINISH);
+  const size_t produced = out_len - s.z.avail_out;
+  if (ret == Z_STREAM_END) return produced;
+  return Status::Corruption("zlib stream invalid, truncated or longer than " +
+                            std::to_string(out_len) + " bytes (" + std::to_string(in_len) +
+                            " compressed bytes, " + std::to_string(produced) +
+                            " produced, zlib " + std::to_string(ret) + ")");
+}
+
+Result<size_t> CompressZlibStream(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_cap) {
+  if (in_len > UINT32_MAX || out_cap > UINT32_MAX)
+    return Status::InvalidArgument("zlib: buffer too large (" + std::to_string(in_len) + " bytes)");
+  uLongf out_len = static_cast<uLongf>(out_cap);
+  int ret = compress2(out, &out_len, in, static_cast<uLong>(in_len), Z_DEFAULT_COMPRESSION);
+  if (ret == Z_BUF_ERROR)
+    return Status::NoSpace("zlib: " + std::to_string(in_len) + " bytes do not compress into " +
+                           std::to_string(out_cap));
+  if (ret != Z_OK) return Status::NoSpace("zlib: compress2 failed (" + std::to_string(ret) + ")");
+  return static_cast<size_t>(out_len);
+}
+
 Status Decompress(CompressionType type, const uint8_t* in, size_t in_len, uint8_t* out,
                   size_t out_len) {
   switch (type) {
@@ -129,6 +173,14 @@ Status Decompress(CompressionType type, const uint8_t* in, size_t in_len, uint8_
       return InflateRawDeflate(in, in_len, out, out_len);
     case CompressionType::kZstd:
       return DecompressZstd(in, in_len, out, out_len);
+    case CompressionType::kZlib: {
+      Result<size_t> n = InflateZlibStream(in, in_len, out, out_len);
+      if (!n.ok()) return n.status();
+      if (*n != out_len)
+        return Status::Corruption("zlib stream short (" + SizeText(in_len, out_len) + ", " +
+                                  std::to_string(*n) + " produced)");
+      return Status::OK();
+    }
   }
   return Status::NotSupported("unknown compression type " + std::to_string(static_cast<int>(type)));
 }

@@ -45,6 +45,15 @@ nlohmann::ordered_json InfoJson(const InfoSubject& subject) {
   if (!info.format_specific_type.empty()) {
     nlohmann::ordered_json data = nlohmann::ordered_json::object();
     for (const InfoField& f : info.format_specific) data[f.key] = ValueJson(f.value);
+    for (const InfoList& l : info.format_specific_lists) {
+      nlohmann::ordered_json list = nlohmann::ordered_json::array();
+      for (const std::vector<InfoField>& item : l.items) {
+        nlohmann::ordered_json o = nlohmann::ordered_json::object();
+        for (const InfoField& f : item) o[f.key] = ValueJson(f.value);
+        list.push_back(std::move(o));
+      }
+      data[l.key] = std::move(list);
+    }
     j["format-specific"] = {{"type", info.format_specific_type}, {"data", std::move(data)}};
   }
   // qemu-img 7.2 puts "encrypted" between the two backing names.

@@ -101,6 +101,29 @@ TEST(InfoJson, FullQcow2StyleSubject) {
   EXPECT_EQ(sj["snapshot"]["name"], "snap");
 }
 
+// Lists of objects (vmdk "extents") come after the plain fields, each
+// object's keys in the driver's order.
+TEST(InfoJson, FormatSpecificListsFollowTheFields) {
+  InfoSubject subject;
+  subject.filename = "/p/a.vmdk";
+  subject.info.format = "vmdk";
+  subject.info.format_specific_type = "vmdk";
+  subject.info.format_specific = {{"cid", int64_t{7}}, {"create-type", std::string("monolithicFlat")}};
+  subject.info.format_specific_lists = {
+      {"extents", {{{"virtual-size", int64_t{512}}, {"filename", std::string("/p/a-flat.vmdk")},
+                    {"format", std::string("FLAT")}}}}};
+  auto j = InfoJson(subject);
+  const auto& data = j["format-specific"]["data"];
+  std::vector<std::string> keys;
+  for (auto& [k, v] : data.items()) keys.push_back(k);
+  EXPECT_EQ(keys, (std::vector<std::string>{"cid", "create-type", "extents"}));
+  ASSERT_EQ(data["extents"].size(), 1u);
+  EXPECT_EQ(data["extents"][0]["filename"], "/p/a-flat.vmdk");
+  std::vector<std::string> ext_keys;
+  for (auto& [k, v] : data["extents"][0].items()) ext_keys.push_back(k);
+  EXPECT_EQ(ext_keys, (std::vector<std::string>{"virtual-size", "filename", "format"}));
+}
+
 TEST(InfoJson, ErrorJsonNamesFileFormatAndReason) {
   auto j = ErrorJson("/p/bad.qcow2", "", "Corruption: bad header");
   EXPECT_EQ(j["format"], "unknown");
