@@ -36,6 +36,12 @@ bool Engine::PastEof(uint64_t end) {
   return end > *now;
 }
 
+uint64_t Engine::BytesInFile(uint64_t host, uint64_t n) {
+  (void)PastEof(host + n);  // refreshes the known size when needed
+  const uint64_t known = file_size_.load(std::memory_order_relaxed);
+  return host >= known ? 0 : std::min<uint64_t>(n, known - host);
+}
+
 Result<std::shared_ptr<L2Table>> Engine::GetL2(uint64_t offset, uint64_t l1_index) {
   {
     std::lock_guard<std::mutex> lock(cache_mu_);

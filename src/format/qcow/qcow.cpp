@@ -57,8 +57,7 @@ class QcowImage final : public Image, private BackingReader {
         KVMFS_RETURN_IF_ERROR(PlanBacking(off, n, plan));
       } else if (e.type == Extent::Type::kData && fd >= 0) {
         // The last cluster may end past the end of the file: zeros there.
-        KVMFS_ASSIGN_OR_RETURN(uint64_t file_size, file.Size());
-        const uint64_t in_file = e.host >= file_size ? 0 : std::min<uint64_t>(n, file_size - e.host);
+        const uint64_t in_file = engine_->BytesInFile(e.host, n);
         if (in_file > 0) plan.AddFile(fd, e.host, in_file);
         if (in_file < n) KVMFS_RETURN_IF_ERROR(plan.AddMemory(n - in_file, true).status());
       } else {

@@ -172,6 +172,10 @@ class Engine {
   Status WriteData(uint64_t guest_off, uint64_t host, const uint8_t* in, size_t n);
   Status ZeroData(uint64_t guest_off, uint64_t host, uint64_t n, bool unmap);
 
+  // How many of the `n` bytes at host offset `host` the file holds (the
+  // size is re-read only when the known one says they pass its end).
+  uint64_t BytesInFile(uint64_t host, uint64_t n);
+
   // Reads `n` bytes at `in_cluster` of compressed cluster `entry` (guest
   // offset `guest_off`, for messages). Requires mutex() held.
   Status ReadCompressed(uint64_t entry, uint64_t in_cluster, uint8_t* out, size_t n,
