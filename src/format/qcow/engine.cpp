@@ -28,7 +28,9 @@ std::string Engine::Where(uint64_t guest_off, uint64_t l1_index, uint64_t l2_ind
          std::to_string(l1_index) + ", L2 index " + std::to_string(l2_index) + ")";
 }
 
-bool Engine::PastEof(uint64_t end) {
+bool Engine::PastEof(uint64_t off, uint64_t len) {
+  if (off > UINT64_MAX - len) return true;  // no file is that long
+  const uint64_t end = off + len;
   if (end <= file_size_.load(std::memory_order_relaxed)) return false;
   Result<uint64_t> now = file_->Size();
   if (!now.ok()) return true;
@@ -37,7 +39,7 @@ bool Engine::PastEof(uint64_t end) {
 }
 
 uint64_t Engine::BytesInFile(uint64_t host, uint64_t n) {
-  (void)PastEof(host + n);  // refreshes the known size when needed
+  (void)PastEof(host, n);  // refreshes the known size when needed
   const uint64_t known = file_size_.load(std::memory_order_relaxed);
   return host >= known ? 0 : std::min<uint64_t>(n, known - host);
 }
@@ -53,7 +55,7 @@ Result<std::shared_ptr<L2Table>> Engine::GetL2(uint64_t offset, uint64_t l1_inde
   }
   // Only the first use of a table checks where it is: every table in the
   // cache was checked, or written by this engine.
-  if (offset < header_.meta_end || PastEof(offset + header_.l2_bytes))
+  if (offset < header_.meta_end || PastEof(offset, header_.l2_bytes))
     return Status::Corruption(name_ + ": L1 entry " + std::to_string(l1_index) + " = " +
                               Hex(offset) + ": the L2 table (" +
                               std::to_string(header_.l2_bytes) + " bytes) is " +
@@ -90,7 +92,7 @@ Status Engine::CheckEntry(uint64_t entry, uint64_t guest_off, uint64_t l1_index,
     if (csize == 0)
       return Status::Corruption(Where(guest_off, l1_index, l2_index) + ": compressed cluster " +
                                 Hex(entry) + " has a size of 0 bytes");
-    if (coffset < header_.meta_end || PastEof(coffset + csize))
+    if (coffset < header_.meta_end || PastEof(coffset, csize))
       return Status::Corruption(Where(guest_off, l1_index, l2_index) + ": compressed cluster at " +
                                 Hex(coffset) + " (" + std::to_string(csize) + " bytes) is " +
                                 (coffset < header_.meta_end ? "inside the header or L1 table"
@@ -102,7 +104,7 @@ Status Engine::CheckEntry(uint64_t entry, uint64_t guest_off, uint64_t l1_index,
                               Hex(entry) + " is not 512-byte aligned");
   // A cluster may end past the end of the file (that part reads as zeros);
   // it may not start there.
-  if (entry < header_.meta_end || PastEof(entry + 1))
+  if (entry < header_.meta_end || PastEof(entry, 1))
     return Status::Corruption(Where(guest_off, l1_index, l2_index) + ": cluster offset " +
                               Hex(entry) + " is " +
                               (entry < header_.meta_end ? "inside the header or L1 table"

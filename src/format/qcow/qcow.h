@@ -195,8 +195,9 @@ class Engine {
   Result<std::shared_ptr<L2Table>> GetL2(uint64_t offset, uint64_t l1_index);
   // Checks one L2 entry (not 0) of guest offset `guest_off`.
   Status CheckEntry(uint64_t entry, uint64_t guest_off, uint64_t l1_index, uint64_t l2_index);
-  // Whether `end` is past the end of the file (its size re-read first).
-  bool PastEof(uint64_t end);
+  // Whether [off, off+len) passes the end of the file (its size re-read
+  // first) or the end of the address space.
+  bool PastEof(uint64_t off, uint64_t len);
   std::string Where(uint64_t guest_off, uint64_t l1_index, uint64_t l2_index) const;
 
   // writer internals (exclusive lock held)

@@ -238,6 +238,16 @@ TEST(QcowL2, TablePastEndOfFileIsCorruption) {
   ExpectReadCorruption(q, "L1 entry 0");
 }
 
+// Fuzzer finding: an L2 offset near 2^64 wrapped offset + table size
+// around, passed the end-of-file check, and Flush() wrote the table there.
+TEST(QcowL2, TableOffsetNearTopOfAddressSpaceIsCorruption) {
+  for (uint64_t offset : {~uint64_t{0} - 100, ~uint64_t{0} - 4095, uint64_t{1} << 63}) {
+    MemQcow q;
+    q.Be64(48, offset);
+    ExpectReadCorruption(q, "past the end of the file");
+  }
+}
+
 TEST(QcowL2, TableEndingPastEndOfFileIsCorruption) {
   MemQcow q;
   q.Be64(48, 4096);
