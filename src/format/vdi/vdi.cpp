@@ -316,9 +316,18 @@ class VdiDriver final : public FormatDriver {
     std::string reason;
     if (ctx.writable) {
       reason = ScanBlockMap(bmap, h);
-      if (!reason.empty())
+      if (!reason.empty()) {
         reason = "VDI block map is inconsistent (" + reason +
                  "): served read-only; see qemu-img check";
+      } else if (h.offset_data > file_size ||
+                 (h.allocated > 0 &&
+                  h.offset_data + uint64_t{h.allocated - 1} * kBlockSize >= file_size)) {
+        // New blocks go after the last one: that far past everything the
+        // file holds.
+        reason = "VDI data area (" + std::to_string(h.allocated) + " blocks at " +
+                 std::to_string(h.offset_data) + ") passes the end of the file (" +
+                 std::to_string(file_size) + " bytes): served read-only";
+      }
     }
     return std::unique_ptr<Image>(std::make_unique<VdiImage>(
         std::move(file), std::move(h), std::move(bmap), name, file_size, std::move(reason)));

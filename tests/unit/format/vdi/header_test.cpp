@@ -281,6 +281,33 @@ TEST(VdiBlockMap, InconsistentMapIsServedReadOnly) {
   }
 }
 
+// Fuzzer finding: a data offset of ~4 GiB in a 1 KiB file made the first
+// allocating write grow the file by 4 GiB (out of memory on the fuzzer's
+// in-memory file). Such an image reads, but is not written.
+TEST(VdiBlockMap, DataAreaPastEndOfFileIsServedReadOnly) {
+  MemVdi v;
+  v.Le32(344, 0xff000400);
+  auto image = v.Open("bad.vdi", true);
+  ASSERT_TRUE(image.ok()) << image.status().ToString();
+  EXPECT_NE((*image)->ReadOnlyReason().find("passes the end of the file"), std::string::npos)
+      << (*image)->ReadOnlyReason();
+  EXPECT_EQ((*image)->BeginWrites().code(), Status::Code::kReadOnly);
+  std::vector<uint8_t> buf(4096, 0xee);
+  ASSERT_TRUE((*image)->Read(0, buf.data(), buf.size()).ok());
+  EXPECT_EQ(buf, std::vector<uint8_t>(4096, 0));
+
+  // The same for a file cut short inside its data area.
+  MemVdi cut;
+  cut.Map(0, 0, 1);
+  cut.Map(1, 1, 2);
+  cut.SetAllocated(2);
+  cut.b.resize(cut.data() + 100);  // block 1 is gone
+  auto cut_image = cut.Open("cut.vdi", true);
+  ASSERT_TRUE(cut_image.ok()) << cut_image.status().ToString();
+  EXPECT_NE((*cut_image)->ReadOnlyReason().find("passes the end of the file"), std::string::npos)
+      << (*cut_image)->ReadOnlyReason();
+}
+
 TEST(VdiHeader, ProbeAndPeek) {
   MemVdi v;
   const FormatDriver* d = FindFormat("vdi");
