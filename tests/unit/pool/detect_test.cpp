@@ -158,9 +158,9 @@ TEST(Detect, PeekReadsBackingAndSnapshotsFromTheQcow2Header) {
   p = peek("disk.raw");
   EXPECT_EQ(p.format, "raw");
   EXPECT_TRUE(p.known && !p.has_backing && p.snapshots == 0);
-  p = peek("w.vdi");  // not raw, not qcow2: the image must be opened to know
+  p = peek("w.vdi");  // VDI has no backing files and no snapshots
   EXPECT_EQ(p.format, "vdi");
-  EXPECT_FALSE(p.known);
+  EXPECT_TRUE(p.known && !p.has_backing && p.snapshots == 0);
   // a truncated qcow2 header says nothing
   dir.Write("short.qcow2", Bytes("QFI\xfb\0\0\0\3", 8));
   p = peek("short.qcow2");
