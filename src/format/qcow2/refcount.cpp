@@ -226,17 +226,22 @@ Result<RefBlock*> Engine::BlockForUpdate(uint64_t rt) {
   // A commit changes a block of the old state: it moves to a fresh cluster
   // first (the old one stays intact until the switch and is released by
   // the commit, commit_released_).
+  // `b` stays busy (never written back or evicted) until it is returned.
   b->busy = true;
   Result<uint64_t> fresh = FindFree(1);
-  b->busy = false;
-  if (!fresh.ok()) return fresh.status();
+  if (!fresh.ok()) {
+    b->busy = false;
+    return fresh.status();
+  }
   commit_released_.push_back(b->host_offset >> geo_.cluster_bits);
   b->host_offset = *fresh << geo_.cluster_bits;
   b->dirty = true;
   reftable_[rt] = b->host_offset;
   reftable_dirty_ = true;
   // Nothing else can take *fresh now (the floor cursor is past it).
-  KVMFS_RETURN_IF_ERROR(UpdateRefcount(*fresh, +1));
+  Status st = UpdateRefcount(*fresh, +1);
+  b->busy = false;
+  KVMFS_RETURN_IF_ERROR(st);
   return b;
 }
 
