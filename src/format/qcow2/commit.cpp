@@ -24,6 +24,8 @@
 // walk_active_ makes every other metadata change wait (LockExclusive). The
 // switch takes the lock exclusive. On failure memory is reloaded from the
 // file, which still holds the old state.
+#include <malloc.h>
+
 #include <algorithm>
 
 #include "base/endian.h"
@@ -51,18 +53,18 @@ class BatchWriter {
   }
 
  private:
-  static constexpr size_t kMax = 1 << 20;
+  static constexpr size_t kMax = 256 << 10;
   Backend& file_;
   uint64_t start_ = 0;
   std::vector<uint8_t> buf_;
 };
 
-// Writes `words` as big-endian u64 at `off`, in pieces of at most 1 MiB.
+// Writes `words` as big-endian u64 at `off`, in pieces of at most 256 KiB.
 Status WriteWords(Backend& file, uint64_t off, const std::vector<uint64_t>& words,
                   uint64_t total_bytes) {
   std::vector<uint8_t> raw;
   for (uint64_t pos = 0; pos < total_bytes;) {
-    const uint64_t n = std::min<uint64_t>(total_bytes - pos, 1 << 20);
+    const uint64_t n = std::min<uint64_t>(total_bytes - pos, 256 << 10);
     raw.assign(n, 0);
     for (uint64_t i = pos / 8; i < words.size() && i * 8 < pos + n; ++i)
       StoreBE64(raw.data() + (i * 8 - pos), words[i]);
@@ -141,6 +143,10 @@ Status Engine::RunCommit(std::unique_lock<std::shared_mutex>& lock, CommitPlan& 
     }
     SwitchCommit(plan);
     walk_cv_.notify_all();
+    // The walk's blocks and buffers went back to this thread's malloc arena;
+    // give the pages back, so that the next walk (or a reader's arena)
+    // does not add its peak on top (peak RSS is the documented bound).
+    malloc_trim(0);
     return Status::OK();
   }
   // Nothing the old state uses was written: memory goes back to the file.

@@ -28,7 +28,7 @@
 // tables, so readers go on, and every other metadata change waits for it.
 //
 // Memory: metadata lives in caches charged to one CacheBudget (cache.cpp):
-// L2 tables, decompressed clusters, refcount blocks (at most a quarter of
+// L2 tables, decompressed clusters, refcount blocks (at most an eighth of
 // the budget, refcount.cpp), and, as BudgetCharges, the L1 tables and the
 // refcount table. Walks over all tables (snapshot create/delete, refcount
 // rebuild, COPIED recomputation) stream them one table at a time and write

@@ -10,7 +10,7 @@
 // the cluster, and the cluster is not reused before that. So a crash leaks,
 // never corrupts.
 //
-// The block cache holds at most RefBlockCap() blocks (a quarter of the
+// The block cache holds at most RefBlockCap() blocks (an eighth of the
 // budget, at least 4), charged to the budget. Clean blocks are evicted
 // least recently used first; dirty ones are written back to make room
 // (writing an increment early is always safe); only blocks with pending
@@ -128,7 +128,7 @@ void Engine::ChargeTables() {
 }
 
 uint64_t Engine::RefBlockCap() const {
-  return std::max<uint64_t>(4, budget().limit() / 4 / (geo_.cluster_size + kCacheEntryOverhead));
+  return std::max<uint64_t>(4, budget().limit() / 8 / (geo_.cluster_size + kCacheEntryOverhead));
 }
 
 Result<RefBlock*> Engine::GetRefBlock(uint64_t rt_index, bool /*create*/) {
@@ -515,7 +515,7 @@ Status Engine::WriteRefBlocks(bool with_pending) {
             [](const RefBlock* a, const RefBlock* b) { return a->host_offset < b->host_offset; });
   // Blocks next to each other go in one write (a commit's fresh blocks are).
   const uint64_t cs = geo_.cluster_size;
-  const size_t max_batch = std::max<size_t>(1, (1u << 20) / cs);
+  const size_t max_batch = std::max<size_t>(1, (256u << 10) / cs);
   std::vector<uint8_t> buf;
   for (size_t i = 0; i < dirty.size();) {
     size_t j = i + 1;
