@@ -215,6 +215,7 @@ Status Engine::TrimRefBlocks() {
   }
   refblock_charge_.Set(budget(), refblocks_.size() * (geo_.cluster_size + kCacheEntryOverhead) +
                                      pending_blocks_ * geo_.cluster_size);
+  ChargeTables();  // the L1 may have grown (Resize): nothing to do when not
   return Status::OK();
 }
 

@@ -98,10 +98,10 @@ TEST_F(Qcow2Hostile, RefcountsSayingTheHeaderIsFreeRefuseEveryAllocation) {
 }
 
 TEST_F(Qcow2Hostile, NewL2TableOverMetadataIsRefusedAndMarksCorrupt) {
-  // The refcounts say the refcount table, block and L1 are free: the first
-  // free cluster is the refcount table's.
+  // The refcounts say the refcount table is free: the new L2 table would
+  // land on it (the data cluster after it goes past the end, no overlap).
   Sh("qemu-img create -q -f qcow2 img.qcow2 4M");
-  Poke64("img.qcow2", kRefBlock, 0x0001000000000000ull);  // clusters 0..3: 1, 0, 0, 0
+  Poke64("img.qcow2", kRefBlock, 0x0001000000010001ull);  // clusters 0..3: 1, 0, 1, 1
   const auto before = File("img.qcow2");
   {
     auto w = OpenWritable("img.qcow2");
