@@ -101,6 +101,36 @@ std::shared_ptr<L2Table> CacheBudget::TakeSpare(size_t words) {
   return nullptr;
 }
 
+// ---- BudgetCharge ---------------------------------------------------------------------
+
+BudgetCharge& BudgetCharge::operator=(BudgetCharge&& o) noexcept {
+  if (this != &o) {
+    Release();
+    budget_ = o.budget_;
+    bytes_ = o.bytes_;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+
+void BudgetCharge::Set(CacheBudget& budget, uint64_t bytes) {
+  if (budget_ != nullptr && budget_ != &budget) Release();
+  budget_ = &budget;
+  if (bytes > bytes_) {
+    budget.Charge(bytes - bytes_);
+    bytes_ = bytes;
+    budget.Reclaim();  // the caches give the room back
+  } else if (bytes < bytes_) {
+    budget.Release(bytes_ - bytes);
+    bytes_ = bytes;
+  }
+}
+
+void BudgetCharge::Release() {
+  if (budget_ != nullptr && bytes_ > 0) budget_->Release(bytes_);
+  bytes_ = 0;
+}
+
 // ---- BudgetedLru ----------------------------------------------------------------------
 
 template <class V>

@@ -38,6 +38,7 @@ Engine::Engine(std::shared_ptr<Backend> file, std::shared_ptr<Backend> data, Hea
 Status Engine::LoadActiveL1() {
   KVMFS_ASSIGN_OR_RETURN(l1_, LoadL1(header_.raw.l1_table_offset, header_.raw.l1_size,
                                      "Active L1 table"));
+  ChargeTables();
   return Status::OK();
 }
 
@@ -134,9 +135,14 @@ Result<Extent> Engine::Map(const L1Table& l1, uint64_t off, uint64_t len, MapMod
 
   while (pos < end && !run.closed()) {
     const uint64_t l1_index = pos >> g.l1_shift();
+    // Entries past a (snapshot) L1 that is shorter than the disk are
+    // unallocated: all of them at once (a snapshot may claim petabytes).
+    if (l1_index >= l1.size()) {
+      run.Add(Extent::Type::kUnallocated, end - pos);
+      break;
+    }
     const uint64_t l1_end = std::min(end, (l1_index + 1) << g.l1_shift());
-    // Entries past a (snapshot) L1 that is shorter than the disk are unallocated.
-    const uint64_t l1e = l1_index < l1.size() ? l1[l1_index] : 0;
+    const uint64_t l1e = l1[l1_index];
     if (l1e & kL1ReservedMask)
       return corrupt("L1 entry " + Hex(l1e) + " has reserved bits set (L1 index: " + Hex(l1_index) +
                      ")");

@@ -28,7 +28,9 @@ class Qcow2Image final : public Image {
         snap_l1_(std::move(l1)),
         snap_size_(size),
         snap_info_(std::move(info)),
-        serial_(serial) {}
+        serial_(serial) {
+    l1_charge_.Set(engine_->budget(), snap_l1_.size() * 8);  // in the cache budget
+  }
 
   bool is_snapshot() const { return serial_ != 0; }
 
@@ -327,6 +329,7 @@ class Qcow2Image final : public Image {
 
   const std::shared_ptr<Engine> engine_;
   const L1Table snap_l1_;  // snapshot views: the snapshot's own L1
+  BudgetCharge l1_charge_;
   const uint64_t snap_size_ = 0;
   const SnapshotInfo snap_info_;
   const uint64_t serial_ = 0;  // 0 for the active view

@@ -23,10 +23,20 @@
 // durable, and a cluster is reused only after that, so a crash at any moment
 // leaves at worst leaked clusters. Locking: Engine::mutex() is shared by
 // readers and in-place overwrites of COPIED clusters, exclusive for anything
-// that changes metadata.
+// that changes metadata, taken through Engine::LockExclusive(): a metadata
+// walk (snapshot create/delete) holds the lock shared while it streams the
+// tables, so readers go on, and every other metadata change waits for it.
+//
+// Memory: metadata lives in caches charged to one CacheBudget (cache.cpp):
+// L2 tables, decompressed clusters, refcount blocks (at most an eighth of
+// the budget, refcount.cpp), and, as BudgetCharges, the L1 tables and the
+// refcount table. Walks over all tables (snapshot create/delete, refcount
+// rebuild, COPIED recomputation) stream them one table at a time and write
+// back as they go: none keeps anything per cluster.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <list>
@@ -324,6 +334,7 @@ inline constexpr uint64_t kCacheEntryOverhead = 128;
 
 class CacheBudget;
 struct L2Table;
+struct CommitPlan;
 
 // A cache whose entries are charged to a CacheBudget.
 class BudgetedCache {
@@ -433,6 +444,29 @@ class BudgetedLru final : public BudgetedCache {
   std::unordered_map<uint64_t, typename List::iterator> index_;  // GUARDED_BY(mu_)
 };
 
+// Bytes charged to a CacheBudget while this lives: tables held outside the
+// caches (L1 tables, the refcount table, the copies a metadata walk keeps).
+// They cannot be evicted, so charging them makes the caches give the room
+// back. Move-only; not thread-safe (its owner's lock covers it).
+class BudgetCharge {
+ public:
+  BudgetCharge() = default;
+  BudgetCharge(CacheBudget& budget, uint64_t bytes) { Set(budget, bytes); }
+  BudgetCharge(BudgetCharge&& o) noexcept : budget_(o.budget_), bytes_(o.bytes_) { o.bytes_ = 0; }
+  BudgetCharge& operator=(BudgetCharge&& o) noexcept;
+  BudgetCharge(const BudgetCharge&) = delete;
+  BudgetCharge& operator=(const BudgetCharge&) = delete;
+  ~BudgetCharge() { Release(); }
+  // Charges `bytes` instead of what was charged (may reclaim: hold no cache
+  // lock).
+  void Set(CacheBudget& budget, uint64_t bytes);
+  void Release();
+
+ private:
+  CacheBudget* budget_ = nullptr;
+  uint64_t bytes_ = 0;
+};
+
 // ---- L2 cache ---------------------------------------------------------------------------
 
 // One L2 table, decoded to host order: `entries` u64 words (2 per entry with
@@ -474,6 +508,7 @@ class L2Cache {
   // A clean table of `words` words to load into (recycled when possible).
   std::shared_ptr<L2Table> NewTable(size_t words) const;
   size_t size() const { return lru_.size(); }
+  CacheBudget& budget() const { return lru_.budget(); }
 
  private:
   mutable BudgetedLru<L2Table> lru_;
@@ -494,13 +529,19 @@ class ClusterCache {
 // ---- Refcounts -------------------------------------------------------------------------
 
 // One cached refcount block. `data` holds the current (logical) refcounts in
-// the on-disk encoding; `pending` the decrements that must not reach the
-// disk before the tables that dropped the references are durable.
+// the on-disk encoding. While decrements are pending (they must not reach
+// the disk before the tables that dropped the references are durable),
+// `disk` holds what may be written instead: `data` with the decrements left
+// out (increments are applied to both). So a block costs at most two
+// clusters, however many decrements wait.
 struct RefBlock {
+  uint64_t rt = 0;  // refcount table index
   uint64_t host_offset = 0;
   std::vector<uint8_t> data;
-  std::unordered_map<uint32_t, uint64_t> pending;  // index -> amount
+  std::vector<uint8_t> disk;  // empty: no pending decrement
   bool dirty = false;
+  bool busy = false;  // being moved (commit): neither written back nor evicted
+  std::list<uint64_t>::iterator lru;  // in Engine::refblock_lru_
 };
 
 // Reads / writes entry `i` of a refcount block of 2^order-bit entries.
@@ -533,6 +574,18 @@ struct BackingView {
   uint64_t size = 0;
 };
 
+// What a snapshot create or delete switches to (commit.cpp).
+struct CommitPlan {
+  bool create = false;           // else delete
+  std::vector<Snapshot> table;   // the snapshot table after the switch
+  L1Table victim_l1;             // delete: the victim's L1 table
+  uint64_t victim_l1_offset = 0;
+  // Filled by the walk:
+  L1Table new_l1;                // the active L1 after the switch
+  BudgetCharge charge;           // for victim_l1 and new_l1
+  uint64_t l1_offset = 0, table_offset = 0, reftable_offset = 0;
+};
+
 // The state every view of one qcow2 file shares: backends, header, caches,
 // the active L1 table and, while writing, the refcount cache.
 //
@@ -550,7 +603,12 @@ class Engine {
   Backend& file() { return *file_; }
   Backend& data() { return *data_; }
   const L2Cache& l2_cache() const { return l2_cache_; }
+  CacheBudget& budget() const { return l2_cache_.budget(); }
   std::shared_mutex& mutex() const { return rw_; }
+  // mutex() exclusive, once no metadata walk runs (the walk holds mutex()
+  // shared while it streams the tables and owns the metadata meanwhile).
+  // Every exclusive locker of mutex() must take it this way.
+  std::unique_lock<std::shared_mutex> LockExclusive();
 
   // Requires mutex() held (shared or exclusive).
   const Header& header() const { return header_; }
@@ -655,37 +713,72 @@ class Engine {
 
   // refcount.cpp
   Status LoadRefcountTable();
+  // The cached block of refcount table index `rt`, loaded when needed; null
+  // when the table has no block there. `create` is unused (kept for callers).
   Result<RefBlock*> GetRefBlock(uint64_t rt_index, bool create);
+  // The block of `rt` for a change: during a commit, a block of the old
+  // state moves to a fresh cluster first (commit.cpp).
+  Result<RefBlock*> BlockForUpdate(uint64_t rt_index);
   Result<uint64_t> GetRefcount(uint64_t cluster);
-  // delta > 0 applies now; delta < 0 is logical now, pending on disk.
+  // delta > 0 applies now; delta < 0 is logical now, pending on disk
+  // (outside a commit: a commit's blocks are fresh and hold it at once).
   Status UpdateRefcount(uint64_t cluster, int64_t delta);
   Status UpdateRefcountRange(uint64_t host, uint64_t bytes, int64_t delta);
+  // The first of `n` free contiguous clusters: never cluster 0, never past
+  // what the file can hold; corruption when the refcounts are impossible.
   Result<uint64_t> FindFree(uint64_t n);
   Status EnsureRefBlock(uint64_t rt_index);
   Status GrowRefcountTable(uint64_t min_entries);
   // Allocates `n` contiguous clusters (refcount 1); returns the host offset.
+  // Corruption (nothing changed) when they overlap metadata.
   Result<uint64_t> AllocClusters(uint64_t n);
   Status WriteRefBlocks(bool with_pending);  // no sync
-  bool HasPending() const;
+  bool HasPending() const { return pending_blocks_ > 0; }
   void ApplyPending();
+  // Forgets every cached block (nothing is written) and reloads the table
+  // on the next LoadRefcountTable(): memory goes back to what the disk says.
+  void DropRefcounts();
+  // Keeps the block cache within its share of the budget: evicts clean
+  // blocks, writing back dirty ones without pending decrements when needed.
+  Status TrimRefBlocks();
+  uint64_t RefBlockCap() const;
+  void ChargeTables();  // re-charges the active L1 and the refcount table
 
   // commit.cpp: atomic metadata switches (snapshot create/delete).
-  // Grows the refcount table beforehand so that Commit() never has to;
+  // Grows the refcount table beforehand so that a commit never has to;
   // requires clean caches (FlushLocked()).
   Status PrepareCommit(uint64_t extra_clusters);
-  // Writes every changed table (dirty L2 tables, the L1, the refcount blocks
-  // and table, the snapshot table `table`) to fresh clusters and switches to
-  // them with one header write: the old state stays intact until then.
-  // `old_l1_kept`: the old active L1 becomes a snapshot's and keeps its
-  // references. On failure the engine goes read-only.
-  Status Commit(std::vector<Snapshot> table, bool old_l1_kept);
+  // Streams every changed table to fresh clusters (the active L2 tables
+  // whose COPIED flags change, the active L1, the refcount blocks it
+  // changes and the refcount table, the snapshot table of `plan`) while the
+  // old state stays untouched, then switches with one header write. The
+  // walk holds `lock` shared (readers go on); the switch takes it
+  // exclusive. On failure nothing on disk changed and memory is reloaded
+  // from it (corruption: the corrupt bit is set). `lock` is exclusive
+  // (from LockExclusive) before and after.
+  Status RunCommit(std::unique_lock<std::shared_mutex>& lock, CommitPlan& plan);
+  Status CommitWalk(CommitPlan& plan);
+  Status WalkVictim(const CommitPlan& plan);
+  Status WalkActive(CommitPlan& plan);
+  Status WriteCommitTables(CommitPlan& plan);
+  void SwitchCommit(CommitPlan& plan);
 
   // check.cpp
   Status RebuildRefcounts();
   Status RecomputeCopied();
-  // +1 / -1 on every L2 table and data cluster reachable from `l1`, after
-  // checking that no refcount leaves [0, max].
-  Status AddL1Refcounts(const L1Table& l1, int64_t delta);
+  // Refuses (corruption) an active L1 whose L2 tables are reached twice, or
+  // overlap other metadata, or are marked COPIED with a refcount other than
+  // 1: a write would land on another guest offset or a snapshot.
+  Status CheckActiveTables();
+  // The words of the L2 table at `off` (L1 index `l1_index`, for messages)
+  // into `words`, from the cache when it has it, else read from the file
+  // without caching it (a walk must not evict the readers' tables).
+  Status ReadL2Words(uint64_t off, uint64_t l1_index, std::vector<uint64_t>* words);
+  // Calls fn(host, bytes, entry) for every host range an L2 table's entries
+  // reference (data and compressed clusters), validating each entry;
+  // `entry` points at the descriptor word in `words`.
+  Status ForEachRef(std::vector<uint64_t>& words, uint64_t table_off,
+                    const std::function<Status(uint64_t, uint64_t, uint64_t*)>& fn);
   // The guest view of this layer (with its backing) at [off, off+n), zeros
   // at and past the virtual size: the source of COW.
   Status ReadCurrent(uint64_t off, uint8_t* p, size_t n, const BackingView& backing);
@@ -725,9 +818,27 @@ class Engine {
   uint64_t dirty_l2_count_ = 0;
   uint64_t next_serial_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<RefBlock>> refblocks_;  // by rt index
-  uint64_t free_hint_ = 0;                                           // cluster index
+  std::list<uint64_t> refblock_lru_;  // rt indexes, front = most recent
+  RefBlock* last_block_ = nullptr;    // the most recent, for repeated lookups
+  uint64_t pending_blocks_ = 0;       // blocks with a `disk` copy
+  BudgetCharge refblock_charge_;
+  BudgetCharge l1_charge_;
+  BudgetCharge reftable_charge_;
+  uint64_t free_hint_ = 1;  // cluster index: nothing below is free
+  // Clusters at or past alloc_end_ are neither in the file nor allocated.
+  uint64_t alloc_end_ = 0;
   std::vector<std::pair<uint64_t, uint64_t>> reserved_;  // [first, end) clusters
-  const std::vector<uint64_t>* rebuild_counts_ = nullptr;
+  // While a commit or a rebuild runs: allocate only at or past floor_ (the
+  // old state uses nothing there), from floor_cursor_ on. 0: off.
+  uint64_t floor_ = 0;
+  uint64_t floor_cursor_ = 0;
+  bool rebuilding_ = false;          // RebuildRefcounts: blocks start at 0
+  std::vector<bool> rebuild_reset_;  // by rt: block zeroed in this rebuild
+  std::vector<uint64_t> commit_released_;  // old block clusters to release
+  uint64_t commit_min_freed_ = UINT64_MAX;
+  // A metadata walk owns the metadata (rw_); LockExclusive waits on it.
+  bool walk_active_ = false;
+  std::condition_variable_any walk_cv_;
   // Metadata locations for the overlap check (cluster indexes).
   std::unordered_set<uint64_t> meta_clusters_;
   std::vector<std::pair<uint64_t, uint64_t>> meta_ranges_;  // [host, end)

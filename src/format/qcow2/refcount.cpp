@@ -5,9 +5,20 @@
 // it).
 //
 // Decrements are "pending": the logical value drops at once (so COPIED and
-// the allocator see it), but the block is written with the old value until
-// Flush() has made durable the tables that stopped using the cluster, and the
-// cluster is not reused before that. So a crash leaks, never corrupts.
+// the allocator see it), but the block is written with the old value (its
+// `disk` copy) until Flush() has made durable the tables that stopped using
+// the cluster, and the cluster is not reused before that. So a crash leaks,
+// never corrupts.
+//
+// The block cache holds at most RefBlockCap() blocks (an eighth of the
+// budget, at least 4), charged to the budget. Clean blocks are evicted
+// least recently used first; dirty ones are written back to make room
+// (writing an increment early is always safe); only blocks with pending
+// decrements, which Flush() clears, must stay.
+//
+// The image is hostile: an allocation never returns cluster 0, never
+// overlaps known metadata, never scans past what the file can hold, and
+// refcount block allocation gives up after a few steps, all as corruption.
 #include <algorithm>
 #include <cstring>
 
@@ -16,7 +27,17 @@
 
 namespace kvmfs::qcow2 {
 
-inline constexpr uint64_t kRefTableReservedMask = 0x1ff;
+namespace {
+
+constexpr uint64_t kRefTableReservedMask = 0x1ff;
+// Nested refcount block allocations before it must have converged (a new
+// block lands at most in one other range that needs a block first).
+constexpr int kMaxEnsureDepth = 4;
+constexpr int kMaxEnsureSteps = 8;
+// Blocks written back together when the cache must make room.
+constexpr size_t kWriteBackBatch = 64;
+
+}  // namespace
 
 uint64_t GetRefcountEntry(const uint8_t* b, uint32_t order, uint64_t i) {
   switch (order) {
@@ -69,6 +90,7 @@ void SetRefcountEntry(uint8_t* b, uint32_t order, uint64_t i, uint64_t v) {
 
 Status Engine::LoadRefcountTable() {
   if (refcounts_loaded_) return Status::OK();
+  DropRefcounts();
   reftable_offset_ = header_.raw.refcount_table_offset;
   reftable_clusters_ = header_.raw.refcount_table_clusters;
   const uint64_t bytes = reftable_clusters_ * geo_.cluster_size;
@@ -82,18 +104,45 @@ Status Engine::LoadRefcountTable() {
                                 Hex(e) + ") has reserved bits set");
     reftable_[i] = e;
   }
-  refblocks_.clear();
-  free_hint_ = 0;
+  KVMFS_ASSIGN_OR_RETURN(uint64_t file_size, file_->Size());
+  alloc_end_ = std::max(alloc_end_, (file_size + geo_.cluster_size - 1) >> geo_.cluster_bits);
+  free_hint_ = 1;
   refcounts_loaded_ = true;
+  ChargeTables();
   return Status::OK();
+}
+
+void Engine::DropRefcounts() {
+  refblocks_.clear();
+  refblock_lru_.clear();
+  last_block_ = nullptr;
+  pending_blocks_ = 0;
+  refblock_charge_.Release();
+  reftable_dirty_ = false;
+  refcounts_loaded_ = false;
+}
+
+void Engine::ChargeTables() {
+  l1_charge_.Set(budget(), l1_.size() * 8);
+  reftable_charge_.Set(budget(), reftable_.size() * 8);
+}
+
+uint64_t Engine::RefBlockCap() const {
+  return std::max<uint64_t>(4, budget().limit() / 8 / (geo_.cluster_size + kCacheEntryOverhead));
 }
 
 Result<RefBlock*> Engine::GetRefBlock(uint64_t rt_index, bool /*create*/) {
   if (rt_index >= reftable_.size()) return static_cast<RefBlock*>(nullptr);
   const uint64_t off = reftable_[rt_index];
   if (off == 0) return static_cast<RefBlock*>(nullptr);
+  if (last_block_ != nullptr && last_block_->rt == rt_index) return last_block_;
   auto it = refblocks_.find(rt_index);
-  if (it != refblocks_.end()) return it->second.get();
+  if (it != refblocks_.end()) {
+    RefBlock* p = it->second.get();
+    refblock_lru_.splice(refblock_lru_.begin(), refblock_lru_, p->lru);
+    last_block_ = p;
+    return p;
+  }
   if (off & (geo_.cluster_size - 1))
     return Status::Corruption(name_ + ": refcount block offset " + Hex(off) +
                               " unaligned (refcount table index " + std::to_string(rt_index) + ")");
@@ -102,12 +151,99 @@ Result<RefBlock*> Engine::GetRefBlock(uint64_t rt_index, bool /*create*/) {
                               " is past the end of the file (refcount table index " +
                               std::to_string(rt_index) + ")");
   auto block = std::make_unique<RefBlock>();
+  block->rt = rt_index;
   block->host_offset = off;
-  block->data.resize(geo_.cluster_size);
-  KVMFS_RETURN_IF_ERROR(file_->ReadAt(off, block->data.data(), block->data.size()));
+  if (rebuilding_ && !rebuild_reset_[rt_index]) {
+    // A rebuild counts from zero: the old values are not even read.
+    block->data.assign(geo_.cluster_size, 0);
+    block->dirty = true;
+    rebuild_reset_[rt_index] = true;
+  } else {
+    block->data.resize(geo_.cluster_size);
+    KVMFS_RETURN_IF_ERROR(file_->ReadAt(off, block->data.data(), block->data.size()));
+  }
   RefBlock* p = block.get();
+  refblock_lru_.push_front(rt_index);
+  p->lru = refblock_lru_.begin();
   refblocks_.emplace(rt_index, std::move(block));
+  last_block_ = p;
+  KVMFS_RETURN_IF_ERROR(TrimRefBlocks());
   return p;
+}
+
+Status Engine::TrimRefBlocks() {
+  const uint64_t cap = RefBlockCap();
+  auto evictable = [](const RefBlock& b) { return !b.dirty && b.disk.empty() && !b.busy; };
+  auto erase = [this](RefBlock* b) {
+    if (last_block_ == b) last_block_ = nullptr;
+    refblock_lru_.erase(b->lru);
+    refblocks_.erase(b->rt);
+  };
+  if (refblocks_.size() > cap) {
+    // Clean blocks, least recently used first; never the newest (the
+    // caller is using it).
+    for (auto it = refblock_lru_.end();
+         refblocks_.size() > cap && it != refblock_lru_.begin() &&
+         std::prev(it) != refblock_lru_.begin();) {
+      --it;
+      RefBlock* b = refblocks_[*it].get();
+      if (evictable(*b)) {
+        auto next = std::next(it);
+        erase(b);
+        it = next;
+      }
+    }
+  }
+  if (refblocks_.size() > cap) {
+    // Only dirty ones left to take: write a batch of the coldest back (an
+    // increment may reach the disk early; a commit's blocks are fresh).
+    std::vector<RefBlock*> batch;
+    for (auto it = refblock_lru_.rbegin();
+         it != refblock_lru_.rend() && std::next(it) != refblock_lru_.rend() &&
+         batch.size() < kWriteBackBatch;
+         ++it) {
+      RefBlock* b = refblocks_[*it].get();
+      if (b->dirty && b->disk.empty() && !b->busy) batch.push_back(b);
+    }
+    std::sort(batch.begin(), batch.end(),
+              [](const RefBlock* a, const RefBlock* b) { return a->host_offset < b->host_offset; });
+    for (RefBlock* b : batch) {
+      KVMFS_RETURN_IF_ERROR(file_->WriteAt(b->host_offset, b->data.data(), b->data.size()));
+      b->dirty = false;
+      erase(b);
+    }
+  }
+  refblock_charge_.Set(budget(), refblocks_.size() * (geo_.cluster_size + kCacheEntryOverhead) +
+                                     pending_blocks_ * geo_.cluster_size);
+  ChargeTables();  // the L1 may have grown (Resize): nothing to do when not
+  return Status::OK();
+}
+
+Result<RefBlock*> Engine::BlockForUpdate(uint64_t rt) {
+  KVMFS_ASSIGN_OR_RETURN(RefBlock * b, GetRefBlock(rt, false));
+  if (b == nullptr || floor_ == 0 || rebuilding_ ||
+      b->host_offset >= (floor_ << geo_.cluster_bits))
+    return b;
+  // A commit changes a block of the old state: it moves to a fresh cluster
+  // first (the old one stays intact until the switch and is released by
+  // the commit, commit_released_).
+  // `b` stays busy (never written back or evicted) until it is returned.
+  b->busy = true;
+  Result<uint64_t> fresh = FindFree(1);
+  if (!fresh.ok()) {
+    b->busy = false;
+    return fresh.status();
+  }
+  commit_released_.push_back(b->host_offset >> geo_.cluster_bits);
+  b->host_offset = *fresh << geo_.cluster_bits;
+  b->dirty = true;
+  reftable_[rt] = b->host_offset;
+  reftable_dirty_ = true;
+  // Nothing else can take *fresh now (the floor cursor is past it).
+  Status st = UpdateRefcount(*fresh, +1);
+  b->busy = false;
+  KVMFS_RETURN_IF_ERROR(st);
+  return b;
 }
 
 Result<uint64_t> Engine::GetRefcount(uint64_t cluster) {
@@ -121,48 +257,99 @@ Result<uint64_t> Engine::GetRefcount(uint64_t cluster) {
 Result<bool> Engine::IsFree(uint64_t cluster) {
   for (const auto& r : reserved_)
     if (cluster >= r.first && cluster < r.second) return false;
-  if (rebuild_counts_ != nullptr && cluster < rebuild_counts_->size() &&
-      (*rebuild_counts_)[cluster] > 0)
-    return false;
   const uint64_t rt = cluster >> rb_bits();
   KVMFS_ASSIGN_OR_RETURN(RefBlock * b, GetRefBlock(rt, false));
   if (b == nullptr) return true;
   const uint64_t i = cluster & ((uint64_t{1} << rb_bits()) - 1);
   return GetRefcountEntry(b->data.data(), header_.refcount_order, i) == 0 &&
-         b->pending.count(static_cast<uint32_t>(i)) == 0;
+         (b->disk.empty() || GetRefcountEntry(b->disk.data(), header_.refcount_order, i) == 0);
 }
 
 Result<uint64_t> Engine::FindFree(uint64_t n) {
-  const uint64_t limit = kMaxHostOffset >> geo_.cluster_bits;
+  const uint64_t max_cluster = kMaxHostOffset >> geo_.cluster_bits;
+  // Past alloc_end_ nothing is in the file or allocated, so refcounts there
+  // are 0 but for leaks; a scan never goes further than a little past it
+  // (so a crafted refcount layout cannot make it run for long).
+  const uint64_t per_block = uint64_t{1} << rb_bits();
+  const uint64_t leak_allowance = 2 * per_block + n;
+  if (floor_ != 0) {
+    // Commit or rebuild: everything at or past the floor is unused by the
+    // old state; bump-allocate there.
+    uint64_t c = std::max(floor_cursor_, floor_), start = c, run = 0;
+    for (; run < n; ++c) {
+      if (c >= max_cluster || c - std::max(floor_cursor_, floor_) > leak_allowance)
+        return Status::Corruption(name_ + ": refcounts claim clusters past the end of the file "
+                                          "(at " + Hex(c << geo_.cluster_bits) + ")");
+      KVMFS_ASSIGN_OR_RETURN(bool free, IsFree(c));
+      if (!free) {
+        run = 0;
+        start = c + 1;
+        continue;
+      }
+      ++run;
+    }
+    floor_cursor_ = start + n;
+    alloc_end_ = std::max(alloc_end_, start + n);
+    return start;
+  }
+  // The header's cluster is always in use: refcounts that say otherwise
+  // are wrong, and anything placed by them would land on metadata.
+  KVMFS_ASSIGN_OR_RETURN(bool header_free, IsFree(0));
+  if (header_free)
+    return Status::Corruption(name_ + ": the refcount of cluster 0 (the header) is 0: the "
+                                      "refcounts are wrong");
+  free_hint_ = std::max<uint64_t>(free_hint_, 1);
+  const uint64_t end = std::min(max_cluster, std::max(alloc_end_, free_hint_) + leak_allowance);
   uint64_t run_start = free_hint_, run_len = 0;
   bool hint_moved = false;
-  for (uint64_t c = free_hint_; c < limit; ++c) {
+  for (uint64_t c = free_hint_; c < end; ++c) {
     KVMFS_ASSIGN_OR_RETURN(bool free, IsFree(c));
     if (!free) {
       run_len = 0;
       continue;
     }
-    if (!hint_moved && reserved_.empty() && rebuild_counts_ == nullptr) {
+    if (!hint_moved && reserved_.empty()) {
       free_hint_ = c;  // nothing below c is free
       hint_moved = true;
     }
     if (run_len == 0) run_start = c;
     if (++run_len == n) return run_start;
   }
-  return Status::NoSpace(name_ + ": no free host cluster range of " + std::to_string(n) +
-                         " clusters");
+  if (end == max_cluster)
+    return Status::NoSpace(name_ + ": no free host cluster range of " + std::to_string(n) +
+                           " clusters");
+  return Status::Corruption(name_ + ": refcounts claim clusters past the end of the file (up to " +
+                            Hex(end << geo_.cluster_bits) + ")");
 }
 
 Status Engine::EnsureRefBlock(uint64_t rt) {
-  while (true) {
+  static thread_local int depth = 0;
+  if (depth >= kMaxEnsureDepth)
+    return Status::Corruption(name_ + ": refcount block allocation for refcount table index " +
+                              std::to_string(rt) + " does not converge (refcounts are wrong)");
+  ++depth;
+  struct Leave {
+    ~Leave() { --depth; }
+  } leave;
+  for (int step = 0; step < kMaxEnsureSteps; ++step) {
     if (rt < reftable_.size() && reftable_[rt] != 0) return Status::OK();
     if (rt >= reftable_.size()) {
       KVMFS_RETURN_IF_ERROR(GrowRefcountTable(rt + 1));
       continue;
     }
     KVMFS_ASSIGN_OR_RETURN(uint64_t c, FindFree(1));
+    if (OverlapsMetadata(c << geo_.cluster_bits, geo_.cluster_size))
+      return Status::Corruption(name_ + ": new refcount block at " + Hex(c << geo_.cluster_bits) +
+                                " would overlap metadata (the refcounts are wrong)");
     const uint64_t r2 = c >> rb_bits();
+    if (r2 != rt && (r2 >= reftable_.size() || reftable_[r2] == 0)) {
+      // The free cluster is in another range without a block: that block
+      // goes first (and lands on c, describing itself).
+      KVMFS_RETURN_IF_ERROR(EnsureRefBlock(r2));
+      continue;
+    }
     auto block = std::make_unique<RefBlock>();
+    block->rt = rt;
     block->host_offset = c << geo_.cluster_bits;
     block->data.assign(geo_.cluster_size, 0);
     block->dirty = true;
@@ -171,26 +358,30 @@ Status Engine::EnsureRefBlock(uint64_t rt) {
       SetRefcountEntry(block->data.data(), header_.refcount_order,
                        c & ((uint64_t{1} << rb_bits()) - 1), 1);
     } else {
-      if (r2 >= reftable_.size() || reftable_[r2] == 0) {
-        // The lowest free cluster is in another range without a block: that
-        // block goes first (and lands on c, describing itself).
-        KVMFS_RETURN_IF_ERROR(EnsureRefBlock(r2));
-        continue;
-      }
       KVMFS_RETURN_IF_ERROR(UpdateRefcount(c, +1));
     }
+    if (rebuilding_) rebuild_reset_[rt] = true;
+    RefBlock* p = block.get();
+    refblock_lru_.push_front(rt);
+    p->lru = refblock_lru_.begin();
     refblocks_[rt] = std::move(block);
+    last_block_ = p;
     reftable_[rt] = c << geo_.cluster_bits;
     reftable_dirty_ = true;
-    meta_clusters_.insert(c);
+    alloc_end_ = std::max(alloc_end_, c + 1);
+    // A walk's readers use the metadata index; the switch rebuilds it.
+    if (!walk_active_) meta_clusters_.insert(c);
+    return TrimRefBlocks();
   }
+  return Status::Corruption(name_ + ": refcount block allocation for refcount table index " +
+                            std::to_string(rt) + " does not converge (refcounts are wrong)");
 }
 
 Status Engine::GrowRefcountTable(uint64_t min_entries) {
-  if (in_commit_)
+  if (floor_ != 0 && !rebuilding_)
     return Status::NoSpace(name_ + ": refcount table full during a metadata commit");
   const uint64_t per_cluster = geo_.cluster_size / 8;
-  uint64_t entries = std::max<uint64_t>(min_entries, reftable_.size() + reftable_.size() / 2);
+  uint64_t entries = std::max(min_entries, reftable_.size() + reftable_.size() / 2);
   entries = (entries + per_cluster - 1) / per_cluster * per_cluster;
   uint64_t start = 0, k = 0;
   while (true) {
@@ -202,14 +393,19 @@ Status Engine::GrowRefcountTable(uint64_t min_entries) {
     // The table's own clusters and the blocks they may need must be indexable.
     const uint64_t need = ((start + k + 2) >> rb_bits()) + 2;
     if (need <= entries) break;
-    entries = (need + per_cluster - 1) / per_cluster * per_cluster;
+    entries = (need + per_cluster - 1) / per_cluster * per_cluster;  // grows: terminates
   }
+  if (OverlapsMetadata(start << geo_.cluster_bits, k * geo_.cluster_size))
+    return Status::Corruption(name_ + ": new refcount table at " + Hex(start << geo_.cluster_bits) +
+                              " would overlap metadata (the refcounts are wrong)");
   reserved_.push_back({start, start + k});
   reftable_.resize(entries, 0);
+  if (rebuilding_) rebuild_reset_.resize(entries, true);  // new ranges have no old blocks
   Status st;
   for (uint64_t c = start; c < start + k && st.ok(); ++c) st = UpdateRefcount(c, +1);
   reserved_.pop_back();
   KVMFS_RETURN_IF_ERROR(st);
+  alloc_end_ = std::max(alloc_end_, start + k);
   // Every block the new table names is on disk before the table, and the
   // table before the header points to it.
   KVMFS_RETURN_IF_ERROR(WriteRefBlocks(true));
@@ -229,6 +425,7 @@ Status Engine::GrowRefcountTable(uint64_t min_entries) {
   KVMFS_RETURN_IF_ERROR(WriteHeaderLocked(true));
   KVMFS_RETURN_IF_ERROR(UpdateRefcountRange(old_off, old_clusters * geo_.cluster_size, -1));
   RebuildMetadataIndex();
+  ChargeTables();
   return Status::OK();
 }
 
@@ -240,27 +437,44 @@ Status Engine::UpdateRefcount(uint64_t cluster, int64_t delta) {
                                 " would drop below 0 (no refcount block)");
     KVMFS_RETURN_IF_ERROR(EnsureRefBlock(rt));
   }
-  KVMFS_ASSIGN_OR_RETURN(RefBlock * b, GetRefBlock(rt, false));
+  KVMFS_ASSIGN_OR_RETURN(RefBlock * b, BlockForUpdate(rt));
+  if (b == nullptr)
+    return Status::Corruption(name_ + ": no refcount block for cluster " +
+                              Hex(cluster << geo_.cluster_bits));
+  const uint32_t order = header_.refcount_order;
   const uint64_t i = cluster & ((uint64_t{1} << rb_bits()) - 1);
-  const uint64_t old = GetRefcountEntry(b->data.data(), header_.refcount_order, i);
+  const uint64_t old = GetRefcountEntry(b->data.data(), order, i);
   uint64_t now;
   if (delta >= 0) {
     const uint64_t d = static_cast<uint64_t>(delta);
     if (d > refcount_max() - old)
       return Status::TooLarge(name_ + ": refcount of cluster " + Hex(cluster << geo_.cluster_bits) +
                               " would exceed " + std::to_string(refcount_max()) +
-                              " (refcount_bits " +
-                              std::to_string(1u << header_.refcount_order) + ")");
+                              " (refcount_bits " + std::to_string(1u << order) + ")");
     now = old + d;
+    if (!b->disk.empty()) {
+      const uint64_t v = GetRefcountEntry(b->disk.data(), order, i);
+      SetRefcountEntry(b->disk.data(), order, i, v + std::min(d, refcount_max() - v));
+    }
   } else {
     const uint64_t d = static_cast<uint64_t>(-delta);
     if (old < d)
       return Status::Corruption(name_ + ": refcount of cluster " +
                                 Hex(cluster << geo_.cluster_bits) + " would drop below 0");
     now = old - d;
-    b->pending[static_cast<uint32_t>(i)] += d;
+    if (floor_ != 0 && !rebuilding_) {
+      // A commit's blocks are fresh: the switch makes the decrement durable
+      // with everything else, and the floor keeps the cluster from reuse
+      // until then.
+      if (now == 0) commit_min_freed_ = std::min(commit_min_freed_, cluster);
+    } else if (b->disk.empty()) {
+      b->disk = b->data;  // still holds `old` at i
+      ++pending_blocks_;
+      refblock_charge_.Set(budget(), refblocks_.size() * (geo_.cluster_size + kCacheEntryOverhead) +
+                                         pending_blocks_ * geo_.cluster_size);
+    }
   }
-  SetRefcountEntry(b->data.data(), header_.refcount_order, i, now);
+  SetRefcountEntry(b->data.data(), order, i, now);
   b->dirty = true;
   return Status::OK();
 }
@@ -275,6 +489,12 @@ Status Engine::UpdateRefcountRange(uint64_t host, uint64_t bytes, int64_t delta)
 
 Result<uint64_t> Engine::AllocClusters(uint64_t n) {
   KVMFS_ASSIGN_OR_RETURN(uint64_t start, FindFree(n));
+  // Wrong refcounts must not put anything over metadata (QEMU's overlap
+  // check): nothing has changed yet, so the caller's corruption is clean.
+  if (OverlapsMetadata(start << geo_.cluster_bits, n << geo_.cluster_bits))
+    return Status::Corruption(name_ + ": newly allocated cluster " +
+                              Hex(start << geo_.cluster_bits) +
+                              " overlaps metadata (the refcounts are wrong)");
   // Blocks for the run first; they must not take clusters of the run.
   reserved_.push_back({start, start + n});
   Status st;
@@ -284,6 +504,7 @@ Result<uint64_t> Engine::AllocClusters(uint64_t n) {
   KVMFS_RETURN_IF_ERROR(st);
   for (uint64_t c = start; c < start + n; ++c) KVMFS_RETURN_IF_ERROR(UpdateRefcount(c, +1));
   if (free_hint_ >= start && free_hint_ < start + n) free_hint_ = start + n;
+  alloc_end_ = std::max(alloc_end_, start + n);
   return start << geo_.cluster_bits;
 }
 
@@ -293,41 +514,47 @@ Status Engine::WriteRefBlocks(bool with_pending) {
     if (b->dirty) dirty.push_back(b.get());
   std::sort(dirty.begin(), dirty.end(),
             [](const RefBlock* a, const RefBlock* b) { return a->host_offset < b->host_offset; });
-  std::vector<uint8_t> tmp;
-  for (RefBlock* b : dirty) {
-    const uint8_t* out = b->data.data();
-    if (with_pending && !b->pending.empty()) {
-      // The on-disk value keeps the decrements out until they are safe.
-      tmp = b->data;
-      for (const auto& [i, d] : b->pending) {
-        const uint64_t v = GetRefcountEntry(tmp.data(), header_.refcount_order, i);
-        SetRefcountEntry(tmp.data(), header_.refcount_order, i,
-                         std::min(refcount_max(), v + d));
-      }
-      out = tmp.data();
+  // Blocks next to each other go in one write (a commit's fresh blocks are).
+  const uint64_t cs = geo_.cluster_size;
+  const size_t max_batch = std::max<size_t>(1, (256u << 10) / cs);
+  std::vector<uint8_t> buf;
+  for (size_t i = 0; i < dirty.size();) {
+    size_t j = i + 1;
+    while (j < dirty.size() && j - i < max_batch &&
+           dirty[j]->host_offset == dirty[j - 1]->host_offset + cs)
+      ++j;
+    buf.resize((j - i) * cs);
+    for (size_t k = i; k < j; ++k) {
+      const RefBlock* b = dirty[k];
+      const std::vector<uint8_t>& src = with_pending && !b->disk.empty() ? b->disk : b->data;
+      std::copy(src.begin(), src.end(), buf.begin() + static_cast<ptrdiff_t>((k - i) * cs));
     }
-    KVMFS_RETURN_IF_ERROR(file_->WriteAt(b->host_offset, out, b->data.size()));
-    if (!with_pending || b->pending.empty()) b->dirty = false;
+    KVMFS_RETURN_IF_ERROR(file_->WriteAt(dirty[i]->host_offset, buf.data(), buf.size()));
+    for (size_t k = i; k < j; ++k)
+      if (!with_pending || dirty[k]->disk.empty()) dirty[k]->dirty = false;
+    i = j;
   }
   return Status::OK();
 }
 
-bool Engine::HasPending() const {
-  for (const auto& [rt, b] : refblocks_)
-    if (!b->pending.empty()) return true;
-  return false;
-}
-
 void Engine::ApplyPending() {
-  const uint64_t mask = (uint64_t{1} << rb_bits()) - 1;
+  const uint64_t per_block = uint64_t{1} << rb_bits();
+  const uint32_t order = header_.refcount_order;
   for (auto& [rt, b] : refblocks_) {
-    for (const auto& [i, d] : b->pending) {
-      const uint64_t c = (rt << rb_bits()) | (i & mask);
-      if (GetRefcountEntry(b->data.data(), header_.refcount_order, i) == 0)
-        free_hint_ = std::min(free_hint_, c);
-    }
-    b->pending.clear();
+    if (b->disk.empty()) continue;
+    for (uint64_t i = 0; i < per_block; ++i)
+      if (GetRefcountEntry(b->data.data(), order, i) == 0 &&
+          GetRefcountEntry(b->disk.data(), order, i) != 0) {
+        free_hint_ = std::min(free_hint_, (rt << rb_bits()) | i);
+        break;
+      }
+    b->disk.clear();
+    b->disk.shrink_to_fit();
+    b->dirty = true;  // the disk holds the old values until written again
   }
+  pending_blocks_ = 0;
+  free_hint_ = std::max<uint64_t>(free_hint_, 1);
+  refblock_charge_.Set(budget(), refblocks_.size() * (geo_.cluster_size + kCacheEntryOverhead));
 }
 
 }  // namespace kvmfs::qcow2

@@ -194,7 +194,7 @@ bool Engine::SnapshotAlive(uint64_t serial) const {
 }
 
 Result<SnapshotInfo> Engine::CreateSnapshot(const std::string& name) {
-  std::unique_lock<std::shared_mutex> lock(rw_);
+  std::unique_lock<std::shared_mutex> lock = LockExclusive();
   KVMFS_RETURN_IF_ERROR(CheckWritable());
   if (header_.has_data_file())
     return Status::NotSupported(name_ + ": internal snapshots are not possible with an external "
@@ -208,13 +208,16 @@ Result<SnapshotInfo> Engine::CreateSnapshot(const std::string& name) {
     return Status::TooLarge(name_ + ": too many snapshots (" + std::to_string(snapshots_.size()) +
                             ")");
   uint64_t max_id = 0;
-  for (const Snapshot& s : snapshots_) max_id = std::max<uint64_t>(max_id, std::strtoull(s.info.id.c_str(), nullptr, 10));
+  for (const Snapshot& s : snapshots_)
+    max_id = std::max<uint64_t>(max_id, std::strtoull(s.info.id.c_str(), nullptr, 10));
   const std::string id = std::to_string(max_id + 1);
   // The old state is made durable first; then the snapshot is one atomic
   // switch (commit.cpp): the current L1 becomes the snapshot's, the active
   // disk gets a new L1 and copies of the L2 tables whose COPIED flags clear.
   KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
-  std::vector<Snapshot> table = snapshots_;
+  CommitPlan plan;
+  plan.create = true;
+  plan.table = snapshots_;
   Snapshot s;
   s.serial = next_serial_++;
   s.l1_table_offset = l1_offset_;
@@ -233,21 +236,20 @@ Result<SnapshotInfo> Engine::CreateSnapshot(const std::string& name) {
   s.extra_data.resize(sizeof(SnapshotExtraData));
   extra.Encode(s.extra_data.data());
   s.extra_data_size = static_cast<uint32_t>(s.extra_data.size());
-  s.index = static_cast<uint32_t>(table.size());
-  table.push_back(s);
-  const uint64_t table_bytes = EncodeSnapshotTable(table).size();
+  s.index = static_cast<uint32_t>(plan.table.size());
+  plan.table.push_back(s);
+  const uint64_t table_bytes = EncodeSnapshotTable(plan.table).size();
   if (table_bytes > kMaxSnapshotTableBytes)
     return Status::TooLarge(name_ + ": snapshot table would be too big");
   KVMFS_RETURN_IF_ERROR(Fatal(PrepareCommit(table_bytes / geo_.cluster_size + 2)));
-  // The refcount limits are checked before anything changes.
-  KVMFS_RETURN_IF_ERROR(Fatal(AddL1Refcounts(l1_, +1)));
-  KVMFS_RETURN_IF_ERROR(Fatal(RecomputeCopied()));
-  KVMFS_RETURN_IF_ERROR(Fatal(Commit(std::move(table), /*old_l1_kept=*/true)));
+  // Refcount limits are checked as the walk goes; a refusal leaves the file
+  // as it was and memory is reloaded from it (RunCommit).
+  KVMFS_RETURN_IF_ERROR(RunCommit(lock, plan));
   return s.info;
 }
 
 Status Engine::DeleteSnapshot(const std::string& id) {
-  std::unique_lock<std::shared_mutex> lock(rw_);
+  std::unique_lock<std::shared_mutex> lock = LockExclusive();
   KVMFS_RETURN_IF_ERROR(CheckWritable());
   size_t idx = snapshots_.size();
   for (size_t i = 0; i < snapshots_.size(); ++i)
@@ -257,31 +259,24 @@ Status Engine::DeleteSnapshot(const std::string& id) {
     }
   if (idx == snapshots_.size())
     return Status::NotFound(name_ + ": no snapshot with id '" + id + "'");
-  const Snapshot victim = snapshots_[idx];
+  const Snapshot& victim = snapshots_[idx];
   KVMFS_RETURN_IF_ERROR(ValidateTable(victim.l1_table_offset, victim.l1_size, 8, kMaxL1Bytes,
                                       geo_.cluster_size, "snapshot " + id + " L1 table", name_));
-  KVMFS_ASSIGN_OR_RETURN(L1Table l1, LoadL1(victim.l1_table_offset, victim.l1_size,
-                                            "Snapshot L1 table of snapshot " + id));
-  std::vector<Snapshot> table = snapshots_;
-  table.erase(table.begin() + static_cast<std::ptrdiff_t>(idx));
+  CommitPlan plan;
+  plan.create = false;
+  plan.victim_l1_offset = victim.l1_table_offset;
+  KVMFS_ASSIGN_OR_RETURN(plan.victim_l1, LoadL1(victim.l1_table_offset, victim.l1_size,
+                                                "Snapshot L1 table of snapshot " + id));
+  plan.charge.Set(budget(), plan.victim_l1.size() * 8);
+  plan.table = snapshots_;
+  plan.table.erase(plan.table.begin() + static_cast<std::ptrdiff_t>(idx));
   // One atomic switch (commit.cpp): the snapshot's references go, and the
-  // active tables whose clusters it no longer shares regain COPIED.
+  // active tables whose clusters it no longer shares regain COPIED. Views
+  // of the victim fail from then on (SnapshotAlive).
   KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
-  KVMFS_RETURN_IF_ERROR(Fatal(PrepareCommit(EncodeSnapshotTable(table).size() / geo_.cluster_size + 2)));
-  KVMFS_RETURN_IF_ERROR(Fatal(AddL1Refcounts(l1, -1)));
-  if (victim.l1_size > 0)
-    KVMFS_RETURN_IF_ERROR(
-        Fatal(UpdateRefcountRange(victim.l1_table_offset, uint64_t{victim.l1_size} * 8, -1)));
-  KVMFS_RETURN_IF_ERROR(Fatal(RecomputeCopied()));
-  KVMFS_RETURN_IF_ERROR(Fatal(Commit(std::move(table), /*old_l1_kept=*/false)));
-  // Views of the victim fail from now on; its freed tables leave the cache.
-  for (uint64_t e : l1) {
-    const uint64_t off = e & kL1OffsetMask;
-    if (off == 0) continue;
-    KVMFS_ASSIGN_OR_RETURN(uint64_t rc, GetRefcount(off >> geo_.cluster_bits));
-    if (rc == 0) l2_cache_.Erase(off);
-  }
-  return Status::OK();
+  KVMFS_RETURN_IF_ERROR(
+      Fatal(PrepareCommit(EncodeSnapshotTable(plan.table).size() / geo_.cluster_size + 2)));
+  return RunCommit(lock, plan);
 }
 
 }  // namespace kvmfs::qcow2

@@ -118,7 +118,7 @@ bool Engine::OverlapsMetadata(uint64_t host, uint64_t len) const {
 // ---- Begin / End / Flush ----------------------------------------------------------
 
 Status Engine::BeginWrites() {
-  std::unique_lock<std::shared_mutex> lock(rw_);
+  std::unique_lock<std::shared_mutex> lock = LockExclusive();
   const std::string reason = ReadOnlyReason();
   if (!reason.empty()) return Status::ReadOnly(name_ + ": " + reason);
   if (!opened_writable_) return Status::ReadOnly(name_ + ": opened read-only");
@@ -134,8 +134,7 @@ Status Engine::BeginWrites() {
     if (st.ok()) st = RecomputeCopied();
     if (st.ok()) st = FlushLocked();
     if (!st.ok()) {
-      refcounts_loaded_ = false;
-      refblocks_.clear();
+      DropRefcounts();
       return st.IsCorruption() ? Status::ReadOnly(name_ + ": dirty image cannot be repaired: " +
                                                   st.message())
                                : st;
@@ -144,12 +143,18 @@ Status Engine::BeginWrites() {
     KVMFS_RETURN_IF_ERROR(WriteHeaderLocked(true));
     RebuildMetadataIndex();
   }
+  // Tables reached twice or shared behind a COPIED flag: refuse to write.
+  if (Status st = CheckActiveTables(); !st.ok()) {
+    DropRefcounts();
+    if (!st.IsCorruption()) return st;
+    return Status::ReadOnly(SignalCorruption(std::move(st)).message());
+  }
   writing_.store(true, std::memory_order_release);
   return Status::OK();
 }
 
 Status Engine::EndWrites() {
-  std::unique_lock<std::shared_mutex> lock(rw_);
+  std::unique_lock<std::shared_mutex> lock = LockExclusive();
   if (!writing_.load()) return Status::OK();
   const std::string reason = ReadOnlyReason();
   if (!reason.empty()) {
@@ -162,7 +167,7 @@ Status Engine::EndWrites() {
 }
 
 Status Engine::Flush() {
-  std::unique_lock<std::shared_mutex> lock(rw_);
+  std::unique_lock<std::shared_mutex> lock = LockExclusive();
   if (!refcounts_loaded_) return Status::OK();
   // After corruption (or a failed commit) memory is not to be trusted:
   // nothing more is written.
@@ -216,11 +221,7 @@ Status Engine::FlushLocked() {
     KVMFS_RETURN_IF_ERROR(file_->Flush());
   }
   // Keep the refcount cache bounded (clean blocks are re-read on demand).
-  if (refblocks_.size() > 4096) {
-    for (auto it = refblocks_.begin(); it != refblocks_.end();)
-      it = it->second->dirty ? std::next(it) : refblocks_.erase(it);
-  }
-  return Status::OK();
+  return TrimRefBlocks();
 }
 
 Status Engine::MaybeWriteBack() {
@@ -230,7 +231,7 @@ Status Engine::MaybeWriteBack() {
   // Dirty tables cannot be evicted: write them back as soon as they keep
   // the process-wide cache budget over its limit.
   const uint64_t limit = std::max<uint64_t>(8, l2_cache_.capacity() / 2);
-  if (dirty_l2_count_ > limit || refblocks_.size() > 8192 ||
+  if (dirty_l2_count_ > limit || pending_blocks_ * 2 > RefBlockCap() ||
       (dirty_l2_count_ > 0 && l2_cache_.OverBudget()))
     return FlushLocked();
   return Status::OK();
@@ -435,7 +436,7 @@ Status Engine::Write(uint64_t off, const uint8_t* buf, size_t len, const Backing
       return Status::OK();
     }
   }
-  std::unique_lock<std::shared_mutex> lock(rw_);
+  std::unique_lock<std::shared_mutex> lock = LockExclusive();
   KVMFS_RETURN_IF_ERROR(CheckWritable());
   const uint64_t vs = virtual_size();
   if (off > vs || len > vs - off)
@@ -650,7 +651,7 @@ Status Engine::WriteRun(uint64_t pos, const uint8_t* p, size_t len, const Backin
 // ---- Zeroes and discard ------------------------------------------------------------------
 
 Status Engine::WriteZeroes(uint64_t off, uint64_t len, bool unmap, const BackingView& backing) {
-  std::unique_lock<std::shared_mutex> lock(rw_);
+  std::unique_lock<std::shared_mutex> lock = LockExclusive();
   KVMFS_RETURN_IF_ERROR(CheckWritable());
   const uint64_t vs = virtual_size();
   if (off > vs || len > vs - off)
@@ -752,7 +753,7 @@ Status Engine::ZeroLocked(uint64_t off, uint64_t len, bool unmap, const BackingV
 // ---- Resize ----------------------------------------------------------------------------------
 
 Status Engine::Resize(uint64_t new_size, const BackingView& backing) {
-  std::unique_lock<std::shared_mutex> lock(rw_);
+  std::unique_lock<std::shared_mutex> lock = LockExclusive();
   KVMFS_RETURN_IF_ERROR(CheckWritable());
   const uint64_t old = virtual_size();
   if (new_size % 512)
