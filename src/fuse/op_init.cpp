@@ -32,8 +32,11 @@ void Init(void* userdata, fuse_conn_info* conn) {
   // Cached pages are dropped when a getattr shows a new mtime or size (an
   // image written from outside); kvmfs's own changes are pushed (kernel_cache.h).
   if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
-  // Listings come with attributes (one LOOKUP per entry less).
+  // Every listing comes with the attributes it has (one LOOKUP per entry
+  // less), not only its first batch ("auto" would send the rest of a large
+  // folder as plain READDIR, and ls -R would look up each of its images).
   if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
   // No OPENDIR/RELEASEDIR round trips: directories need no handle, and the
   // kernel then caches every listing, checked against the directory's mtime
   // and dropped by our invalidations (op_readdir.cpp).
