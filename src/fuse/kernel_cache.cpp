@@ -17,7 +17,11 @@ using pool::ViewId;
 // a page lock held by a read that needs a worker thread this writer holds.
 constexpr auto kWriteWaitBound = std::chrono::milliseconds(200);
 
+MutableTimeouts g_timeouts;  // set once before mounting
+
 }  // namespace
+
+void SetMutableTimeouts(const MutableTimeouts& timeouts) { g_timeouts = timeouts; }
 
 bool Immutable(const SetNode& n) {
   if (n.kind != SetNode::Kind::kPool) return true;  // changes only on reload, which invalidates
@@ -35,13 +39,13 @@ bool Immutable(const SetNode& n) {
 }
 
 double AttrTimeout(const SetNode& n) {
-  if (n.kind == SetNode::Kind::kPool && n.node.kind == NodeKind::kFolder) return kShortTimeout;
-  return Immutable(n) ? kLongTimeout : kShortTimeout;
+  if (n.kind == SetNode::Kind::kPool && n.node.kind == NodeKind::kFolder) return g_timeouts.attr;
+  return Immutable(n) ? kLongTimeout : g_timeouts.attr;
 }
 
 double EntryTimeout(const SetNode& child) {
   if (child.kind != SetNode::Kind::kPool || child.ns->options().readonly) return kLongTimeout;
-  return Immutable(child) ? kLongTimeout : kShortTimeout;
+  return Immutable(child) ? kLongTimeout : g_timeouts.entry;
 }
 
 double NegativeTimeout(const SetNode& parent) {
@@ -49,7 +53,7 @@ double NegativeTimeout(const SetNode& parent) {
   // A snapshot or layer directory holds disk.raw and info.json, nothing else, ever.
   if (parent.node.kind == NodeKind::kSnapshotDir || parent.node.kind == NodeKind::kLayerDir)
     return kLongTimeout;
-  return kShortTimeout;
+  return g_timeouts.negative;
 }
 
 void KernelCache::Start(fuse_session* se) {

@@ -28,8 +28,17 @@
 
 namespace kvmfs::fuse {
 
-inline constexpr double kShortTimeout = 1.0;      // seconds: mutable nodes, as before
+inline constexpr double kShortTimeout = 1.0;      // seconds: mutable nodes, by default
 inline constexpr double kLongTimeout = 86400.0;   // immutable nodes: invalidated when they change
+
+// The timeouts of mutable nodes (-o entry_timeout, attr_timeout,
+// negative_timeout; kShortTimeout each by default). Set before mounting.
+struct MutableTimeouts {
+  double entry = kShortTimeout;
+  double attr = kShortTimeout;
+  double negative = kShortTimeout;
+};
+void SetMutableTimeouts(const MutableTimeouts& timeouts);
 
 // Whether the attributes and content of `node` change only with its image
 // file (kvmfs then pushes invalidations).

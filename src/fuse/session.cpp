@@ -149,6 +149,7 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
     argv.Add("-o");
     argv.Add("debug");  // libfuse's protocol dump, logged at trace level
   }
+  SetMutableTimeouts({options.entry_timeout, options.attr_timeout, options.negative_timeout});
   SetMaxRead(kMaxRead);
   for (const std::string& opt : options.fuse_options) {
     if (opt.rfind("max_read=", 0) != 0) continue;
