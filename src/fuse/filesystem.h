@@ -41,7 +41,7 @@ class Filesystem {
 
   std::shared_ptr<pool::PoolSet> Pools() const { return root.Get(); }
 
-  // Counts a request (and logs it at debug level).
+  // Counts a request and logs it, at debug level (nothing otherwise).
   void Count(Op op, fuse_ino_t ino);
   // "LOOKUP 12, GETATTR 3, ..." for the requests seen so far.
   std::string CountsText() const;

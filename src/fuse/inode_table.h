@@ -36,6 +36,16 @@ struct Inode {
   // cache (attributes, pages, its listing); cleared when an invalidation is
   // pushed, so that an inode the kernel holds nothing of costs nothing.
   std::atomic<bool> kernel_may_cache{true};
+  // The KernelCache epoch of the last change that made this inode's cached
+  // data stale (see KernelCache::Recheck).
+  std::atomic<uint64_t> changed_epoch{0};
+
+  // A reply about this inode is on its way. (A load first: reads of one
+  // file on many threads do not all write one cache line.)
+  void MarkCached() {
+    if (!kernel_may_cache.load(std::memory_order_relaxed))
+      kernel_may_cache.store(true, std::memory_order_release);
+  }
 };
 
 // The canonical paths of the image files whose bytes or metadata `node`

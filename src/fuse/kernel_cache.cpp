@@ -86,13 +86,20 @@ uint64_t KernelCache::pushed() const {
 std::vector<KernelCache::Task> KernelCache::TasksFor(const std::string& path, Why why,
                                                      fuse_ino_t skip) {
   std::vector<Task> tasks;
+  const uint64_t epoch = epoch_.fetch_add(1, std::memory_order_acq_rel) + 1;
   for (const InodeTable::Dependent& d : inodes_.DependingOn(path)) {
     if (d.inode->ino == skip) continue;
     const bool own = d.image_path == path;
-    // Writes into the active layer never change the image's own snapshots.
-    if (why == Why::kWrite && own && d.node.view.kind == ViewId::Kind::kSnapshot &&
-        d.node.kind != NodeKind::kSnapshotsDir)
-      continue;
+    if (why == Why::kWrite && own) {
+      // Writes into the active layer never change the image's own
+      // snapshots, nor its listings; its own directory, snapshots/ and
+      // info.json are mutable nodes (short timeouts, info.json read afresh
+      // at every open). Its disk.raw under another name (a symlink in the
+      // pool) may hold pages: that one goes.
+      if (d.node.view.kind == ViewId::Kind::kSnapshot && d.node.kind != NodeKind::kSnapshotsDir) continue;
+      if (d.node.kind == NodeKind::kImageDir || d.node.kind == NodeKind::kSnapshotsDir) continue;
+      if (d.node.kind == NodeKind::kInfo && d.node.view.kind == ViewId::Kind::kTop) continue;
+    }
     // Snapshots come and go without changing any view's bytes: listings and
     // info.json change.
     if (why == Why::kSnapshots && d.node.kind != NodeKind::kImageDir &&
@@ -102,10 +109,18 @@ std::vector<KernelCache::Task> KernelCache::TasksFor(const std::string& path, Wh
       // Names of deleted snapshots must go; others are looked up again.
       for (auto& [name, ino] : inodes_.Children(d.inode->ino)) tasks.push_back(Task{d.inode->ino, name});
     }
+    d.inode->changed_epoch.store(epoch, std::memory_order_release);
     if (!d.inode->kernel_may_cache.exchange(false, std::memory_order_acq_rel)) continue;
     tasks.push_back(Task{d.inode->ino, ""});
   }
   return tasks;
+}
+
+void KernelCache::Recheck(Inode& inode, uint64_t epoch_at_start) {
+  inode.MarkCached();
+  if (inode.changed_epoch.load(std::memory_order_acquire) <= epoch_at_start) return;
+  inode.kernel_may_cache.store(false, std::memory_order_release);
+  Push({Task{inode.ino, ""}}, false);
 }
 
 void KernelCache::ImageChanged(const std::string& canonical_path) {

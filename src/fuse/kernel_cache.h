@@ -14,6 +14,7 @@
 
 #include <fuse_lowlevel.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -83,6 +84,14 @@ class KernelCache : public pool::ChangeListener {
   // Notifications pushed so far (the debug log reports them).
   uint64_t pushed() const;
 
+  // A request that read an inode began before a change and replied after it
+  // may have put what it read before the change into a kernel cache, after
+  // the change's invalidation. Requests take the epoch when they begin and
+  // call Recheck() once they replied: it invalidates the inode again if a
+  // change reached it meanwhile (never for the inode a write went through).
+  uint64_t epoch() const { return epoch_.load(std::memory_order_acquire); }
+  void Recheck(Inode& inode, uint64_t epoch_at_start);
+
  private:
   struct Task {
     fuse_ino_t ino = 0;      // notify_inval_inode(ino) when name is empty,
@@ -90,6 +99,7 @@ class KernelCache : public pool::ChangeListener {
   };
   enum class Why { kWrite, kOutside, kSnapshots };
   std::vector<Task> TasksFor(const std::string& path, Why why, fuse_ino_t skip);
+  std::atomic<uint64_t> epoch_{0};
   // Queues `tasks`; with `wait`, returns once they were pushed (bounded).
   void Push(std::vector<Task> tasks, bool wait);
   void Run();

@@ -25,6 +25,7 @@ Result<Found> LookupChild(Filesystem& fs, const pool::SetNode& parent, const std
 void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Filesystem& fs = Fs(req);
   fs.Count(Op::kLookup, parent);
+  const uint64_t epoch = fs.cache.epoch();
   auto dir = fs.inodes.Find(parent);
   if (!dir) return ReplyError(req, Status::FromErrno(ESTALE, "unknown inode"));
   auto found = LookupChild(fs, dir->node, name);
@@ -40,7 +41,8 @@ void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   fuse_entry_param e = fs.EntryOf(inode->ino, found->node, found->st);
   // The kernel did not take the entry (the lookup was interrupted): it will
   // never forget it, so the lookup is not counted.
-  if (fuse_reply_entry(req, &e) != 0) fs.inodes.Forget(inode->ino, 1);
+  if (fuse_reply_entry(req, &e) != 0) return fs.inodes.Forget(inode->ino, 1);
+  fs.cache.Recheck(*inode, epoch);
 }
 
 void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {

@@ -29,6 +29,7 @@ Result<std::unique_ptr<FileHandle>> OpenHandle(Filesystem& fs, fuse_ino_t ino, i
 void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Filesystem& fs = Fs(req);
   fs.Count(Op::kOpen, ino);
+  const uint64_t epoch = fs.cache.epoch();
   pool::SetNode node;
   auto opened = OpenHandle(fs, ino, fi->flags, &node);
   if (!opened.ok()) {
@@ -52,10 +53,12 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
   // Nothing to write back at close(2) of a read-only file: no FLUSH request.
   if (!file.writable) fi->noflush = 1;
-  handle->inode->kernel_may_cache.store(true, std::memory_order_release);
   fi->fh = reinterpret_cast<uintptr_t>(handle.get());
+  std::shared_ptr<Inode> inode = handle->inode;
   // An interrupted open: the kernel will never release it.
-  if (fuse_reply_open(req, fi) == 0) handle.release();
+  if (fuse_reply_open(req, fi) != 0) return;
+  handle.release();
+  fs.cache.Recheck(*inode, epoch);
 }
 
 void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {

@@ -104,7 +104,7 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
   Filesystem& fs = Fs(req);
   fs.Count(Op::kRead, ino);
   FileHandle* handle = Handle(fi);
-  handle->inode->kernel_may_cache.store(true, std::memory_order_release);
+  const uint64_t epoch = fs.cache.epoch();
   ReadPlan plan;
   Status st = PlanFileRead(handle->file, size, off, plan);
   if (!st.ok()) {
@@ -112,6 +112,7 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
     return ReplyError(req, st);
   }
   ReplyPlan(req, plan);  // the plan frees its memory after the reply
+  fs.cache.Recheck(*handle->inode, epoch);
 }
 
 }  // namespace kvmfs::fuse

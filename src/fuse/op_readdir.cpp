@@ -29,7 +29,7 @@ Result<Listing> ListingFor(Filesystem& fs, fuse_ino_t ino, off_t off, pool::SetN
                          fs.Pools()->List(fresh.node, fs.PathOf(ino)));
   listing = std::make_shared<const std::vector<pool::DirEntry>>(std::move(entries));
   fs.inodes.SetListing(ino, listing);
-  fresh.inode->kernel_may_cache.store(true, std::memory_order_release);
+  fresh.inode->MarkCached();
   *dir = std::move(fresh.node);
   return listing;
 }
