@@ -16,10 +16,12 @@ namespace {
 
 using Listing = std::shared_ptr<const std::vector<pool::DirEntry>>;
 
-Result<Listing> ListingFor(Filesystem& fs, fuse_ino_t ino, off_t off, pool::SetNode* dir) {
+Result<Listing> ListingFor(Filesystem& fs, fuse_ino_t ino, off_t off, pool::SetNode* dir,
+                           fuse_ino_t* parent) {
   Listing listing = off > 0 ? fs.inodes.Listing(ino) : nullptr;
   auto entry = fs.inodes.Find(ino);
   if (!entry) return Status::FromErrno(ESTALE, "unknown inode");
+  *parent = entry->inode->parent;
   if (listing) {
     *dir = std::move(entry->node);
     return listing;
@@ -37,7 +39,7 @@ Result<Listing> ListingFor(Filesystem& fs, fuse_ino_t ino, off_t off, pool::SetN
 // Fills `buf` with entries from offset `off` (".", "..", then the listing:
 // entry i has offset i + 1, the offset of the next one). Returns the bytes
 // used; `linked` gets the inodes READDIRPLUS counted a lookup for.
-size_t Fill(fuse_req_t req, Filesystem& fs, fuse_ino_t ino, const pool::SetNode& dir,
+size_t Fill(fuse_req_t req, Filesystem& fs, fuse_ino_t ino, fuse_ino_t parent, const pool::SetNode& dir,
             const std::vector<pool::DirEntry>& entries, off_t off, bool plus, std::vector<char>& buf,
             std::vector<fuse_ino_t>& linked) {
   size_t used = 0;
@@ -48,7 +50,7 @@ size_t Fill(fuse_req_t req, Filesystem& fs, fuse_ino_t ino, const pool::SetNode&
     const char* name = i == 0 ? "." : i == 1 ? ".." : e->name.c_str();
     fuse_entry_param param{};
     param.attr.st_mode = (e == nullptr || e->is_dir) ? S_IFDIR : S_IFREG;
-    param.attr.st_ino = e == nullptr ? ino : fs.inodes.NumberOf(ino, e->name);
+    param.attr.st_ino = i == 0 ? ino : i == 1 ? parent : fs.inodes.NumberOf(ino, e->name);
     std::shared_ptr<Inode> child;
     if (plus && e != nullptr && e->st && e->node && dir.kind == pool::SetNode::Kind::kPool) {
       pool::SetNode node{pool::SetNode::Kind::kPool, dir.ns, *e->node};
@@ -73,11 +75,12 @@ void ListDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) 
   fs.Count(plus ? Op::kReadDirPlus : Op::kReadDir, ino);
   if (off < 0) return ReplyError(req, Status::InvalidArgument("negative offset"));
   pool::SetNode dir;
-  auto listing = ListingFor(fs, ino, off, &dir);
+  fuse_ino_t parent = FUSE_ROOT_ID;
+  auto listing = ListingFor(fs, ino, off, &dir, &parent);
   if (!listing.ok()) return ReplyError(req, listing.status());
   std::vector<char> buf(size);
   std::vector<fuse_ino_t> linked;
-  size_t used = Fill(req, fs, ino, dir, **listing, off, plus, buf, linked);
+  size_t used = Fill(req, fs, ino, parent, dir, **listing, off, plus, buf, linked);
   // The end of the listing: the entries need not be kept any longer.
   if (used == 0) fs.inodes.SetListing(ino, nullptr);
   if (fuse_reply_buf(req, buf.data(), used) != 0) {
