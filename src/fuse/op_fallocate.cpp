@@ -52,6 +52,7 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, f
   bool touched = false;
   Status st = Allocate(file, mode, static_cast<uint64_t>(off), static_cast<uint64_t>(len), &touched);
   if (touched) Changed(req, file, ino);
+  DoneWithFile(Handle(fi));
   if (!st.ok())
     spdlog::warn("fallocate {} mode {:#x} at {} (+{}): {}", fs.PathOf(ino), mode, off, len,
                  st.ToString());

@@ -12,11 +12,8 @@ void FlushFile(fuse_req_t req, Op op, fuse_ino_t ino, fuse_file_info* fi) {
   Filesystem& fs = Fs(req);
   fs.Count(op, ino);
   const pool::OpenFile& file = Handle(fi)->file;
-  if (!file.writable) {
-    fuse_reply_err(req, 0);
-    return;
-  }
-  Status st = file.image->Flush();
+  Status st = file.writable ? file.image->Flush() : Status::OK();
+  DoneWithFile(Handle(fi));
   if (!st.ok()) spdlog::error("{} {}: {}", OpName(op), fs.PathOf(ino), st.ToString());
   fuse_reply_err(req, st.ok() ? 0 : st.ToErrno());
 }

@@ -41,6 +41,7 @@ Result<off_t> Seek(const pool::OpenFile& file, off_t off, int whence) {
 void Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
   Fs(req).Count(Op::kLseek, ino);
   auto pos = Seek(Handle(fi)->file, off, whence);
+  DoneWithFile(Handle(fi));
   if (!pos.ok()) return ReplyError(req, pos.status());
   fuse_reply_lseek(req, *pos);
 }

@@ -63,6 +63,7 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Fs(req).Count(Op::kRelease, ino);
+  AllDoneWithFile(Handle(fi));
   delete Handle(fi);
   fi->fh = 0;
   fuse_reply_err(req, 0);

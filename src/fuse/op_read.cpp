@@ -104,15 +104,18 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
   Filesystem& fs = Fs(req);
   fs.Count(Op::kRead, ino);
   FileHandle* handle = Handle(fi);
+  // Once replied, the file may be released (and `handle` deleted) at once.
+  std::shared_ptr<Inode> inode = handle->inode;
   const uint64_t epoch = fs.cache.epoch();
   ReadPlan plan;
   Status st = PlanFileRead(handle->file, size, off, plan);
+  DoneWithFile(handle);
   if (!st.ok()) {
     spdlog::warn("read {} at {} (+{}): {}", fs.PathOf(ino), off, size, st.ToString());
     return ReplyError(req, st);
   }
   ReplyPlan(req, plan);  // the plan frees its memory after the reply
-  fs.cache.Recheck(*handle->inode, epoch);
+  fs.cache.Recheck(*inode, epoch);
 }
 
 }  // namespace kvmfs::fuse

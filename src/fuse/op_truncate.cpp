@@ -57,6 +57,7 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse
   if (attr->st_size < 0) return ReplyError(req, Status::InvalidArgument("negative size"));
   FileHandle* handle = fi != nullptr ? Handle(fi) : nullptr;
   Status st = TruncateInode(req, ino, static_cast<uint64_t>(attr->st_size), handle);
+  if (handle != nullptr) DoneWithFile(handle);
   if (!st.ok()) {
     spdlog::warn("truncate {} to {}: {}", fs.PathOf(ino), attr->st_size, st.ToString());
     return ReplyError(req, st);

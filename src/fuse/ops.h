@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "fuse/filesystem.h"
+#include "fuse/kernel_order.h"
 #include "kvmfs/status.h"
 #include "pool/namespace.h"
 #include "pool/pool_set.h"
