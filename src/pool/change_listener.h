@@ -7,6 +7,14 @@
 
 namespace kvmfs::pool {
 
+// The FUSE front end implements it (src/fuse/kernel_cache.h) and registers it
+// with PoolRoot::SetChangeListener, which hands it to every Namespace. Writes,
+// resizes and snapshot changes made through a disk.raw or snapshots/ of the
+// mount are already reported by the front end itself, with the exact set of
+// nodes they change (not the written file's own pages, not the image's own
+// snapshot views); calling ImageChanged() for them too is harmless but drops
+// more than needed. What the front end cannot see is what the engine must
+// report: outside changes of any file of a chain.
 class ChangeListener {
  public:
   virtual ~ChangeListener() = default;
