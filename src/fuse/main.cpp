@@ -1,6 +1,6 @@
 // kvmfs: mount a directory of KVM/QEMU images, or the pools of a YAML config,
 // as raw disks.
-#include <fuse.h>
+#include <fuse_lowlevel.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -41,10 +41,7 @@ void RaiseFileLimit() {
 void PrintFuseHelp() {
   std::printf("FUSE options:\n");
   std::fflush(stdout);
-  char arg0[] = "kvmfs";
-  char* argv[] = {arg0, nullptr};
-  fuse_args args = FUSE_ARGS_INIT(1, argv);
-  fuse_lib_help(&args);
+  fuse_lowlevel_help();
 }
 
 // Loads the config and builds its pools. -o backing_root=DIR applies to

@@ -12,7 +12,7 @@
 namespace kvmfs::fuse {
 namespace {
 
-Status Allocate(const pool::OpenFile& file, int mode, uint64_t off, uint64_t len) {
+Status Allocate(const pool::OpenFile& file, int mode, uint64_t off, uint64_t len, bool* touched) {
   if (!file.writable || file.is_info) return Status::FromErrno(EBADF, "not open for writing");
   if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
     return Status::FromErrno(EOPNOTSUPP, "fallocate mode " + std::to_string(mode));
@@ -22,6 +22,7 @@ Status Allocate(const pool::OpenFile& file, int mode, uint64_t off, uint64_t len
   const uint64_t size = image.size();
   const uint64_t end = off + len;
   if (end < off) return Status::TooLarge("offset + length overflows");
+  *touched = true;
   Status st;
   if (mode & FALLOC_FL_PUNCH_HOLE) {
     // The VFS only lets PUNCH_HOLE through with KEEP_SIZE.
@@ -43,13 +44,19 @@ Status Allocate(const pool::OpenFile& file, int mode, uint64_t off, uint64_t len
 
 }  // namespace
 
-int Fallocate(const char* path, int mode, off_t off, off_t len, fuse_file_info* fi) {
-  if (off < 0 || len <= 0) return Reply(Status::InvalidArgument("bad range"));
-  Status st = Allocate(Handle(fi)->file, mode, static_cast<uint64_t>(off), static_cast<uint64_t>(len));
+void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, fuse_file_info* fi) {
+  Filesystem& fs = Fs(req);
+  fs.Count(Op::kFallocate, ino);
+  if (off < 0 || len <= 0) return ReplyError(req, Status::InvalidArgument("bad range"));
+  const pool::OpenFile& file = Handle(fi)->file;
+  bool touched = false;
+  Status st = Allocate(file, mode, static_cast<uint64_t>(off), static_cast<uint64_t>(len), &touched);
+  if (touched) Changed(req, file, ino);
+  DoneWithFile(Handle(fi));
   if (!st.ok())
-    spdlog::warn("fallocate {} mode {:#x} at {} (+{}): {}", path ? path : "?", mode, off, len,
+    spdlog::warn("fallocate {} mode {:#x} at {} (+{}): {}", fs.PathOf(ino), mode, off, len,
                  st.ToString());
-  return Reply(st);
+  fuse_reply_err(req, st.ok() ? 0 : st.ToErrno());
 }
 
 }  // namespace kvmfs::fuse

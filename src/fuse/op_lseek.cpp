@@ -23,20 +23,27 @@ Result<uint64_t> SeekAllocation(Image& image, uint64_t off, bool want_data) {
   return size;
 }
 
-}  // namespace
-
-off_t Lseek(const char*, off_t off, int whence, fuse_file_info* fi) {
+Result<off_t> Seek(const pool::OpenFile& file, off_t off, int whence) {
   if (whence == SEEK_SET) return off;  // the kernel handles SEEK_SET/CUR/END itself
-  if (whence != SEEK_DATA && whence != SEEK_HOLE) return -EINVAL;
-  if (off < 0) return -ENXIO;
-  const pool::OpenFile& file = Handle(fi)->file;
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) return Status::InvalidArgument("whence");
+  if (off < 0) return Status::FromErrno(ENXIO, "negative offset");
   if (file.is_info) {  // info.json is all data
-    if (static_cast<uint64_t>(off) >= file.content.size()) return -ENXIO;
+    if (static_cast<uint64_t>(off) >= file.content.size()) return Status::FromErrno(ENXIO, "past the end");
     return whence == SEEK_DATA ? off : static_cast<off_t>(file.content.size());
   }
-  auto pos = SeekAllocation(*file.image, static_cast<uint64_t>(off), whence == SEEK_DATA);
-  if (!pos.ok()) return Reply(pos.status());
-  return static_cast<off_t>(*pos);
+  KVMFS_ASSIGN_OR_RETURN(uint64_t pos,
+                         SeekAllocation(*file.image, static_cast<uint64_t>(off), whence == SEEK_DATA));
+  return static_cast<off_t>(pos);
+}
+
+}  // namespace
+
+void Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
+  Fs(req).Count(Op::kLseek, ino);
+  auto pos = Seek(Handle(fi)->file, off, whence);
+  DoneWithFile(Handle(fi));
+  if (!pos.ok()) return ReplyError(req, pos.status());
+  fuse_reply_lseek(req, *pos);
 }
 
 }  // namespace kvmfs::fuse

@@ -1,4 +1,8 @@
-// open/release: a FileHandle per open file, holding the opened chain.
+// open/release: a FileHandle per open file, holding the opened chain. Whether
+// the kernel keeps the file's cached pages is decided here (kernel_cache.h):
+// kept while the view is unchanged since its last open, never for O_DIRECT;
+// a writable image's info.json is read afresh at every open (direct I/O, so
+// that its length never comes from cached attributes).
 #include <fcntl.h>
 
 #include <spdlog/spdlog.h>
@@ -6,36 +10,63 @@
 #include "fuse/ops.h"
 
 namespace kvmfs::fuse {
+namespace {
 
-int Open(const char* path, fuse_file_info* fi) {
-  auto pools = Pools();
-  auto file = pools->Open(path, fi->flags);
-  if (!file.ok()) {
-    // Refusals an administrator needs to see (locked by QEMU, read-only
-    // image) are logged; lookups of missing files are not.
-    const auto code = file.status().code();
-    if (code == Status::Code::kBusy || code == Status::Code::kReadOnly)
-      spdlog::info("open {}: {}", path, file.status().ToString());
-    else
-      spdlog::debug("open {}: {}", path, file.status().ToString());
-    return Reply(file.status());
-  }
+Result<std::unique_ptr<FileHandle>> OpenHandle(Filesystem& fs, fuse_ino_t ino, int flags,
+                                               pool::SetNode* node) {
+  KVMFS_ASSIGN_OR_RETURN(InodeTable::Entry entry, fs.Fresh(ino));
+  KVMFS_ASSIGN_OR_RETURN(pool::OpenFile file, fs.Pools()->Open(entry.node, fs.PathOf(ino), flags));
   auto handle = std::make_unique<FileHandle>();
-  handle->pools = std::move(pools);
-  handle->file = std::move(file).value();
-  if (fi->flags & O_DIRECT) {
-    fi->direct_io = 1;  // O_DIRECT: bypass the page cache, as the caller asked
-  } else {
-    fi->keep_cache = handle->file.unchanged ? 1 : 0;
-  }
-  fi->fh = reinterpret_cast<uintptr_t>(handle.release());
-  return 0;
+  handle->ns = entry.node.ns;
+  handle->inode = std::move(entry.inode);
+  handle->file = std::move(file);
+  *node = std::move(entry.node);
+  return handle;
 }
 
-int Release(const char*, fuse_file_info* fi) {
+}  // namespace
+
+void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Filesystem& fs = Fs(req);
+  fs.Count(Op::kOpen, ino);
+  const uint64_t epoch = fs.cache.epoch();
+  pool::SetNode node;
+  auto opened = OpenHandle(fs, ino, fi->flags, &node);
+  if (!opened.ok()) {
+    // Refusals an administrator needs to see (locked by QEMU, read-only
+    // image) are logged; lookups of missing files are not.
+    const auto code = opened.status().code();
+    if (code == Status::Code::kBusy || code == Status::Code::kReadOnly)
+      spdlog::info("open {}: {}", fs.PathOf(ino), opened.status().ToString());
+    else
+      spdlog::debug("open {}: {}", fs.PathOf(ino), opened.status().ToString());
+    return ReplyError(req, opened.status());
+  }
+  std::unique_ptr<FileHandle> handle = std::move(opened).value();
+  const pool::OpenFile& file = handle->file;
+  if (fi->flags & O_DIRECT) {
+    fi->direct_io = 1;  // O_DIRECT: bypass the page cache, as the caller asked
+  } else if (file.is_info && !Immutable(node)) {
+    fi->direct_io = 1;
+  } else {
+    fi->keep_cache = file.unchanged ? 1 : 0;
+  }
+  // Nothing to write back at close(2) of a read-only file: no FLUSH request.
+  if (!file.writable) fi->noflush = 1;
+  fi->fh = reinterpret_cast<uintptr_t>(handle.get());
+  std::shared_ptr<Inode> inode = handle->inode;
+  // An interrupted open: the kernel will never release it.
+  if (fuse_reply_open(req, fi) != 0) return;
+  handle.release();
+  fs.cache.Recheck(*inode, epoch);
+}
+
+void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Fs(req).Count(Op::kRelease, ino);
+  AllDoneWithFile(Handle(fi));
   delete Handle(fi);
   fi->fh = 0;
-  return 0;
+  fuse_reply_err(req, 0);
 }
 
 }  // namespace kvmfs::fuse

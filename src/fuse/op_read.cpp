@@ -1,10 +1,11 @@
-// read: the guest bytes as a plan of pieces (Image::PlanRead), handed to
-// libfuse as a buffer vector. Pieces of host files are spliced by libfuse
-// into /dev/fuse (one copy in the kernel instead of pread + write); memory
-// pieces (info.json, zeros, backing or compressed data, writable images) are
-// copied as before.
-#include <fuse.h>
+// read: the guest bytes as a plan of pieces (Image::PlanRead), replied
+// without copying them again: a plan with pieces of host files goes to
+// fuse_reply_data, which splices those pieces into /dev/fuse (one copy in
+// the kernel instead of pread + write); a plan of memory pieces (info.json,
+// zeros, backing or compressed data, writable images) goes out with one
+// writev (fuse_reply_iov).
 #include <linux/fuse.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
@@ -41,6 +43,11 @@ bool FitsSplicePipe(const ReadPlan& plan) {
   return page * (plan.pieces().size() + 2) + sizeof(fuse_out_header) + plan.size() <= pipe_max;
 }
 
+bool HasFilePiece(const ReadPlan& plan) {
+  return std::any_of(plan.pieces().begin(), plan.pieces().end(),
+                     [](const ReadPlan::Piece& p) { return p.fd >= 0; });
+}
+
 Status PlanFileRead(const pool::OpenFile& file, size_t size, off_t off, ReadPlan& plan) {
   if (off < 0) return Status::InvalidArgument("negative offset");
   uint64_t offset = static_cast<uint64_t>(off);
@@ -55,51 +62,60 @@ Status PlanFileRead(const pool::OpenFile& file, size_t size, off_t off, ReadPlan
   if (offset >= end) return Status::OK();
   size_t n = std::min<uint64_t>(size, end - offset);
   KVMFS_RETURN_IF_ERROR(file.image->PlanRead(offset, n, plan));
-  if (FitsSplicePipe(plan) || (plan.pieces().size() == 1 && plan.pieces()[0].fd < 0))
-    return Status::OK();
-  // Too many pieces, or a max_read too large to splice: one memory buffer,
-  // which libfuse writes as it is.
+  if (!HasFilePiece(plan) || FitsSplicePipe(plan)) return Status::OK();
+  // Pieces of files that cannot be spliced (too many, or a max_read too
+  // large for the pipe): one memory buffer, written as it is.
   plan.Discard();
   KVMFS_ASSIGN_OR_RETURN(uint8_t* p, plan.AddMemory(n, false));
   return file.image->Read(offset, p, n);
 }
 
-// The plan as a fuse_bufvec (malloc()ed, as libfuse frees it: the vector
-// with free(), each memory buffer with free()). nullptr when out of memory.
-fuse_bufvec* ToBufvec(ReadPlan& plan) {
-  const size_t count = std::max<size_t>(1, plan.pieces().size());
-  auto* vec = static_cast<fuse_bufvec*>(
-      std::calloc(1, offsetof(fuse_bufvec, buf) + count * sizeof(fuse_buf)));
-  if (vec == nullptr) return nullptr;
-  vec->count = count;  // an empty read: one empty memory buffer
-  size_t i = 0;
-  for (const ReadPlan::Piece& p : plan.Release()) {
-    fuse_buf& b = vec->buf[i++];
-    b.size = p.length;
-    if (p.fd >= 0) {
+// Sends `plan` as the reply; the plan keeps its memory until it is sent.
+int ReplyPlan(fuse_req_t req, const ReadPlan& plan) {
+  const std::vector<ReadPlan::Piece>& pieces = plan.pieces();
+  if (pieces.empty()) return fuse_reply_buf(req, nullptr, 0);
+  if (!HasFilePiece(plan)) {
+    std::vector<iovec> iov(pieces.size());
+    for (size_t i = 0; i < pieces.size(); ++i) iov[i] = iovec{pieces[i].mem, pieces[i].length};
+    return fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+  }
+  std::vector<char> storage(offsetof(fuse_bufvec, buf) + pieces.size() * sizeof(fuse_buf));
+  auto* vec = reinterpret_cast<fuse_bufvec*>(storage.data());
+  *vec = fuse_bufvec{};
+  vec->count = pieces.size();
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    fuse_buf& b = vec->buf[i];
+    b = fuse_buf{};
+    b.size = pieces[i].length;
+    if (pieces[i].fd >= 0) {
       b.flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-      b.fd = p.fd;
-      b.pos = static_cast<off_t>(p.fd_offset);
+      b.fd = pieces[i].fd;
+      b.pos = static_cast<off_t>(pieces[i].fd_offset);
     } else {
-      b.mem = p.mem;
+      b.mem = pieces[i].mem;
     }
   }
-  return vec;
+  return fuse_reply_data(req, vec, FUSE_BUF_SPLICE_MOVE);
 }
 
 }  // namespace
 
-int ReadBuf(const char* path, fuse_bufvec** bufp, size_t size, off_t off, fuse_file_info* fi) {
+void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  Filesystem& fs = Fs(req);
+  fs.Count(Op::kRead, ino);
+  FileHandle* handle = Handle(fi);
+  // Once replied, the file may be released (and `handle` deleted) at once.
+  std::shared_ptr<Inode> inode = handle->inode;
+  const uint64_t epoch = fs.cache.epoch();
   ReadPlan plan;
-  Status st = PlanFileRead(Handle(fi)->file, size, off, plan);
+  Status st = PlanFileRead(handle->file, size, off, plan);
+  DoneWithFile(handle);
   if (!st.ok()) {
-    spdlog::warn("read {} at {} (+{}): {}", path ? path : "?", off, size, st.ToString());
-    return Reply(st);
+    spdlog::warn("read {} at {} (+{}): {}", fs.PathOf(ino), off, size, st.ToString());
+    return ReplyError(req, st);
   }
-  fuse_bufvec* vec = ToBufvec(plan);
-  if (vec == nullptr) return -ENOMEM;  // the plan frees its memory
-  *bufp = vec;
-  return 0;
+  ReplyPlan(req, plan);  // the plan frees its memory after the reply
+  fs.cache.Recheck(*inode, epoch);
 }
 
 }  // namespace kvmfs::fuse

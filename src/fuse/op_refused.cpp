@@ -2,23 +2,26 @@
 // images (files cannot be created, removed, renamed or re-moded). In a
 // read-only mount the kernel answers EROFS before these are called; in a
 // read-write one they fail with EPERM ("Operation not permitted").
+// (chmod, chown and utimes arrive as setattr: op_truncate.cpp.)
 #include "fuse/ops.h"
 
 namespace kvmfs::fuse {
 namespace {
-int NotPermitted() { return -EPERM; }
+void NotPermitted(fuse_req_t req, fuse_ino_t ino) {
+  Fs(req).Count(Op::kRefused, ino);
+  fuse_reply_err(req, EPERM);
+}
 }  // namespace
 
-int Create(const char*, mode_t, fuse_file_info*) { return NotPermitted(); }
-int MkNod(const char*, mode_t, dev_t) { return NotPermitted(); }
-int Unlink(const char*) { return NotPermitted(); }
-int Rename(const char*, const char*, unsigned int) { return NotPermitted(); }
-int Symlink(const char*, const char*) { return NotPermitted(); }
-int Link(const char*, const char*) { return NotPermitted(); }
-int Chmod(const char*, mode_t, fuse_file_info*) { return NotPermitted(); }
-int Chown(const char*, uid_t, gid_t, fuse_file_info*) { return NotPermitted(); }
-int Utimens(const char*, const struct timespec[2], fuse_file_info*) { return NotPermitted(); }
-int SetXattr(const char*, const char*, const char*, size_t, int) { return NotPermitted(); }
-int RemoveXattr(const char*, const char*) { return NotPermitted(); }
+void Create(fuse_req_t req, fuse_ino_t parent, const char*, mode_t, fuse_file_info*) { NotPermitted(req, parent); }
+void MkNod(fuse_req_t req, fuse_ino_t parent, const char*, mode_t, dev_t) { NotPermitted(req, parent); }
+void Unlink(fuse_req_t req, fuse_ino_t parent, const char*) { NotPermitted(req, parent); }
+void Rename(fuse_req_t req, fuse_ino_t parent, const char*, fuse_ino_t, const char*, unsigned int) {
+  NotPermitted(req, parent);
+}
+void Symlink(fuse_req_t req, const char*, fuse_ino_t parent, const char*) { NotPermitted(req, parent); }
+void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t, const char*) { NotPermitted(req, ino); }
+void SetXattr(fuse_req_t req, fuse_ino_t ino, const char*, const char*, size_t, int) { NotPermitted(req, ino); }
+void RemoveXattr(fuse_req_t req, fuse_ino_t ino, const char*) { NotPermitted(req, ino); }
 
 }  // namespace kvmfs::fuse

@@ -3,11 +3,14 @@
 
 namespace kvmfs::fuse {
 
-int StatFs(const char* path, struct statvfs* sv) {
-  auto result = Pools()->StatFs(path);
-  if (!result.ok()) return Reply(result.status());
-  *sv = *result;
-  return 0;
+void StatFs(fuse_req_t req, fuse_ino_t ino) {
+  Filesystem& fs = Fs(req);
+  fs.Count(Op::kStatFs, ino);
+  auto entry = fs.inodes.Find(ino);
+  if (!entry) return ReplyError(req, Status::FromErrno(ESTALE, "unknown inode"));
+  auto sv = fs.Pools()->StatFs(entry->node);
+  if (!sv.ok()) return ReplyError(req, sv.status());
+  fuse_reply_statfs(req, &*sv);
 }
 
 }  // namespace kvmfs::fuse

@@ -1,4 +1,6 @@
 // write: through Image::Write into the top image, within the virtual size.
+// Afterwards the kernel's caches of views above the image (overlays whose
+// backing it is) are dropped before the reply (Changed()).
 #include <algorithm>
 
 #include <spdlog/spdlog.h>
@@ -8,7 +10,9 @@
 namespace kvmfs::fuse {
 namespace {
 
-Result<size_t> WriteFile(const pool::OpenFile& file, const char* buf, size_t size, off_t off) {
+// `touched`: the image may have changed (the write reached it).
+Result<size_t> WriteFile(const pool::OpenFile& file, const char* buf, size_t size, off_t off,
+                         bool* touched) {
   if (!file.writable || file.is_info) return Status::FromErrno(EBADF, "not open for writing");
   if (off < 0) return Status::InvalidArgument("negative offset");
   uint64_t offset = static_cast<uint64_t>(off);
@@ -17,6 +21,7 @@ Result<size_t> WriteFile(const pool::OpenFile& file, const char* buf, size_t siz
   // a short write up to the end, then ENOSPC.
   if (size > 0 && offset >= end) return Status::NoSpace("write past the end of the disk");
   size_t n = std::min<uint64_t>(size, end - offset);
+  *touched = n > 0;
   Status written = file.image->Write(offset, buf, n);
   file.owner->Changed();
   KVMFS_RETURN_IF_ERROR(written);
@@ -26,13 +31,23 @@ Result<size_t> WriteFile(const pool::OpenFile& file, const char* buf, size_t siz
 
 }  // namespace
 
-int Write(const char* path, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
-  auto n = WriteFile(Handle(fi)->file, buf, size, off);
+void Changed(fuse_req_t req, const pool::OpenFile& file, fuse_ino_t ino) {
+  Fs(req).cache.Written(file.owner->path(), ino);
+}
+
+void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
+  Filesystem& fs = Fs(req);
+  fs.Count(Op::kWrite, ino);
+  const pool::OpenFile& file = Handle(fi)->file;
+  bool touched = false;
+  auto n = WriteFile(file, buf, size, off, &touched);
+  if (touched) Changed(req, file, ino);
+  DoneWithFile(Handle(fi));
   if (!n.ok()) {
-    spdlog::warn("write {} at {} (+{}): {}", path ? path : "?", off, size, n.status().ToString());
-    return Reply(n.status());
+    spdlog::warn("write {} at {} (+{}): {}", fs.PathOf(ino), off, size, n.status().ToString());
+    return ReplyError(req, n.status());
   }
-  return static_cast<int>(*n);
+  fuse_reply_write(req, *n);
 }
 
 }  // namespace kvmfs::fuse

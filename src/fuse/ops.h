@@ -1,34 +1,33 @@
-// The FUSE handlers (libfuse high-level, path-based API). One file per
-// operation; ops.cpp puts them in the table.
+// The FUSE handlers (libfuse low-level API: requests name inodes, see
+// inode_table.h). One file per operation, each with its logic returning a
+// Status/Result and a thin handler that replies exactly once; ops.cpp puts
+// them in the table.
 #pragma once
 
-#include <fuse.h>
+#include <fuse_lowlevel.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include <memory>
+
+#include "fuse/filesystem.h"
+#include "fuse/kernel_order.h"
 #include "kvmfs/status.h"
 #include "pool/namespace.h"
 #include "pool/pool_set.h"
 
 namespace kvmfs::fuse {
 
-// The pool set served by this mount now (the fuse private_data is its
-// pool::PoolRoot; a config reload replaces the set).
-std::shared_ptr<pool::PoolSet> Pools();
-
 // What fi->fh points to for an open disk.raw or info.json: keeps the opened
-// chain alive for the life of the open file.
+// chain (and the pool's namespace) alive for the life of the open file.
 struct FileHandle {
-  std::shared_ptr<pool::PoolSet> pools;  // the set it was opened in, kept across reloads
+  std::shared_ptr<pool::Namespace> ns;
+  std::shared_ptr<Inode> inode;
   pool::OpenFile file;
 };
 inline FileHandle* Handle(const fuse_file_info* fi) {
   return reinterpret_cast<FileHandle*>(static_cast<uintptr_t>(fi->fh));
 }
-
-// Status -> the negative errno libfuse expects. The one place a Status
-// becomes an errno.
-inline int Reply(const Status& status) { return -status.ToErrno(); }
 
 // Reads of at most 1 MiB per request (the max_read mount option, and the
 // same in init as libfuse requires). libfuse splices a read reply
@@ -47,50 +46,57 @@ void SetMaxRead(unsigned bytes);
 unsigned MaxRead();
 
 // The operations table.
-const fuse_operations& Operations();
+const fuse_lowlevel_ops& Operations();
 
 // op_init.cpp
-void* Init(fuse_conn_info* conn, fuse_config* cfg);
-void Destroy(void* private_data);
+void Init(void* userdata, fuse_conn_info* conn);
+void Destroy(void* userdata);
+// op_lookup.cpp
+void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
+void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
+void ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets);
 // op_getattr.cpp
-int GetAttr(const char* path, struct stat* st, fuse_file_info* fi);
+void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
 // op_readdir.cpp
-int OpenDir(const char* path, fuse_file_info* fi);
-int ReleaseDir(const char* path, fuse_file_info* fi);
-int ReadDir(const char* path, void* buf, fuse_fill_dir_t filler, off_t off, fuse_file_info* fi,
-            fuse_readdir_flags flags);
+void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi);
+void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi);
+void ReleaseDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
 // op_open.cpp
-int Open(const char* path, fuse_file_info* fi);
-int Release(const char* path, fuse_file_info* fi);
+void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
 // op_read.cpp
-int ReadBuf(const char* path, fuse_bufvec** bufp, size_t size, off_t off, fuse_file_info* fi);
+void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi);
 // op_lseek.cpp
-off_t Lseek(const char* path, off_t off, int whence, fuse_file_info* fi);
+void Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi);
 // op_statfs.cpp
-int StatFs(const char* path, struct statvfs* sv);
+void StatFs(fuse_req_t req, fuse_ino_t ino);
 // op_write.cpp
-int Write(const char* path, const char* buf, size_t size, off_t off, fuse_file_info* fi);
-// op_truncate.cpp
-int Truncate(const char* path, off_t size, fuse_file_info* fi);
+void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info* fi);
+// op_truncate.cpp: setattr (only the size can be set: truncate/ftruncate)
+void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi);
 // op_fallocate.cpp
-int Fallocate(const char* path, int mode, off_t off, off_t len, fuse_file_info* fi);
+void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, fuse_file_info* fi);
 // op_fsync.cpp
-int Fsync(const char* path, int datasync, fuse_file_info* fi);
-int Flush(const char* path, fuse_file_info* fi);
+void Fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi);
+void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
 // op_mkdir.cpp: snapshots/NAME
-int MkDir(const char* path, mode_t mode);
-int RmDir(const char* path);
+void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode);
+void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name);
 // op_refused.cpp: what kvmfs does not offer (EPERM; EROFS from the kernel when ro)
-int Create(const char* path, mode_t mode, fuse_file_info* fi);
-int MkNod(const char* path, mode_t mode, dev_t dev);
-int Unlink(const char* path);
-int Rename(const char* from, const char* to, unsigned int flags);
-int Symlink(const char* target, const char* path);
-int Link(const char* from, const char* to);
-int Chmod(const char* path, mode_t mode, fuse_file_info* fi);
-int Chown(const char* path, uid_t uid, gid_t gid, fuse_file_info* fi);
-int Utimens(const char* path, const struct timespec tv[2], fuse_file_info* fi);
-int SetXattr(const char* path, const char* name, const char* value, size_t size, int flags);
-int RemoveXattr(const char* path, const char* name);
+void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi);
+void MkNod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev);
+void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name);
+void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+            const char* newname, unsigned int flags);
+void Symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name);
+void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname);
+void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+              int flags);
+void RemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name);
+
+// Shared by op_write/op_truncate/op_fallocate: the image `file` was changed
+// by kvmfs through inode `ino`; the kernel's caches of views above it go.
+void Changed(fuse_req_t req, const pool::OpenFile& file, fuse_ino_t ino);
 
 }  // namespace kvmfs::fuse

@@ -56,6 +56,15 @@ Status ApplyOption(const std::string& opt, Options& o) {
     KVMFS_ASSIGN_OR_RETURN(o.cache_size, ParseSize("cache_size", value));
     if (o.cache_size == 0)
       return Status::InvalidArgument("cache_size must be more than 0, not '" + value + "'");
+  } else if (key == "entry_timeout" || key == "attr_timeout" || key == "negative_timeout") {
+    char* end = nullptr;
+    errno = 0;
+    double t = std::strtod(value.c_str(), &end);
+    if (value.empty() || *end != '\0' || errno != 0 || !(t >= 0) || t > 86400)
+      return Status::InvalidArgument(key + " must be a number of seconds from 0 to 86400, not '" +
+                                     value + "'");
+    (key == "entry_timeout" ? o.entry_timeout : key == "attr_timeout" ? o.attr_timeout
+                                                                      : o.negative_timeout) = t;
   } else if (key == "config") {
     if (value.empty()) return Status::InvalidArgument("config needs a file: -o config=FILE");
     o.config = value;
@@ -224,8 +233,12 @@ void PrintUsage() {
       "    -o max_threads=N       FUSE worker threads (default 16)\n"
       "    -o cache_size=SIZE     qcow2 metadata (L2 tables, decompressed clusters)\n"
       "                           cached by all images together (default 64M)\n"
-      "    -o log_level=LEVEL     trace, debug, info (default), warn or error;\n"
-      "                           trace also dumps the FUSE protocol\n"
+      "    -o log_level=LEVEL     trace, debug (one line per FUSE request), info\n"
+      "                           (default), warn or error; trace also dumps the\n"
+      "                           FUSE protocol\n"
+      "    -o entry_timeout=T, attr_timeout=T, negative_timeout=T\n"
+      "                           seconds the kernel trusts names, attributes and\n"
+      "                           absent names that can change (default 1)\n"
       "    -o config=FILE         YAML configuration; SOURCE is then only a label\n"
       "    -o ro, allow_other, default_permissions, max_read=N, ...\n"
       "                           passed to FUSE (see below); ro makes every pool read-only\n"

@@ -26,6 +26,12 @@ struct Options {
   uint64_t cache_size = 64ull << 20;       // cache_size=SIZE: qcow2 metadata cache, whole process
   std::string config;                      // config=FILE, or a YAML SOURCE (canonical after validation)
   std::string log_level;                   // log_level=trace|debug|info|warn|error
+  // entry_timeout=T, attr_timeout=T, negative_timeout=T (seconds): how long
+  // the kernel trusts names, attributes and absent names of nodes that can
+  // change (kernel_cache.h; immutable nodes are trusted until invalidated).
+  double entry_timeout = 1.0;
+  double attr_timeout = 1.0;
+  double negative_timeout = 1.0;
   // Everything else given with -o, for libfuse (ro, allow_other, fsname, ...).
   std::vector<std::string> fuse_options;
 };

@@ -1,7 +1,7 @@
 #include "fuse/session.h"
 
 #include <fcntl.h>
-#include <fuse.h>
+#include <fuse_lowlevel.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "fuse/filesystem.h"
 #include "fuse/logging.h"
 #include "fuse/ops.h"
 
@@ -92,6 +93,26 @@ class HupWatcher {
   std::thread thread_;
 };
 
+// Serves `se` until unmounted or signalled: the multi-threaded loop, one
+// cloned /dev/fuse descriptor per worker.
+int Serve(fuse_session* se, const Options& options) {
+  fuse_loop_config* cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_clone_fd(cfg, 1);
+  fuse_loop_cfg_set_max_threads(cfg, options.max_threads);
+  int rc = fuse_session_loop_mt(se, cfg);
+  fuse_loop_cfg_destroy(cfg);
+  return rc;
+}
+
+// A config reload replaced the pools: the kernel's entries for the old and
+// new pool names, and the root's listing, are dropped.
+void OnPoolsReplaced(Filesystem& fs) {
+  std::vector<std::string> names;
+  for (auto& [name, ino] : fs.inodes.Children(FUSE_ROOT_ID)) names.push_back(name);
+  for (const pool::PoolEntry& p : fs.Pools()->pools()) names.push_back(p.name);
+  fs.cache.PoolsReplaced(names);
+}
+
 }  // namespace
 
 std::string EscapeFuseOption(const std::string& value) {
@@ -128,6 +149,7 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
     argv.Add("-o");
     argv.Add("debug");  // libfuse's protocol dump, logged at trace level
   }
+  SetMutableTimeouts({options.entry_timeout, options.attr_timeout, options.negative_timeout});
   SetMaxRead(kMaxRead);
   for (const std::string& opt : options.fuse_options) {
     if (opt.rfind("max_read=", 0) != 0) continue;
@@ -146,21 +168,24 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
   } args_guard{&args};
 
   CaptureFuseLog();
-  struct fuse* f = fuse_new(&args, &Operations(), sizeof(fuse_operations), &root);
-  if (f == nullptr) {
+  auto root_node = root.Get()->Root();
+  if (!root_node.ok()) return Fail(root_node.status().message());
+  Filesystem fs(root, std::move(root_node).value());
+  fuse_session* se = fuse_session_new(&args, &Operations(), sizeof(fuse_lowlevel_ops), &fs);
+  if (se == nullptr) {
     std::string why = LastFuseMessage();
     return Fail(why.empty() ? "invalid FUSE options" : why);
   }
-  if (fuse_mount(f, options.mountpoint.c_str()) != 0) {
+  if (fuse_session_mount(se, options.mountpoint.c_str()) != 0) {
     std::string why = LastFuseMessage();
-    fuse_destroy(f);
+    fuse_session_destroy(se);
     return Fail("cannot mount " + options.mountpoint + (why.empty() ? "" : ": " + why));
   }
   // In the background, the parent returns from here (exit 0) once the child
   // is running; the mount already exists at that point.
   if (fuse_daemonize(options.foreground ? 1 : 0) != 0) {
-    fuse_unmount(f);
-    fuse_destroy(f);
+    fuse_session_unmount(se);
+    fuse_session_destroy(se);
     return Fail("cannot detach into the background");
   }
   SetupLogging(options.foreground, options.debug, options.log_level);
@@ -169,14 +194,16 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
                options.max_threads, options.cache_size >> 10,
                options.force_share ? ", force_share" : "");
 
-  fuse_session* se = fuse_get_session(f);
   if (fuse_set_signal_handlers(se) != 0) {
     spdlog::error("cannot install signal handlers");
-    fuse_unmount(f);
-    fuse_destroy(f);
+    fuse_session_unmount(se);
+    fuse_session_destroy(se);
     return 1;
   }
   // After daemonizing: threads do not survive fork().
+  fs.cache.Start(se);
+  root.SetChangeListener(&fs.cache);
+  root.OnSet([&fs] { OnPoolsReplaced(fs); });
   HupWatcher watcher;
   if (reload) {
     // SIGHUP reloads from here on (before, libfuse's handler would unmount).
@@ -184,15 +211,14 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
     if (!started.ok()) spdlog::warn("SIGHUP reload unavailable: {}", started.ToString());
     reload();  // the first load with logging set up: warnings reach the log
   }
-  fuse_loop_config* cfg = fuse_loop_cfg_create();
-  fuse_loop_cfg_set_clone_fd(cfg, 1);
-  fuse_loop_cfg_set_max_threads(cfg, options.max_threads);
-  int rc = fuse_loop_mt(f, cfg);
-  fuse_loop_cfg_destroy(cfg);
+  int rc = Serve(se, options);
   watcher.Stop();
+  root.OnSet(nullptr);
+  root.SetChangeListener(nullptr);
+  fs.cache.Stop();
   fuse_remove_signal_handlers(se);
-  fuse_unmount(f);
-  fuse_destroy(f);
+  fuse_session_unmount(se);
+  fuse_session_destroy(se);  // calls Destroy(): write sessions end
   spdlog::shutdown();
   // A positive value is the signal that ended the loop: a clean stop.
   return rc < 0 ? 1 : 0;

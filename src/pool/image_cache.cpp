@@ -57,8 +57,12 @@ std::string ViewId::CacheKey() const {
 // ---- OpenImage ------------------------------------------------------------------
 
 OpenImage::OpenImage(std::string path, std::string format, ChainBuilder build,
-                     std::chrono::nanoseconds recheck)
-    : path_(std::move(path)), build_(std::move(build)), recheck_(recheck), format_(std::move(format)) {
+                     std::chrono::nanoseconds recheck, ChangeCallback changed)
+    : path_(std::move(path)),
+      build_(std::move(build)),
+      recheck_(recheck),
+      changed_(std::move(changed)),
+      format_(std::move(format)) {
   Rebuild(nullptr);
 }
 
@@ -97,9 +101,27 @@ void OpenImage::Rebuild(const std::shared_ptr<const State>& seen) {
     spdlog::debug("opened image {} ({}, {} layer(s))", path_, next->files.front()->format(),
                   next->files.size());
   }
-  MutexLock lock(mu_);
-  if (next->status.ok()) format_ = next->files.front()->format();
-  state_ = std::move(next);
+  // Who caches what the views showed hears of every file that is not the
+  // same open file any more (changed outside kvmfs, replaced, newly found),
+  // and of the image itself when it opens differently.
+  std::vector<std::string> changed;
+  if (seen != nullptr && changed_) {
+    if (seen->status.ok() != next->status.ok()) changed.push_back(path_);
+    for (const auto& f : next->files)
+      if (std::none_of(seen->files.begin(), seen->files.end(),
+                       [&](const std::shared_ptr<LayerFile>& old) { return old == f; }))
+        changed.push_back(f->path());
+    for (const auto& old : seen->files)
+      if (std::none_of(next->files.begin(), next->files.end(),
+                       [&](const std::shared_ptr<LayerFile>& f) { return f->path() == old->path(); }))
+        changed.push_back(old->path());
+  }
+  {
+    MutexLock lock(mu_);
+    if (next->status.ok()) format_ = next->files.front()->format();
+    state_ = std::move(next);
+  }
+  for (const std::string& path : changed) changed_(path);
 }
 
 void OpenImage::EnsureCurrent(const struct stat* top_st, bool force) {
@@ -421,8 +443,11 @@ Result<std::shared_ptr<OpenImage>> ImageCache::GetCanonical(const std::string& c
   {
     MutexLock lock(slot->mu);
     if (!slot->current) {
-      slot->current = std::make_shared<OpenImage>(canonical, probe_->FormatOf(canonical, st),
-                                                  BuilderFor(canonical, ""), recheck_);
+      slot->current = std::make_shared<OpenImage>(
+          canonical, probe_->FormatOf(canonical, st), BuilderFor(canonical, ""), recheck_,
+          [this](const std::string& path) {
+            if (changed_) changed_(path);
+          });
       created = true;
     }
     entry = slot->current;

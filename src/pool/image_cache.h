@@ -53,6 +53,10 @@ struct AccessOptions {
 
 // Builds the chain of one image (its files), for OpenImage.
 using ChainBuilder = std::function<LayerChain()>;
+// Told the canonical path of each file whose content changed outside kvmfs
+// (noticed and opened anew), or of an image whose open result changed; must
+// not block (pool/change_listener.h).
+using ChangeCallback = std::function<void(const std::string& canonical_path)>;
 
 class OpenImage;
 
@@ -80,7 +84,8 @@ class OpenImage : public std::enable_shared_from_this<OpenImage> {
  public:
   // `format`: what the file's name and first bytes say (ProbeCache::FormatOf),
   // for messages while the chain cannot be opened.
-  OpenImage(std::string path, std::string format, ChainBuilder build, std::chrono::nanoseconds recheck);
+  OpenImage(std::string path, std::string format, ChainBuilder build, std::chrono::nanoseconds recheck,
+            ChangeCallback changed = nullptr);
 
   const std::string& path() const { return path_; }  // canonical
   std::string format() const EXCLUDES(mu_);           // of the top file (detected before opening)
@@ -196,6 +201,7 @@ class OpenImage : public std::enable_shared_from_this<OpenImage> {
   const std::string path_;
   const ChainBuilder build_;
   const std::chrono::nanoseconds recheck_;
+  const ChangeCallback changed_;
 
   mutable Mutex mu_;
   std::string format_ GUARDED_BY(mu_);
@@ -251,6 +257,9 @@ class ImageCache {
 
   const ChainPolicy& policy() const { return policy_; }
   std::chrono::nanoseconds recheck() const { return recheck_; }
+  // Who hears of files changed outside kvmfs (see ChangeCallback). Set once,
+  // before use.
+  void SetChangeCallback(ChangeCallback changed) { changed_ = std::move(changed); }
 
  private:
   struct Slot {
@@ -271,6 +280,7 @@ class ImageCache {
   const size_t max_open_;
   const std::shared_ptr<LayerRegistry> registry_;
   const std::chrono::nanoseconds recheck_;
+  ChangeCallback changed_;
   Mutex mu_;
   std::map<std::string, std::shared_ptr<Slot>> slots_ GUARDED_BY(mu_);
   uint64_t clock_ GUARDED_BY(mu_) = 0;

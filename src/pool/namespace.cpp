@@ -53,7 +53,12 @@ Namespace::Namespace(NamespaceOptions options, ChainOpener opener)
       // Headers speak for the real drivers only, not for a test's opener.
       peek_headers_(opener == nullptr),
       cache_(PolicyFor(options_), &probe_, std::move(opener), ImageCache::kDefaultMaxOpen,
-             options_.registry, options_.recheck) {}
+             options_.registry, options_.recheck) {
+  // Files found changed outside kvmfs: whoever caches views drops them.
+  cache_.SetChangeCallback([this](const std::string& path) {
+    if (ChangeListener* listener = listener_.load()) listener->ImageChanged(path);
+  });
+}
 
 ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {
   ChainPolicy policy;
@@ -204,13 +209,43 @@ Result<Node> Namespace::ImageChild(const Node& parent, const std::string& name) 
   }
 }
 
-Result<Node> Namespace::Resolve(const std::string& path) {
+Result<Node> Namespace::Root() {
   Node node;
   node.kind = NodeKind::kFolder;
   node.host_path = options_.source;
   // ("/" as SOURCE would make "//name" paths: let the cache canonicalize those.)
   node.canonical = options_.source.size() > 1 && options_.source.back() != '/';
   KVMFS_ASSIGN_OR_RETURN(node.host_st, StatPath(options_.source));
+  return node;
+}
+
+Result<Node> Namespace::Lookup(const Node& parent, const std::string& name) {
+  if (parent.kind == NodeKind::kFolder) return Child(parent, name);
+  Node fresh = parent;
+  KVMFS_RETURN_IF_ERROR(Refresh(fresh));
+  return ImageChild(fresh, name);
+}
+
+Status Namespace::Refresh(Node& node) {
+  KVMFS_ASSIGN_OR_RETURN(node.host_st, StatPath(node.host_path));
+  if (node.kind == NodeKind::kFolder || node.kind == NodeKind::kImageDir) return Status::OK();
+  Node dir = node;
+  dir.kind = NodeKind::kImageDir;
+  // As ImageChild(): snapshots/ of an image nobody opened whose header says
+  // it has no snapshots stays without an image.
+  if (node.kind == NodeKind::kSnapshotsDir) {
+    auto peek = Unopened(dir);
+    if (peek && SnapshotsDirAlways(peek->format) && peek->snapshots == 0) {
+      node.image = nullptr;
+      return Status::OK();
+    }
+  }
+  KVMFS_ASSIGN_OR_RETURN(node.image, ImageOf(dir));
+  return Status::OK();
+}
+
+Result<Node> Namespace::Resolve(const std::string& path) {
+  KVMFS_ASSIGN_OR_RETURN(Node node, Root());
   for (const std::string& part : SplitPath(path)) {
     if (node.kind == NodeKind::kFolder) {
       KVMFS_ASSIGN_OR_RETURN(node, Child(node, part));
@@ -246,6 +281,10 @@ bool Namespace::TopWritable(const Node& node) const {
 
 Result<struct stat> Namespace::Stat(const std::string& path) {
   KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  return Stat(std::move(node));
+}
+
+Result<struct stat> Namespace::Stat(Node node) {
   // Whether snapshots/ is writable depends on the image.
   if (node.kind == NodeKind::kSnapshotsDir && !options_.readonly)
     KVMFS_RETURN_IF_ERROR(EnsureImage(node));
@@ -272,6 +311,10 @@ struct stat Namespace::StatNode(const Node& node) {
 
 Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
   KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  return List(node, path);
+}
+
+Result<std::vector<DirEntry>> Namespace::List(const Node& node, const std::string& path) {
   std::vector<DirEntry> entries;
   switch (node.kind) {
     case NodeKind::kFolder: {
@@ -281,23 +324,24 @@ Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
         std::string name = d->d_name;
         if (name.empty() || name[0] == '.') continue;
         auto child = Child(node, name);
-        if (child.ok()) entries.push_back({name, true, BaseStat(*child)});
+        if (child.ok()) entries.push_back({name, true, BaseStat(*child), std::move(child).value()});
       }
       std::sort(entries.begin(), entries.end(),
                 [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
       break;
     }
     case NodeKind::kImageDir: {
-      entries.push_back({kDiskName, false, std::nullopt});
-      entries.push_back({kInfoName, false, std::nullopt});
+      entries.push_back({kDiskName, false, std::nullopt, std::nullopt});
+      entries.push_back({kInfoName, false, std::nullopt, std::nullopt});
       if (auto peek = Unopened(node)) {
         if (SnapshotsDirAlways(peek->format) || peek->snapshots > 0) {
           Node child = node;
           child.kind = NodeKind::kSnapshotsDir;
           // (in a writable pool its mode depends on the image: no attributes)
           std::optional<struct stat> st;
-          if (options_.readonly) st = BaseStat(child);
-          entries.push_back({kSnapshotsName, true, st});
+          std::optional<Node> known;
+          if (options_.readonly) st = BaseStat(child), known = child;
+          entries.push_back({kSnapshotsName, true, st, known});
         }
         break;
       }
@@ -307,11 +351,11 @@ Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
       child.view = ViewId::Top();
       if (HasSnapshotsDir(*image)) {
         child.kind = NodeKind::kSnapshotsDir;
-        entries.push_back({kSnapshotsName, true, StatNode(child)});
+        entries.push_back({kSnapshotsName, true, StatNode(child), child});
       }
       if (image->depth() > 1) {
         child.kind = NodeKind::kBackingDir;
-        entries.push_back({kBackingName, true, StatNode(child)});
+        entries.push_back({kBackingName, true, StatNode(child), child});
       }
       break;
     }
@@ -321,16 +365,26 @@ Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
       Node child = node;
       child.kind = node.kind == NodeKind::kSnapshotsDir ? NodeKind::kSnapshotDir : NodeKind::kLayerDir;
       const struct stat st = BaseStat(child);
-      for (const std::string& name : node.kind == NodeKind::kSnapshotsDir
-                                         ? node.image->snapshot_dir_names()
-                                         : node.image->LayerDirNames())
-        entries.push_back({name, true, st});
+      if (node.kind == NodeKind::kSnapshotsDir) {
+        const std::vector<SnapshotInfo> snapshots = node.image->snapshots();
+        const std::vector<std::string> names = SnapshotDirNames(snapshots);
+        for (size_t i = 0; i < names.size() && i < snapshots.size(); ++i) {
+          child.view = ViewId::Snapshot(snapshots[i].id);
+          entries.push_back({names[i], true, st, child});
+        }
+      } else {
+        const std::vector<std::string> names = node.image->LayerDirNames();
+        for (size_t i = 0; i < names.size(); ++i) {
+          child.view = ViewId::Layer(i + 1);
+          entries.push_back({names[i], true, st, child});
+        }
+      }
       break;
     }
     case NodeKind::kSnapshotDir:
     case NodeKind::kLayerDir:
-      entries.push_back({kDiskName, false, std::nullopt});
-      entries.push_back({kInfoName, false, std::nullopt});
+      entries.push_back({kDiskName, false, std::nullopt, std::nullopt});
+      entries.push_back({kInfoName, false, std::nullopt, std::nullopt});
       break;
     case NodeKind::kDisk:
     case NodeKind::kInfo:
@@ -341,6 +395,10 @@ Result<std::vector<DirEntry>> Namespace::List(const std::string& path) {
 
 Result<OpenFile> Namespace::Open(const std::string& path, int flags) {
   KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  return Open(node, path, flags);
+}
+
+Result<OpenFile> Namespace::Open(const Node& node, const std::string& path, int flags) {
   if (node.IsDir()) return Status::FromErrno(EISDIR, path);
   const bool write = (flags & O_ACCMODE) != O_RDONLY;
   const bool top_disk = node.kind == NodeKind::kDisk && node.view.kind == ViewId::Kind::kTop;
@@ -388,6 +446,10 @@ Status Namespace::WithWriter(const Node& node, const std::function<Status(Image&
 
 Status Namespace::Truncate(const std::string& path, uint64_t size) {
   KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  return Truncate(node, path, size);
+}
+
+Status Namespace::Truncate(const Node& node, const std::string& path, uint64_t size) {
   if (node.IsDir()) return Status::FromErrno(EISDIR, path);
   if (node.kind != NodeKind::kDisk || node.view.kind != ViewId::Kind::kTop)
     return Status::ReadOnly(path + ": read-only (only an image's own disk.raw is writable)");
@@ -410,9 +472,13 @@ std::pair<std::string, std::string> SplitLast(const std::string& path) {
 Status Namespace::MakeSnapshotDir(const std::string& path) {
   auto [parent_path, name] = SplitLast(path);
   KVMFS_ASSIGN_OR_RETURN(Node parent, Resolve(parent_path));
+  return MakeSnapshotDir(std::move(parent), path, name);
+}
+
+Status Namespace::MakeSnapshotDir(Node parent, const std::string& path, const std::string& name) {
   if (parent.kind == NodeKind::kSnapshotsDir) KVMFS_RETURN_IF_ERROR(EnsureImage(parent));
   if (parent.kind != NodeKind::kSnapshotsDir) {
-    if (Resolve(path).ok()) return Status::AlreadyExists(path + ": exists");
+    if (Lookup(parent, name).ok()) return Status::AlreadyExists(path + ": exists");
     return Status::ReadOnly(path + ": only snapshots/NAME directories can be made");
   }
   if (parent.image->SnapshotIdForDir(name)) return Status::AlreadyExists(path + ": snapshot exists");
@@ -433,6 +499,10 @@ Status Namespace::MakeSnapshotDir(const std::string& path) {
 
 Status Namespace::RemoveSnapshotDir(const std::string& path) {
   KVMFS_ASSIGN_OR_RETURN(Node node, Resolve(path));
+  return RemoveSnapshotDir(node, path);
+}
+
+Status Namespace::RemoveSnapshotDir(const Node& node, const std::string& path) {
   if (node.kind != NodeKind::kSnapshotDir) {
     if (!node.IsDir()) return Status::FromErrno(ENOTDIR, path);
     return Status::ReadOnly(path + ": only snapshots/NAME directories can be removed");

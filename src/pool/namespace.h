@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -25,6 +26,7 @@
 #include "kvmfs/chain.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
+#include "pool/change_listener.h"
 #include "pool/detect.h"
 #include "pool/image_cache.h"
 
@@ -90,6 +92,9 @@ struct DirEntry {
   // the listing: folders and image/snapshot/layer directories. Handed to the
   // kernel with READDIRPLUS, which then skips a LOOKUP per entry.
   std::optional<struct stat> st;
+  // The entry's node, when the listing resolved it (set whenever `st` is):
+  // lets a caller that keeps nodes (the FUSE inode table) skip Lookup().
+  std::optional<Node> node;
 };
 
 // An open disk.raw or info.json. Holding it keeps the opened chain alive (and
@@ -153,6 +158,37 @@ class Namespace {
   // statvfs of SOURCE, marked read-only for a read-only pool.
   Result<struct statvfs> StatFs();
 
+  // ---- By node: for callers that keep nodes (the FUSE inode table) instead
+  // of resolving a path on every request. `path` only names the node in
+  // errors. Thread-safe.
+
+  // The node of "/" (SOURCE). Errors: SOURCE cannot be stat'ed.
+  Result<Node> Root();
+  // The child `name` of directory node `parent` (from Root() or Lookup()),
+  // as Resolve() of the parent's path + "/name" would find it, without
+  // walking from the root: one lstat for a folder's child, and below an image
+  // directory the image as the cache holds it now. Errors as Resolve().
+  Result<Node> Lookup(const Node& parent, const std::string& name);
+  // Brings `node` up to date with its host file: stats it again and, below
+  // an image directory, takes the image the cache holds for the file now
+  // (opened again when the file changed). Stat/List/Open below require a
+  // node refreshed this way (or fresh from Lookup()). Errors: kNotFound when
+  // the file or folder is gone.
+  Status Refresh(Node& node);
+  // As the path versions above.
+  Result<struct stat> Stat(Node node);
+  Result<std::vector<DirEntry>> List(const Node& node, const std::string& path);
+  Result<OpenFile> Open(const Node& node, const std::string& path, int flags);
+  Status Truncate(const Node& node, const std::string& path, uint64_t size);
+  // mkdir `name` in `parent`; `path` is the new directory's.
+  Status MakeSnapshotDir(Node parent, const std::string& path, const std::string& name);
+  Status RemoveSnapshotDir(const Node& node, const std::string& path);
+
+  // Who hears of image files changing (the engine's change detection calls
+  // it); nullptr for nobody. The listener must outlive its registration.
+  void SetChangeListener(ChangeListener* listener) { listener_.store(listener); }
+  ChangeListener* change_listener() const { return listener_.load(); }
+
   const NamespaceOptions& options() const { return options_; }
   ImageCache& cache() { return cache_; }
   ProbeCache& probe() { return probe_; }
@@ -179,6 +215,7 @@ class Namespace {
   const bool peek_headers_;  // Unopened() may answer from image headers
   ProbeCache probe_;
   ImageCache cache_;
+  std::atomic<ChangeListener*> listener_{nullptr};
 };
 
 // Whether an image directory shows snapshots/: always for qcow2, else when

@@ -62,7 +62,7 @@ Result<std::vector<DirEntry>> PoolSet::List(const std::string& path) {
   KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, Route(path, &rest));
   if (pool == nullptr) {
     std::vector<DirEntry> out;
-    for (const PoolEntry& p : pools_) out.push_back(DirEntry{p.name, true, std::nullopt});
+    for (const PoolEntry& p : pools_) out.push_back(DirEntry{p.name, true, std::nullopt, std::nullopt});
     return out;
   }
   if (!pool->ns) {
@@ -120,6 +120,117 @@ Result<struct statvfs> PoolSet::StatFs(const std::string& path) {
   sv.f_namemax = 255;
   sv.f_flag = ST_RDONLY;  // nothing can be written above the pools
   return sv;
+}
+
+// ---- By node ------------------------------------------------------------------
+
+namespace {
+
+SetNode InPool(std::shared_ptr<Namespace> ns, Node node) {
+  SetNode out;
+  out.kind = SetNode::Kind::kPool;
+  out.ns = std::move(ns);
+  out.node = std::move(node);
+  return out;
+}
+
+SetNode Folder(SetNode::Kind kind) {
+  SetNode out;
+  out.kind = kind;
+  return out;
+}
+
+}  // namespace
+
+Result<SetNode> PoolSet::Root() {
+  if (!root_) return Folder(SetNode::Kind::kSetRoot);
+  KVMFS_ASSIGN_OR_RETURN(Node node, root_->Root());
+  return InPool(root_, std::move(node));
+}
+
+Result<SetNode> PoolSet::Lookup(const SetNode& parent, const std::string& name) {
+  switch (parent.kind) {
+    case SetNode::Kind::kSetRoot:
+      for (const PoolEntry& pool : pools_) {
+        if (pool.name != name) continue;
+        if (!pool.ns) return Folder(SetNode::Kind::kEmptyPool);
+        KVMFS_ASSIGN_OR_RETURN(Node node, pool.ns->Root());
+        return InPool(pool.ns, std::move(node));
+      }
+      return NoPool("/" + name);
+    case SetNode::Kind::kEmptyPool:
+      return Status::NotFound(name + ": no such file or directory");
+    case SetNode::Kind::kPool: break;
+  }
+  KVMFS_ASSIGN_OR_RETURN(Node node, parent.ns->Lookup(parent.node, name));
+  return InPool(parent.ns, std::move(node));
+}
+
+Status PoolSet::Refresh(SetNode& node) {
+  if (node.kind != SetNode::Kind::kPool) return Status::OK();
+  return node.ns->Refresh(node.node);
+}
+
+Result<struct stat> PoolSet::Stat(const SetNode& node) {
+  if (node.kind != SetNode::Kind::kPool) return FolderStat();
+  return node.ns->Stat(node.node);
+}
+
+Result<std::vector<DirEntry>> PoolSet::List(const SetNode& node, const std::string& path) {
+  switch (node.kind) {
+    case SetNode::Kind::kSetRoot: {
+      std::vector<DirEntry> out;
+      for (const PoolEntry& p : pools_) out.push_back(DirEntry{p.name, true, std::nullopt, std::nullopt});
+      return out;
+    }
+    case SetNode::Kind::kEmptyPool: return std::vector<DirEntry>{};
+    case SetNode::Kind::kPool: break;
+  }
+  return node.ns->List(node.node, path);
+}
+
+Result<OpenFile> PoolSet::Open(const SetNode& node, const std::string& path, int flags) {
+  if (node.kind != SetNode::Kind::kPool) return Status::FromErrno(EISDIR, path);
+  return node.ns->Open(node.node, path, flags);
+}
+
+Status PoolSet::Truncate(const SetNode& node, const std::string& path, uint64_t size) {
+  if (node.kind != SetNode::Kind::kPool) return Status::FromErrno(EISDIR, path);
+  return node.ns->Truncate(node.node, path, size);
+}
+
+Status PoolSet::MakeDir(const SetNode& parent, const std::string& path, const std::string& name) {
+  switch (parent.kind) {
+    case SetNode::Kind::kSetRoot:
+      for (const PoolEntry& p : pools_)
+        if (p.name == name) return Status::AlreadyExists(path + ": exists");
+      return Status::ReadOnly(path + ": pool folders come from the config");
+    case SetNode::Kind::kEmptyPool: return Status::ReadOnly(path + ": the pool is empty");
+    case SetNode::Kind::kPool: break;
+  }
+  return parent.ns->MakeSnapshotDir(parent.node, path, name);
+}
+
+Status PoolSet::RemoveDir(const SetNode& node, const std::string& path) {
+  if (node.kind != SetNode::Kind::kPool || (node.node.kind == NodeKind::kFolder && !root_ &&
+                                            node.node.host_path == node.ns->options().source))
+    return Status::ReadOnly(path + ": pool folders cannot be removed");
+  return node.ns->RemoveSnapshotDir(node.node, path);
+}
+
+Result<struct statvfs> PoolSet::StatFs(const SetNode& node) {
+  if (node.kind == SetNode::Kind::kPool) return node.ns->StatFs();
+  struct statvfs sv {};
+  sv.f_bsize = sv.f_frsize = 4096;
+  sv.f_namemax = 255;
+  sv.f_flag = ST_RDONLY;  // nothing can be written above the pools
+  return sv;
+}
+
+void PoolSet::SetChangeListener(ChangeListener* listener) {
+  if (root_) root_->SetChangeListener(listener);
+  for (PoolEntry& p : pools_)
+    if (p.ns) p.ns->SetChangeListener(listener);
 }
 
 Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,

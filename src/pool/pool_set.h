@@ -11,6 +11,7 @@
 #include <sys/statvfs.h>
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -27,6 +28,20 @@ struct PoolEntry {
   std::string path;               // the resolved host path
   std::shared_ptr<Namespace> ns;  // null: path missing or unreadable, shown as an empty folder
   bool readonly = false;          // config `readonly: true` (or a -o ro mount)
+};
+
+// A node of a pool set, for callers that keep nodes instead of paths (the
+// FUSE inode table): the set's own root (a YAML SOURCE), the folder of a pool
+// whose path is missing (empty), or a node of a pool's namespace.
+struct SetNode {
+  enum class Kind { kSetRoot, kEmptyPool, kPool };
+  Kind kind = Kind::kPool;
+  std::shared_ptr<Namespace> ns;  // kPool: the pool's namespace (kept alive across reloads)
+  Node node;                      // kPool: the node in ns
+
+  bool IsDir() const { return kind != Kind::kPool || node.IsDir(); }
+  // Whether the pool it belongs to is read-only (the set's own folders are).
+  bool ReadOnly() const { return kind != Kind::kPool || ns->options().readonly; }
 };
 
 class PoolSet {
@@ -49,6 +64,25 @@ class PoolSet {
   // statvfs of the pool holding `path` (read-only); for "/" of a YAML
   // SOURCE and empty pools, an empty read-only file system.
   Result<struct statvfs> StatFs(const std::string& path);
+
+  // ---- By node (see SetNode and Namespace's node versions). A set root
+  // lists the pools, an empty pool nothing; both are 0555 folders, and
+  // everything at or above a pool folder refuses changes as the path
+  // versions do. `path` only names the node in errors. Thread-safe.
+  Result<SetNode> Root();
+  Result<SetNode> Lookup(const SetNode& parent, const std::string& name);
+  Status Refresh(SetNode& node);
+  Result<struct stat> Stat(const SetNode& node);
+  Result<std::vector<DirEntry>> List(const SetNode& node, const std::string& path);
+  Result<OpenFile> Open(const SetNode& node, const std::string& path, int flags);
+  Status Truncate(const SetNode& node, const std::string& path, uint64_t size);
+  // mkdir `name` in `parent` (`path` is the new directory's).
+  Status MakeDir(const SetNode& parent, const std::string& path, const std::string& name);
+  Status RemoveDir(const SetNode& node, const std::string& path);
+  Result<struct statvfs> StatFs(const SetNode& node);
+
+  // Registers `listener` with every pool's namespace (nullptr: none).
+  void SetChangeListener(ChangeListener* listener);
 
   const std::vector<PoolEntry>& pools() const { return pools_; }
   bool mirrored() const { return root_ != nullptr; }
@@ -93,14 +127,34 @@ class PoolRoot {
     return set_;
   }
   void Set(std::shared_ptr<PoolSet> set) {
-    std::lock_guard lock(mu_);
-    set_.swap(set);
+    std::function<void()> on_set;
+    {
+      std::lock_guard lock(mu_);
+      if (set) set->SetChangeListener(listener_);
+      set_.swap(set);
+      on_set = on_set_;
+    }
     // The old set is released outside the lock (when `set` goes out of scope).
+    if (on_set) on_set();
+  }
+  // The listener of the current set and of every set Set() later (nullptr: none).
+  void SetChangeListener(ChangeListener* listener) {
+    std::lock_guard lock(mu_);
+    listener_ = listener;
+    if (set_) set_->SetChangeListener(listener);
+  }
+  // Called after every Set() (outside the lock): the FUSE front end drops
+  // what the kernel caches of the pool folders.
+  void OnSet(std::function<void()> fn) {
+    std::lock_guard lock(mu_);
+    on_set_ = std::move(fn);
   }
 
  private:
   mutable std::mutex mu_;
-  std::shared_ptr<PoolSet> set_;  // GUARDED_BY(mu_)
+  std::shared_ptr<PoolSet> set_;        // GUARDED_BY(mu_)
+  ChangeListener* listener_ = nullptr;  // GUARDED_BY(mu_)
+  std::function<void()> on_set_;        // GUARDED_BY(mu_)
 };
 
 }  // namespace kvmfs::pool

@@ -51,5 +51,23 @@ TEST(FuseOptions, CacheSizeRejectsNonsenseWithOneLine) {
   }
 }
 
+TEST(FuseOptions, TimeoutsAreOursInSeconds) {
+  auto o = Parse({"-o", "entry_timeout=2.5,attr_timeout=0,negative_timeout=30", "src", "mnt"});
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_EQ(o->entry_timeout, 2.5);
+  EXPECT_EQ(o->attr_timeout, 0.0);
+  EXPECT_EQ(o->negative_timeout, 30.0);
+  EXPECT_TRUE(o->fuse_options.empty()) << "libfuse's low-level API has no such options";
+  auto d = Parse({"src", "mnt"});
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->attr_timeout, 1.0);
+  for (const char* bad : {"entry_timeout=", "attr_timeout=-1", "negative_timeout=x", "attr_timeout=1e9",
+                          "entry_timeout=nan"}) {
+    auto e = Parse({"-o", bad, "src", "mnt"});
+    ASSERT_FALSE(e.ok()) << bad;
+    EXPECT_EQ(e.status().code(), Status::Code::kInvalidArgument) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace kvmfs::fuse
