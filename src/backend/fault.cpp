@@ -171,7 +171,9 @@ class FaultBackend final : public Backend {
     st_->streams.push_back(log_);
   }
 
-  Status ReadAt(uint64_t off, void* buf, size_t len) override { return base_->ReadAt(off, buf, len); }
+  Status ReadAt(uint64_t off, void* buf, size_t len) override {
+    return base_->ReadAt(off, buf, len);
+  }
 
   Status WriteAt(uint64_t off, const void* buf, size_t len) override {
     KVMFS_RETURN_IF_ERROR(BeforeWrite(off, len));
@@ -216,8 +218,7 @@ class FaultBackend final : public Backend {
   Result<uint64_t> Size() override { return base_->Size(); }
   Status Truncate(uint64_t size) override {
     if (!Recording()) return base_->Truncate(size);
-    return Record(LoggedWrite::Kind::kTruncate, size, 0,
-                  [&] { return base_->Truncate(size); });
+    return Record(LoggedWrite::Kind::kTruncate, size, 0, [&] { return base_->Truncate(size); });
   }
   Result<uint64_t> AllocatedBytes() override { return base_->AllocatedBytes(); }
   Result<BlockStatus> GetAllocation(uint64_t off, uint64_t len) override {
@@ -355,7 +356,6 @@ class FaultBackend final : public Backend {
 };
 
 // ---- Crash states ------------------------------------------------------------
-
 
 // Whether sector `sector` of torn operation `op` reached the disk.
 bool SectorSurvives(uint64_t seed, size_t op, uint64_t sector) {
