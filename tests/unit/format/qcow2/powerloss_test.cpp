@@ -236,7 +236,7 @@ class PowerLoss : public WriteTest {
   }
 
   // Crash states taken per crash point (see CrashPlan).
-  CrashPlan plan_{5, 24 / kScale, 6 / kScale, 2};
+  CrashPlan plan_{kScale == 1 ? 5u : 3u, 24 / kScale, 6 / kScale, 2};
   std::mt19937_64 rng_{42};
 
  private:
