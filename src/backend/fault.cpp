@@ -43,7 +43,8 @@ struct FaultInjector::State {
 // be taken while holding RecordedStream::mu, never the other way round.
 struct RecordedStream {
   std::mutex mu;
-  std::shared_ptr<Backend> base;
+  std::string name;
+  std::weak_ptr<Backend> base;       // not kept open once the wrapper is gone
   bool started = false;              // GUARDED_BY(mu): durable holds the base's content
   std::vector<uint8_t> durable;      // GUARDED_BY(mu)
   std::vector<LoggedWrite> pending;  // GUARDED_BY(mu)
@@ -52,9 +53,11 @@ struct RecordedStream {
   // Requires mu held. Reads the whole base the first time.
   Status Start() {
     if (started) return Status::OK();
-    KVMFS_ASSIGN_OR_RETURN(uint64_t size, base->Size());
+    std::shared_ptr<Backend> b = base.lock();
+    if (!b) return Status::NotFound(name + ": closed before it was recorded");
+    KVMFS_ASSIGN_OR_RETURN(uint64_t size, b->Size());
     durable.assign(size, 0);
-    if (size > 0) KVMFS_RETURN_IF_ERROR(base->ReadAt(0, durable.data(), durable.size()));
+    if (size > 0) KVMFS_RETURN_IF_ERROR(b->ReadAt(0, durable.data(), durable.size()));
     started = true;
     return Status::OK();
   }
@@ -123,9 +126,10 @@ CrashPoint FaultInjector::CapturePoint(const std::string& why) const {
   }
   for (const auto& st : streams) {
     std::lock_guard<std::mutex> lock(st->mu);
+    if (!st->started && st->base.expired()) continue;  // never written while recorded
     Status s = st->Start();
     if (!s.ok() && st->error.empty()) st->error = s.ToString();
-    point.streams.push_back(StreamState{st->base->name(), st->durable, st->pending});
+    point.streams.push_back(StreamState{st->name, st->durable, st->pending});
   }
   return point;
 }
@@ -166,6 +170,7 @@ class FaultBackend final : public Backend {
         faults_(std::move(faults)),
         st_(faults_->state()),
         log_(std::make_shared<RecordedStream>()) {
+    log_->name = base_->name();
     log_->base = base_;
     std::lock_guard<std::mutex> lock(st_->mu);
     st_->streams.push_back(log_);
@@ -270,7 +275,8 @@ class FaultBackend final : public Backend {
       w.old.resize(std::min(to, w.old_size) - from);
       KVMFS_RETURN_IF_ERROR(base_->ReadAt(from, w.old.data(), w.old.size()));
     }
-    KVMFS_RETURN_IF_ERROR(op());
+    // Logged even when it fails: it may have changed part of the range.
+    const Status result = op();
     w.off = kind == LoggedWrite::Kind::kTruncate ? off : from;
     if (kind != LoggedWrite::Kind::kTruncate) {
       KVMFS_ASSIGN_OR_RETURN(uint64_t size, base_->Size());
@@ -284,8 +290,8 @@ class FaultBackend final : public Backend {
       std::lock_guard<std::mutex> slock(st_->mu);
       w.seq = st_->seq++;
     }
-    log_->pending.push_back(std::move(w));
-    return Status::OK();
+    if (result.ok() || kind != LoggedWrite::Kind::kTruncate) log_->pending.push_back(std::move(w));
+    return result;
   }
 
   // Requires log_->mu held. The first `n` pending operations are durable:
