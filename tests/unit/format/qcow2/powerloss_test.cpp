@@ -10,6 +10,7 @@
 // tail reads as zeros); every snapshot reads as it was made.
 #include <algorithm>
 #include <cinttypes>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <set>
@@ -36,6 +37,19 @@ constexpr int kScale = 1;
 #endif
 
 constexpr uint64_t kSector = 512;
+
+// KVMFS_POWERLOSS_DEEP=N: N times the rounds, and many more states per crash
+// point (a search run, not for CI).
+int Deep() {
+  const char* v = std::getenv("KVMFS_POWERLOSS_DEEP");
+  return v != nullptr && std::atoi(v) > 0 ? std::atoi(v) : 0;
+}
+// `n` rounds of a workload, scaled for sanitizers and deep runs.
+int Rounds(int n) { return std::max(1, n * std::max(1, Deep()) / kScale); }
+CrashPlan DefaultPlan() {
+  if (Deep() > 0) return CrashPlan{8, 400, 100, 24};
+  return CrashPlan{kScale == 1 ? 5u : 3u, 24 / kScale, 6 / kScale, 2};
+}
 
 // A whole host file (ReadHostFile reads a byte at a time).
 std::vector<uint8_t> Slurp(const std::string& path) {
@@ -186,6 +200,7 @@ class PowerLoss : public WriteTest {
         true);
   }
   void Unsnap(const std::string& name) {
+    if (HasFailure()) return;
     std::string id;
     for (const SnapshotInfo& s : image_->Snapshots())
       if (s.name == name) id = s.id;
@@ -236,7 +251,7 @@ class PowerLoss : public WriteTest {
   }
 
   // Crash states taken per crash point (see CrashPlan).
-  CrashPlan plan_{kScale == 1 ? 5u : 3u, 24 / kScale, 6 / kScale, 2};
+  CrashPlan plan_ = DefaultPlan();
   std::mt19937_64 rng_{42};
 
  private:
@@ -534,7 +549,7 @@ TEST(PowerLossPlan, AllSubsetsWhenFewElseSystematicAndRandom) {
 TEST_F(PowerLoss, AllocatingWritesGrowL2TablesAndTheRefcountTable) {
   Sh("qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 work.qcow2 4M");
   Open("work.qcow2");
-  const int rounds = 20 / kScale;
+  const int rounds = Rounds(20);
   for (int i = 0; i < rounds && !HasFailure(); ++i) {
     RandomWrite(40000);                                    // scattered, partial clusters
     Write((i * 5 + 1) * 131072ull % (4ull << 20), 98304);  // a long run
@@ -552,7 +567,7 @@ TEST_F(PowerLoss, CopyOnWriteOverABackingFile) {
     Sh(std::string("qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ") + opts +
        " work.qcow2 4M");
     Open("work.qcow2");
-    for (int i = 0; i < 14 / kScale && !HasFailure(); ++i) {
+    for (int i = 0; i < Rounds(14) && !HasFailure(); ++i) {
       RandomWrite(9000);
       if (i % 3 == 2) Flush();
     }
@@ -594,7 +609,7 @@ TEST_F(PowerLoss, DiscardAndZero) {
     Sh(std::string("qemu-img create -q -f qcow2 -o cluster_size=4k ") + opts + "work.qcow2 2M");
     Sh("qemu-io -c 'write -P 0x41 0 1M' work.qcow2 >/dev/null");
     Open("work.qcow2");
-    for (int i = 0; i < 6 / kScale + 1 && !HasFailure(); ++i) {
+    for (int i = 0; i < Rounds(6) + 1 && !HasFailure(); ++i) {
       const uint64_t off = rng_() % (1 << 20), len = 1 + rng_() % 100000;
       Zero(off, len, i % 2 == 0);
       RandomWrite(30000);
@@ -609,7 +624,7 @@ TEST_F(PowerLoss, DiscardAndZero) {
 TEST_F(PowerLoss, OverwritesOfCompressedClusters) {
   MakeRandomBase("work.qcow2", 2 << 20, "-c -o cluster_size=16k");
   Open("work.qcow2");
-  for (int i = 0; i < 8 / kScale + 1 && !HasFailure(); ++i) {
+  for (int i = 0; i < Rounds(8) + 1 && !HasFailure(); ++i) {
     RandomWrite(40000);
     if (i % 3 == 1) Zero(rng_() % (1 << 20), 1 + rng_() % 70000, true);
     if (i % 2 == 1) Flush();
@@ -650,7 +665,7 @@ TEST_F(PowerLoss, ExternalDataFile) {
                    "data_file_raw=") +
        raw + " work.qcow2 2M");
     Open("work.qcow2");
-    for (int i = 0; i < 8 / kScale + 1 && !HasFailure(); ++i) {
+    for (int i = 0; i < Rounds(8) + 1 && !HasFailure(); ++i) {
       RandomWrite(100000);
       if (i % 2 == 1) Flush();
     }
