@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -76,7 +77,62 @@ std::unique_ptr<Backend> NewMemBackend(std::string name, std::vector<uint8_t> da
 // Owned by the qcow2 write engine's tests; nobody else edits this block.
 // After leveldb's fault_injection_test: a Backend wrapper that fails chosen
 // writes or flushes with an errno, and can simulate a crash by dropping the
-// writes not yet made durable by a successful Flush().
+// writes not yet made durable by a successful Flush(); and after Linux's
+// dm-log-writes: it can record the write/flush stream so that a test
+// replays the states a power loss may leave (see "Power-loss model").
+
+// ---- Power-loss model (after dm-log-writes) --------------------------------
+// With FaultInjector::SetRecording(true), every wrapper sharing the injector
+// logs its stream: each WriteAt/WriteZeroes/Truncate (with the bytes it
+// wrote and the bytes it replaced) and each Flush boundary. The log keeps,
+// per backend, the content that was durable at its last completed Flush and
+// the operations issued since ("pending"). Writes are logged as the block
+// layer sees them: widened to the 512-byte sectors they touch, holding those
+// sectors' content after the write (the page cache merges writes inside a
+// sector, so a disk never sees a later sub-sector write without an earlier
+// one to the same sector).
+//
+// The crash model: power fails at some instant. For each backend, what is on
+// the disk afterwards is its durable content plus ANY subset of its pending
+// operations, applied in issue order (so of two overlapping writes the later
+// one wins only when it is in the subset); backends (the image file and an
+// external data file) are independent, as two files' page caches are. A
+// write either reached the disk whole or is torn: only some of its 512-byte
+// sectors did (a sector is atomic). WriteZeroes never changes the size (as
+// the local file backend); Truncate is atomic; a write past the end grows
+// the object to the end of what of it reached the disk. Every Flush issued
+// is a crash point: the states of every instant since the previous flush
+// are subsets of the pending operations at the next one, so checking the
+// crash points (and the end of a workload) checks every instant.
+
+// One logged operation of one backend.
+struct LoggedWrite {
+  enum class Kind { kWrite, kZeroes, kTruncate };
+  Kind kind = Kind::kWrite;
+  uint64_t seq = 0;           // issue order over every recorded backend
+  uint64_t off = 0;           // first sector's offset; kTruncate: the new size
+  uint64_t len = 0;           // data.size(); kTruncate: 0
+  std::vector<uint8_t> data;  // the sectors after the write (up to the size then)
+  std::vector<uint8_t> old;   // the same sectors before (up to the old size);
+                              // kTruncate: the part cut off
+  uint64_t old_size = 0;      // the object's size when it was issued
+};
+
+// One backend at a crash point.
+struct StreamState {
+  std::string name;
+  std::vector<uint8_t> durable;      // the content at its last completed Flush
+  std::vector<LoggedWrite> pending;  // issued since, oldest first
+};
+
+// Every recorded backend at one instant.
+struct CrashPoint {
+  uint64_t seq = 0;   // operations issued before it
+  std::string why;    // "flush of NAME", or the caller's label
+  std::vector<StreamState> streams;
+  // Pending operations of all streams together (the length of a fate).
+  size_t pending() const;
+};
 
 // What to fail; shared between the test and its wrappers. Thread-safe.
 class FaultInjector {
@@ -100,6 +156,23 @@ class FaultInjector {
   // Records the old bytes of every write, so DropUnsynced() can undo the
   // writes after the last successful Flush() (a crash losing the page cache).
   void SetJournal(bool on);
+  // Power-loss recording (see "Power-loss model" above): from now on every
+  // wrapper logs its operations and flushes; a wrapper's log starts with
+  // the content of its base when it first records. Turning it off drops
+  // the logs. After each completed Flush the log checks that what it
+  // thinks is durable is the base's content (a write that bypassed the
+  // wrapper shows up in RecordingError()).
+  void SetRecording(bool on);
+  // Called at every Flush issued through a wrapper, before it reaches the
+  // base, with every recorded backend's state, from the flushing thread
+  // with no lock held. Empty: none.
+  void SetCrashPointHook(std::function<void(CrashPoint)> hook);
+  // The recorded state now (e.g. at the end of a workload, whose last
+  // writes no flush may follow). Consistent across backends when nothing
+  // writes meanwhile.
+  CrashPoint CapturePoint(const std::string& why) const;
+  // Empty, or why the log and a base disagree after a Flush.
+  std::string RecordingError() const;
   // Counters since construction.
   uint64_t writes() const;
   uint64_t flushes() const;
@@ -121,6 +194,36 @@ std::unique_ptr<Backend> NewFaultBackend(std::shared_ptr<Backend> base,
 // last successful Flush(), keeping the first `keep` of them (a crash where an
 // ordered prefix reached the disk). Requires FaultInjector::SetJournal(true).
 Status DropUnsynced(Backend& fault_backend, uint64_t keep = 0);
+
+// One crash state of a crash point: per pending operation (streams in order,
+// each oldest first) 0 = lost, 1 = reached the disk, 2 = torn (the sectors
+// that reached the disk are chosen by `tear_seed`).
+struct CrashState {
+  std::vector<uint8_t> fate;
+  uint64_t tear_seed = 0;
+  const char* kind = "";  // "all-subsets", "prefix", "one-lost", "one-kept", "random", "torn"
+};
+
+// How many crash states to take of a crash point with n pending operations:
+// all 2^n subsets when n <= exhaustive_max; else the systematic ones (every
+// prefix, each single operation lost, each single one kept; sampled down to
+// max_systematic when there are more) plus `random` random subsets; plus
+// `torn` random states with torn writes in any case (when n > 0).
+struct CrashPlan {
+  size_t exhaustive_max = 6;
+  size_t max_systematic = 48;
+  size_t random = 12;
+  size_t torn = 4;
+};
+
+// The crash states of a crash point with `pending` operations (deterministic
+// for a seed; duplicates possible, callers may deduplicate the contents).
+std::vector<CrashState> PlanCrashStates(size_t pending, const CrashPlan& plan, uint64_t seed);
+
+// The content of every stream of `point` in crash state `state` (one vector
+// per stream, in order). kInvalidArgument when the fate has the wrong length.
+Result<std::vector<std::vector<uint8_t>>> MaterializeCrash(const CrashPoint& point,
+                                                           const CrashState& state);
 // ==== end of fault injection ===============================================
 
 }  // namespace kvmfs

@@ -768,8 +768,14 @@ Status Engine::Resize(uint64_t new_size, const BackingView& backing) {
   const uint64_t need = geo_.SizeToL1(new_size);
   if (need > kMaxL1Bytes / 8 || new_size > static_cast<uint64_t>(INT64_MAX))
     return Status::TooLarge(name_ + ": new size " + std::to_string(new_size) + " is too big");
+  // Crash-safe order (as QEMU's qcow2_co_truncate): a bigger L1 table, then
+  // the new part made to read as zeros, all durable, and only then the new
+  // size in the header. A crash before that leaves the old size (with the
+  // unused L1 entries and zero entries past it, which QEMU accepts).
+  KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
   if (need > l1_.size()) {
-    // A new, bigger L1: written and flushed before the header points to it.
+    // The new L1 is written and flushed before the header points to it; the
+    // header keeps the old size, which a bigger L1 maps as well.
     const uint64_t k = (need * 8 + geo_.cluster_size - 1) / geo_.cluster_size;
     KVMFS_ASSIGN_OR_RETURN(uint64_t fresh, AllocClusters(k));
     KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
@@ -781,30 +787,30 @@ Status Engine::Resize(uint64_t new_size, const BackingView& backing) {
     const uint64_t old_bytes = l1_.size() * 8;
     header_.raw.l1_table_offset = fresh;
     header_.raw.l1_size = static_cast<uint32_t>(need);
-    header_.raw.size = new_size;
     KVMFS_RETURN_IF_ERROR(WriteHeaderLocked(true));
     l1_.resize(need, 0);
     l1_offset_ = fresh;
     if (old_bytes > 0) KVMFS_RETURN_IF_ERROR(UpdateRefcountRange(old_off, old_bytes, -1));
-  } else {
-    KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
-    header_.raw.size = new_size;
-    KVMFS_RETURN_IF_ERROR(WriteHeaderLocked(true));
+    RebuildMetadataIndex();
   }
-  header_.virtual_size = new_size;
-  virtual_size_.store(new_size, std::memory_order_release);
   if (header_.autoclear & kAutoclearDataFileRaw) {
     // The raw data file stays a valid raw image of the disk.
     KVMFS_ASSIGN_OR_RETURN(uint64_t data_size, data_->Size());
     if (data_size < new_size) KVMFS_RETURN_IF_ERROR(data_->Truncate(new_size));
   }
-  RebuildMetadataIndex();
   // The new part reads as zeros: the rest of the old last cluster and what
-  // a bigger backing file would show through.
+  // a bigger backing file would show through. Zeroed while the size is
+  // still the old one (nothing past it is read meanwhile).
   uint64_t zero_end = std::min(new_size, (old + geo_.cluster_size - 1) & ~(geo_.cluster_size - 1));
   if (backing.present && backing.size > old) zero_end = std::max(zero_end, std::min(new_size, backing.size));
   if (zero_end > old) KVMFS_RETURN_IF_ERROR(Fatal(ZeroLocked(old, zero_end - old, false, backing)));
-  return Fatal(FlushLocked());
+  KVMFS_RETURN_IF_ERROR(Fatal(FlushLocked()));
+  header_.raw.size = new_size;
+  KVMFS_RETURN_IF_ERROR(WriteHeaderLocked(true));
+  header_.virtual_size = new_size;
+  virtual_size_.store(new_size, std::memory_order_release);
+  RebuildMetadataIndex();
+  return Status::OK();
 }
 
 }  // namespace kvmfs::qcow2
