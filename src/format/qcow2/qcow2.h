@@ -704,6 +704,11 @@ class Engine {
   // cluster, or a run of such clusters (write.cpp).
   Status WriteRun(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing,
                   uint64_t* done, std::vector<AllocRun>* defer);
+  // Writes [pos, cend) of one cluster of table `t` (entry `l2_index`) whose
+  // entry is COPIED with a host cluster: in place, clearing a zero flag or
+  // allocating the touched subclusters (extended L2) as needed.
+  Status WriteCopied(L2Table& t, uint64_t l2_index, uint64_t host, bool zero_flag, uint64_t pos,
+                     uint64_t cend, const uint8_t* p, const BackingView& backing);
   // Releases what L2 entry `entry` (+ `bitmap`) points to (pending decrement).
   Status ReleaseEntry(uint64_t entry);
 

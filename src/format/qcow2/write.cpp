@@ -658,6 +658,62 @@ void Engine::UndoRun(const AllocRun& r) {
     (void)UpdateRefcount((r.host >> geo_.cluster_bits) + i, -1);
 }
 
+Status Engine::WriteCopied(L2Table& t, uint64_t l2_index, uint64_t host, bool zero_flag,
+                           uint64_t pos, uint64_t cend, const uint8_t* p,
+                           const BackingView& backing) {
+  const Geometry& g = geo_;
+  const uint64_t cs = g.cluster_size;
+  const uint64_t cstart = pos & ~(cs - 1);
+  const uint64_t stride = g.extended_l2 ? 2 : 1;
+  const uint64_t n = cend - pos;
+  uint64_t& entry = t.words[l2_index * stride];
+  if (!g.extended_l2) {
+    if (zero_flag) {
+      // Zero-alloc: the rest of the cluster must read as zeros.
+      std::vector<uint8_t> buf(cs, 0);
+      std::memcpy(buf.data() + (pos - cstart), p, n);
+      KVMFS_RETURN_IF_ERROR(data_->WriteAt(host, buf.data(), buf.size()));
+      entry &= ~kOflagZero;
+      MarkDirty(t);
+    } else {
+      KVMFS_RETURN_IF_ERROR(data_->WriteAt(host + (pos - cstart), p, n));
+    }
+    return Status::OK();
+  }
+  // Extended L2: fill the touched subclusters that were not allocated.
+  uint64_t& bitmap = t.words[l2_index * 2 + 1];
+  const uint64_t sc_size = uint64_t{1} << g.subcluster_bits;
+  const uint32_t a = static_cast<uint32_t>((pos - cstart) >> g.subcluster_bits);
+  const uint32_t b = static_cast<uint32_t>((cend - 1 - cstart) >> g.subcluster_bits);
+  const uint64_t span_start = cstart + a * sc_size;
+  const uint64_t span_end = cstart + (uint64_t{b} + 1) * sc_size;
+  std::vector<uint8_t> buf(span_end - span_start);
+  for (uint32_t sc = a; sc <= b; ++sc) {
+    const uint64_t s = cstart + sc * sc_size, e = s + sc_size;
+    uint8_t* dst = buf.data() + (s - span_start);
+    if (bitmap & (1ull << sc)) {
+      // Allocated: keep the old bytes around the write.
+      if (s < pos) KVMFS_RETURN_IF_ERROR(ReadData(host + (s - cstart), dst, pos - s));
+      if (e > pos + n)
+        KVMFS_RETURN_IF_ERROR(ReadData(host + (pos + n - cstart), dst + (pos + n - s),
+                                       e - (pos + n)));
+    } else {
+      if (s < pos) KVMFS_RETURN_IF_ERROR(ReadCurrent(s, dst, pos - s, backing));
+      if (e > pos + n)
+        KVMFS_RETURN_IF_ERROR(ReadCurrent(pos + n, dst + (pos + n - s), e - (pos + n), backing));
+    }
+  }
+  std::memcpy(buf.data() + (pos - span_start), p, n);
+  KVMFS_RETURN_IF_ERROR(data_->WriteAt(host + (span_start - cstart), buf.data(), buf.size()));
+  const uint64_t bits = (b == 31 ? 0xffffffffull : ((1ull << (b + 1)) - 1)) & ~((1ull << a) - 1);
+  const uint64_t nb = (bitmap | bits) & ~(bits << 32);
+  if (nb != bitmap) {
+    bitmap = nb;
+    MarkDirty(t);
+  }
+  return Status::OK();
+}
+
 Status Engine::WriteRun(uint64_t pos, const uint8_t* p, size_t len, const BackingView& backing,
                         uint64_t* done, std::vector<AllocRun>* defer) {
   const Geometry& g = geo_;
@@ -713,55 +769,8 @@ Status Engine::WriteRun(uint64_t pos, const uint8_t* p, size_t len, const Backin
 
   // ---- in place: a COPIED normal (or zero-alloc) cluster ----
   if (k.allocated && k.copied) {
-    const uint64_t n = cend - pos;
-    uint64_t& entry = t->words[l2_index * stride];
-    if (!g.extended_l2) {
-      if (k.zero_flag) {
-        // Zero-alloc: the rest of the cluster must read as zeros.
-        std::vector<uint8_t> buf(cs, 0);
-        std::memcpy(buf.data() + (pos - cstart), p, n);
-        KVMFS_RETURN_IF_ERROR(data_->WriteAt(k.host, buf.data(), buf.size()));
-        entry &= ~kOflagZero;
-        MarkDirty(*t);
-      } else {
-        KVMFS_RETURN_IF_ERROR(data_->WriteAt(k.host + (pos - cstart), p, n));
-      }
-      *done = n;
-      return Status::OK();
-    }
-    // Extended L2: fill the touched subclusters that were not allocated.
-    uint64_t& bitmap = t->words[l2_index * 2 + 1];
-    const uint64_t sc_size = uint64_t{1} << g.subcluster_bits;
-    const uint32_t a = static_cast<uint32_t>((pos - cstart) >> g.subcluster_bits);
-    const uint32_t b = static_cast<uint32_t>((cend - 1 - cstart) >> g.subcluster_bits);
-    const uint64_t span_start = cstart + a * sc_size;
-    const uint64_t span_end = cstart + (uint64_t{b} + 1) * sc_size;
-    std::vector<uint8_t> buf(span_end - span_start);
-    for (uint32_t sc = a; sc <= b; ++sc) {
-      const uint64_t s = cstart + sc * sc_size, e = s + sc_size;
-      uint8_t* dst = buf.data() + (s - span_start);
-      if (bitmap & (1ull << sc)) {
-        // Allocated: keep the old bytes around the write.
-        if (s < pos) KVMFS_RETURN_IF_ERROR(ReadData(k.host + (s - cstart), dst, pos - s));
-        if (e > pos + n)
-          KVMFS_RETURN_IF_ERROR(ReadData(k.host + (pos + n - cstart), dst + (pos + n - s),
-                                         e - (pos + n)));
-      } else {
-        if (s < pos) KVMFS_RETURN_IF_ERROR(ReadCurrent(s, dst, pos - s, backing));
-        if (e > pos + n)
-          KVMFS_RETURN_IF_ERROR(ReadCurrent(pos + n, dst + (pos + n - s), e - (pos + n), backing));
-      }
-    }
-    std::memcpy(buf.data() + (pos - span_start), p, n);
-    KVMFS_RETURN_IF_ERROR(data_->WriteAt(k.host + (span_start - cstart), buf.data(), buf.size()));
-    const uint64_t bits = (b == 31 ? 0xffffffffull : ((1ull << (b + 1)) - 1)) & ~((1ull << a) - 1);
-    const uint64_t nb = (bitmap | bits) & ~(bits << 32);
-    if (nb != bitmap) {
-      bitmap = nb;
-      MarkDirty(*t);
-    }
-    *done = n;
-    return Status::OK();
+    *done = cend - pos;
+    return WriteCopied(*t, l2_index, k.host, k.zero_flag, pos, cend, p, backing);
   }
   // ---- allocating: a run of clusters that all need a new host cluster ----
   AllocRun r;
