@@ -152,7 +152,7 @@ std::vector<uint8_t> MarkedBlock(uint8_t fill) {
 }
 
 TEST_F(Qcow2Parallel, IndependentAllocatingWritesOverlapInTime) {
-  Sh("qemu-img create -q -f qcow2 img.qcow2 64M");
+  Sh("qemu-img create -q -f qcow2 img.qcow2 8M");
   std::shared_ptr<RendezvousBackend> rv;
   auto w = OpenWrapped("img.qcow2", [&](std::shared_ptr<Backend> b) {
     rv = std::make_shared<RendezvousBackend>(b, 2, 10s);
@@ -177,15 +177,17 @@ TEST_F(Qcow2Parallel, IndependentAllocatingWritesOverlapInTime) {
   w->image.reset();
   std::string out;
   EXPECT_EQ(Check("img.qcow2", &out), 0) << out;
-  auto raw = QemuRaw("img.qcow2");
-  EXPECT_TRUE(std::equal(a.begin(), a.end(), raw.begin() + (1 << 20)));
-  EXPECT_TRUE(std::equal(b.begin(), b.end(), raw.begin() + (5 << 20)));
+  std::vector<uint8_t> want(8 << 20, 0);
+  std::copy(a.begin(), a.end(), want.begin() + (1 << 20));
+  std::copy(b.begin(), b.end(), want.begin() + (5 << 20));
+  WriteHostFile(P("want.raw"), want);
+  Sh("qemu-img compare -q -f raw -F qcow2 want.raw img.qcow2");
 }
 
 TEST_F(Qcow2Parallel, WritesToOneClusterWaitForTheAllocationInFlight) {
   // Two 4 KiB blocks of one empty cluster: run together, each would copy
   // the other's block from before and one write would be lost.
-  Sh("qemu-img create -q -f qcow2 img.qcow2 64M");
+  Sh("qemu-img create -q -f qcow2 img.qcow2 8M");
   std::shared_ptr<RendezvousBackend> rv;
   auto w = OpenWrapped("img.qcow2", [&](std::shared_ptr<Backend> b) {
     rv = std::make_shared<RendezvousBackend>(b, 2, 300ms);
@@ -220,12 +222,12 @@ void Fill(uint8_t* p, size_t n, uint32_t tag) {
   for (size_t j = 0; j < n; ++j) p[j] = static_cast<uint8_t>(1 + (tag * 31 + j * 7 + (j >> 9)) % 251);
 }
 
-constexpr uint64_t kSize = 64 << 20;
+constexpr uint64_t kSize = 32 << 20;
 constexpr int kWriters = 4;
-constexpr uint64_t kOwnLen = 8 << 20;                             // [t*8M, (t+1)*8M): writer t
-constexpr uint64_t kMixed = 32 << 20, kMixedLen = 16 << 20;       // block b: writer b % 4
-constexpr uint64_t kContended = 48 << 20, kContendedLen = 8 << 20;  // anyone, any block
-constexpr uint64_t kStable = 56 << 20;                            // nobody writes
+constexpr uint64_t kOwnLen = 4 << 20;                             // [t*4M, (t+1)*4M): writer t
+constexpr uint64_t kMixed = 16 << 20, kMixedLen = 8 << 20;        // block b: writer b % 4
+constexpr uint64_t kContended = 24 << 20, kContendedLen = 4 << 20;  // anyone, any block
+constexpr uint64_t kStable = 28 << 20;                            // nobody writes
 
 struct Shape {
   const char* name;
@@ -236,13 +238,12 @@ void PrintTo(const Shape& s, std::ostream* os) { *os << s.name; }
 class Qcow2ParallelModel : public Qcow2Parallel, public ::testing::WithParamInterface<Shape> {};
 
 TEST_P(Qcow2ParallelModel, WritersReadersAndSnapshotsMatchTheModel) {
-  std::string cmd = "qemu-io -f qcow2";
-  for (uint64_t mb = 0; mb < kSize >> 20; ++mb)
-    cmd += " -c 'write -P " + std::to_string(0x10 + mb) + " " + std::to_string(mb << 20) + " 1M'";
-  Sh("qemu-img create -q -f qcow2 base.qcow2 64M && " + cmd + " base.qcow2 >/dev/null");
+  std::vector<uint8_t> base(kSize);
+  for (uint64_t i = 0; i < kSize; ++i) base[i] = static_cast<uint8_t>(0x10 + (i >> 20) + (i >> 9) % 3);
+  WriteHostFile(P("base.raw"), base);
+  Sh("qemu-img convert -f raw -O qcow2 base.raw base.qcow2");
   Sh(std::string("qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ") + GetParam().opts +
-     " top.qcow2 64M");
-  const std::vector<uint8_t> base = QemuRaw("base.qcow2");
+     " top.qcow2 32M");
   auto w = OpenWritable("top.qcow2");
   ASSERT_TRUE(w.ok()) << w.status().ToString();
   Image& img = *w->image;
@@ -293,7 +294,7 @@ TEST_P(Qcow2ParallelModel, WritersReadersAndSnapshotsMatchTheModel) {
   for (int r = 0; r < 2; ++r) {
     threads.emplace_back([&, r] {
       std::mt19937_64 rng(100 + r);
-      std::vector<uint8_t> buf(256 << 10);
+      std::vector<uint8_t> buf(64 << 10);
       for (int i = 0; !writers_done && !failed; ++i) {
         const uint64_t len = 1 + rng() % buf.size();
         const uint64_t off = rng() % (kSize - len);
@@ -311,6 +312,7 @@ TEST_P(Qcow2ParallelModel, WritersReadersAndSnapshotsMatchTheModel) {
           auto bs = ChainBlockStatus(img, rng() % kSize, 4 << 20);
           if (!bs.ok()) return fail(bs.status().ToString());
         }
+        std::this_thread::sleep_for(100us);  // readers share the CPU with the writers
       }
     });
   }
@@ -357,7 +359,7 @@ TEST_P(Qcow2ParallelModel, WritersReadersAndSnapshotsMatchTheModel) {
     ASSERT_TRUE(match) << "contended block " << b << " is no block written there";
     std::copy(got.begin() + at, got.begin() + at + 4096, model.begin() + at);
   }
-  ASSERT_EQ(FirstDiff(got, model), -1);
+  if (got != model) ASSERT_EQ(FirstDiff(got, model), -1);
   ASSERT_FALSE(kept.empty());
   std::vector<uint8_t> snap;
   {
@@ -373,8 +375,11 @@ TEST_P(Qcow2ParallelModel, WritersReadersAndSnapshotsMatchTheModel) {
   w->image.reset();
   std::string out;
   EXPECT_EQ(Check("top.qcow2", &out), 0) << out;
-  EXPECT_EQ(FirstDiff(QemuRaw("top.qcow2"), model), -1);
-  EXPECT_EQ(FirstDiff(QemuRaw("top.qcow2", kept[0]), snap), -1);
+  WriteHostFile(P("model.raw"), model);
+  Sh("qemu-img compare -q -f raw -F qcow2 model.raw top.qcow2");
+  WriteHostFile(P("snap.raw"), snap);
+  Sh("qemu-img convert -U -O raw -l snapshot.name=" + kept[0] + " top.qcow2 qsnap.raw");
+  Sh("cmp -s qsnap.raw snap.raw");
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, Qcow2ParallelModel,
@@ -386,7 +391,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Qcow2ParallelModel,
 // ---- Flushes ------------------------------------------------------------------------------
 
 TEST_F(Qcow2Parallel, FlushWithNothingWrittenSyncsNothing) {
-  Sh("qemu-img create -q -f qcow2 img.qcow2 64M");
+  Sh("qemu-img create -q -f qcow2 img.qcow2 8M");
   auto faults = std::make_shared<FaultInjector>();
   auto w = OpenWritable("img.qcow2", faults);
   ASSERT_TRUE(w.ok()) << w.status().ToString();
@@ -428,12 +433,11 @@ TEST_F(Qcow2Parallel, FlushWithNothingWrittenSyncsNothing) {
   w->image.reset();
   std::string out;
   EXPECT_EQ(Check("img.qcow2", &out), 0) << out;
-  auto raw = QemuRaw("img.qcow2");
-  EXPECT_TRUE(std::equal(buf.begin(), buf.end(), raw.begin() + (3 << 20)));
+  Sh("qemu-io -f qcow2 -c 'read -P 0x5c 3M 4k' img.qcow2 >/dev/null");  // exit 1 on a mismatch
 }
 
 TEST_F(Qcow2Parallel, FlushWithNothingWrittenDoesNotWaitForTheExclusiveLock) {
-  Sh("qemu-img create -q -f qcow2 img.qcow2 64M");
+  Sh("qemu-img create -q -f qcow2 img.qcow2 8M");
   std::shared_ptr<GateBackend> gate;
   auto w = OpenWrapped("img.qcow2", [&](std::shared_ptr<Backend> b) {
     gate = std::make_shared<GateBackend>(b);
@@ -464,7 +468,7 @@ TEST_F(Qcow2Parallel, FlushWithNothingWrittenDoesNotWaitForTheExclusiveLock) {
 TEST_F(Qcow2Parallel, SecondFsyncWaitsForTheSyncInProgress) {
   // The write is flushed by the first fsync; a second one that comes while
   // that sync is still running must not return before it is done.
-  Sh("qemu-img create -q -f qcow2 img.qcow2 64M");
+  Sh("qemu-img create -q -f qcow2 img.qcow2 8M");
   std::shared_ptr<GateBackend> gate;
   auto w = OpenWrapped("img.qcow2", [&](std::shared_ptr<Backend> b) {
     gate = std::make_shared<GateBackend>(b);
