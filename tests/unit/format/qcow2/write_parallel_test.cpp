@@ -401,8 +401,8 @@ TEST_F(Qcow2Parallel, FlushWithNothingWrittenSyncsNothing) {
   // close() of handles that wrote nothing, and fsync of them.
   for (int i = 0; i < 5; ++i) ASSERT_OK(img.Flush());
   EXPECT_EQ(faults->flushes(), f);
-  std::vector<uint8_t> buf(4096, 0x5c);
-  ASSERT_OK(img.Read(0, buf.data(), buf.size()));
+  std::vector<uint8_t> buf(4096, 0x5c), back(4096);
+  ASSERT_OK(img.Read(0, back.data(), back.size()));
   ASSERT_OK(img.Flush());
   EXPECT_EQ(faults->flushes(), f);
   // Each kind of write makes the next flush sync, and only the next.
