@@ -537,8 +537,11 @@ Status Engine::WriteAllocating(uint64_t off, const uint8_t* buf, size_t len,
       }
   }
   for (size_t i = 0; i < ok; ++i) {
-    st = WriteRunData(runs[i], partial[i]);
-    if (!st.ok()) ok = i;
+    Status written = WriteRunData(runs[i], partial[i]);
+    if (!written.ok()) {
+      st = std::move(written);  // the first failure in guest order
+      ok = i;
+    }
   }
   // 3. Link (exclusive): the data is written before any table points to it.
   std::unique_lock<std::shared_mutex> lock(rw_);

@@ -5,6 +5,7 @@
 // with nothing written since the last flush neither syncs nor takes the
 // exclusive lock, while a second fsync still waits for one in progress.
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -207,6 +208,47 @@ TEST_F(Qcow2Parallel, WritesToOneClusterWaitForTheAllocationInFlight) {
   EXPECT_TRUE(std::equal(a.begin(), a.end(), got.begin()));
   EXPECT_TRUE(std::all_of(got.begin() + 4096, got.begin() + 8192, [](uint8_t c) { return c == 0; }));
   EXPECT_TRUE(std::equal(b.begin(), b.end(), got.begin() + 8192));
+  ASSERT_OK(img.EndWrites());
+  w->image.reset();
+  std::string out;
+  EXPECT_EQ(Check("img.qcow2", &out), 0) << out;
+}
+
+// A backing layer of 0x33 bytes whose reads of [64 KiB, 128 KiB) fail.
+class FailingBacking final : public Image {
+ public:
+  uint64_t size() const override { return 1 << 20; }
+  Status Read(uint64_t off, void* buf, size_t len) override {
+    if (off < (128 << 10) && off + len > (64 << 10)) return Status::FromErrno(EIO, "backing: bad sector");
+    std::memset(buf, 0x33, len);
+    return Status::OK();
+  }
+  Result<BlockStatus> GetBlockStatus(uint64_t off, uint64_t len) override {
+    (void)off;
+    return BlockStatus{Allocation::kData, len};
+  }
+  ImageInfo Info() const override { return {}; }
+  Result<uint64_t> ActualSize() override { return uint64_t{0}; }
+};
+
+TEST_F(Qcow2Parallel, CopyOnWriteReadErrorFailsTheWrite) {
+  // 8 KiB over two clusters: the first one's copy-on-write reads fine, the
+  // second one's fails. The write fails (not only its second half), with
+  // the backing's error: an I/O error of the layer below, not corruption.
+  Sh("qemu-img create -q -f qcow2 img.qcow2 1M");
+  auto w = OpenWritable("img.qcow2");
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  Image& img = *w->image;
+  img.SetBacking(std::make_shared<FailingBacking>());
+  ASSERT_OK(img.BeginWrites());
+  std::vector<uint8_t> buf(8192, 0x77);
+  Status st = img.Write(60 << 10, buf.data(), buf.size());
+  EXPECT_EQ(st.code(), Status::Code::kIOError) << st.ToString();
+  EXPECT_TRUE(img.writable()) << img.ReadOnlyReason();
+  // What was not written reads as before; the image stays writable.
+  auto tail = ReadImage(img, 256 << 10, 4096);
+  EXPECT_TRUE(std::all_of(tail.begin(), tail.end(), [](uint8_t c) { return c == 0x33; }));
+  ASSERT_OK(img.Write(256 << 10, buf.data(), 4096));
   ASSERT_OK(img.EndWrites());
   w->image.reset();
   std::string out;
