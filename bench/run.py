@@ -77,6 +77,8 @@ WORKLOADS = [
     ("seqwrite-alloc", "empty qcow2: seq write 1 MiB, allocating", "alloc", "write", "1M", 1, 1.0),
     ("randwrite-over", "plain qcow2: rand write 4 KiB, 2 jobs, overwrite", "over", "randwrite", "4k", 2, 1.3),
     ("randwrite-alloc", "empty qcow2: rand write 4 KiB, 2 jobs, allocating", "alloc", "randwrite", "4k", 2, None),
+    # Independent allocating writes in parallel (qcow2 in-flight allocation tracking, as QEMU).
+    ("randwrite-alloc4", "empty qcow2: rand write 4 KiB, 4 jobs, allocating", "alloc", "randwrite", "4k", 4, None),
 ]
 WORKLOAD_NAMES = [w[0] for w in WORKLOADS]
 CEILING_TARGET = 0.75   # kvmfs plain seq read / page-cache read of the raw image

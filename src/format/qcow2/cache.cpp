@@ -256,6 +256,34 @@ uint64_t BudgetedLru<V>::Evict(uint64_t bound, bool wait) {
   return freed;
 }
 
+// ---- Cold entries (block-status walks; owned by the qcow2 write work) -----------------
+// A scan of the whole allocation map (du, SEEK_DATA, st_blocks) must not evict
+// the tables in use: it peeks without touching and inserts at the cold end,
+// with a tick older than any, so the budget evicts scan tables first.
+
+template <class V>
+std::shared_ptr<V> BudgetedLru<V>::Peek(uint64_t key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(key);
+  return it == index_.end() ? nullptr : it->second->value;
+}
+
+template <class V>
+std::shared_ptr<V> BudgetedLru<V>::InsertCold(uint64_t key, std::shared_ptr<V> value) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = index_.find(key);
+    if (it != index_.end()) return it->second->value;
+    // Tick 0 keeps the back-to-front order of ticks that Evict relies on.
+    lru_.push_back(Entry{key, value, 0});
+    index_.emplace(key, std::prev(lru_.end()));
+    budget_->Charge(entry_bytes_);
+    PublishColdLocked();
+  }
+  budget_->Reclaim();
+  return value;
+}
+
 template class BudgetedLru<L2Table>;
 template class BudgetedLru<const std::vector<uint8_t>>;
 
@@ -272,6 +300,15 @@ std::shared_ptr<const L2Table> L2Cache::Lookup(uint64_t host_offset) {
 std::shared_ptr<const L2Table> L2Cache::Insert(std::shared_ptr<L2Table> table) {
   const uint64_t key = table->host_offset;
   return lru_.Insert(key, std::move(table), false);
+}
+
+std::shared_ptr<const L2Table> L2Cache::Peek(uint64_t host_offset) {
+  return lru_.Peek(host_offset);
+}
+
+std::shared_ptr<const L2Table> L2Cache::InsertCold(std::shared_ptr<L2Table> table) {
+  const uint64_t key = table->host_offset;
+  return lru_.InsertCold(key, std::move(table));
 }
 
 std::shared_ptr<L2Table> L2Cache::LookupForWrite(uint64_t host_offset) {

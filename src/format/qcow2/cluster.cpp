@@ -66,8 +66,9 @@ Result<L1Table> Engine::LoadL1(uint64_t offset, uint32_t entries, const std::str
   return l1;
 }
 
-Result<std::shared_ptr<const L2Table>> Engine::GetL2(uint64_t l2_offset, uint64_t l1_index) {
-  if (auto hit = l2_cache_.Lookup(l2_offset)) return hit;
+Result<std::shared_ptr<const L2Table>> Engine::GetL2(uint64_t l2_offset, uint64_t l1_index,
+                                                     bool cold) {
+  if (auto hit = cold ? l2_cache_.Peek(l2_offset) : l2_cache_.Lookup(l2_offset)) return hit;
   if (PastEof(*file_, file_size_, l2_offset, 0))
     return Status::Corruption(name_ + ": L2 table offset " + Hex(l2_offset) +
                               " (L1 index: " + Hex(l1_index) + ") is past the end of the file");
@@ -78,7 +79,7 @@ Result<std::shared_ptr<const L2Table>> Engine::GetL2(uint64_t l2_offset, uint64_
   std::shared_ptr<L2Table> table = l2_cache_.NewTable(geo_.cluster_size / 8);
   table->host_offset = l2_offset;
   for (size_t i = 0; i < table->words.size(); ++i) table->words[i] = LoadBE64(raw.data() + i * 8);
-  return l2_cache_.Insert(std::move(table));
+  return cold ? l2_cache_.InsertCold(std::move(table)) : l2_cache_.Insert(std::move(table));
 }
 
 namespace {
@@ -156,7 +157,10 @@ Result<Extent> Engine::Map(const L1Table& l1, uint64_t off, uint64_t len, MapMod
       return corrupt("L2 table offset " + Hex(l2_offset) +
                      " unaligned (L1 index: " + Hex(l1_index) + ")");
     if (!run.empty() && mode == MapMode::kStatus && ++tables > kMaxTablesPerStatus) break;
-    KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<const L2Table> table, GetL2(l2_offset, l1_index));
+    // A status walk (GetBlockStatus over the whole disk for du, SEEK_DATA,
+    // st_blocks) must not evict the tables readers and writers use.
+    KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<const L2Table> table,
+                           GetL2(l2_offset, l1_index, mode == MapMode::kStatus));
 
     while (pos < l1_end && !run.closed()) {
       const uint64_t l2_index = (pos >> g.cluster_bits) & (g.l2_entries - 1);

@@ -13,6 +13,21 @@ namespace kvmfs {
 namespace qcow2 {
 namespace {
 
+// Engine::PauseAllocations() for a scope, then MarkUnsynced().
+class AllocationPause {
+ public:
+  explicit AllocationPause(Engine& engine) : engine_(engine) { engine_.PauseAllocations(); }
+  ~AllocationPause() {
+    engine_.MarkUnsynced();
+    engine_.ResumeAllocations();
+  }
+  AllocationPause(const AllocationPause&) = delete;
+  AllocationPause& operator=(const AllocationPause&) = delete;
+
+ private:
+  Engine& engine_;
+};
+
 // One view of a qcow2 file: the active disk (writable once BeginWrites()
 // succeeded), or a snapshot (read-only, with the snapshot's L1 and disk
 // size). All views of a file share one Engine; every read holds its lock
@@ -190,16 +205,21 @@ class Qcow2Image final : public Image {
     if (is_snapshot()) return Status::OK();
     return engine_->Flush();
   }
+  // Operations that change many tables at once run with no allocating
+  // write in flight (as QEMU drains), and leave the next Flush() work to do.
   Status Resize(uint64_t new_size) override {
     if (is_snapshot()) return SnapshotReadOnly();
+    AllocationPause pause(*engine_);
     return engine_->Resize(new_size, Backing());
   }
   Result<SnapshotInfo> CreateSnapshot(const std::string& name) override {
     if (is_snapshot()) return SnapshotReadOnly();
+    AllocationPause pause(*engine_);
     return engine_->CreateSnapshot(name);
   }
   Status DeleteSnapshot(const std::string& id) override {
     if (is_snapshot()) return SnapshotReadOnly();
+    AllocationPause pause(*engine_);
     return engine_->DeleteSnapshot(id);
   }
 

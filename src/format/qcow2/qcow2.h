@@ -33,6 +33,11 @@
 // refcount table. Walks over all tables (snapshot create/delete, refcount
 // rebuild, COPIED recomputation) stream them one table at a time and write
 // back as they go: none keeps anything per cluster.
+//
+// Allocating writes hold the lock exclusive only to allocate
+// and to link (after QEMU's l2meta): the guest data and copy-on-write go to
+// the new clusters in between, in parallel with other requests, while the
+// clusters are registered "in flight" (overlapping requests wait).
 #pragma once
 
 #include <atomic>
@@ -418,6 +423,11 @@ class BudgetedLru final : public BudgetedCache {
   // cached value and returns it, or replaces it when `replace`. May evict
   // (never `value` itself: the caller holds it).
   std::shared_ptr<V> Insert(uint64_t key, std::shared_ptr<V> value, bool replace);
+  // Lookup() that leaves the entry where it is in the LRU order.
+  std::shared_ptr<V> Peek(uint64_t key);
+  // Insert() (never replacing) at the cold end: evicted before every entry
+  // in use, so a scan does not push out the working set.
+  std::shared_ptr<V> InsertCold(uint64_t key, std::shared_ptr<V> value);
   void Erase(uint64_t key);
   // The cached values (only the dirty ones when `only_dirty`), least
   // recently used first.
@@ -491,6 +501,11 @@ class L2Cache {
   // Inserts `table` unless another thread inserted the same offset first;
   // returns the table now cached. May evict clean tables of any image.
   std::shared_ptr<const L2Table> Insert(std::shared_ptr<L2Table> table);
+  // For block-status walks, which must not evict the tables readers and
+  // writers use: Peek() is Lookup() without marking the table used, and
+  // InsertCold() is Insert() at the cold end (the first table evicted).
+  std::shared_ptr<const L2Table> Peek(uint64_t host_offset);
+  std::shared_ptr<const L2Table> InsertCold(std::shared_ptr<L2Table> table);
   // For the writer (engine exclusive lock held): the cached table, mutable.
   std::shared_ptr<L2Table> LookupForWrite(uint64_t host_offset);
   // Inserts or replaces the table at its offset (a new or copied table).
@@ -565,6 +580,8 @@ enum class MapMode {
 };
 
 using L1Table = std::vector<uint64_t>;
+
+struct AllocRun;  // one allocating run of a write (write.cpp)
 
 // What the writer needs of the layer below: its bytes (zeros past its end or
 // without one) and whether there is one.
@@ -661,9 +678,24 @@ class Engine {
   Status BeginWrites();
   // Flush, then no more writes until BeginWrites().
   Status EndWrites();
+  // Writes run in parallel: in-place overwrites under mutex() shared, and
+  // allocating writes to different clusters (the data and COW of each
+  // outside the exclusive lock); requests touching the same clusters as an
+  // allocation in flight wait for it.
   Status Write(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing);
   Status WriteZeroes(uint64_t off, uint64_t len, bool unmap, const BackingView& backing);
+  // Makes every completed write durable. When nothing was written since the
+  // last complete flush it returns at once: no lock, no backend flush.
   Status Flush();
+  // Waits until no allocating write is in flight and keeps new ones from
+  // starting until ResumeAllocations() (snapshot create/delete, resize:
+  // operations that change many tables). Calls nest. Takes mutex() itself:
+  // call without it.
+  void PauseAllocations();
+  void ResumeAllocations();
+  // The next Flush() must write back and sync (after an operation that may
+  // leave metadata dirty). Any thread.
+  void MarkUnsynced() { write_gen_.fetch_add(1, std::memory_order_acq_rel); }
   Status Resize(uint64_t new_size, const BackingView& backing);
   Result<SnapshotInfo> CreateSnapshot(const std::string& name);
   Status DeleteSnapshot(const std::string& id);
@@ -673,7 +705,10 @@ class Engine {
 
  private:
   friend class Writer;
-  Result<std::shared_ptr<const L2Table>> GetL2(uint64_t l2_offset, uint64_t l1_index);
+  // `cold`: for block-status walks; a table not cached is cached cold
+  // (L2Cache::InsertCold) and a cached one is not marked used.
+  Result<std::shared_ptr<const L2Table>> GetL2(uint64_t l2_offset, uint64_t l1_index,
+                                               bool cold = false);
   // Where the compressed bytes of descriptor `entry` are: [*coffset,
   // *coffset + *csize) of the file, of which the first *in_file exist (the
   // rest reads as zeros); kCorruption naming `guest_off` when invalid.
@@ -690,7 +725,27 @@ class Engine {
 
   // ---- writer internals (exclusive lock held unless said otherwise) ----
   Status CheckWritable() const;                  // any lock
-  Status WriteLocked(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing);
+  // `defer` null: everything done here (the exclusive lock held throughout).
+  // Otherwise allocating runs are only planned (clusters allocated) and
+  // appended to *defer for WriteAllocating() to fill and link.
+  Status WriteLocked(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing,
+                     std::vector<AllocRun>* defer = nullptr);
+  // The exclusive path of Write(): plan under the lock, write the data and
+  // COW of the new clusters without it, link them under it again.
+  Status WriteAllocating(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing);
+  // AllocRun steps (write.cpp): the partial cluster with its COW from the
+  // current view (mutex() held, shared is enough), the data write (no lock
+  // needed: nothing refers to the new clusters yet), pointing the L2 entries
+  // at the new clusters (exclusive), giving the clusters back (exclusive).
+  Status BuildPartialCluster(const AllocRun& r, std::vector<uint8_t>& buf,
+                             const BackingView& backing);
+  Status WriteRunData(const AllocRun& r, const std::vector<uint8_t>& partial);
+  Status LinkRun(const AllocRun& r);
+  void UndoRun(const AllocRun& r);
+  // Whether guest clusters [first, end) overlap an allocation in flight.
+  bool InFlightOverlaps(uint64_t first, uint64_t end) const;
+  // Whether any metadata waits to be written back (exclusive lock held).
+  bool MetadataDirtyLocked() const;
   Status ZeroLocked(uint64_t off, uint64_t len, bool unmap, const BackingView& backing);
   Status FlushLocked();
   Status MaybeWriteBack();  // bounds the dirty caches
@@ -707,7 +762,12 @@ class Engine {
   // Writes part of one cluster whose L2 entry is not a COPIED normal
   // cluster, or a run of such clusters (write.cpp).
   Status WriteRun(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing,
-                  uint64_t* done);
+                  uint64_t* done, std::vector<AllocRun>* defer);
+  // Writes [pos, cend) of one cluster of table `t` (entry `l2_index`) whose
+  // entry is COPIED with a host cluster: in place, clearing a zero flag or
+  // allocating the touched subclusters (extended L2) as needed.
+  Status WriteCopied(L2Table& t, uint64_t l2_index, uint64_t host, bool zero_flag, uint64_t pos,
+                     uint64_t cend, const uint8_t* p, const BackingView& backing);
   // Releases what L2 entry `entry` (+ `bitmap`) points to (pending decrement).
   Status ReleaseEntry(uint64_t entry);
 
@@ -842,6 +902,19 @@ class Engine {
   // Metadata locations for the overlap check (cluster indexes).
   std::unordered_set<uint64_t> meta_clusters_;
   std::vector<std::pair<uint64_t, uint64_t>> meta_ranges_;  // [host, end)
+
+  // Allocating writes in flight (rw_): the guest cluster ranges [first,
+  // end) of requests between planning and linking; alloc_cv_ wakes their
+  // waiters. alloc_pauses_ > 0 keeps new ones from starting.
+  std::vector<std::pair<uint64_t, uint64_t>> in_flight_;
+  int alloc_pauses_ = 0;
+  std::condition_variable_any alloc_cv_;
+  // Flush generations: write_gen_ counts writes (data or metadata), bumped
+  // when each is over; synced_gen_ is the write_gen_ seen at the start of
+  // the latest FlushLocked() that completed (stored under rw_ exclusive).
+  // synced_gen_ >= write_gen_: every finished write is durable.
+  std::atomic<uint64_t> write_gen_{0};
+  std::atomic<uint64_t> synced_gen_{0};
 };
 
 // "0x1f" style hex for messages.

@@ -156,18 +156,34 @@ Status Engine::BeginWrites() {
 Status Engine::EndWrites() {
   std::unique_lock<std::shared_mutex> lock = LockExclusive();
   if (!writing_.load()) return Status::OK();
+  alloc_cv_.wait(lock, [&] { return in_flight_.empty(); });
   const std::string reason = ReadOnlyReason();
   if (!reason.empty()) {
     writing_.store(false, std::memory_order_release);
     return Status::ReadOnly(name_ + ": " + reason);
   }
-  KVMFS_RETURN_IF_ERROR(FlushLocked());
+  // The dirty check backs up the flag for paths that change metadata
+  // without a write (repair, snapshots, resize).
+  if (synced_gen_.load() < write_gen_.load() || MetadataDirtyLocked())
+    KVMFS_RETURN_IF_ERROR(FlushLocked());
   writing_.store(false, std::memory_order_release);
   return Status::OK();
 }
 
+bool Engine::MetadataDirtyLocked() const {
+  if (dirty_l2_count_ > 0 || l1_dirty_ || header_dirty_ || reftable_dirty_) return true;
+  for (const auto& [rt, b] : refblocks_)
+    if (b->dirty || !b->disk.empty()) return true;
+  return !l2_cache_.DirtyTables().empty();
+}
+
 Status Engine::Flush() {
+  // Every write finished before this call is durable already (close() of a
+  // handle that only read, or a second fsync): no lock, no fdatasync.
+  const uint64_t gen = write_gen_.load(std::memory_order_acquire);
+  if (synced_gen_.load(std::memory_order_acquire) >= gen) return Status::OK();
   std::unique_lock<std::shared_mutex> lock = LockExclusive();
+  if (synced_gen_.load(std::memory_order_acquire) >= gen) return Status::OK();  // one just did
   if (!refcounts_loaded_) return Status::OK();
   // After corruption (or a failed commit) memory is not to be trusted:
   // nothing more is written.
@@ -177,6 +193,8 @@ Status Engine::Flush() {
 }
 
 Status Engine::FlushLocked() {
+  // The writes finished before this point are synced when it succeeds.
+  const uint64_t gen = write_gen_.load(std::memory_order_acquire);
   // 1. Guest data and refcount increments (decrements held back).
   if (data_ != file_) KVMFS_RETURN_IF_ERROR(data_->Flush());
   KVMFS_RETURN_IF_ERROR(WriteRefBlocks(true));
@@ -221,7 +239,10 @@ Status Engine::FlushLocked() {
     KVMFS_RETURN_IF_ERROR(file_->Flush());
   }
   // Keep the refcount cache bounded (clean blocks are re-read on demand).
-  return TrimRefBlocks();
+  KVMFS_RETURN_IF_ERROR(TrimRefBlocks());
+  if (synced_gen_.load(std::memory_order_relaxed) < gen)
+    synced_gen_.store(gen, std::memory_order_release);
+  return Status::OK();
 }
 
 Status Engine::MaybeWriteBack() {
@@ -362,10 +383,47 @@ struct EntryKind {
   uint64_t host = 0;
 };
 
+// Bumps the write generation when the write is over, whatever its outcome:
+// only a flush starting after that may count it as synced.
+class WriteDoneOnReturn {
+ public:
+  explicit WriteDoneOnReturn(std::atomic<uint64_t>& gen) : gen_(gen) {}
+  ~WriteDoneOnReturn() { gen_.fetch_add(1, std::memory_order_acq_rel); }
+  WriteDoneOnReturn(const WriteDoneOnReturn&) = delete;
+  WriteDoneOnReturn& operator=(const WriteDoneOnReturn&) = delete;
+
+ private:
+  std::atomic<uint64_t>& gen_;
+};
+
 }  // namespace
+
+// One allocating run of WriteRun(): `nclusters` new host clusters at `host`
+// for the guest clusters from `cstart`, taking the guest bytes [pos, pos+n)
+// from `p`. A partial run is one cluster whose other bytes come from the
+// current view (copy-on-write).
+struct AllocRun {
+  uint64_t pos = 0;
+  uint64_t n = 0;
+  const uint8_t* p = nullptr;
+  uint64_t cstart = 0;
+  uint64_t nclusters = 1;
+  uint64_t host = 0;
+  uint64_t l1_index = 0;
+  uint64_t l2_index = 0;
+  bool partial = false;
+  // Partial runs of extended-L2 images (not replacing a compressed
+  // cluster): the subclusters filled from the current view, and the new
+  // entry's bitmap.
+  bool subclusters = false;
+  uint64_t alloc = 0;
+  uint64_t new_bitmap = kBitmapAllAlloc;
+};
+
 
 Status Engine::Write(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing) {
   if (len == 0) return CheckWritable();
+  WriteDoneOnReturn write_done(write_gen_);
   {
     std::shared_lock<std::shared_mutex> lock(rw_);
     KVMFS_RETURN_IF_ERROR(CheckWritable());
@@ -389,7 +447,10 @@ Status Engine::Write(uint64_t off, const uint8_t* buf, size_t len, const Backing
         break;
       }
       Result<std::shared_ptr<const L2Table>> t = GetL2(l1e & kL1OffsetMask, l1_index);
-      if (!t.ok()) return Fatal(t.status());
+      if (!t.ok()) {
+        in_place = false;  // the exclusive path reports it (and may mark the image corrupt)
+        break;
+      }
       const uint64_t l1_end = std::min(end, (l1_index + 1) << g.l1_shift());
       while (pos < l1_end) {
         const uint64_t l2_index = (pos >> g.cluster_bits) & (g.l2_entries - 1);
@@ -436,29 +497,230 @@ Status Engine::Write(uint64_t off, const uint8_t* buf, size_t len, const Backing
       return Status::OK();
     }
   }
+  return WriteAllocating(off, buf, len, backing);
+}
+
+Status Engine::WriteAllocating(uint64_t off, const uint8_t* buf, size_t len,
+                               const BackingView& backing) {
+  const uint64_t first = off >> geo_.cluster_bits;
+  const uint64_t end = ((off + len - 1) >> geo_.cluster_bits) + 1;
+  std::vector<AllocRun> runs;
+  {
+    // 1. Plan (exclusive): after the allocations in flight on these clusters
+    //    (QEMU's handle_dependencies), allocate the new clusters and
+    //    register them; in-place parts are written here.
+    std::unique_lock<std::shared_mutex> lock = LockExclusive();
+    alloc_cv_.wait(lock, [&] { return alloc_pauses_ == 0 && !InFlightOverlaps(first, end); });
+    KVMFS_RETURN_IF_ERROR(CheckWritable());
+    const uint64_t vs = virtual_size();
+    if (off > vs || len > vs - off)
+      return Status::InvalidArgument(name_ + ": write past the virtual size");
+    Status st = WriteLocked(off, buf, len, backing, &runs);
+    if (!st.ok()) {
+      for (const AllocRun& r : runs) UndoRun(r);
+      return Fatal(std::move(st));
+    }
+    if (runs.empty()) return Fatal(MaybeWriteBack());
+    in_flight_.push_back({first, end});
+  }
+  // 2. Fill (no exclusive lock): the COW of partial clusters is read from the
+  //    current view, which nobody changes on these clusters meanwhile; the
+  //    data goes to clusters nothing refers to yet. On the first failure the
+  //    runs from there on are given back.
+  Status st;
+  size_t ok = runs.size();
+  std::vector<std::vector<uint8_t>> partial(runs.size());
+  {
+    std::shared_lock<std::shared_mutex> lock(rw_);
+    for (size_t i = 0; i < runs.size() && st.ok(); ++i)
+      if (runs[i].partial) {
+        st = BuildPartialCluster(runs[i], partial[i], backing);
+        if (!st.ok()) ok = i;
+      }
+  }
+  for (size_t i = 0; i < ok; ++i) {
+    Status written = WriteRunData(runs[i], partial[i]);
+    if (!written.ok()) {
+      st = std::move(written);  // the first failure in guest order
+      ok = i;
+    }
+  }
+  // 3. Link (exclusive): the data is written before any table points to it.
   std::unique_lock<std::shared_mutex> lock = LockExclusive();
-  KVMFS_RETURN_IF_ERROR(CheckWritable());
-  const uint64_t vs = virtual_size();
-  if (off > vs || len > vs - off)
-    return Status::InvalidArgument(name_ + ": write past the virtual size");
-  KVMFS_RETURN_IF_ERROR(Fatal(WriteLocked(off, buf, len, backing)));
+  for (size_t i = 0; i < runs.size(); ++i) {
+    if (i >= ok) {
+      UndoRun(runs[i]);
+      continue;
+    }
+    Status linked = LinkRun(runs[i]);
+    if (!linked.ok()) {
+      if (st.ok()) st = std::move(linked);
+      ok = i + 1;  // LinkRun gave back run i itself when it could not start
+    }
+  }
+  in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), std::make_pair(first, end)));
+  alloc_cv_.notify_all();
+  KVMFS_RETURN_IF_ERROR(Fatal(std::move(st)));
   return Fatal(MaybeWriteBack());
 }
 
 Status Engine::WriteLocked(uint64_t off, const uint8_t* buf, size_t len,
-                           const BackingView& backing) {
+                           const BackingView& backing, std::vector<AllocRun>* defer) {
   uint64_t pos = off;
   const uint64_t end = off + len;
   while (pos < end) {
     uint64_t done = 0;
-    KVMFS_RETURN_IF_ERROR(WriteRun(pos, buf + (pos - off), end - pos, backing, &done));
+    KVMFS_RETURN_IF_ERROR(WriteRun(pos, buf + (pos - off), end - pos, backing, &done, defer));
     pos += done;
   }
   return Status::OK();
 }
 
+bool Engine::InFlightOverlaps(uint64_t first, uint64_t end) const {
+  for (const auto& [f, e] : in_flight_)
+    if (first < e && f < end) return true;
+  return false;
+}
+
+void Engine::PauseAllocations() {
+  std::unique_lock<std::shared_mutex> lock(rw_);
+  ++alloc_pauses_;
+  alloc_cv_.wait(lock, [&] { return in_flight_.empty(); });
+}
+
+void Engine::ResumeAllocations() {
+  {
+    std::unique_lock<std::shared_mutex> lock(rw_);
+    --alloc_pauses_;
+  }
+  alloc_cv_.notify_all();
+}
+
+// ---- Allocating runs ----------------------------------------------------------------------
+
+Status Engine::BuildPartialCluster(const AllocRun& r, std::vector<uint8_t>& buf,
+                                   const BackingView& backing) {
+  const Geometry& g = geo_;
+  const uint64_t cs = g.cluster_size, pos = r.pos, n = r.n, cstart = r.cstart;
+  buf.assign(cs, 0);
+  if (!r.subclusters) {
+    if (pos > cstart) KVMFS_RETURN_IF_ERROR(ReadCurrent(cstart, buf.data(), pos - cstart, backing));
+    if (pos + n < cstart + cs)
+      KVMFS_RETURN_IF_ERROR(ReadCurrent(pos + n, buf.data() + (pos + n - cstart),
+                                        cstart + cs - (pos + n), backing));
+  } else {
+    // Only the touched subclusters, plus those the old (shared) cluster had
+    // allocated, are allocated in the new one: only they need their bytes.
+    const uint64_t sc_size = uint64_t{1} << g.subcluster_bits;
+    for (uint32_t sc = 0; sc < 32; ++sc) {
+      if (!(r.alloc & (1ull << sc))) continue;
+      const uint64_t s = cstart + sc * sc_size, e = s + sc_size;
+      if (s < pos)
+        KVMFS_RETURN_IF_ERROR(ReadCurrent(s, buf.data() + (s - cstart), std::min(e, pos) - s, backing));
+      if (e > pos + n) {
+        const uint64_t from = std::max(s, pos + n);
+        KVMFS_RETURN_IF_ERROR(ReadCurrent(from, buf.data() + (from - cstart), e - from, backing));
+      }
+    }
+  }
+  std::memcpy(buf.data() + (pos - cstart), r.p, n);
+  return Status::OK();
+}
+
+Status Engine::WriteRunData(const AllocRun& r, const std::vector<uint8_t>& partial) {
+  if (r.partial) return data_->WriteAt(r.host, partial.data(), partial.size());
+  return data_->WriteAt(r.host, r.p, r.nclusters * geo_.cluster_size);
+}
+
+Status Engine::LinkRun(const AllocRun& r) {
+  const Geometry& g = geo_;
+  // Looked up again: the table may have been written back and evicted, or
+  // copied, since the run was planned.
+  Result<std::shared_ptr<L2Table>> table = WritableL2(r.l1_index);
+  if (!table.ok()) {
+    UndoRun(r);
+    return table.status();
+  }
+  L2Table& t = **table;
+  const uint64_t stride = g.extended_l2 ? 2 : 1;
+  // Point the entries at the new clusters; release what they pointed to.
+  MarkDirty(t);
+  for (uint64_t i = 0; i < r.nclusters; ++i) {
+    const uint64_t idx = r.l2_index + i;
+    const uint64_t old = t.words[idx * stride];
+    t.words[idx * stride] = (r.host + i * g.cluster_size) | kOflagCopied;
+    if (g.extended_l2) t.words[idx * 2 + 1] = r.partial ? r.new_bitmap : kBitmapAllAlloc;
+    KVMFS_RETURN_IF_ERROR(ReleaseEntry(old));
+  }
+  return Status::OK();
+}
+
+void Engine::UndoRun(const AllocRun& r) {
+  // No table names the clusters: they go back (a pending decrement, so they
+  // are reused only after the next flush, as any freed cluster).
+  if (header_.has_data_file()) return;
+  for (uint64_t i = 0; i < r.nclusters; ++i)
+    (void)UpdateRefcount((r.host >> geo_.cluster_bits) + i, -1);
+}
+
+Status Engine::WriteCopied(L2Table& t, uint64_t l2_index, uint64_t host, bool zero_flag,
+                           uint64_t pos, uint64_t cend, const uint8_t* p,
+                           const BackingView& backing) {
+  const Geometry& g = geo_;
+  const uint64_t cs = g.cluster_size;
+  const uint64_t cstart = pos & ~(cs - 1);
+  const uint64_t stride = g.extended_l2 ? 2 : 1;
+  const uint64_t n = cend - pos;
+  uint64_t& entry = t.words[l2_index * stride];
+  if (!g.extended_l2) {
+    if (zero_flag) {
+      // Zero-alloc: the rest of the cluster must read as zeros.
+      std::vector<uint8_t> buf(cs, 0);
+      std::memcpy(buf.data() + (pos - cstart), p, n);
+      KVMFS_RETURN_IF_ERROR(data_->WriteAt(host, buf.data(), buf.size()));
+      entry &= ~kOflagZero;
+      MarkDirty(t);
+    } else {
+      KVMFS_RETURN_IF_ERROR(data_->WriteAt(host + (pos - cstart), p, n));
+    }
+    return Status::OK();
+  }
+  // Extended L2: fill the touched subclusters that were not allocated.
+  uint64_t& bitmap = t.words[l2_index * 2 + 1];
+  const uint64_t sc_size = uint64_t{1} << g.subcluster_bits;
+  const uint32_t a = static_cast<uint32_t>((pos - cstart) >> g.subcluster_bits);
+  const uint32_t b = static_cast<uint32_t>((cend - 1 - cstart) >> g.subcluster_bits);
+  const uint64_t span_start = cstart + a * sc_size;
+  const uint64_t span_end = cstart + (uint64_t{b} + 1) * sc_size;
+  std::vector<uint8_t> buf(span_end - span_start);
+  for (uint32_t sc = a; sc <= b; ++sc) {
+    const uint64_t s = cstart + sc * sc_size, e = s + sc_size;
+    uint8_t* dst = buf.data() + (s - span_start);
+    if (bitmap & (1ull << sc)) {
+      // Allocated: keep the old bytes around the write.
+      if (s < pos) KVMFS_RETURN_IF_ERROR(ReadData(host + (s - cstart), dst, pos - s));
+      if (e > pos + n)
+        KVMFS_RETURN_IF_ERROR(ReadData(host + (pos + n - cstart), dst + (pos + n - s),
+                                       e - (pos + n)));
+    } else {
+      if (s < pos) KVMFS_RETURN_IF_ERROR(ReadCurrent(s, dst, pos - s, backing));
+      if (e > pos + n)
+        KVMFS_RETURN_IF_ERROR(ReadCurrent(pos + n, dst + (pos + n - s), e - (pos + n), backing));
+    }
+  }
+  std::memcpy(buf.data() + (pos - span_start), p, n);
+  KVMFS_RETURN_IF_ERROR(data_->WriteAt(host + (span_start - cstart), buf.data(), buf.size()));
+  const uint64_t bits = (b == 31 ? 0xffffffffull : ((1ull << (b + 1)) - 1)) & ~((1ull << a) - 1);
+  const uint64_t nb = (bitmap | bits) & ~(bits << 32);
+  if (nb != bitmap) {
+    bitmap = nb;
+    MarkDirty(t);
+  }
+  return Status::OK();
+}
+
 Status Engine::WriteRun(uint64_t pos, const uint8_t* p, size_t len, const BackingView& backing,
-                        uint64_t* done) {
+                        uint64_t* done, std::vector<AllocRun>* defer) {
   const Geometry& g = geo_;
   const uint64_t cs = g.cluster_size;
   const uint64_t mask = cs - 1;
@@ -512,146 +774,75 @@ Status Engine::WriteRun(uint64_t pos, const uint8_t* p, size_t len, const Backin
 
   // ---- in place: a COPIED normal (or zero-alloc) cluster ----
   if (k.allocated && k.copied) {
-    const uint64_t n = cend - pos;
-    uint64_t& entry = t->words[l2_index * stride];
-    if (!g.extended_l2) {
-      if (k.zero_flag) {
-        // Zero-alloc: the rest of the cluster must read as zeros.
-        std::vector<uint8_t> buf(cs, 0);
-        std::memcpy(buf.data() + (pos - cstart), p, n);
-        KVMFS_RETURN_IF_ERROR(data_->WriteAt(k.host, buf.data(), buf.size()));
-        entry &= ~kOflagZero;
-        MarkDirty(*t);
-      } else {
-        KVMFS_RETURN_IF_ERROR(data_->WriteAt(k.host + (pos - cstart), p, n));
-      }
-      *done = n;
-      return Status::OK();
-    }
-    // Extended L2: fill the touched subclusters that were not allocated.
-    uint64_t& bitmap = t->words[l2_index * 2 + 1];
-    const uint64_t sc_size = uint64_t{1} << g.subcluster_bits;
-    const uint32_t a = static_cast<uint32_t>((pos - cstart) >> g.subcluster_bits);
-    const uint32_t b = static_cast<uint32_t>((cend - 1 - cstart) >> g.subcluster_bits);
-    const uint64_t span_start = cstart + a * sc_size;
-    const uint64_t span_end = cstart + (uint64_t{b} + 1) * sc_size;
-    std::vector<uint8_t> buf(span_end - span_start);
-    for (uint32_t sc = a; sc <= b; ++sc) {
-      const uint64_t s = cstart + sc * sc_size, e = s + sc_size;
-      uint8_t* dst = buf.data() + (s - span_start);
-      if (bitmap & (1ull << sc)) {
-        // Allocated: keep the old bytes around the write.
-        if (s < pos) KVMFS_RETURN_IF_ERROR(ReadData(k.host + (s - cstart), dst, pos - s));
-        if (e > pos + n)
-          KVMFS_RETURN_IF_ERROR(ReadData(k.host + (pos + n - cstart), dst + (pos + n - s),
-                                         e - (pos + n)));
-      } else {
-        if (s < pos) KVMFS_RETURN_IF_ERROR(ReadCurrent(s, dst, pos - s, backing));
-        if (e > pos + n)
-          KVMFS_RETURN_IF_ERROR(ReadCurrent(pos + n, dst + (pos + n - s), e - (pos + n), backing));
-      }
-    }
-    std::memcpy(buf.data() + (pos - span_start), p, n);
-    KVMFS_RETURN_IF_ERROR(data_->WriteAt(k.host + (span_start - cstart), buf.data(), buf.size()));
-    const uint64_t bits = (b == 31 ? 0xffffffffull : ((1ull << (b + 1)) - 1)) & ~((1ull << a) - 1);
-    const uint64_t nb = (bitmap | bits) & ~(bits << 32);
-    if (nb != bitmap) {
-      bitmap = nb;
-      MarkDirty(*t);
-    }
-    *done = n;
-    return Status::OK();
+    *done = cend - pos;
+    return WriteCopied(*t, l2_index, k.host, k.zero_flag, pos, cend, p, backing);
   }
-
   // ---- allocating: a run of clusters that all need a new host cluster ----
-  const bool head_partial = pos != cstart || cend - pos < cs;
-  uint64_t nclusters = 1;
-  if (!head_partial) {
+  AllocRun r;
+  r.pos = pos;
+  r.p = p;
+  r.cstart = cstart;
+  r.l1_index = l1_index;
+  r.l2_index = l2_index;
+  r.partial = pos != cstart || cend - pos < cs;
+  if (!r.partial) {
     // Extend over the following clusters that are wholly written and also
     // need allocation, so a sequential write becomes one host write.
     for (uint64_t c = cstart + cs; c + cs <= l1_end && (c + cs - cstart) <= kMaxRunBytes;
          c += cs) {
       EntryKind next;
-      KVMFS_RETURN_IF_ERROR(classify(l2_index + nclusters, &next));
+      KVMFS_RETURN_IF_ERROR(classify(l2_index + r.nclusters, &next));
       if (next.allocated && next.copied) break;
-      ++nclusters;
+      ++r.nclusters;
     }
   }
-  uint64_t host;
+  r.n = r.partial ? cend - pos : r.nclusters * cs;
   if (data_file) {
-    host = cstart;  // external data file: guest offset == host offset
+    r.host = cstart;  // external data file: guest offset == host offset
   } else {
-    KVMFS_ASSIGN_OR_RETURN(host, AllocClusters(nclusters));
-    if (OverlapsMetadata(host, nclusters * cs))
-      return Status::Corruption(name_ + ": newly allocated cluster " + Hex(host) +
+    KVMFS_ASSIGN_OR_RETURN(r.host, AllocClusters(r.nclusters));
+    if (OverlapsMetadata(r.host, r.nclusters * cs))
+      return Status::Corruption(name_ + ": newly allocated cluster " + Hex(r.host) +
                                 " overlaps metadata (refcounts are wrong)");
   }
-  // A failed data write gives the clusters back (no table names them).
-  auto undo = [&](Status st) {
-    if (!data_file)
-      for (uint64_t i = 0; i < nclusters; ++i)
-        (void)UpdateRefcount((host >> g.cluster_bits) + i, -1);
+  if (r.partial && g.extended_l2 && !k.compressed) {
+    const uint64_t old_bitmap = t->words[l2_index * 2 + 1];
+    const uint32_t a = static_cast<uint32_t>((pos - cstart) >> g.subcluster_bits);
+    const uint32_t b = static_cast<uint32_t>((cend - 1 - cstart) >> g.subcluster_bits);
+    const uint64_t touched =
+        (b == 31 ? 0xffffffffull : ((1ull << (b + 1)) - 1)) & ~((1ull << a) - 1);
+    r.subclusters = true;
+    r.alloc = (k.allocated ? (old_bitmap & kBitmapAllAlloc) : 0) | touched;
+    const uint64_t zero = (old_bitmap >> 32) & ~touched & ~r.alloc;
+    r.new_bitmap = r.alloc | (zero << 32);
+  }
+  *done = r.n;
+  if (defer != nullptr && !data_file) {
+    defer->push_back(r);  // filled and linked by WriteAllocating()
+    return Status::OK();
+  }
+  std::vector<uint8_t> partial;
+  Status st = r.partial ? BuildPartialCluster(r, partial, backing) : Status::OK();
+  if (st.ok()) st = WriteRunData(r, partial);
+  if (!st.ok()) {
+    UndoRun(r);
     return st;
-  };
-  uint64_t new_bitmap = kBitmapAllAlloc;
-  if (!head_partial) {
-    Status st = data_->WriteAt(host, p, nclusters * cs);
-    if (!st.ok()) return undo(std::move(st));
-    *done = nclusters * cs;
-  } else {
-    const uint64_t n = cend - pos;
-    std::vector<uint8_t> buf(cs, 0);
-    if (!g.extended_l2 || k.compressed) {
-      Status st;
-      if (pos > cstart) st = ReadCurrent(cstart, buf.data(), pos - cstart, backing);
-      if (st.ok() && pos + n < cstart + cs)
-        st = ReadCurrent(pos + n, buf.data() + (pos + n - cstart), cstart + cs - (pos + n), backing);
-      if (!st.ok()) return undo(std::move(st));
-    } else {
-      // Only the touched subclusters, plus those the old (shared) cluster
-      // had allocated, become allocated in the new one.
-      const uint64_t old_bitmap = t->words[l2_index * 2 + 1];
-      const uint64_t sc_size = uint64_t{1} << g.subcluster_bits;
-      const uint32_t a = static_cast<uint32_t>((pos - cstart) >> g.subcluster_bits);
-      const uint32_t b = static_cast<uint32_t>((cend - 1 - cstart) >> g.subcluster_bits);
-      const uint64_t touched =
-          (b == 31 ? 0xffffffffull : ((1ull << (b + 1)) - 1)) & ~((1ull << a) - 1);
-      const uint64_t alloc = (k.allocated ? (old_bitmap & kBitmapAllAlloc) : 0) | touched;
-      const uint64_t zero = (old_bitmap >> 32) & ~touched & ~alloc;
-      new_bitmap = alloc | (zero << 32);
-      for (uint32_t sc = 0; sc < 32; ++sc) {
-        if (!(alloc & (1ull << sc))) continue;
-        const uint64_t s = cstart + sc * sc_size, e = s + sc_size;
-        uint8_t* dst = buf.data() + (s - cstart);
-        if (s < pos) KVMFS_RETURN_IF_ERROR(ReadCurrent(s, dst, std::min(e, pos) - s, backing));
-        if (e > pos + n) {
-          const uint64_t from = std::max(s, pos + n);
-          KVMFS_RETURN_IF_ERROR(ReadCurrent(from, buf.data() + (from - cstart), e - from, backing));
-        }
-      }
-    }
-    std::memcpy(buf.data() + (pos - cstart), p, n);
-    Status st = data_->WriteAt(host, buf.data(), buf.size());
-    if (!st.ok()) return undo(std::move(st));
-    *done = n;
   }
-  // Point the entries at the new clusters; release what they pointed to.
-  MarkDirty(*t);
-  for (uint64_t i = 0; i < nclusters; ++i) {
-    const uint64_t idx = l2_index + i;
-    const uint64_t old = t->words[idx * stride];
-    t->words[idx * stride] = (host + i * cs) | kOflagCopied;
-    if (g.extended_l2) t->words[idx * 2 + 1] = nclusters > 1 || !head_partial ? kBitmapAllAlloc
-                                                                              : new_bitmap;
-    KVMFS_RETURN_IF_ERROR(ReleaseEntry(old));
-  }
-  return Status::OK();
+  return LinkRun(r);
 }
 
 // ---- Zeroes and discard ------------------------------------------------------------------
 
 Status Engine::WriteZeroes(uint64_t off, uint64_t len, bool unmap, const BackingView& backing) {
+  WriteDoneOnReturn write_done(write_gen_);
   std::unique_lock<std::shared_mutex> lock = LockExclusive();
+  if (len > 0) {
+    // After the allocations in flight on these clusters (they would link
+    // their clusters over the zeroes).
+    const uint64_t first = off >> geo_.cluster_bits;
+    const uint64_t end = off + len < off ? UINT64_MAX : ((off + len - 1) >> geo_.cluster_bits) + 1;
+    alloc_cv_.wait(lock, [&] { return !InFlightOverlaps(first, end); });
+  }
   KVMFS_RETURN_IF_ERROR(CheckWritable());
   const uint64_t vs = virtual_size();
   if (off > vs || len > vs - off)
