@@ -79,12 +79,9 @@ class VpcImage final : public Image {
       return Status::InvalidArgument(name_ + ": block status at " + std::to_string(off) +
                                      " past the virtual size " + std::to_string(size()));
     len = std::min(len, size() - off);
-    if (l_.fixed_io) {
-      // As QEMU (BDRV_BLOCK_RAW): the host file says where its holes are.
-      const uint64_t data_end = DataEnd();
-      if (off >= data_end) return BlockStatus{Allocation::kData, len};  // footer bytes, zeros
-      return file_->GetAllocation(off, std::min(len, data_end - off));
-    }
+    // A fixed disk is all data, as qemu-img map shows it (BDRV_BLOCK_RAW:
+    // QEMU marks host holes zero but still data).
+    if (l_.fixed_io) return BlockStatus{Allocation::kData, len};
     std::shared_lock lock(mu_);
     const bool allocated = HostOffsetLocked(off) != 0;
     // Allocated runs never span two blocks (the bitmap lies between them);
