@@ -291,6 +291,12 @@ Status WriteBatEntryThroughLog(Backend& file, State& s, const Guid& session, Log
   if (log_length < kMiB || log_length % kMiB != 0)
     return Status::NotSupported(name + ": VHDX log of " + std::to_string(log_length) +
                                 " bytes cannot hold a BAT update");
+  // A log outside the file would be written there first (QEMU would).
+  KVMFS_ASSIGN_OR_RETURN(uint64_t size_now, file.Size());
+  if (log_offset > size_now || log_length > size_now - log_offset)
+    return Status::NotSupported(name + ": the VHDX log (" + std::to_string(log_length) +
+                                " bytes at " + std::to_string(log_offset) +
+                                ") lies past the end of the file");
   KVMFS_RETURN_IF_ERROR(file.Flush());  // the new block's data before its entry
   const Guid guid = NewRandomGuid();
   KVMFS_RETURN_IF_ERROR(UpdateHeaders(file, s, session, false, &guid));

@@ -96,7 +96,8 @@ TEST_F(VhdxDiffTest, ChildReadsThroughItsParentLocator) {
   std::vector<uint8_t> got(model.size(), 0xee);
   Status st = chain.top()->Read(0, got.data(), got.size());
   ASSERT_TRUE(st.ok()) << st.ToString();
-  for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], model[i]) << "byte " << i;
+  ASSERT_TRUE(got == model) << "first difference at byte "
+                            << (std::mismatch(got.begin(), got.end(), model.begin()).first - got.begin());
   // Unaligned pieces across the sector runs of the partial block.
   for (uint64_t off : {5 * kBlock + 99 * 512 + 7, 5 * kBlock + 999 * 512 + 300, 7 * kBlock - 5}) {
     std::vector<uint8_t> piece(3000);

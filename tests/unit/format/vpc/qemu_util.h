@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -97,8 +99,10 @@ class QemuDirTest : public ::testing::Test {
     std::vector<uint8_t> got(expected.size(), 0xee);
     Status st = image.Read(0, got.data(), got.size());
     ASSERT_TRUE(st.ok()) << st.ToString();
-    for (size_t i = 0; i < got.size(); ++i)
-      ASSERT_EQ(got[i], expected[i]) << name << " differs at byte " << i;
+    if (got != expected) {
+      const auto diff = std::mismatch(got.begin(), got.end(), expected.begin());
+      FAIL() << name << " differs at byte " << (diff.first - got.begin());
+    }
     std::vector<uint8_t> piece;
     const uint64_t step = expected.size() / 37 + 4093;
     for (uint64_t off = 0; off < expected.size(); off += step) {
