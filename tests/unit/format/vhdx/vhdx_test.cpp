@@ -429,6 +429,57 @@ TEST_F(VhdxTest, CraftedHeadersAreRefusedAsQemuRefusesThem) {
   EXPECT_TRUE(OpenStatus("junk.vhdx").IsCorruption());
 }
 
+// Pitfall 15: a present block "at 0" reads the file's first bytes for every
+// position in it (QEMU adds no in-block offset), and cannot be written.
+TEST_F(VhdxTest, PresentBlockAtOffsetZeroReadsAsQemu) {
+  Sh("qemu-img create -q -f vhdx -o block_size=1M z.vhdx 8M");
+  {
+    VhdxFile f(P("z.vhdx"));
+    f.SetBat(3, 6);
+    f.Save(P("z.vhdx"));
+  }
+  ASSERT_TRUE(QemuOpens("z.vhdx"));
+  // The whole disk as convert reads it (block-aligned requests)...
+  Sh("qemu-img convert -f vhdx -O raw z.vhdx expected.raw");
+  auto expected = ReadFile(P("expected.raw"));
+  Chain chain = Open("z.vhdx", true);
+  ASSERT_FALSE(chain.layers.empty());
+  std::vector<uint8_t> got(expected.size());
+  ASSERT_TRUE(chain.top()->Read(0, got.data(), got.size()).ok());
+  EXPECT_TRUE(got == expected);
+  // ...and a request inside the block reads the file's start, as qemu-io shows.
+  auto out = ShOut("qemu-io -r -f vhdx -c 'read -v 3149824 16' z.vhdx");
+  ASSERT_TRUE(out);
+  EXPECT_NE(out->find("76 68 64 78 66 69 6c 65"), std::string::npos) << *out;
+  uint8_t head[16];
+  ASSERT_TRUE(chain.top()->Read(3149824, head, sizeof head).ok());
+  EXPECT_EQ(std::memcmp(head, "vhdxfile", 8), 0);
+  ASSERT_FALSE(chain.layers.empty());
+  ASSERT_TRUE(chain.top()->BeginWrites().ok());
+  uint8_t b[512] = {};
+  EXPECT_TRUE(chain.top()->Write(3u << 20, b, sizeof b).IsCorruption());
+}
+
+// A log placed past the end of the file is not where kvmfs writes BAT updates.
+TEST_F(VhdxTest, LogPastTheEndOfTheFileIsNotWritten) {
+  Sh("qemu-img create -q -f vhdx -o block_size=1M far.vhdx 8M");
+  {
+    VhdxFile f(P("far.vhdx"));
+    for (int i = 0; i < 2; ++i) {
+      StoreLE64(f.Header(i) + vhdx::Header::kOffLogOffset, 1ull << 40);
+      f.FixHeader(i);
+    }
+    f.Save(P("far.vhdx"));
+  }
+  ASSERT_TRUE(QemuOpens("far.vhdx"));
+  Chain chain = Open("far.vhdx", true);
+  ASSERT_FALSE(chain.layers.empty());
+  ASSERT_TRUE(chain.top()->BeginWrites().ok());
+  uint8_t b[512] = {7};
+  EXPECT_EQ(chain.top()->Write(0, b, sizeof b).code(), Status::Code::kNotSupported);
+  EXPECT_LT(ReadFile(P("far.vhdx")).size(), 1ull << 30);
+}
+
 TEST_F(VhdxTest, ProbeAndPeek) {
   Sh("qemu-img create -q -f vhdx d.img 8M");
   auto fmt = DetectFormat(P("d.img"), "");
