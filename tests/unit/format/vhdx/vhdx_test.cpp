@@ -331,12 +331,12 @@ struct Crafted {
   Status::Code code = Status::Code::kCorruption;
 };
 
-TEST_F(VhdxTest, CraftedHeadersAreRefusedAsQemuRefusesThem) {
-  Sh("qemu-img create -q -f vhdx -o block_size=1M d.vhdx 16M");
-  Io("d.vhdx", {"write -P 0x12 1M 3M"}, "vhdx");
+void SetItem32(VhdxFile& f, const vhdx::Guid& g, uint32_t v) { StoreLE32(&f.d[f.Item(g)], v); }
+
+// One hostile patch per rule QEMU enforces (and a state QEMU opens but cannot read).
+std::vector<Crafted> CraftedCases() {
   using C = Status::Code;
-  auto set_item32 = [](VhdxFile& f, const vhdx::Guid& g, uint32_t v) { StoreLE32(&f.d[f.Item(g)], v); };
-  const std::vector<Crafted> cases = {
+  return {
       {"both header CRCs bad", [](VhdxFile& f) { f.Header(0)[100] ^= 1; f.Header(1)[100] ^= 1; }},
       {"equal sequences, different headers",
        [](VhdxFile& f) {
@@ -380,9 +380,9 @@ TEST_F(VhdxTest, CraftedHeadersAreRefusedAsQemuRefusesThem) {
          StoreLE32(e + 24, 4);
        },
        C::kNotSupported},
-      {"block size not a power of two", [&](VhdxFile& f) { set_item32(f, vhdx::kFileParametersGuid, 3u << 20); }},
-      {"block size below 1 MiB", [&](VhdxFile& f) { set_item32(f, vhdx::kFileParametersGuid, 512u << 10); }},
-      {"logical sector 4096", [&](VhdxFile& f) { set_item32(f, vhdx::kLogicalSectorGuid, 4096); },
+      {"block size not a power of two", [](VhdxFile& f) { SetItem32(f, vhdx::kFileParametersGuid, 3u << 20); }},
+      {"block size below 1 MiB", [](VhdxFile& f) { SetItem32(f, vhdx::kFileParametersGuid, 512u << 10); }},
+      {"logical sector 4096", [](VhdxFile& f) { SetItem32(f, vhdx::kLogicalSectorGuid, 4096); },
        C::kNotSupported},
       {"virtual size past the BAT",
        [](VhdxFile& f) { StoreLE64(&f.d[f.Item(vhdx::kVirtualDiskSizeGuid)], 1ull << 40); }},
@@ -402,6 +402,12 @@ TEST_F(VhdxTest, CraftedHeadersAreRefusedAsQemuRefusesThem) {
       {"present block overlapping the BAT", [](VhdxFile& f) { f.SetBat(2, f.bat | 6); }},
       {"block state 7 read", [](VhdxFile& f) { f.SetBat(2, f.Bat(2) | 7); }, C::kOk},
   };
+}
+
+TEST_F(VhdxTest, CraftedHeadersAreRefusedAsQemuRefusesThem) {
+  Sh("qemu-img create -q -f vhdx -o block_size=1M d.vhdx 16M");
+  Io("d.vhdx", {"write -P 0x12 1M 3M"}, "vhdx");
+  const std::vector<Crafted> cases = CraftedCases();
   for (const Crafted& c : cases) {
     SCOPED_TRACE(c.what);
     Sh("cp d.vhdx bad.vhdx");
@@ -409,7 +415,7 @@ TEST_F(VhdxTest, CraftedHeadersAreRefusedAsQemuRefusesThem) {
     c.patch(f);
     f.Save(P("bad.vhdx"));
     Status st = OpenStatus("bad.vhdx");
-    if (c.code == C::kOk) {
+    if (c.code == Status::Code::kOk) {
       // Opens (as in QEMU), but the block fails to read (EIO in QEMU).
       EXPECT_TRUE(QemuOpens("bad.vhdx"));
       ASSERT_TRUE(st.ok()) << st.ToString();
