@@ -57,9 +57,23 @@ def vmdk_rows(bench):
 
 
 # --------------------------------------------------------------------------
+# VHDX (issue 12): a dynamic VHDX (QEMU's defaults) read sequentially, 1 MiB
+# requests (target >= 2x QSD).
+
+
+def vhdx_rows(bench):
+    pool = bench.new_pool("vhdx-dynamic")
+    image = os.path.join(pool, "disk.vhdx")
+    benchrun.run([benchrun.QEMU_IMG, "convert", "-q", "-f", "raw", "-O", "vhdx", "-o",
+                  "subformat=dynamic", bench.source(), image], timeout=3600)
+    return [Row("vhdx-dynamic-seqread", "VHDX dynamic, seq read 1 MiB", pool, image, "vhdx", "read",
+                "1M", 1, 2.0, [image])]
+
+
+# --------------------------------------------------------------------------
 # Shared: the source image, mounts, fio, the table.
 
-FORMAT_ROWS = {"vmdk": vmdk_rows}
+FORMAT_ROWS = {"vmdk": vmdk_rows, "vhdx": vhdx_rows}
 
 
 class FormatBench:
