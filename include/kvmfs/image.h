@@ -83,8 +83,11 @@ struct SnapshotInfo {
   uint64_t disk_size = 0;   // the virtual size at snapshot time
 };
 
-// A `qemu-img info` value: bool, number or string.
-using InfoValue = std::variant<bool, int64_t, std::string>;
+// A `qemu-img info` value: bool, number, string, an object (its fields in
+// order) or a list of objects (LUKS key slots).
+struct InfoField;
+using InfoObject = std::vector<InfoField>;
+using InfoValue = std::variant<bool, int64_t, std::string, InfoObject, std::vector<InfoObject>>;
 struct InfoField {
   std::string key;
   InfoValue value;
