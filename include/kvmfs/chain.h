@@ -1,6 +1,7 @@
 // Opening an image file with its whole backing chain.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,6 +26,10 @@ struct ChainPolicy {
   // layers are always opened read-only. A top file the host does not let us
   // open for writing (EACCES, EPERM, EROFS) is opened read-only instead.
   bool writable_top = false;
+  // The passphrase of the encrypted image at a canonical host path
+  // (OpenContext::key asks it with the path of the layer being opened).
+  // Empty: no key is configured for any image.
+  std::function<Result<std::shared_ptr<const Secret>>(const std::string& path)> key_for;
 };
 
 struct Layer {

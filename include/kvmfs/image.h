@@ -192,6 +192,15 @@ class Image {
   // Metadata of this layer only (the backing is described by its own Image).
   virtual ImageInfo Info() const = 0;
 
+  // Why the guest data of this layer cannot be read or written although its
+  // metadata could be: an encrypted image without its key, with a wrong key
+  // or an unreadable key file (kPermission), or with a cipher kvmfs cannot
+  // compute (kNotSupported); OK when it can. Such an image answers size(),
+  // Info(), Snapshots(), GetBlockStatus() and ActualSize() (for info.json)
+  // and fails every data call with this status; the pool refuses its
+  // disk.raw (and the disk.raw of every image above it) with it. Default: OK.
+  virtual Status DataStatus() const { return Status::OK(); }
+
   // Internal snapshots of this layer, in table order. Default: none.
   virtual std::vector<SnapshotInfo> Snapshots() const;
 

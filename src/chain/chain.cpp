@@ -117,6 +117,11 @@ Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
       KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, OpenLocalFile(related, false));
       return std::shared_ptr<Backend>(std::move(b));
     };
+    // Encryption keys: looked up by this layer's own path (crypto helper).
+    ctx.key = [&policy, current]() -> Result<std::shared_ptr<const Secret>> {
+      if (!policy.key_for) return Status::Permission(current + ": no key configured");
+      return policy.key_for(current);
+    };
     KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Image> image,
                            driver->Open(std::shared_ptr<Backend>(std::move(file)), ctx));
     ImageInfo info = image->Info();

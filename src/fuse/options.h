@@ -26,6 +26,7 @@ struct Options {
   uint64_t cache_size = 64ull << 20;       // cache_size=SIZE: qcow2 metadata cache, whole process
   std::string config;                      // config=FILE, or a YAML SOURCE (canonical after validation)
   std::string log_level;                   // log_level=trace|debug|info|warn|error
+  std::string keys;                        // keys=FILE: a YAML `keys:` list (canonical after validation)
   // Everything else given with -o, for libfuse (ro, allow_other, fsname, ...).
   std::vector<std::string> fuse_options;
 };

@@ -15,6 +15,10 @@ namespace {
 Status StatusOf(const Result<Chain>& chain) {
   if (!chain.ok()) return chain.status();
   if (chain->layers.empty()) return Status::Corruption("empty chain");
+  // A layer opened without access to its data (encryption key missing or
+  // wrong, cipher not computable) makes the image unusable but describable.
+  for (const Layer& layer : chain->layers)
+    if (Status data = layer.image->DataStatus(); !data.ok()) return data;
   return Status::OK();
 }
 
@@ -59,9 +63,10 @@ OpenImage::OpenImage(std::string path, FileKey key, std::string format, Result<C
     : path_(std::move(path)),
       format_(std::move(format)),
       status_(StatusOf(chain)),
-      chain_(status_.ok() ? std::move(chain).value() : Chain{}),
+      // Kept when only a layer's data is out of reach (see StatusOf), for info.json.
+      chain_(chain.ok() ? std::move(chain).value() : Chain{}),
       key_(key),
-      snapshots_(status_.ok() ? chain_.top()->Snapshots() : std::vector<SnapshotInfo>{}),
+      snapshots_(!chain_.layers.empty() ? chain_.top()->Snapshots() : std::vector<SnapshotInfo>{}),
       snapshot_names_(SnapshotDirNames(snapshots_)) {}
 
 OpenImage::~OpenImage() { Writing().Remove(this); }
@@ -188,7 +193,8 @@ std::string OpenImage::InfoText(const ViewId& view) {
 }
 
 std::string OpenImage::RenderInfo(const ViewId& view, ViewState& state) {
-  if (!status_.ok()) return RenderJson(ErrorJson(path_, format_, status_.ToString()));
+  if (!status_.ok() && chain_.layers.empty())
+    return RenderJson(ErrorJson(path_, format_, status_.ToString()));
   size_t index = view.kind == ViewId::Kind::kLayer ? view.layer : 0;
   if (index >= chain_.layers.size())
     return RenderJson(ErrorJson(path_, format_, "no such backing layer"));
@@ -214,11 +220,17 @@ std::string OpenImage::RenderInfo(const ViewId& view, ViewState& state) {
     if (!subject.snapshot)
       return RenderJson(ErrorJson(path_, format_, "no snapshot with id " + view.snapshot_id));
     auto image = ViewImageLocked(view, state);
-    if (!image.ok()) {
+    if (!image.ok() && status_.ok()) {
       nlohmann::ordered_json j = ErrorJson(path_, format_, image.status().ToString());
       j["snapshot"] = SnapshotJson(*subject.snapshot);
       return RenderJson(j);
     }
+  }
+  // An image whose data is out of reach (a key problem): described, with why.
+  if (!status_.ok()) {
+    nlohmann::ordered_json j = pool::InfoJson(subject);
+    j["error"] = status_.ToString();
+    return RenderJson(j);
   }
   return RenderJson(pool::InfoJson(subject));
 }
@@ -410,6 +422,8 @@ Result<std::shared_ptr<OpenImage>> ImageCache::GetCanonical(const std::string& c
     Result<Chain> chain = opener_(canonical, policy_, format);
     if (!chain.ok()) {
       spdlog::error("cannot open image {}: {}", canonical, chain.status().ToString());
+    } else if (Status data = StatusOf(chain); !data.ok()) {
+      spdlog::error("cannot open image {}: {}", canonical, data.ToString());
     } else {
       spdlog::debug("opened image {} ({}, {} layer(s))", canonical, format, chain->layers.size());
     }

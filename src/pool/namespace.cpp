@@ -62,6 +62,8 @@ ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {
         policy.allowed_roots.end())
       policy.allowed_roots.push_back(root);
   policy.writable_top = !options.readonly;
+  auto keys = std::make_shared<const crypto::KeyRing>(options.keys, policy.allowed_roots);
+  policy.key_for = [keys](const std::string& path) { return keys->KeyFor(path); };
   return policy;
 }
 

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "crypto/key_ring.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
@@ -49,6 +50,9 @@ struct NamespaceOptions {
   // force_share: disk.raw readers take QEMU's read lock without refusing to
   // share writing (qemu-img -U), so they open while a VM writes the image.
   bool force_share = false;
+  // Passphrase files of encrypted images (kvmfs.yaml(5) keys:, -o keys=FILE),
+  // matched against image paths relative to SOURCE (or a backing root).
+  std::vector<crypto::KeyRule> keys;
 };
 
 enum class NodeKind {
