@@ -65,6 +65,8 @@ OpenImage::OpenImage(std::string path, FileKey key, std::string format, Result<C
       status_(StatusOf(chain)),
       // Kept when only a layer's data is out of reach (see StatusOf), for info.json.
       chain_(chain.ok() ? std::move(chain).value() : Chain{}),
+      encrypted_(std::any_of(chain_.layers.begin(), chain_.layers.end(),
+                             [](const Layer& l) { return l.image->Info().encrypted; })),
       key_(key),
       snapshots_(!chain_.layers.empty() ? chain_.top()->Snapshots() : std::vector<SnapshotInfo>{}),
       snapshot_names_(SnapshotDirNames(snapshots_)) {}

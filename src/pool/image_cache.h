@@ -58,6 +58,9 @@ class OpenImage {
   const Status& status() const { return status_; }       // why opening failed, or OK
   bool ok() const { return status_.ok(); }
   const Chain& chain() const { return chain_; }  // requires ok()
+  // Whether a layer of the chain is encrypted (its guest data is then only
+  // for the mounting user: disk.raw loses its group/other modes).
+  bool encrypted() const { return encrypted_; }
 
   // Whether this entry still stands for the file with `key`: the key matches,
   // or kvmfs itself is writing the file (its own writes change mtime and
@@ -145,6 +148,7 @@ class OpenImage {
   const std::string format_;
   const Status status_;
   const Chain chain_;
+  const bool encrypted_;
 
   mutable std::mutex mu_;
   FileKey key_;                                // GUARDED_BY(mu_)

@@ -257,6 +257,10 @@ struct stat Namespace::StatNode(const Node& node) {
       node.kind == NodeKind::kSnapshotsDir) {
     if (TopWritable(node)) st.st_mode |= S_IWUSR;  // 0644 disk.raw, 0755 snapshots/
   }
+  // Decrypted data is for the mounting user only (default_permissions makes
+  // the kernel enforce it, also under allow_other).
+  if (node.kind == NodeKind::kDisk && node.image && node.image->encrypted())
+    st.st_mode &= ~mode_t(S_IRWXG | S_IRWXO);
   if (node.kind == NodeKind::kDisk) {
     auto image = node.image->ViewImage(node.view);
     if (image.ok()) {
