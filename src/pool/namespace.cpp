@@ -266,6 +266,10 @@ struct stat Namespace::StatNode(const Node& node) {
     if (image.ok()) {
       st.st_size = static_cast<off_t>((*image)->size());
       st.st_blocks = static_cast<blkcnt_t>((node.image->AllocatedBytes(node.view) + 511) / 512);
+    } else if (node.view.kind == ViewId::Kind::kTop && !node.image->chain().layers.empty()) {
+      // Opened but its data out of reach (a key problem): the disk keeps its
+      // size, so a key added later (SIGHUP) does not meet a cached size 0.
+      st.st_size = static_cast<off_t>(node.image->chain().top()->size());
     }
   } else if (node.kind == NodeKind::kInfo) {
     st.st_size = static_cast<off_t>(node.image->InfoText(node.view).size());
