@@ -91,6 +91,10 @@ struct CipherSpec {
   IvGen ivgen = IvGen::kPlain64;
   HashAlg ivgen_hash = HashAlg::kSha256;  // essiv only
   size_t key_bytes = 64;                  // the whole key (both halves for XTS)
+  // Bytes encrypted as one unit with one IV: 512, or 4096 for LUKS2
+  // containers made with --sector-size 4096. IVs count 512-byte sectors
+  // whatever the unit (dm-crypt without iv_large_sectors).
+  uint32_t sector_size = 512;
 
   // "aes-256" (QEMU's cipher-alg), or "<name>-<bits>" for others.
   std::string AlgName() const;
@@ -109,8 +113,9 @@ Status Pbkdf2(HashAlg hash, const uint8_t* pass, size_t pass_len, const uint8_t*
 
 inline constexpr size_t kCryptSectorSize = 512;
 
-// Encrypts and decrypts in place runs of whole 512-byte sectors, the first
-// one numbered `sector` (what the IV generator sees: QEMU's standalone LUKS
+// Encrypts and decrypts in place runs of whole sectors (spec.sector_size
+// bytes, 512 unless LUKS2 says otherwise), the first one at 512-byte sector
+// `sector` (what the IV generator sees: QEMU's standalone LUKS
 // and legacy AES use the guest sector, qcow2's LUKS the host sector, i.e.
 // host offset / 512). Keeps its own copy of the key in a Secret; OpenSSL
 // contexts (which hold the expanded key) live only during a call and are
@@ -124,8 +129,9 @@ class SectorCipher {
   SectorCipher(const SectorCipher&) = delete;
   SectorCipher& operator=(const SectorCipher&) = delete;
 
-  // `len` must be a multiple of 512 (kInvalidArgument otherwise). kIOError
-  // when OpenSSL fails (out of memory).
+  // `len` must be a multiple of spec().sector_size and `sector` a multiple
+  // of sector_size / 512 (kInvalidArgument otherwise). kIOError when OpenSSL
+  // fails (out of memory).
   Status Encrypt(uint64_t sector, uint8_t* data, size_t len) const;
   Status Decrypt(uint64_t sector, uint8_t* data, size_t len) const;
 
@@ -140,8 +146,8 @@ class SectorCipher {
   CipherSpec spec_;
 };
 
-// One run of a batch: `len` bytes (a multiple of 512) at `data`, first
-// sector `sector`. `status` is set by CryptBatch().
+// One run of a batch: `len` bytes (whole cipher sectors) at `data`, first
+// 512-byte sector `sector`. `status` is set by CryptBatch().
 struct CryptJob {
   uint64_t sector = 0;
   uint8_t* data = nullptr;
@@ -156,9 +162,9 @@ struct CryptJob {
 // Thread-safe.
 Status CryptBatch(const SectorCipher& cipher, bool encrypt, std::span<CryptJob> jobs);
 
-// Splits [data, data+len) (sector-aligned, first sector `sector`) into runs
-// of about `chunk` bytes and CryptBatch()es them: the one call an engine
-// makes for a contiguous buffer.
+// Splits [data, data+len) (whole cipher sectors, first 512-byte sector
+// `sector`) into runs of about `chunk` bytes and CryptBatch()es them: the
+// one call an engine makes for a contiguous buffer.
 Status CryptRange(const SectorCipher& cipher, bool encrypt, uint64_t sector, uint8_t* data,
                   size_t len, size_t chunk = 64 * 1024);
 
@@ -252,6 +258,43 @@ Result<std::unique_ptr<SectorCipher>> LuksCipher(const LuksHeader& header, const
 // into `out` (block_len bytes).
 Status AfMerge(HashAlg hash, size_t block_len, uint32_t stripes, const uint8_t* split,
                uint8_t* out);
+
+// ==== LUKS2 (libcryptsetup) =================================================
+
+// A LUKS2 container, read by libcryptsetup (QEMU 7.2 has no LUKS2): its
+// header JSON, both copies and their checksums are libcryptsetup's
+// business; kvmfs takes the data segment's cipher, offset and sector size.
+struct Luks2Volume {
+  CipherSpec spec;              // with spec.sector_size from the segment
+  uint64_t payload_offset = 0;  // bytes
+  std::string uuid;
+  std::string cipher;           // as cryptsetup prints it ("aes-xts-plain64")
+  // OK, or kNotSupported: authenticated encryption (dm-integrity), a
+  // cipher OpenSSL does not compute.
+  Status support;
+
+  // The format-specific fields kvmfs shows for LUKS2 (qemu-img has none):
+  // version, cipher-alg, cipher-mode, ivgen-alg, sector-size, uuid,
+  // payload-offset.
+  std::vector<InfoField> InfoFields() const;
+};
+
+// Whether this kvmfs was built with libcryptsetup (LUKS2 support).
+bool Luks2Supported();
+
+// Reads the LUKS2 header of the open container `fd` (through
+// /proc/self/fd: the same file, never a path looked up again). Errors:
+// kNotSupported (no libcryptsetup), kCorruption (libcryptsetup refuses the
+// header), naming `name`.
+Result<Luks2Volume> Luks2Open(int fd, const std::string& name);
+
+// The volume key: libcryptsetup tries the key slots with `passphrase` (all
+// its bytes, as cryptsetup --key-file). Key slots whose PBKDF costs more
+// than kLuksMaxIterations PBKDF2 iterations, or Argon2 beyond 4 GiB or 100
+// passes, are refused (kNotSupported) before any is tried. Errors:
+// kPermission "wrong key", kNotSupported, kCorruption.
+Result<Secret> Luks2Unlock(int fd, const Luks2Volume& volume, const Secret& passphrase,
+                           const std::string& name);
 
 // ==== Keys ==================================================================
 

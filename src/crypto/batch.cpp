@@ -129,10 +129,12 @@ Status CryptBatch(const SectorCipher& cipher, bool encrypt, std::span<CryptJob> 
 
 Status CryptRange(const SectorCipher& cipher, bool encrypt, uint64_t sector, uint8_t* data,
                   size_t len, size_t chunk) {
-  if (len % kCryptSectorSize != 0)
+  const size_t unit = cipher.spec().sector_size;
+  if (len % unit != 0)
     return Status::InvalidArgument("encrypted I/O of " + std::to_string(len) +
-                                   " bytes is not a whole number of 512-byte sectors");
-  chunk = std::max(kCryptSectorSize, chunk / kCryptSectorSize * kCryptSectorSize);
+                                   " bytes is not a whole number of " + std::to_string(unit) +
+                                   "-byte sectors");
+  chunk = std::max<size_t>(unit, chunk / unit * unit);
   if (len <= chunk)
     return encrypt ? cipher.Encrypt(sector, data, len) : cipher.Decrypt(sector, data, len);
   std::vector<CryptJob> jobs;

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "base/endian.h"
+#include "crypto/luks_internal.h"
 #include "crypto/openssl_util.h"
 #include "kvmfs/cipher.h"
 
@@ -88,24 +89,25 @@ Status ParseMode(const std::string& text, const std::string& name, CipherSpec* s
 
 // The cipher name and key size -> spec.alg (kOther: QEMU knows it, OpenSSL
 // does not compute it for us).
-Status ParseCipher(const LuksHeader& h, const std::string& name, CipherSpec* spec) {
-  spec->cipher_name = h.cipher_name;
-  spec->key_bytes = h.key_bytes;
-  uint32_t bytes = h.key_bytes;
+Status ParseCipher(const std::string& cipher_name, uint32_t key_bytes, const std::string& name,
+                   CipherSpec* spec) {
+  spec->cipher_name = cipher_name;
+  spec->key_bytes = key_bytes;
+  uint32_t bytes = key_bytes;
   if (spec->mode == CipherMode::kXts) {
     if (bytes % 2 != 0)
       return Status::NotSupported(name + ": LUKS XTS key of " + std::to_string(bytes) + " bytes");
     bytes /= 2;
   }
   const bool aes_size = bytes == 16 || bytes == 24 || bytes == 32;
-  if (h.cipher_name == "aes" && aes_size) {
+  if (cipher_name == "aes" && aes_size) {
     spec->alg = bytes == 16 ? CipherAlg::kAes128 : bytes == 24 ? CipherAlg::kAes192 : CipherAlg::kAes256;
-  } else if ((h.cipher_name == "serpent" || h.cipher_name == "twofish") && aes_size) {
+  } else if ((cipher_name == "serpent" || cipher_name == "twofish") && aes_size) {
     spec->alg = CipherAlg::kOther;
-  } else if (h.cipher_name == "cast5" && bytes == 16) {
+  } else if (cipher_name == "cast5" && bytes == 16) {
     spec->alg = CipherAlg::kOther;
   } else {
-    return Status::NotSupported(name + ": LUKS algorithm " + h.cipher_name + " with key size " +
+    return Status::NotSupported(name + ": LUKS algorithm " + cipher_name + " with key size " +
                                 std::to_string(bytes) + " bytes not supported");
   }
   return Status::OK();
@@ -204,6 +206,12 @@ Result<Secret> TrySlot(const LuksHeader& h, const LuksKeySlot& slot, const Secre
 
 }  // namespace
 
+Status ParseLuksCipher(const std::string& cipher_name, const std::string& cipher_mode,
+                       uint32_t key_bytes, const std::string& name, CipherSpec* spec) {
+  KVMFS_RETURN_IF_ERROR(ParseMode(cipher_mode, name, spec));
+  return ParseCipher(cipher_name, key_bytes, name, spec);
+}
+
 bool IsLuksMagic(const uint8_t* head, size_t len) {
   return len >= sizeof kMagic && std::memcmp(head, kMagic, sizeof kMagic) == 0;
 }
@@ -250,8 +258,7 @@ Result<LuksHeader> DecodeLuksHeader(const uint8_t* buf, size_t len, uint64_t are
 
   // Names last: a structurally sound header with algorithms kvmfs cannot
   // compute is still described (info.json), just not opened.
-  Status names = ParseMode(h.cipher_mode, name, &h.spec);
-  if (names.ok()) names = ParseCipher(h, name, &h.spec);
+  Status names = ParseLuksCipher(h.cipher_name, h.cipher_mode, h.key_bytes, name, &h.spec);
   if (names.ok() && !ParseHashName(h.hash_spec, &h.hash))
     names = Status::NotSupported(name + ": LUKS hash algorithm " + h.hash_spec + " not supported");
   if (names.ok() && crypto::Digest(h.hash) == nullptr)

@@ -51,6 +51,10 @@ SectorCipher::~SectorCipher() = default;
 Result<std::unique_ptr<SectorCipher>> SectorCipher::Create(const CipherSpec& spec,
                                                            const Secret& key) {
   KVMFS_RETURN_IF_ERROR(spec.Supported());
+  if (spec.sector_size < kCryptSectorSize || spec.sector_size > 4096 ||
+      (spec.sector_size & (spec.sector_size - 1)) != 0)
+    return Status::NotSupported("encryption sector size " + std::to_string(spec.sector_size) +
+                                " is not supported (512 to 4096, a power of two)");
   if (key.size() != spec.key_bytes)
     return Status::InvalidArgument("cipher " + spec.AlgName() + ": key of " +
                                    std::to_string(key.size()) + " bytes, expected " +
@@ -78,9 +82,12 @@ Status SectorCipher::Decrypt(uint64_t sector, uint8_t* data, size_t len) const {
 }
 
 Status SectorCipher::Crypt(bool encrypt, uint64_t sector, uint8_t* data, size_t len) const {
-  if (len % kCryptSectorSize != 0)
-    return Status::InvalidArgument("encrypted I/O of " + std::to_string(len) +
-                                   " bytes is not a whole number of 512-byte sectors");
+  const size_t unit = spec_.sector_size;
+  const uint64_t step = unit / kCryptSectorSize;  // IVs count 512-byte sectors
+  if (len % unit != 0 || sector % step != 0)
+    return Status::InvalidArgument("encrypted I/O of " + std::to_string(len) + " bytes at sector " +
+                                   std::to_string(sector) + " is not a whole number of " +
+                                   std::to_string(unit) + "-byte sectors");
   if (len == 0) return Status::OK();
   // The contexts hold the expanded key: they live for this call only.
   CipherCtx ctx(EVP_CIPHER_CTX_new());
@@ -98,7 +105,7 @@ Status SectorCipher::Crypt(bool encrypt, uint64_t sector, uint8_t* data, size_t 
     EVP_CIPHER_CTX_set_padding(essiv.get(), 0);
   }
   uint8_t iv[16];
-  for (size_t done = 0; done < len; done += kCryptSectorSize, ++sector) {
+  for (size_t done = 0; done < len; done += unit, sector += step) {
     if (impl_->iv_len > 0) {
       std::memset(iv, 0, sizeof iv);
       switch (spec_.ivgen) {
@@ -117,8 +124,8 @@ Status SectorCipher::Crypt(bool encrypt, uint64_t sector, uint8_t* data, size_t 
         return SslError("cipher iv");
     }
     int out = 0;
-    if (EVP_CipherUpdate(ctx.get(), data + done, &out, data + done, int(kCryptSectorSize)) != 1 ||
-        out != int(kCryptSectorSize))
+    if (EVP_CipherUpdate(ctx.get(), data + done, &out, data + done, int(unit)) != 1 ||
+        out != int(unit))
       return SslError(encrypt ? "encrypt" : "decrypt");
   }
   return Status::OK();

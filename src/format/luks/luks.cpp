@@ -20,21 +20,26 @@
 namespace kvmfs {
 namespace {
 
-constexpr uint64_t kSector = kCryptSectorSize;
-
-uint64_t AlignDown(uint64_t v) { return v / kSector * kSector; }
-uint64_t AlignUp(uint64_t v) { return (v + kSector - 1) / kSector * kSector; }
+// What Open() found: where the guest data is, how it is encrypted, what
+// info.json says.
+struct Container {
+  uint64_t payload = 0;        // bytes before the guest data
+  uint32_t unit = 512;         // bytes encrypted together (LUKS2: up to 4096)
+  std::vector<InfoField> info;  // format-specific data
+  std::unique_ptr<SectorCipher> cipher;  // set only when data_status is OK
+  Status data_status;
+};
 
 class LuksImage final : public Image {
  public:
-  LuksImage(std::shared_ptr<Backend> file, LuksHeader header, uint64_t size,
-            std::unique_ptr<SectorCipher> cipher, Status data_status)
+  LuksImage(std::shared_ptr<Backend> file, uint64_t size, Container c)
       : file_(std::move(file)),
-        header_(std::move(header)),
-        payload_(header_.payload_bytes()),
+        payload_(c.payload),
+        unit_(c.unit),
+        info_(std::move(c.info)),
         size_(size),
-        cipher_(std::move(cipher)),
-        data_status_(std::move(data_status)) {}
+        cipher_(std::move(c.cipher)),
+        data_status_(std::move(c.data_status)) {}
 
   uint64_t size() const override { return size_.load(std::memory_order_acquire); }
 
@@ -45,7 +50,7 @@ class LuksImage final : public Image {
     KVMFS_RETURN_IF_ERROR(CheckRange("read", off, len));
     if (len == 0) return Status::OK();
     auto* out = static_cast<uint8_t*>(buf);
-    if (off % kSector == 0 && len % kSector == 0) return ReadData(off, out, len);
+    if (off % unit_ == 0 && len % unit_ == 0) return ReadData(off, out, len);
     // Whole sectors around the range, decrypted, then the asked-for part.
     const uint64_t start = AlignDown(off), end = AlignUp(off + len);
     std::vector<uint8_t> tmp(end - start);
@@ -82,9 +87,9 @@ class LuksImage final : public Image {
     // could touch the same sector wait (FUSE writes are page-aligned, so
     // this path is rare).
     std::unique_lock lock(rmw_mu_);
-    if (start != off) KVMFS_RETURN_IF_ERROR(ReadData(start, tmp.data(), kSector));
-    if (end != off + len && (end - kSector != start || start == off))
-      KVMFS_RETURN_IF_ERROR(ReadData(end - kSector, tmp.data() + tmp.size() - kSector, kSector));
+    if (start != off) KVMFS_RETURN_IF_ERROR(ReadData(start, tmp.data(), unit_));
+    if (end != off + len && (end - unit_ != start || start == off))
+      KVMFS_RETURN_IF_ERROR(ReadData(end - unit_, tmp.data() + tmp.size() - unit_, unit_));
     std::memcpy(tmp.data() + (off - start), in, len);
     return WriteData(start, tmp.data(), tmp.size());
   }
@@ -97,8 +102,9 @@ class LuksImage final : public Image {
   // decrypting a hole gives. Shrinking is refused, as for raw.
   Status Resize(uint64_t new_size) override {
     if (!writable()) return Status::ReadOnly(file_->name() + ": image is read-only");
-    if (new_size % kSector != 0)
-      return Status::InvalidArgument(file_->name() + ": a LUKS image grows by whole 512-byte sectors");
+    if (new_size % unit_ != 0)
+      return Status::InvalidArgument(file_->name() + ": a LUKS image grows by whole " +
+                                     std::to_string(unit_) + "-byte sectors");
     if (new_size < size())
       return Status::InvalidArgument(file_->name() + ": shrinking a LUKS image is refused "
                                      "(use qemu-img resize --shrink)");
@@ -120,7 +126,7 @@ class LuksImage final : public Image {
     info.virtual_size = size();
     info.encrypted = true;
     info.format_specific_type = "luks";
-    info.format_specific = header_.InfoFields(false);
+    info.format_specific = info_;
     return info;
   }
 
@@ -130,10 +136,10 @@ class LuksImage final : public Image {
   // The one road of guest data: whole sectors, from/to the payload.
   Status ReadData(uint64_t off, uint8_t* buf, size_t len) {
     KVMFS_RETURN_IF_ERROR(file_->ReadAt(payload_ + off, buf, len));
-    return CryptRange(*cipher_, false, off / kSector, buf, len);
+    return CryptRange(*cipher_, false, off / kCryptSectorSize, buf, len);
   }
   Status WriteData(uint64_t off, uint8_t* buf, size_t len) {
-    KVMFS_RETURN_IF_ERROR(CryptRange(*cipher_, true, off / kSector, buf, len));
+    KVMFS_RETURN_IF_ERROR(CryptRange(*cipher_, true, off / kCryptSectorSize, buf, len));
     return file_->WriteAt(payload_ + off, buf, len);
   }
 
@@ -151,9 +157,13 @@ class LuksImage final : public Image {
     return CheckRange("write", off, len);
   }
 
+  uint64_t AlignDown(uint64_t v) const { return v / unit_ * unit_; }
+  uint64_t AlignUp(uint64_t v) const { return (v + unit_ - 1) / unit_ * unit_; }
+
   const std::shared_ptr<Backend> file_;
-  const LuksHeader header_;
   const uint64_t payload_;  // bytes before the guest data
+  const uint64_t unit_;     // encryption sector size
+  const std::vector<InfoField> info_;
   std::atomic<uint64_t> size_;
   const std::unique_ptr<SectorCipher> cipher_;  // null unless data_status_ is OK
   const Status data_status_;
@@ -182,37 +192,65 @@ class LuksFormatDriver final : public FormatDriver {
     KVMFS_ASSIGN_OR_RETURN(uint64_t file_size, file->Size());
     uint8_t head[kLuksHeaderSize];
     KVMFS_RETURN_IF_ERROR(file->ReadAt(0, head, sizeof head));
-    KVMFS_ASSIGN_OR_RETURN(LuksHeader header,
-                           DecodeLuksHeader(head, std::min<uint64_t>(file_size, sizeof head),
-                                            file_size, name));
-    if (header.payload_bytes() > file_size)
-      return Status::Corruption(name + ": LUKS payload offset " +
-                                std::to_string(header.payload_bytes()) +
+    Container c;
+    if (file_size >= 8 && IsLuksMagic(head, sizeof head) && LoadBE16(head + 6) == 2) {
+      KVMFS_RETURN_IF_ERROR(OpenLuks2(*file, ctx, name, c));
+    } else {
+      KVMFS_RETURN_IF_ERROR(OpenLuks1(*file, head, file_size, ctx, name, c));
+    }
+    if (c.payload > file_size)
+      return Status::Corruption(name + ": LUKS payload offset " + std::to_string(c.payload) +
                                 " is past the end of the file (" + std::to_string(file_size) +
                                 " bytes)");
-    const uint64_t size = file_size - header.payload_bytes();
-    std::unique_ptr<SectorCipher> cipher;
-    Status data_status = Unlock(header, file, ctx, name, &cipher);
     // Only key problems and ciphers kvmfs cannot compute leave an image
     // that is listed and described; anything else (I/O) fails the open.
-    if (!data_status.ok() && data_status.code() != Status::Code::kPermission &&
-        data_status.code() != Status::Code::kNotSupported)
-      return data_status;
-    return std::unique_ptr<Image>(std::make_unique<LuksImage>(std::move(file), std::move(header),
-                                                              size, std::move(cipher),
-                                                              std::move(data_status)));
+    if (!c.data_status.ok() && c.data_status.code() != Status::Code::kPermission &&
+        c.data_status.code() != Status::Code::kNotSupported)
+      return c.data_status;
+    const uint64_t size = (file_size - c.payload) / c.unit * c.unit;
+    return std::unique_ptr<Image>(std::make_unique<LuksImage>(std::move(file), size, std::move(c)));
   }
 
  private:
-  static Status Unlock(const LuksHeader& header, const std::shared_ptr<Backend>& file,
-                       const OpenContext& ctx, const std::string& name,
-                       std::unique_ptr<SectorCipher>* cipher) {
-    KVMFS_RETURN_IF_ERROR(header.support);
+  static Result<std::shared_ptr<const Secret>> Passphrase(const OpenContext& ctx,
+                                                          const std::string& name) {
     if (!ctx.key) return Status::Permission(name + ": no key configured");
-    KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<const Secret> pass, ctx.key());
-    auto read = [&file](uint64_t off, uint8_t* buf, size_t len) { return file->ReadAt(off, buf, len); };
-    KVMFS_ASSIGN_OR_RETURN(Secret master, LuksUnlock(header, *pass, read, name));
-    KVMFS_ASSIGN_OR_RETURN(*cipher, LuksCipher(header, master));
+    return ctx.key();
+  }
+
+  static Status OpenLuks1(Backend& file, const uint8_t* head, uint64_t file_size,
+                          const OpenContext& ctx, const std::string& name, Container& c) {
+    KVMFS_ASSIGN_OR_RETURN(LuksHeader header,
+                           DecodeLuksHeader(head, std::min<uint64_t>(file_size, kLuksHeaderSize),
+                                            file_size, name));
+    c.payload = header.payload_bytes();
+    c.info = header.InfoFields(false);
+    c.data_status = [&]() -> Status {
+      KVMFS_RETURN_IF_ERROR(header.support);
+      KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<const Secret> pass, Passphrase(ctx, name));
+      auto read = [&file](uint64_t off, uint8_t* buf, size_t len) { return file.ReadAt(off, buf, len); };
+      KVMFS_ASSIGN_OR_RETURN(Secret master, LuksUnlock(header, *pass, read, name));
+      KVMFS_ASSIGN_OR_RETURN(c.cipher, LuksCipher(header, master));
+      return Status::OK();
+    }();
+    return Status::OK();
+  }
+
+  // LUKS2: libcryptsetup reads the header (from the open file) and unlocks
+  // the volume key; the data goes through SectorCipher as LUKS1's does.
+  static Status OpenLuks2(Backend& file, const OpenContext& ctx, const std::string& name,
+                          Container& c) {
+    KVMFS_ASSIGN_OR_RETURN(Luks2Volume volume, Luks2Open(file.fd(), name));
+    c.payload = volume.payload_offset;
+    c.unit = volume.spec.sector_size;
+    c.info = volume.InfoFields();
+    c.data_status = [&]() -> Status {
+      KVMFS_RETURN_IF_ERROR(volume.support);
+      KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<const Secret> pass, Passphrase(ctx, name));
+      KVMFS_ASSIGN_OR_RETURN(Secret key, Luks2Unlock(file.fd(), volume, *pass, name));
+      KVMFS_ASSIGN_OR_RETURN(c.cipher, SectorCipher::Create(volume.spec, key));
+      return Status::OK();
+    }();
     return Status::OK();
   }
 };
