@@ -168,6 +168,18 @@ class Encryption(h.KvmfsTestCase):
             f.truncate(300)
         create_luks(os.path.join(enc, "aes192.luks"), cls.pass_file,
                     "cipher-alg=aes-192,cipher-mode=xts,ivgen-alg=plain64")
+        # qcow2 overlays over LUKS backing files: no rule matches the overlay,
+        # the backing file's key is found by its own path.
+        chain = os.path.join(cls.pool, "chain")
+        os.makedirs(chain)
+        for name, base in (("over.qcow2", "../enc/xts.luks"), ("over-nokey.qcow2", "../other/nokey.luks")):
+            h.run([h.QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "luks", "-b", base,
+                   os.path.join(chain, name), "4M"])
+        cls.over_opts = ("driver=qcow2,file.filename=%s,backing.driver=luks,backing.key-secret=sec0,"
+                         "backing.file.filename=%s" % (os.path.join(chain, "over.qcow2"),
+                                                       cls.imgs["xts.luks"]))
+        h.run([h.QEMU_IO, "--object", secret_object(cls.pass_file), "--image-opts", cls.over_opts,
+               "-c", "write -P 0x33 1M 64k"])
         cls.keys = os.path.join(t, "keys.yaml")
         write_keys(cls.keys, [("enc/wrong.luks", cls.wrong_file),
                               ("enc/gone.luks", cls.gone_file),
@@ -196,6 +208,17 @@ class Encryption(h.KvmfsTestCase):
                 self.assertEqual(got["virtual-size"], want["virtual-size"])
                 self.assertEqual(got["format"], "luks")
                 self.assertEqual(got["format-specific"], want["format-specific"])
+
+    def test_backing_file_key_is_found_by_its_own_path(self):
+        out = os.path.join(self.work, "over.raw")
+        h.run([h.QEMU_IMG, "convert", "--object", secret_object(self.pass_file), "--image-opts",
+               self.over_opts, "-O", "raw", out])
+        self.assertViewMatches(self.view("chain/over.qcow2"), out, fmt="raw", seek=False)
+        st = os.stat(os.path.join(self.view("chain/over.qcow2"), "disk.raw"))
+        self.assertEqual(st.st_mode & 0o077, 0, oct(st.st_mode))
+        info = self.assertBroken(self.m, "chain/over-nokey.qcow2", (errno.EACCES,))
+        self.assertIn("nokey.luks", info["error"])
+        self.assertIn("no key configured", info["error"])
 
     def test_disk_is_for_the_mounting_user_only(self):
         st = os.stat(os.path.join(self.view("enc/xts.luks"), "disk.raw"))
