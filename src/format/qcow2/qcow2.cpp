@@ -393,10 +393,10 @@ Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const Op
   if (h.raw.crypt_method != kCryptNone) {
     // Encryption, round 1: the key is looked up and checked (crypto.h); the
     // engine does not decrypt guest data yet.
+    const std::string method = h.raw.crypt_method == kCryptAes ? "AES" : "LUKS";
     KVMFS_ASSIGN_OR_RETURN(Encryption enc, OpenEncryption(*file, h, ctx, name));
-    KVMFS_RETURN_IF_ERROR(enc.status);
-    return Status::NotSupported(name + ": encrypted qcow2 image (" +
-                                std::string(h.raw.crypt_method == kCryptAes ? "AES" : "LUKS") +
+    if (!enc.status.ok()) return enc.status.WithContext("encrypted image (" + method + ")");
+    return Status::NotSupported(name + ": encrypted image (" + method +
                                 "): the key is accepted, but kvmfs does not serve encrypted qcow2 "
                                 "data yet");
   }
