@@ -48,6 +48,10 @@ struct ChainPolicy {
   std::vector<std::string> writable_roots;
   // Opens each file (default: OpenLayerFile).
   LayerOpener opener;
+  // The passphrase of the encrypted image at a canonical host path
+  // (OpenContext::key asks it with the path of the layer being opened).
+  // Empty: no key is configured for any image.
+  std::function<Result<std::shared_ptr<const Secret>>(const std::string& path)> key_for;
 };
 
 struct Layer {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kvmfs/backend.h"
+#include "kvmfs/cipher.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
 
@@ -33,6 +34,11 @@ struct OpenContext {
   // pool and the backing roots: kPermission). May be empty: then such images
   // fail with kNotSupported.
   std::function<Result<std::shared_ptr<Backend>>(const std::string& name)> open_related;
+  // The passphrase of this image (cipher.h), found by the chain opener from
+  // the image's own path (a backing file's by its path, not the overlay's).
+  // Call it only during Open(), and only for an encrypted image. May be
+  // empty: no key is configured (kPermission "no key configured").
+  KeyLookup key;
 };
 
 // What a format can do, for the layers above (CONTRACT.md "The tree").

@@ -84,17 +84,14 @@ struct SnapshotInfo {
   uint64_t disk_size = 0;   // the virtual size at snapshot time
 };
 
-// A `qemu-img info` value: bool, number or string.
-using InfoValue = std::variant<bool, int64_t, std::string>;
+// A `qemu-img info` value: bool, number, string, an object (its fields in
+// order) or a list of objects (LUKS key slots, VMDK extents).
+struct InfoField;
+using InfoObject = std::vector<InfoField>;
+using InfoValue = std::variant<bool, int64_t, std::string, InfoObject, std::vector<InfoObject>>;
 struct InfoField {
   std::string key;
   InfoValue value;
-};
-// A `qemu-img info` list of objects (vmdk "extents"): each object's fields in
-// qemu-img's order.
-struct InfoList {
-  std::string key;
-  std::vector<std::vector<InfoField>> items;
 };
 
 // Layer metadata, with the meaning of `qemu-img info --output=json` keys.
@@ -108,7 +105,6 @@ struct ImageInfo {
   std::string backing_format;            // as stored; empty: not recorded
   std::string format_specific_type;      // "qcow2"; empty: no "format-specific"
   std::vector<InfoField> format_specific;  // in qemu-img's order
-  std::vector<InfoList> format_specific_lists;  // printed after format_specific
 };
 
 class Image {
@@ -196,6 +192,15 @@ class Image {
 
   // Metadata of this layer only (the backing is described by its own Image).
   virtual ImageInfo Info() const = 0;
+
+  // Why the guest data of this layer cannot be read or written although its
+  // metadata could be: an encrypted image without its key, with a wrong key
+  // or an unreadable key file (kPermission), or with a cipher kvmfs cannot
+  // compute (kNotSupported); OK when it can. Such an image answers size(),
+  // Info(), Snapshots(), GetBlockStatus() and ActualSize() (for info.json)
+  // and fails every data call with this status; the pool refuses its
+  // disk.raw (and the disk.raw of every image above it) with it. Default: OK.
+  virtual Status DataStatus() const { return Status::OK(); }
 
   // Internal snapshots of this layer, in table order. Default: none.
   virtual std::vector<SnapshotInfo> Snapshots() const;

@@ -56,8 +56,10 @@ Result<std::string> DetectFormat(const std::string& path, const std::string& for
 
 Result<Layer> OpenLayerFile(const LayerRequest& request) {
   const std::string& current = request.path;
-  static const ChainPolicy kNoPolicy;
-  const ChainPolicy& policy = request.policy ? *request.policy : kNoPolicy;
+  // The drivers may keep what the context gives them (and ask for extents or
+  // keys later): the closures own a copy of the policy.
+  auto owned = std::make_shared<ChainPolicy>(request.policy ? *request.policy : ChainPolicy{});
+  owned->opener = nullptr;
   const FormatDriver* driver = FindFormat(request.format);
   if (driver == nullptr)
     return Status::NotSupported(current + ": format '" + request.format + "' is not supported");
@@ -88,8 +90,9 @@ Result<Layer> OpenLayerFile(const LayerRequest& request) {
   OpenContext ctx;
   ctx.name = current;
   ctx.writable = writable;
-  ctx.open_related = [current, &policy,
+  ctx.open_related = [current, owned,
                       writable](const std::string& name) -> Result<std::shared_ptr<Backend>> {
+    const ChainPolicy& policy = *owned;
     KVMFS_ASSIGN_OR_RETURN(std::string related, ResolveRelated(current, name, "data file", policy));
     // A writable image writes its guest data into the data file: open it
     // read-write too, or read-only when the host refuses (the driver then
@@ -103,6 +106,11 @@ Result<Layer> OpenLayerFile(const LayerRequest& request) {
     }
     KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, OpenLocalFile(related, false));
     return std::shared_ptr<Backend>(std::move(b));
+  };
+  // Encryption keys: looked up by this layer's own path.
+  ctx.key = [owned, current]() -> Result<std::shared_ptr<const Secret>> {
+    if (!owned->key_for) return Status::Permission(current + ": no key configured");
+    return owned->key_for(current);
   };
   KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Image> image,
                          driver->Open(std::shared_ptr<Backend>(std::move(file)), ctx));

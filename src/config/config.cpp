@@ -149,6 +149,7 @@ class Parser {
     KVMFS_RETURN_IF_ERROR(Keys(node, key, {"match", "file"}));
     KeyConfig k;
     k.line = Line(node);
+    k.source = file_;
     if (!node["match"]) return Error(node, key + ".match", "missing (a glob for image paths)");
     if (!node["file"]) return Error(node, key + ".file", "missing (the passphrase file)");
     KVMFS_ASSIGN_OR_RETURN(k.match, String(node["match"], key + ".match"));
@@ -212,15 +213,28 @@ class Parser {
       config.pools.push_back(std::move(pool));
     }
     if (root["keys"]) {
-      const YAML::Node keys = root["keys"];
-      if (!keys.IsSequence())
-        return Error(keys, "keys", "expected a list of match/file pairs, got " + Got(keys));
-      for (size_t i = 0; i < keys.size(); ++i) {
-        KVMFS_ASSIGN_OR_RETURN(KeyConfig k, Key(keys[i], "keys[" + std::to_string(i) + "]"));
-        config.keys.push_back(std::move(k));
-      }
+      KVMFS_ASSIGN_OR_RETURN(config.keys, KeyList(root["keys"]));
     }
     return config;
+  }
+
+  Result<std::vector<KeyConfig>> KeyList(const YAML::Node& keys) const {
+    if (!keys.IsSequence())
+      return Error(keys, "keys", "expected a list of match/file pairs, got " + Got(keys));
+    std::vector<KeyConfig> out;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      KVMFS_ASSIGN_OR_RETURN(KeyConfig k, Key(keys[i], "keys[" + std::to_string(i) + "]"));
+      out.push_back(std::move(k));
+    }
+    return out;
+  }
+
+  // A keys file (-o keys=FILE): a mapping with only `keys:`.
+  Result<std::vector<KeyConfig>> KeysOnly(const YAML::Node& root) const {
+    if (!root.IsMap() || !root["keys"])
+      return Error(root, "keys", "missing (a keys file holds a keys: list)");
+    KVMFS_RETURN_IF_ERROR(Keys(root, "", {"keys"}));
+    return KeyList(root["keys"]);
   }
 
  private:
@@ -252,6 +266,27 @@ Result<Config> ParseConfig(const std::string& text, const std::string& file) {
   } catch (const std::exception& e) {
     return Status::InvalidArgument(file + ": " + e.what());
   }
+}
+
+Result<std::vector<KeyConfig>> ParseKeys(const std::string& text, const std::string& file) {
+  Parser parser(file);
+  try {
+    YAML::Node root = YAML::Load(text);
+    return parser.KeysOnly(root);
+  } catch (const YAML::Exception& e) {
+    return Status::InvalidArgument(file + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(file + ": " + e.what());
+  }
+}
+
+Result<std::vector<KeyConfig>> LoadKeys(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::InvalidArgument(path + ": " + std::strerror(errno));
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return Status::InvalidArgument(path + ": read error");
+  return ParseKeys(text.str(), path);
 }
 
 Result<Config> LoadConfig(const std::string& path) {

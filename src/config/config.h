@@ -33,6 +33,7 @@ struct KeyConfig {
   std::string match;  // glob against the image's path inside its pool
   std::string file;   // the passphrase file (absolute)
   int line = 0;
+  std::string source;  // the YAML file this entry was read from
 };
 
 // LAYOUT -> (os-release ID or "default" -> path template).
@@ -60,6 +61,11 @@ Result<Config> ParseConfig(const std::string& text, const std::string& file);
 
 // Reads and parses `path`. Errors as ParseConfig, plus "PATH: <strerror>".
 Result<Config> LoadConfig(const std::string& path);
+
+// A keys file (-o keys=FILE): YAML holding only a `keys:` list, as in a
+// config. Errors as ParseConfig ("FILE:LINE: keys[0].file: ...").
+Result<std::vector<KeyConfig>> ParseKeys(const std::string& text, const std::string& file);
+Result<std::vector<KeyConfig>> LoadKeys(const std::string& path);
 
 // os-release fields (KEY=value, quotes stripped), keys lower-cased.
 using OsRelease = std::map<std::string, std::string>;

@@ -44,10 +44,34 @@ void PrintFuseHelp() {
   fuse_lowlevel_help();
 }
 
+// The keys of -o keys=FILE (none without it).
+Result<std::vector<config::KeyConfig>> LoadKeysOption(const kvmfs::fuse::Options& options) {
+  if (options.keys.empty()) return std::vector<config::KeyConfig>{};
+  return config::LoadKeys(options.keys);
+}
+
+// A directory SOURCE: one namespace mirrored at the root, with the keys of
+// -o keys=FILE (read again by every call: SIGHUP).
+Result<std::shared_ptr<pool::PoolSet>> DirectoryPools(const kvmfs::fuse::Options& options) {
+  KVMFS_ASSIGN_OR_RETURN(std::vector<config::KeyConfig> keys, LoadKeysOption(options));
+  pool::NamespaceOptions ns_options;
+  ns_options.source = options.source;
+  ns_options.backing_roots = options.backing_roots;
+  ns_options.uid = ::getuid();
+  ns_options.gid = ::getgid();
+  ns_options.readonly = options.read_only;
+  ns_options.force_share = options.force_share;
+  ns_options.keys = pool::KeyRules(options.keys, keys);
+  if (IsUnder(options.mountpoint, options.source)) ns_options.hidden.push_back(options.mountpoint);
+  return std::make_shared<pool::PoolSet>(std::make_shared<pool::Namespace>(std::move(ns_options)));
+}
+
 // Loads the config and builds its pools. -o backing_root=DIR applies to
-// every pool.
+// every pool; -o keys=FILE adds its keys after the config's.
 Result<std::shared_ptr<pool::PoolSet>> LoadPools(const kvmfs::fuse::Options& options) {
   KVMFS_ASSIGN_OR_RETURN(config::Config cfg, config::LoadConfig(options.config));
+  KVMFS_ASSIGN_OR_RETURN(std::vector<config::KeyConfig> extra_keys, LoadKeysOption(options));
+  for (config::KeyConfig& k : extra_keys) cfg.keys.push_back(std::move(k));
   for (config::PoolConfig& p : cfg.pools)
     p.backing_roots.insert(p.backing_roots.end(), options.backing_roots.begin(),
                            options.backing_roots.end());
@@ -84,18 +108,26 @@ int main(int argc, char** argv) {
 
   RaiseFileLimit();
   if (options.config.empty()) {
-    pool::NamespaceOptions ns_options;
-    ns_options.source = options.source;
-    ns_options.backing_roots = options.backing_roots;
-    ns_options.uid = ::getuid();
-    ns_options.gid = ::getgid();
-    ns_options.readonly = options.read_only;
-    ns_options.force_share = options.force_share;
-    if (IsUnder(options.mountpoint, options.source))
-      ns_options.hidden.push_back(options.mountpoint);
-    pool::PoolRoot root(
-        std::make_shared<pool::PoolSet>(std::make_shared<pool::Namespace>(std::move(ns_options))));
-    return kvmfs::fuse::MountAndServe(options, root);
+    // Warnings (key file modes) are logged by the first reload, once
+    // logging is set up.
+    if (!options.keys.empty()) spdlog::set_level(spdlog::level::off);
+    auto pools = DirectoryPools(options);
+    if (!pools.ok()) return Fail(pools.status().message());
+    pool::PoolRoot root(std::move(pools).value());
+    if (options.keys.empty()) return kvmfs::fuse::MountAndServe(options, root);
+    // SIGHUP re-reads the keys file: a fresh namespace, so images that
+    // failed for want of a key are opened again.
+    auto reload = [&options, &root] {
+      auto fresh = DirectoryPools(options);
+      if (!fresh.ok()) {
+        spdlog::error("keys {}: {}; keeping the previous keys", options.keys,
+                      fresh.status().message());
+        return;
+      }
+      root.Set(std::move(fresh).value());
+      spdlog::info("keys {}: loaded", options.keys);
+    };
+    return kvmfs::fuse::MountAndServe(options, root, reload);
   }
 
   // A YAML config: refuse a bad one before mounting. Warnings (missing pool

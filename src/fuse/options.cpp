@@ -68,6 +68,9 @@ Status ApplyOption(const std::string& opt, Options& o) {
   } else if (key == "config") {
     if (value.empty()) return Status::InvalidArgument("config needs a file: -o config=FILE");
     o.config = value;
+  } else if (key == "keys") {
+    if (value.empty()) return Status::InvalidArgument("keys needs a file: -o keys=FILE");
+    o.keys = value;
   } else if (key == "log_level") {
     static const char* const kLevels[] = {"trace", "debug", "info", "warn", "error"};
     if (std::none_of(std::begin(kLevels), std::end(kLevels), [&](const char* l) { return value == l; }))
@@ -208,6 +211,8 @@ Status ValidateOptions(Options& o) {
     KVMFS_RETURN_IF_ERROR(CheckDir("source", o.source));
   }
   KVMFS_RETURN_IF_ERROR(CheckDir("mount point", o.mountpoint));
+  // Canonical: re-read on SIGHUP after the daemon changed to "/".
+  if (!o.keys.empty()) KVMFS_RETURN_IF_ERROR(CheckFile("keys", o.keys));
   for (std::string& root : o.backing_roots) KVMFS_RETURN_IF_ERROR(CheckDir("backing_root", root));
   return Status::OK();
 }
@@ -240,6 +245,8 @@ void PrintUsage() {
       "                           seconds the kernel trusts names, attributes and\n"
       "                           absent names that can change (default 1)\n"
       "    -o config=FILE         YAML configuration; SOURCE is then only a label\n"
+      "    -o keys=FILE           passphrases of encrypted images: a YAML file with\n"
+      "                           a keys: list (as in kvmfs.yaml(5)); re-read on SIGHUP\n"
       "    -o ro, allow_other, default_permissions, max_read=N, ...\n"
       "                           passed to FUSE (see below); ro makes every pool read-only\n"
       "\n");

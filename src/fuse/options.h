@@ -32,6 +32,7 @@ struct Options {
   double entry_timeout = 1.0;
   double attr_timeout = 1.0;
   double negative_timeout = 1.0;
+  std::string keys;                        // keys=FILE: a YAML `keys:` list (canonical after validation)
   // Everything else given with -o, for libfuse (ro, allow_other, fsname, ...).
   std::vector<std::string> fuse_options;
 };

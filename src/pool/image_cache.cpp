@@ -80,6 +80,12 @@ Status OpenImage::status() const { return state()->status; }
 
 std::vector<std::shared_ptr<LayerFile>> OpenImage::files() const { return state()->files; }
 
+bool OpenImage::encrypted() const {
+  auto s = state();
+  return std::any_of(s->files.begin(), s->files.end(),
+                     [](const std::shared_ptr<LayerFile>& f) { return f->image()->Info().encrypted; });
+}
+
 std::shared_ptr<Image> OpenImage::top() const {
   auto s = state();
   return s->files.empty() ? nullptr : s->files.front()->image();
@@ -94,6 +100,10 @@ void OpenImage::Rebuild(const std::shared_ptr<const State>& seen) {
   LayerChain chain = build_();
   next->status = chain.status;
   next->files = std::move(chain.files);
+  // A layer opened without access to its data (encryption key missing or
+  // wrong, cipher not computable) makes the image unusable but describable.
+  for (const auto& f : next->files)
+    if (Status data = f->image()->DataStatus(); !data.ok() && next->status.ok()) next->status = data;
   next->built_ns = SteadyNs();
   if (!next->status.ok()) {
     spdlog::error("cannot open image {}: {}", path_, next->status.ToString());
@@ -285,7 +295,8 @@ std::string OpenImage::InfoText(const ViewId& view) {
 }
 
 std::string OpenImage::RenderInfo(const ViewId& view, const State& state) const {
-  if (!state.status.ok()) return RenderJson(ErrorJson(path_, format(), state.status.ToString()));
+  if (!state.status.ok() && state.files.empty())
+    return RenderJson(ErrorJson(path_, format(), state.status.ToString()));
   size_t index = view.kind == ViewId::Kind::kLayer ? view.layer : 0;
   if (index >= state.files.size())
     return RenderJson(ErrorJson(path_, format(), "no such backing layer"));
@@ -312,11 +323,17 @@ std::string OpenImage::RenderInfo(const ViewId& view, const State& state) const 
     if (!subject.snapshot)
       return RenderJson(ErrorJson(path_, format(), "no snapshot with id " + view.snapshot_id));
     auto image = ViewImage(view);
-    if (!image.ok()) {
+    if (!image.ok() && state.status.ok()) {
       nlohmann::ordered_json j = ErrorJson(path_, format(), image.status().ToString());
       j["snapshot"] = SnapshotJson(*subject.snapshot);
       return RenderJson(j);
     }
+  }
+  // An image whose data is out of reach (a key problem): described, with why.
+  if (!state.status.ok()) {
+    nlohmann::ordered_json j = pool::InfoJson(subject);
+    j["error"] = state.status.ToString();
+    return RenderJson(j);
   }
   return RenderJson(pool::InfoJson(subject));
 }

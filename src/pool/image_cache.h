@@ -91,8 +91,14 @@ class OpenImage : public std::enable_shared_from_this<OpenImage> {
   std::string format() const EXCLUDES(mu_);           // of the top file (detected before opening)
   Status status() const EXCLUDES(mu_);                // why opening failed, or OK
   bool ok() const { return status().ok(); }
+  // Whether a layer of the chain is encrypted (its guest data is then only
+  // for the mounting user: disk.raw loses its group/other modes).
+  bool encrypted() const;
 
-  // The files of the chain ([0] the top image; empty when !ok()).
+  // The files of the chain ([0] the top image). Empty when the chain could
+  // not be opened; kept when it opened but a layer's data is out of reach
+  // (Image::DataStatus(): an encryption key missing or wrong), so that the
+  // image can still be described.
   std::vector<std::shared_ptr<LayerFile>> files() const EXCLUDES(mu_);
   size_t depth() const { return files().size(); }
   // The top image (null when !ok()).

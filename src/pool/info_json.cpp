@@ -1,5 +1,6 @@
 #include "pool/info_json.h"
 
+#include <type_traits>
 #include <variant>
 
 namespace kvmfs::pool {
@@ -7,8 +8,29 @@ namespace {
 
 constexpr uint64_t kNsecPerSec = 1000000000;
 
+nlohmann::ordered_json ObjectJson(const InfoObject& fields);
+
 nlohmann::ordered_json ValueJson(const InfoValue& v) {
-  return std::visit([](const auto& x) { return nlohmann::ordered_json(x); }, v);
+  return std::visit(
+      [](const auto& x) -> nlohmann::ordered_json {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, InfoObject>) {
+          return ObjectJson(x);
+        } else if constexpr (std::is_same_v<T, std::vector<InfoObject>>) {
+          nlohmann::ordered_json list = nlohmann::ordered_json::array();
+          for (const InfoObject& o : x) list.push_back(ObjectJson(o));
+          return list;
+        } else {
+          return nlohmann::ordered_json(x);
+        }
+      },
+      v);
+}
+
+nlohmann::ordered_json ObjectJson(const InfoObject& fields) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  for (const InfoField& f : fields) j[f.key] = ValueJson(f.value);
+  return j;
 }
 
 }  // namespace
@@ -45,15 +67,6 @@ nlohmann::ordered_json InfoJson(const InfoSubject& subject) {
   if (!info.format_specific_type.empty()) {
     nlohmann::ordered_json data = nlohmann::ordered_json::object();
     for (const InfoField& f : info.format_specific) data[f.key] = ValueJson(f.value);
-    for (const InfoList& l : info.format_specific_lists) {
-      nlohmann::ordered_json list = nlohmann::ordered_json::array();
-      for (const std::vector<InfoField>& item : l.items) {
-        nlohmann::ordered_json o = nlohmann::ordered_json::object();
-        for (const InfoField& f : item) o[f.key] = ValueJson(f.value);
-        list.push_back(std::move(o));
-      }
-      data[l.key] = std::move(list);
-    }
     j["format-specific"] = {{"type", info.format_specific_type}, {"data", std::move(data)}};
   }
   // qemu-img 7.2 puts "encrypted" between the two backing names.

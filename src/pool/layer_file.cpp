@@ -287,10 +287,14 @@ Result<std::shared_ptr<LayerFile>> LayerRegistry::GetLocked(
   // at the next check.
   FileKey key = KeyOf(request.path);
   if (current && !current->stale() && current->IsCurrentFor(key)) {
-    const bool upgrade = request.writable && !current->writable() &&
-                         current->read_only_reason().empty() && current->users() == 0;
-    if (!upgrade) return current;
-    spdlog::debug("{}: opened for reading only so far: opening it for writing", request.path);
+    // Opened anew when nothing uses it and it was opened for reading only
+    // while writing is asked for now, or without its data (a key was missing
+    // or wrong: the keys may have been reloaded since).
+    const bool idle = current->users() == 0;
+    const bool upgrade = request.writable && !current->writable() && current->read_only_reason().empty();
+    const bool locked = !current->image()->DataStatus().ok();
+    if (!idle || (!upgrade && !locked)) return current;
+    spdlog::debug("{}: opening it anew ({})", request.path, upgrade ? "for writing" : "its data was out of reach");
   }
   KVMFS_ASSIGN_OR_RETURN(Layer layer, open ? open(request) : OpenLayerFile(request));
   auto file = std::make_shared<LayerFile>(std::move(layer), key);

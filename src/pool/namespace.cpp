@@ -71,6 +71,8 @@ ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {
   // Backing files inside the pool are its images too: opened once, for
   // writing, whatever uses them first.
   policy.writable_roots.push_back(options.source);
+  auto keys = std::make_shared<const crypto::KeyRing>(options.keys, policy.allowed_roots);
+  policy.key_for = [keys](const std::string& path) { return keys->KeyFor(path); };
   return policy;
 }
 
@@ -297,11 +299,19 @@ struct stat Namespace::StatNode(const Node& node) {
       node.kind == NodeKind::kSnapshotsDir) {
     if (TopWritable(node)) st.st_mode |= S_IWUSR;  // 0644 disk.raw, 0755 snapshots/
   }
+  // Decrypted data is for the mounting user only (default_permissions makes
+  // the kernel enforce it, also under allow_other).
+  if (node.kind == NodeKind::kDisk && node.image && node.image->encrypted())
+    st.st_mode &= ~mode_t(S_IRWXG | S_IRWXO);
   if (node.kind == NodeKind::kDisk) {
     auto image = node.image->ViewImage(node.view);
     if (image.ok()) {
       st.st_size = static_cast<off_t>((*image)->size());
       st.st_blocks = static_cast<blkcnt_t>((node.image->AllocatedBytes(node.view) + 511) / 512);
+    } else if (node.view.kind == ViewId::Kind::kTop && node.image->top() != nullptr) {
+      // Opened but its data out of reach (a key problem): the disk keeps its
+      // size, so a key added later (SIGHUP) does not meet a cached size 0.
+      st.st_size = static_cast<off_t>(node.image->top()->size());
     }
   } else if (node.kind == NodeKind::kInfo) {
     st.st_size = static_cast<off_t>(node.image->InfoText(node.view).size());

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "crypto/key_ring.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
@@ -58,6 +59,9 @@ struct NamespaceOptions {
   // How often a file of an open chain is stat'ed for changes from outside
   // (besides every open of a view).
   std::chrono::nanoseconds recheck = ImageCache::kDefaultRecheck;
+  // Passphrase files of encrypted images (kvmfs.yaml(5) keys:, -o keys=FILE),
+  // matched against image paths relative to SOURCE (or a backing root).
+  std::vector<crypto::KeyRule> keys;
 };
 
 enum class NodeKind {

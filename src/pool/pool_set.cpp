@@ -16,6 +16,15 @@ Status NoPool(const std::string& path) { return Status::NotFound(path + ": no su
 
 }  // namespace
 
+std::vector<crypto::KeyRule> KeyRules(const std::string& file,
+                                      const std::vector<config::KeyConfig>& keys) {
+  std::vector<crypto::KeyRule> rules;
+  for (const config::KeyConfig& k : keys)
+    rules.push_back({k.match, k.file, (k.source.empty() ? file : k.source) + ":" + std::to_string(k.line)});
+  for (const std::string& warning : crypto::KeyFileWarnings(rules)) spdlog::warn("{}", warning);
+  return rules;
+}
+
 PoolSet::PoolSet(std::shared_ptr<Namespace> root) : root_(std::move(root)) {}
 
 PoolSet::PoolSet(std::vector<PoolEntry> pools, uid_t uid, gid_t gid)
@@ -246,6 +255,7 @@ Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
       return Status::InvalidArgument(config.file + ": " + loaded.status().message());
     os = std::move(loaded).value();
   }
+  const std::vector<crypto::KeyRule> keys = KeyRules(config.file, config.keys);
   std::vector<PoolEntry> pools;
   for (const config::PoolConfig& p : config.pools) {
     KVMFS_ASSIGN_OR_RETURN(std::string path, config::PoolPath(config, p, os));
@@ -282,6 +292,7 @@ Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
       ns.readonly = entry.readonly;
       ns.force_share = options.force_share;
       ns.registry = registry;
+      ns.keys = keys;
       entry.ns = std::make_shared<Namespace>(std::move(ns));
     }
     pools.push_back(std::move(entry));

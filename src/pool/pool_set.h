@@ -118,6 +118,11 @@ struct PoolSetOptions {
 Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
                                               const PoolSetOptions& options);
 
+// The `keys:` of config `file` as KeyRing rules (origin "FILE:LINE"); logs a
+// warning for each key file that group or others may read.
+std::vector<crypto::KeyRule> KeyRules(const std::string& file,
+                                      const std::vector<config::KeyConfig>& keys);
+
 // The current pool set of a mount, replaced atomically on reload. Thread-safe.
 class PoolRoot {
  public:

@@ -1,6 +1,7 @@
 // qcow2 driver entry: probing, opening (header, data file, snapshot table,
 // active L1), and the Image views of the active disk and of its snapshots.
 #include "format/qcow2/qcow2.h"
+#include "format/qcow2/crypto.h"
 
 #include "base/endian.h"
 
@@ -414,10 +415,16 @@ Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const Op
   KVMFS_ASSIGN_OR_RETURN(uint64_t file_size, file->Size());
   KVMFS_ASSIGN_OR_RETURN(Header h, ReadHeader(*file, file_size, name));
 
-  if (h.raw.crypt_method == kCryptAes || h.raw.crypt_method == kCryptLuks)
-    return Status::Permission(name + ": encrypted image (" +
-                              std::string(h.raw.crypt_method == kCryptAes ? "AES" : "LUKS") +
-                              "): no key configured; encryption support is not implemented yet");
+  if (h.raw.crypt_method != kCryptNone) {
+    // Encryption, round 1: the key is looked up and checked (crypto.h); the
+    // engine does not decrypt guest data yet.
+    const std::string method = h.raw.crypt_method == kCryptAes ? "AES" : "LUKS";
+    KVMFS_ASSIGN_OR_RETURN(Encryption enc, OpenEncryption(*file, h, ctx, name));
+    if (!enc.status.ok()) return enc.status.WithContext("encrypted image (" + method + ")");
+    return Status::NotSupported(name + ": encrypted image (" + method +
+                                "): the key is accepted, but kvmfs does not serve encrypted qcow2 "
+                                "data yet");
+  }
   // A writable open of an image that cannot be written succeeds, served
   // read-only with the reason (BeginWrites() returns kReadOnly with it).
   std::string read_only_reason;

@@ -246,17 +246,17 @@ class VmdkImage final : public Image {
     info.format_specific = {{"cid", int64_t{engine_->cid()}},
                             {"parent-cid", int64_t{*ids.parent_cid}},
                             {"create-type", engine_->create_type()}};
-    InfoList list{"extents", {}};
+    std::vector<InfoObject> list;
     for (const auto& e : extents) {
-      std::vector<InfoField> item;
+      InfoObject item;
       if (e->compressed) item.push_back({"compressed", true});
       item.push_back({"virtual-size", int64_t(e->bytes)});
       item.push_back({"filename", e->filename});
       if (e->kind == Extent::Kind::kSparse) item.push_back({"cluster-size", int64_t(e->grain_bytes)});
       item.push_back({"format", e->type});
-      list.items.push_back(std::move(item));
+      list.push_back(std::move(item));
     }
-    info.format_specific_lists.push_back(std::move(list));
+    info.format_specific.push_back({"extents", std::move(list)});
     return info;
   }
 

@@ -222,3 +222,35 @@ TEST(ExampleConfig, ParsesUpToItsKeyFile) {
 
 }  // namespace
 }  // namespace kvmfs::config
+
+// ---- keys files (-o keys=FILE) ----------------------------------------------
+
+namespace kvmfs::config {
+namespace {
+
+TEST_F(ConfigTest, KeysFileHoldsOnlyKeys) {
+  std::string key = Write("k.pass", "secret");
+  auto keys = ParseKeys("keys:\n  - match: \"vms/*.luks\"\n    file: k.pass\n", F());
+  ASSERT_TRUE(keys.ok()) << keys.status().message();
+  ASSERT_EQ(keys->size(), 1u);
+  EXPECT_EQ((*keys)[0].match, "vms/*.luks");
+  EXPECT_EQ((*keys)[0].file, key);  // relative to the keys file
+  EXPECT_EQ((*keys)[0].line, 2);
+  EXPECT_EQ((*keys)[0].source, F());
+}
+
+TEST_F(ConfigTest, KeysFileErrorsNameFileLineAndKey) {
+  auto error = [&](const std::string& text) {
+    auto k = ParseKeys(text, F());
+    return k.ok() ? "" : k.status().message();
+  };
+  EXPECT_EQ(error("pools: []\nkeys: []\n"),
+            F() + ":1: pools: unknown key (expected one of: keys)");
+  EXPECT_EQ(error("other: 1\n"), F() + ":1: keys: missing (a keys file holds a keys: list)");
+  EXPECT_EQ(error("keys:\n  - match: x\n"), F() + ":2: keys[0].file: missing (the passphrase file)");
+  auto missing = LoadKeys(dir_ + "/nope.yaml");
+  EXPECT_FALSE(missing.ok());
+}
+
+}  // namespace
+}  // namespace kvmfs::config

@@ -71,3 +71,20 @@ TEST(FuseOptions, TimeoutsAreOursInSeconds) {
 
 }  // namespace
 }  // namespace kvmfs::fuse
+
+namespace kvmfs::fuse {
+namespace {
+
+TEST(FuseOptions, KeysNamesAFile) {
+  char a0[] = "kvmfs", a1[] = "-o", a2[] = "keys=/etc/kvmfs/keys.yaml,ro", a3[] = "src", a4[] = "mnt";
+  char* argv[] = {a0, a1, a2, a3, a4};
+  auto o = ParseCommandLine(5, argv);
+  ASSERT_TRUE(o.ok()) << o.status().message();
+  EXPECT_EQ(o->keys, "/etc/kvmfs/keys.yaml");
+  char b2[] = "keys=";
+  char* bad[] = {a0, a1, b2, a3, a4};
+  EXPECT_FALSE(ParseCommandLine(5, bad).ok());
+}
+
+}  // namespace
+}  // namespace kvmfs::fuse

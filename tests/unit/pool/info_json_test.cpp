@@ -108,10 +108,12 @@ TEST(InfoJson, FormatSpecificListsFollowTheFields) {
   subject.filename = "/p/a.vmdk";
   subject.info.format = "vmdk";
   subject.info.format_specific_type = "vmdk";
-  subject.info.format_specific = {{"cid", int64_t{7}}, {"create-type", std::string("monolithicFlat")}};
-  subject.info.format_specific_lists = {
-      {"extents", {{{"virtual-size", int64_t{512}}, {"filename", std::string("/p/a-flat.vmdk")},
-                    {"format", std::string("FLAT")}}}}};
+  subject.info.format_specific = {
+      {"cid", int64_t{7}},
+      {"create-type", std::string("monolithicFlat")},
+      {"extents", std::vector<InfoObject>{{{"virtual-size", int64_t{512}},
+                                           {"filename", std::string("/p/a-flat.vmdk")},
+                                           {"format", std::string("FLAT")}}}}};
   auto j = InfoJson(subject);
   const auto& data = j["format-specific"]["data"];
   std::vector<std::string> keys;

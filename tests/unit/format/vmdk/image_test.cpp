@@ -173,17 +173,30 @@ class VmdkQemu : public ::testing::Test {
     std::vector<std::string> keys;
     for (const auto& f : info.format_specific) {
       keys.push_back(f.key);
-      std::visit([&](const auto& v) { mine[f.key] = v; }, f.value);
-    }
-    for (const auto& l : info.format_specific_lists) {
-      keys.push_back(l.key);
-      json list = json::array();
-      for (const auto& item : l.items) {
-        json o = json::object();
-        for (const auto& f : item) std::visit([&](const auto& v) { o[f.key] = v; }, f.value);
-        list.push_back(o);
-      }
-      mine[l.key] = list;
+      std::visit(
+          [&](const auto& v) {
+            using T = std::decay_t<decltype(v)>;
+            if constexpr (std::is_same_v<T, std::vector<InfoObject>>) {
+              json list = json::array();
+              for (const InfoObject& item : v) {
+                json o = json::object();
+                for (const auto& g : item)
+                  std::visit(
+                      [&](const auto& x) {
+                        using U = std::decay_t<decltype(x)>;
+                        if constexpr (!std::is_same_v<U, InfoObject> &&
+                                      !std::is_same_v<U, std::vector<InfoObject>>)
+                          o[g.key] = x;
+                      },
+                      g.value);
+                list.push_back(o);
+              }
+              mine[f.key] = list;
+            } else if constexpr (!std::is_same_v<T, InfoObject>) {
+              mine[f.key] = v;
+            }
+          },
+          f.value);
     }
     EXPECT_EQ(mine, q["format-specific"]["data"]) << name;
     EXPECT_EQ(keys, (std::vector<std::string>{"cid", "parent-cid", "create-type", "extents"}));
