@@ -115,16 +115,17 @@ int main(int argc, char** argv) {
     if (!pools.ok()) return Fail(pools.status().message());
     pool::PoolRoot root(std::move(pools).value());
     if (options.keys.empty()) return kvmfs::fuse::MountAndServe(options, root);
-    // SIGHUP re-reads the keys file: a fresh namespace, so images that
-    // failed for want of a key are opened again.
-    auto reload = [&options, &root] {
-      auto fresh = DirectoryPools(options);
-      if (!fresh.ok()) {
-        spdlog::error("keys {}: {}; keeping the previous keys", options.keys,
-                      fresh.status().message());
+    // SIGHUP re-reads the keys file into the same namespace (the kernel's
+    // nodes keep pointing at it): images that failed for want of a key open
+    // again at their next use.
+    std::shared_ptr<pool::Namespace> ns = root.Get()->root();
+    auto reload = [&options, ns] {
+      auto keys = LoadKeysOption(options);
+      if (!keys.ok()) {
+        spdlog::error("keys {}: {}; keeping the previous keys", options.keys, keys.status().message());
         return;
       }
-      root.Set(std::move(fresh).value());
+      ns->SetKeys(pool::KeyRules(options.keys, *keys));
       spdlog::info("keys {}: loaded", options.keys);
     };
     return kvmfs::fuse::MountAndServe(options, root, reload);

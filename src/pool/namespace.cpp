@@ -50,14 +50,39 @@ bool HasSnapshotsDir(const OpenImage& image) {
 
 Namespace::Namespace(NamespaceOptions options, ChainOpener opener)
     : options_(std::move(options)),
+      keys_(std::make_shared<Keys>()),
       // Headers speak for the real drivers only, not for a test's opener.
       peek_headers_(opener == nullptr),
-      cache_(PolicyFor(options_), &probe_, std::move(opener), ImageCache::kDefaultMaxOpen,
+      cache_(PolicyWithKeys(options_, keys_), &probe_, std::move(opener), ImageCache::kDefaultMaxOpen,
              options_.registry, options_.recheck) {
   // Files found changed outside kvmfs: whoever caches views drops them.
   cache_.SetChangeCallback([this](const std::string& path) {
     if (ChangeListener* listener = listener_.load()) listener->ImageChanged(path);
   });
+}
+
+ChainPolicy Namespace::PolicyWithKeys(const NamespaceOptions& options,
+                                      const std::shared_ptr<Keys>& keys) {
+  ChainPolicy policy = PolicyFor(options);
+  {
+    MutexLock lock(keys->mu);
+    keys->ring = std::make_shared<const crypto::KeyRing>(options.keys, policy.allowed_roots);
+  }
+  policy.key_for = [keys](const std::string& path) {
+    std::shared_ptr<const crypto::KeyRing> ring;
+    {
+      MutexLock lock(keys->mu);
+      ring = keys->ring;
+    }
+    return ring->KeyFor(path);
+  };
+  return policy;
+}
+
+void Namespace::SetKeys(std::vector<crypto::KeyRule> keys) {
+  auto ring = std::make_shared<const crypto::KeyRing>(std::move(keys), cache_.policy().allowed_roots);
+  MutexLock lock(keys_->mu);
+  keys_->ring = std::move(ring);
 }
 
 ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {

@@ -121,6 +121,11 @@ class Namespace {
   // The chain policy for images of this namespace: SOURCE plus the backing roots.
   static ChainPolicy PolicyFor(const NamespaceOptions& options);
 
+  // Replaces the key rules (SIGHUP of a directory mount with -o keys=FILE):
+  // an image that failed for want of a key opens again at its next use
+  // (within the recheck interval). Thread-safe.
+  void SetKeys(std::vector<crypto::KeyRule> keys);
+
   // Resolves an absolute path of the mount ("/", "/a/vm.qcow2/disk.raw").
   // Errors: kNotFound (no such node), kIOError(ENOTDIR) below a file.
   Result<Node> Resolve(const std::string& path);
@@ -215,7 +220,15 @@ class Namespace {
   struct stat BaseStat(const Node& node) const;
   struct stat StatNode(const Node& node);
 
+  // The key rules in force, swapped by SetKeys(); the chain policy asks them.
+  struct Keys {
+    Mutex mu;
+    std::shared_ptr<const crypto::KeyRing> ring GUARDED_BY(mu);
+  };
+  static ChainPolicy PolicyWithKeys(const NamespaceOptions& options, const std::shared_ptr<Keys>& keys);
+
   const NamespaceOptions options_;
+  const std::shared_ptr<Keys> keys_;
   const bool peek_headers_;  // Unopened() may answer from image headers
   ProbeCache probe_;
   ImageCache cache_;

@@ -86,6 +86,8 @@ class PoolSet {
 
   const std::vector<PoolEntry>& pools() const { return pools_; }
   bool mirrored() const { return root_ != nullptr; }
+  // The namespace of a directory SOURCE (null for a YAML SOURCE).
+  const std::shared_ptr<Namespace>& root() const { return root_; }
 
  private:
   // "/name/rest" -> the pool and "/rest". kNotFound for an unknown name.

@@ -153,7 +153,15 @@ class ReadOnlyCaching(h.KvmfsTestCase):
         first = read_all(path)
         self.assertEqual(h.md5_bytes(first), h.md5_file(oracle), "first read of %s" % path)
         self.assertGreater(requests(self.m.log_text(), "READ", start), 0, "the log counts no READ requests")
-        time.sleep(0.2)  # readahead replies of the first read may still be in flight
+        # Readahead replies of the first read may still be in flight: wait
+        # until the log stops growing (a loaded machine takes its time).
+        deadline, last = time.time() + 10, -1
+        while time.time() < deadline:
+            now = requests(self.m.log_text(), "READ", start)
+            if now == last:
+                break
+            last = now
+            time.sleep(0.3)
         start = len(self.m.log_text())
         second = read_all(path)
         reads = requests(self.m.log_text(), "READ", start)
