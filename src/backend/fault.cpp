@@ -9,6 +9,8 @@
 #include <mutex>
 #include <random>
 
+#include "base/mutex.h"
+
 #include "kvmfs/backend.h"
 
 namespace kvmfs {
@@ -16,9 +18,9 @@ namespace kvmfs {
 struct RecordedStream;
 
 struct FaultInjector::State {
-  std::mutex mu;
-  uint64_t writes = 0;   // GUARDED_BY(mu)
-  uint64_t flushes = 0;  // GUARDED_BY(mu)
+  Mutex mu;
+  uint64_t writes GUARDED_BY(mu) = 0;
+  uint64_t flushes GUARDED_BY(mu) = 0;
   uint64_t injected = 0;
   uint64_t fail_write_at = 0;  // absolute write number; 0: none
   int fail_write_err = 0;
@@ -42,16 +44,16 @@ struct FaultInjector::State {
 // The log of one wrapper (the power-loss model). Lock order: State::mu may
 // be taken while holding RecordedStream::mu, never the other way round.
 struct RecordedStream {
-  std::mutex mu;
+  Mutex mu;
   std::string name;
   std::weak_ptr<Backend> base;       // not kept open once the wrapper is gone
-  bool started = false;              // GUARDED_BY(mu): durable holds the base's content
-  std::vector<uint8_t> durable;      // GUARDED_BY(mu)
-  std::vector<LoggedWrite> pending;  // GUARDED_BY(mu)
-  std::string error;                 // GUARDED_BY(mu): the first disagreement with the base
+  bool started GUARDED_BY(mu) = false;  // durable holds the base's content
+  std::vector<uint8_t> durable GUARDED_BY(mu);
+  std::vector<LoggedWrite> pending GUARDED_BY(mu);
+  std::string error GUARDED_BY(mu);  // the first disagreement with the base
 
-  // Requires mu held. Reads the whole base the first time.
-  Status Start() {
+  // Reads the whole base the first time.
+  Status Start() REQUIRES(mu) {
     if (started) return Status::OK();
     std::shared_ptr<Backend> b = base.lock();
     if (!b) return Status::NotFound(name + ": closed before it was recorded");
@@ -67,43 +69,43 @@ FaultInjector::FaultInjector() : state_(std::make_shared<State>()) {}
 FaultInjector::~FaultInjector() = default;
 
 void FaultInjector::FailNthWrite(uint64_t n, int err) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->fail_write_at = n == 0 ? 0 : state_->writes + n;
   state_->fail_write_err = err;
 }
 void FaultInjector::FailWritesOverlapping(uint64_t off, uint64_t len, int err) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->ranges.push_back({off, len, err});
 }
 void FaultInjector::FailNthFlush(uint64_t n, int err) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->fail_flush_at = n == 0 ? 0 : state_->flushes + n;
   state_->fail_flush_err = err;
 }
 void FaultInjector::SetSticky(bool sticky) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->sticky = sticky;
 }
 void FaultInjector::Clear() {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->fail_write_at = state_->fail_flush_at = 0;
   state_->ranges.clear();
   state_->dead_err = 0;
 }
 void FaultInjector::SetJournal(bool on) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->journal = on;
 }
 void FaultInjector::SetRecording(bool on) {
   std::vector<std::shared_ptr<RecordedStream>> streams;
   {
-    std::lock_guard<std::mutex> lock(state_->mu);
+    MutexLock lock(state_->mu);
     state_->recording = on;
     streams = state_->streams;
   }
   if (on) return;
   for (const auto& st : streams) {
-    std::lock_guard<std::mutex> lock(st->mu);
+    MutexLock lock(st->mu);
     st->started = false;
     st->durable.clear();
     st->pending.clear();
@@ -111,7 +113,7 @@ void FaultInjector::SetRecording(bool on) {
   }
 }
 void FaultInjector::SetCrashPointHook(std::function<void(CrashPoint)> hook) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->hook = std::move(hook);
 }
 CrashPoint FaultInjector::CapturePoint(const std::string& why) const {
@@ -119,13 +121,13 @@ CrashPoint FaultInjector::CapturePoint(const std::string& why) const {
   point.why = why;
   std::vector<std::shared_ptr<RecordedStream>> streams;
   {
-    std::lock_guard<std::mutex> lock(state_->mu);
+    MutexLock lock(state_->mu);
     if (!state_->recording) return point;
     point.seq = state_->seq;
     streams = state_->streams;
   }
   for (const auto& st : streams) {
-    std::lock_guard<std::mutex> lock(st->mu);
+    MutexLock lock(st->mu);
     if (!st->started && st->base.expired()) continue;  // never written while recorded
     Status s = st->Start();
     if (!s.ok() && st->error.empty()) st->error = s.ToString();
@@ -136,25 +138,25 @@ CrashPoint FaultInjector::CapturePoint(const std::string& why) const {
 std::string FaultInjector::RecordingError() const {
   std::vector<std::shared_ptr<RecordedStream>> streams;
   {
-    std::lock_guard<std::mutex> lock(state_->mu);
+    MutexLock lock(state_->mu);
     streams = state_->streams;
   }
   for (const auto& st : streams) {
-    std::lock_guard<std::mutex> lock(st->mu);
+    MutexLock lock(st->mu);
     if (!st->error.empty()) return st->error;
   }
   return {};
 }
 uint64_t FaultInjector::writes() const {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   return state_->writes;
 }
 uint64_t FaultInjector::flushes() const {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   return state_->flushes;
 }
 uint64_t FaultInjector::injected() const {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   return state_->injected;
 }
 
@@ -172,7 +174,7 @@ class FaultBackend final : public Backend {
         log_(std::make_shared<RecordedStream>()) {
     log_->name = base_->name();
     log_->base = base_;
-    std::lock_guard<std::mutex> lock(st_->mu);
+    MutexLock lock(st_->mu);
     st_->streams.push_back(log_);
   }
 
@@ -195,7 +197,7 @@ class FaultBackend final : public Backend {
   Status Flush() override {
     std::function<void(CrashPoint)> hook;
     {
-      std::lock_guard<std::mutex> lock(st_->mu);
+      MutexLock lock(st_->mu);
       ++st_->flushes;
       int err = st_->dead_err;
       if (err == 0 && st_->fail_flush_at != 0 && st_->flushes == st_->fail_flush_at)
@@ -207,7 +209,7 @@ class FaultBackend final : public Backend {
     if (hook) hook(faults_->CapturePoint("flush of " + name()));
     Status s;
     if (Recording()) {
-      std::lock_guard<std::mutex> lock(log_->mu);
+      MutexLock lock(log_->mu);
       const size_t n = log_->pending.size();
       s = base_->Flush();
       if (s.ok()) Durable(n);
@@ -215,7 +217,7 @@ class FaultBackend final : public Backend {
       s = base_->Flush();
     }
     if (s.ok()) {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       journal_.clear();
     }
     return s;
@@ -234,7 +236,7 @@ class FaultBackend final : public Backend {
   const std::string& name() const override { return base_->name(); }
 
   Status Drop(uint64_t keep) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     while (journal_.size() > keep) {
       const Undo& u = journal_.back();
       KVMFS_RETURN_IF_ERROR(base_->WriteAt(u.off, u.old.data(), u.old.size()));
@@ -251,7 +253,7 @@ class FaultBackend final : public Backend {
   };
 
   bool Recording() const {
-    std::lock_guard<std::mutex> lock(st_->mu);
+    MutexLock lock(st_->mu);
     return st_->recording;
   }
 
@@ -261,7 +263,7 @@ class FaultBackend final : public Backend {
   // their content after it (the page cache merges writes inside a sector).
   template <typename Op>
   Status Record(LoggedWrite::Kind kind, uint64_t off, uint64_t len, Op op) {
-    std::lock_guard<std::mutex> lock(log_->mu);
+    MutexLock lock(log_->mu);
     KVMFS_RETURN_IF_ERROR(log_->Start());
     LoggedWrite w;
     w.kind = kind;
@@ -287,16 +289,16 @@ class FaultBackend final : public Backend {
       w.len = w.data.size();
     }
     {
-      std::lock_guard<std::mutex> slock(st_->mu);
+      MutexLock slock(st_->mu);
       w.seq = st_->seq++;
     }
     if (result.ok() || kind != LoggedWrite::Kind::kTruncate) log_->pending.push_back(std::move(w));
     return result;
   }
 
-  // Requires log_->mu held. The first `n` pending operations are durable:
-  // they join the durable content, which must now be the base's content.
-  void Durable(size_t n) {
+  // The first `n` pending operations are durable: they join the durable
+  // content, which must now be the base's content.
+  void Durable(size_t n) REQUIRES(log_->mu) {
     n = std::min(n, log_->pending.size());
     CrashPoint one;
     one.streams.push_back(StreamState{name(), std::move(log_->durable), {}});
@@ -334,7 +336,7 @@ class FaultBackend final : public Backend {
   Status BeforeWrite(uint64_t off, uint64_t len) {
     bool journal;
     {
-      std::lock_guard<std::mutex> lock(st_->mu);
+      MutexLock lock(st_->mu);
       ++st_->writes;
       int err = st_->dead_err;
       if (err == 0 && st_->fail_write_at != 0 && st_->writes == st_->fail_write_at)
@@ -347,7 +349,7 @@ class FaultBackend final : public Backend {
     if (journal) {
       Undo u{off, std::vector<uint8_t>(len)};
       KVMFS_RETURN_IF_ERROR(base_->ReadAt(off, u.old.data(), u.old.size()));
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       journal_.push_back(std::move(u));
     }
     return Status::OK();
@@ -357,8 +359,8 @@ class FaultBackend final : public Backend {
   const std::shared_ptr<FaultInjector> faults_;
   const std::shared_ptr<FaultInjector::State> st_;
   const std::shared_ptr<RecordedStream> log_;
-  std::mutex mu_;
-  std::vector<Undo> journal_;  // GUARDED_BY(mu_), oldest first
+  Mutex mu_;
+  std::vector<Undo> journal_ GUARDED_BY(mu_);  // oldest first
 };
 
 // ---- Crash states ------------------------------------------------------------

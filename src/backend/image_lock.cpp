@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include "base/mutex.h"
+
 #include <cerrno>
 #include <map>
 #include <mutex>
@@ -148,8 +150,8 @@ struct Entry {
 
 template <typename K>
 struct Table {
-  std::mutex mu;
-  std::map<K, Entry> files;  // GUARDED_BY(mu)
+  Mutex mu;
+  std::map<K, Entry> files GUARDED_BY(mu);
 };
 
 }  // namespace
@@ -167,7 +169,7 @@ Result<std::unique_ptr<LockClaim>> LockClaim::Acquire(const std::string& path, L
   Key key{st.st_dev, st.st_ino};
   std::unique_ptr<LockClaim> claim(new LockClaim(path, key));
   auto& table = Claims<Key>();
-  std::lock_guard lock(table.mu);
+  MutexLock lock(table.mu);
   auto it = table.files.find(key);
   bool created = false;
   if (it == table.files.end()) {
@@ -187,7 +189,7 @@ Result<std::unique_ptr<LockClaim>> LockClaim::Acquire(const std::string& path, L
 
 LockClaim::~LockClaim() {
   auto& table = Claims<Key>();
-  std::lock_guard lock(table.mu);
+  MutexLock lock(table.mu);
   auto it = table.files.find(key_);
   if (it == table.files.end()) return;
   Entry& entry = it->second;
@@ -202,7 +204,7 @@ LockClaim::~LockClaim() {
 
 Status LockClaim::Change(LockSet set) {
   auto& table = Claims<Key>();
-  std::lock_guard lock(table.mu);
+  MutexLock lock(table.mu);
   auto it = table.files.find(key_);
   if (it == table.files.end()) return Status::NotFound(path_ + ": lock claim lost");
   Entry& entry = it->second;
@@ -213,7 +215,7 @@ Status LockClaim::Change(LockSet set) {
 
 LockSet LockClaim::set() const {
   auto& table = Claims<Key>();
-  std::lock_guard lock(table.mu);
+  MutexLock lock(table.mu);
   auto it = table.files.find(key_);
   if (it == table.files.end()) return {};
   auto c = it->second.claims.find(this);

@@ -3,6 +3,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "base/mutex.h"
+
 #include "kvmfs/backend.h"
 
 namespace kvmfs {
@@ -14,7 +16,7 @@ class MemBackend final : public Backend {
       : name_(std::move(name)), data_(std::move(data)), writable_(writable) {}
 
   Status ReadAt(uint64_t off, void* buf, size_t len) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto* p = static_cast<uint8_t*>(buf);
     std::memset(p, 0, len);
     if (off < data_.size()) {
@@ -25,19 +27,19 @@ class MemBackend final : public Backend {
   }
   Status WriteAt(uint64_t off, const void* buf, size_t len) override {
     if (!writable_) return Status::ReadOnly(name_ + ": read-only");
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (off + len > data_.size()) data_.resize(off + len);
     std::memcpy(data_.data() + off, buf, len);
     return Status::OK();
   }
   Status Flush() override { return Status::OK(); }
   Result<uint64_t> Size() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     return static_cast<uint64_t>(data_.size());
   }
   Status Truncate(uint64_t size) override {
     if (!writable_) return Status::ReadOnly(name_ + ": read-only");
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     data_.resize(size);
     return Status::OK();
   }
@@ -47,7 +49,7 @@ class MemBackend final : public Backend {
 
  private:
   const std::string name_;
-  std::mutex mu_;
+  Mutex mu_;
   std::vector<uint8_t> data_;  // guarded by mu_
   const bool writable_;
 };

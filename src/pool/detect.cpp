@@ -4,6 +4,8 @@
 #include <cctype>
 #include <cstring>
 
+#include "base/mutex.h"
+
 #include "base/endian.h"
 #include "base/path.h"
 #include "config/config.h"
@@ -83,7 +85,7 @@ ProbeCache::Entry ProbeCache::ProbeEntry(const std::string& path, const struct s
   FileKey key = FileKey::FromStat(st);
   std::string id = std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto it = entries_.find(id);
     if (it != entries_.end() && it->second.key == key) return it->second;
   }
@@ -105,7 +107,7 @@ ProbeCache::Entry ProbeCache::ProbeEntry(const std::string& path, const struct s
     }
   }
   Entry entry{key, verdict, peek};
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   ++reads_;
   if (entries_.size() >= kMaxProbeEntries) entries_.clear();
   entries_[id] = entry;
@@ -119,7 +121,7 @@ std::string ProbeCache::FormatOf(const std::string& path, const struct stat& st)
 }
 
 size_t ProbeCache::reads() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return reads_;
 }
 

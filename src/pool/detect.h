@@ -7,6 +7,8 @@
 
 #include <sys/stat.h>
 
+#include "base/mutex.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -67,9 +69,9 @@ class ProbeCache {
     FormatPeek peek;  // the verdict's driver's Peek()
   };
   Entry ProbeEntry(const std::string& path, const struct stat& st);
-  mutable std::mutex mu_;
-  std::unordered_map<std::string, Entry> entries_;  // GUARDED_BY(mu_), by "dev:ino"
-  size_t reads_ = 0;                                // GUARDED_BY(mu_)
+  mutable Mutex mu_;
+  std::unordered_map<std::string, Entry> entries_ GUARDED_BY(mu_);  // by "dev:ino"
+  size_t reads_ GUARDED_BY(mu_) = 0;
 };
 
 // The file name part of `path`.

@@ -338,6 +338,7 @@ LayerChain LayerRegistry::Open(const std::string& path, const ChainPolicy& polic
   std::vector<std::shared_ptr<LayerFile>> fresh;
   ChainPolicy shared = policy;
   shared.opener = [&](const LayerRequest& request) -> Result<Layer> {
+    build_mu_.AssertHeld();  // OpenChain calls this back from below, under `build`
     KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<LayerFile> file, GetLocked(request, policy.opener, &fresh));
     files.push_back(file);
     return file->layer();

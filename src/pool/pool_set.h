@@ -11,6 +11,8 @@
 #include <sys/statvfs.h>
 #include <sys/types.h>
 
+#include "base/mutex.h"
+
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -130,13 +132,13 @@ class PoolRoot {
  public:
   explicit PoolRoot(std::shared_ptr<PoolSet> set) : set_(std::move(set)) {}
   std::shared_ptr<PoolSet> Get() const {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     return set_;
   }
   void Set(std::shared_ptr<PoolSet> set) {
     std::function<void()> on_set;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (set) set->SetChangeListener(listener_);
       set_.swap(set);
       on_set = on_set_;
@@ -146,22 +148,22 @@ class PoolRoot {
   }
   // The listener of the current set and of every set Set() later (nullptr: none).
   void SetChangeListener(ChangeListener* listener) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     listener_ = listener;
     if (set_) set_->SetChangeListener(listener);
   }
   // Called after every Set() (outside the lock): the FUSE front end drops
   // what the kernel caches of the pool folders.
   void OnSet(std::function<void()> fn) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     on_set_ = std::move(fn);
   }
 
  private:
-  mutable std::mutex mu_;
-  std::shared_ptr<PoolSet> set_;        // GUARDED_BY(mu_)
-  ChangeListener* listener_ = nullptr;  // GUARDED_BY(mu_)
-  std::function<void()> on_set_;        // GUARDED_BY(mu_)
+  mutable Mutex mu_;
+  std::shared_ptr<PoolSet> set_ GUARDED_BY(mu_);
+  ChangeListener* listener_ GUARDED_BY(mu_) = nullptr;
+  std::function<void()> on_set_ GUARDED_BY(mu_);
 };
 
 }  // namespace kvmfs::pool
