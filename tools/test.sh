@@ -1,8 +1,12 @@
 #!/bin/bash
 # Installs what is missing, builds kvmfs from scratch and runs every test:
-#   phase 1: release-like build (debugoptimized): unit + integration tests
+#   phase 1: release-like build (debugoptimized): unit + integration tests, and the
+#            expensive fixtures once (suites bench and expensive: the benchmark smoke,
+#            the Ceph/S3 cluster, Prometheus)
 #   phase 2: ASan+UBSan build: unit + integration tests again
-#   phase 3: TSan build: unit tests and the concurrency integration test
+#   phase 3: TSan build: unit tests and the concurrency integration tests
+#   phase 4: clang build with the thread-safety analysis as errors, ASan+UBSan and
+#            the libFuzzer targets: their smoke run (suite fuzz)
 # and ends with one line `N passed, N failed[, N skipped]` (test cases, counted by
 # tools/count-tests.py). Exit status 0 only when nothing failed.
 #
@@ -59,18 +63,27 @@ run_phase() {
   echo "=== [$label] test"
   local mult=1
   local selection=("${suite_args[@]}")
-  [ "$label" = asan ] && mult=3
+  if [ "$label" = asan ]; then
+    mult=3
+    # The expensive fixtures run once, in the release phase.
+    [ ${#suite_args[@]} -eq 0 ] && selection=(--suite unit --suite integration)
+  fi
+  if [ "$label" = clang ]; then
+    mult=3
+    [ ${#suite_args[@]} -eq 0 ] && selection=(--suite fuzz)
+  fi
   if [ "$label" = tsan ]; then
     mult=5
     if [ ${#suite_args[@]} -eq 0 ]; then
       mapfile -t selection < <(meson test -C "$dir" --list --suite unit 2>/dev/null | grep ' / ' | sed 's|.* / ||')
-      selection+=(it-concurrency)
+      selection+=(it-concurrency it-coherence)
     fi
   fi
   # meson's exit status is not used: count-tests.py reads the log and decides.
   meson test -C "$dir" --print-errorlogs --num-processes "$jobs" \
     --timeout-multiplier "$mult" "${selection[@]}" || true
   logs+=("$label=$dir/meson-logs/testlog.json")
+  echo "=== [$label] done at $(date +%T)"
 }
 
 run_phase release "$build_root/build-test"
@@ -92,6 +105,16 @@ if [ "$sanitize" = 1 ]; then
   export TSAN_OPTIONS="log_path=$san_logs/tsan:halt_on_error=0:second_deadlock_stack=1"
   run_phase tsan "$build_root/build-tsan" -Db_sanitize=thread -Dbuildtype=debug
   unset TSAN_OPTIONS
+
+  # clang: the code builds with clang too, the thread-safety annotations are
+  # checked (meson.build makes violations errors), and every parser's
+  # libFuzzer target gets a smoke run under ASan+UBSan.
+  export ASAN_OPTIONS="log_path=$san_logs/clang-asan:detect_leaks=1:abort_on_error=0"
+  export UBSAN_OPTIONS="log_path=$san_logs/clang-ubsan:print_stacktrace=1:halt_on_error=1"
+  export CXX=clang++
+  run_phase clang "$build_root/build-clang" -Dfuzz=true \
+    -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debugoptimized
+  unset CXX ASAN_OPTIONS UBSAN_OPTIONS
 fi
 
 echo "=== summary"
