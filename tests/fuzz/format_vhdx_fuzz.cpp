@@ -24,6 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     ctx.name = "fuzz.vhdx";
     ctx.writable = writable;
     auto image = FindFormat("vhdx")->Open(file, ctx);
+    fuzz::Note(image.status());
     if (!image.ok()) continue;
     (void)(*image)->Info();
     fuzz::ReadSome(**image, data, size);
