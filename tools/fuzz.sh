@@ -22,11 +22,14 @@
 #
 # CI smoke run (every target, 20 s each, two at a time: about 3 minutes):
 #   tools/fuzz.sh --build-dir build-fuzz --seconds 20 --jobs 2
+# or, in a -Dfuzz=true build, its meson test (the same run):
+#   meson test -C build-fuzz --suite fuzz --print-errorlogs
+# KVMFS_FUZZ_SECONDS sets the default of --seconds.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 build="$here/build-fuzz"
-seconds=60
+seconds=${KVMFS_FUZZ_SECONDS:-60}
 jobs=1
 corpus_root=""
 work=""
