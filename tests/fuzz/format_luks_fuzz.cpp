@@ -26,6 +26,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     };
   }
   auto image = FindFormat("luks")->Open(file, ctx);
+  fuzz::Note(image.status());
   if (!image.ok()) return 0;
   (void)(*image)->Info();
   (void)(*image)->DataStatus();

@@ -13,6 +13,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   OpenContext ctx;
   ctx.name = "fuzz.qcow";
   auto image = FindFormat("qcow")->Open(file, ctx);
+  fuzz::Note(image.status());
   if (!image.ok()) return 0;
   (void)(*image)->Info();
   fuzz::ReadSome(**image, data, size);

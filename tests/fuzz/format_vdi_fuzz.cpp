@@ -11,6 +11,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   OpenContext ctx;
   ctx.name = "fuzz.vdi";
   auto image = FindFormat("vdi")->Open(file, ctx);
+  fuzz::Note(image.status());
   if (!image.ok()) return 0;
   (void)(*image)->Info();
   fuzz::ReadSome(**image, data, size);

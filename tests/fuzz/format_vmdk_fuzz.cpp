@@ -10,52 +10,21 @@
 // subformat=S, a few qemu-io writes), and descriptors with their extents
 // appended, e.g. for monolithicFlat:
 //   { cat d.vmdk; printf '\n@@file d-flat.vmdk\n'; cat d-flat.vmdk; } > seeds/flat
-#include <map>
-#include <string_view>
-
 #include "fuzz_util.h"
-
-namespace {
-
-using Files = std::map<std::string, std::vector<uint8_t>>;
-
-std::vector<uint8_t> Split(const uint8_t* data, size_t size, Files* files) {
-  static constexpr std::string_view kSep = "\n@@file ";
-  std::string_view all(reinterpret_cast<const char*>(data), size);
-  size_t at = all.find(kSep);
-  std::vector<uint8_t> main(data, data + (at == std::string_view::npos ? size : at));
-  while (at != std::string_view::npos) {
-    size_t name_start = at + kSep.size();
-    size_t nl = all.find('\n', name_start);
-    if (nl == std::string_view::npos) break;
-    std::string name(all.substr(name_start, nl - name_start));
-    size_t next = all.find(kSep, nl + 1);
-    size_t end = next == std::string_view::npos ? size : next;
-    (*files)[name] = std::vector<uint8_t>(data + nl + 1, data + end);
-    at = next;
-  }
-  return main;
-}
-
-}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace kvmfs;
   fuzz::Quiet();
-  auto files = std::make_shared<Files>();
-  std::vector<uint8_t> main = Split(data, size, files.get());
+  auto files = std::make_shared<fuzz::Files>();
+  std::vector<uint8_t> main = fuzz::SplitFiles(data, size, files.get());
   const bool write = size > 0 && (data[size - 1] & 1);
   auto file = std::shared_ptr<Backend>(NewMemBackend("fuzz.vmdk", std::move(main), write));
   OpenContext ctx;
   ctx.name = "fuzz.vmdk";
   ctx.writable = write;
-  ctx.open_related = [files, write](const std::string& name) -> Result<std::shared_ptr<Backend>> {
-    if (!name.empty() && name[0] == '/') return Status::Permission(name + ": outside the pool");
-    auto it = files->find(name);
-    if (it == files->end()) return Status::NotFound(name + ": no such file");
-    return std::shared_ptr<Backend>(NewMemBackend(name, it->second, write));
-  };
+  ctx.open_related = fuzz::RelatedFiles(files, write);
   auto image = FindFormat("vmdk")->Open(file, ctx);
+  fuzz::Note(image.status());
   if (!image.ok()) return 0;
   Image& img = **image;
   (void)img.Info();

@@ -468,7 +468,9 @@ Status Engine::Write(uint64_t off, const uint8_t* buf, size_t len, const Backing
           const uint32_t a = static_cast<uint32_t>((pos - cstart) >> g.subcluster_bits);
           const uint32_t b = static_cast<uint32_t>((cend - 1 - cstart) >> g.subcluster_bits);
           const uint64_t want = ((b == 31 ? ~0u : (1u << (b + 1)) - 1) & ~((1u << a) - 1));
-          if ((bitmap & want) != want) {
+          // A subcluster both allocated and zero is corruption: the
+          // exclusive path reports it.
+          if ((bitmap & want) != want || ((bitmap >> 32) & bitmap)) {
             in_place = false;
             break;
           }
@@ -760,6 +762,10 @@ Status Engine::WriteRun(uint64_t pos, const uint8_t* p, size_t len, const Backin
     if (g.extended_l2 && !k->allocated && (bitmap & kBitmapAllAlloc))
       return Status::Corruption(name_ + ": unallocated cluster has subclusters allocated" +
                                 where());
+    // As Map() and QEMU (which refuses the write with EIO and marks the
+    // image corrupt): a write would be acknowledged and then not read back.
+    if (g.extended_l2 && k->allocated && ((bitmap >> 32) & bitmap))
+      return Status::Corruption(name_ + ": subcluster both allocated and zero" + where());
     if (k->allocated && !data_file && OverlapsMetadata(k->host, cs))
       return Status::Corruption(name_ + ": data cluster at " + Hex(k->host) +
                                 " overlaps metadata" + where());
