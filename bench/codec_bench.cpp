@@ -7,6 +7,12 @@
 // them, trailing sector garbage included) into memory, then times each
 // decoder over all of them and prints MiB/s of decompressed output per CPU
 // second (median of ROUNDS). Every decoder's output is checked against zlib's / zstd's.
+//
+// The last line, `limit: {json}`, is the two-core decode limit of the image
+// for a sequential reader (bench/run.py's decode-limit rows): the virtual
+// size over half the CPU time kvmfs's decoder needs for all its compressed
+// clusters, as if two cores did nothing else and every other cluster cost
+// nothing. Pass a MAX_CLUSTERS of at least the image's compressed clusters.
 // Standalone on purpose (it parses only the L1/L2 tables): it measures the
 // decoders, not the driver.
 #include <fcntl.h>
@@ -61,7 +67,9 @@ void PreadAll(int fd, uint64_t off, void* buf, size_t n) {
 
 struct Image {
   uint32_t cluster_bits = 0;
+  uint64_t virtual_size = 0;
   bool zstd = false;
+  bool all = true;  // every compressed cluster loaded (none left out by MAX_CLUSTERS)
   std::vector<std::vector<uint8_t>> clusters;  // compressed bytes, as read by the driver
 };
 
@@ -73,6 +81,8 @@ Image Load(const char* path, size_t max_clusters) {
   if (BE32(h) != 0x514649fb) Die("not a qcow2 image");
   Image img;
   img.cluster_bits = BE32(h + 20);
+  img.virtual_size = BE64(h + 24);
+  if (img.cluster_bits < 9 || img.cluster_bits > 21) Die("bad cluster_bits");
   const uint32_t l1_size = BE32(h + 36);
   const uint64_t l1_off = BE64(h + 40);
   if (BE32(h + 4) >= 3 && BE32(h + 100) > 104) {
@@ -93,6 +103,7 @@ Image Load(const char* path, size_t max_clusters) {
     for (uint64_t j = 0; j < cs / 8 && img.clusters.size() < max_clusters; ++j) {
       const uint64_t e = BE64(&l2[j * 8]);
       if (!(e & (1ull << 62))) continue;
+      if (img.clusters.size() + 1 == max_clusters) img.all = false;  // maybe more follow
       const uint64_t coff = e & offset_mask;
       const uint64_t sectors = ((e >> csize_shift) & csize_mask) + 1;
       std::vector<uint8_t> in(sectors * 512 - (coff & 511));
@@ -232,5 +243,17 @@ int main(int argc, char** argv) {
     std::printf("  %-16s %8.0f MiB/s  (min %.0f, max %.0f)\n", decoders[d].first.c_str(),
                 m[m.size() / 2], m.front(), m.back());
   }
+  // kvmfs's decoder is the last one.
+  const double one_core = mibs.back()[mibs.back().size() / 2];
+  const double plain_mib = double(img.clusters.size() * cs) / (1 << 20);
+  const double cpu_s = plain_mib / one_core;
+  const double limit = double(img.virtual_size) / (1 << 20) / (cpu_s / 2);
+  std::printf(
+      "limit: {\"codec\": \"%s\", \"compressed_clusters\": %zu, \"virtual_clusters\": %llu, "
+      "\"all_loaded\": %s, \"decode_MiB_s_1core\": %.1f, \"decode_cpu_s\": %.4f, "
+      "\"limit_2core_MiB_s\": %.1f}\n",
+      img.zstd ? "zstd" : "zlib", img.clusters.size(),
+      static_cast<unsigned long long>((img.virtual_size + cs - 1) / cs), img.all ? "true" : "false",
+      one_core, cpu_s, limit);
   return 0;
 }

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 
 #include "kvmfs/status.h"
@@ -45,6 +46,15 @@ Result<size_t> InflateZlibStream(const uint8_t* in, size_t in_len, uint8_t* out,
 // Thread-safe: when the helpers are busy with other batches, the caller does
 // the work alone, so a batch never waits for another one.
 void DecompressBatch(CompressionType type, std::span<DecompressJob> jobs);
+
+// Queues `task` on DecompressBatch's process-wide pool, to run on a helper
+// thread, in posting order. Returns false (and drops `task`) when the pool
+// has no helper (one core): the caller does the work itself. A task must
+// not wait for another posted task (nothing says when a helper takes it):
+// a thread that needs a posted task's result runs the work itself when no
+// helper has started it (qcow2's compressed clusters, see cache.cpp).
+// Thread-safe.
+bool PostDecodeTask(std::function<void()> task);
 
 // Compresses `in` into one zlib (RFC 1950) stream, as zlib's compress() at
 // the default level (QEMU's VMDK grains), into at most `out_cap` bytes of

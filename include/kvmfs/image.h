@@ -32,14 +32,20 @@ struct BlockStatus {
 // A read described as pieces in guest order, for replies that hand the kernel
 // ranges of host files (splice) instead of copies: each piece is either a
 // range of an open host file or bytes in memory (zeros, backing, decoded
-// data). Built by Image::PlanRead(). Not thread-safe (one per request).
+// data), which the plan owns or shares with a cache that made them. Built
+// by Image::PlanRead(). Not thread-safe (one per request).
 class ReadPlan {
  public:
   struct Piece {
     uint64_t length = 0;
     int fd = -1;             // >= 0: bytes [fd_offset, fd_offset+length) of this host file
     uint64_t fd_offset = 0;
-    void* mem = nullptr;     // fd < 0: malloc()ed bytes, owned by the plan until Release()
+    // fd < 0: the bytes. Without `owner`: malloc()ed, owned by the plan
+    // until Release(). With `owner`: memory `owner` keeps alive and
+    // unchanged (a decoded cluster of a cache), never written or freed
+    // through the plan.
+    void* mem = nullptr;
+    std::shared_ptr<const void> owner;
   };
 
   ReadPlan() = default;
@@ -58,10 +64,19 @@ class ReadPlan {
   // Gives back the last `unused` bytes of the memory piece AddMemory() just
   // returned (a reader that learns its length only while reading).
   void TrimMemory(uint64_t unused);
+  // Appends `length` bytes at `mem` without copying them: `owner` keeps
+  // them alive and unchanged until the plan lets go of it.
+  void AddShared(const void* mem, uint64_t length, std::shared_ptr<const void> owner);
+  // Replaces every file piece by its bytes read into memory (for a reply that
+  // cannot splice): the memory pieces are kept as they are, nothing is read
+  // again. kIOError when a read fails (a file shorter than a piece reads as
+  // zeros past its end).
+  Status ReadFilePieces();
 
   const std::vector<Piece>& pieces() const { return pieces_; }
   uint64_t size() const { return size_; }
-  // Hands the pieces over: their memory is now the caller's to free().
+  // Hands the pieces over: their memory is now the caller's to free() (but
+  // that of pieces with an owner, which the owner keeps).
   std::vector<Piece> Release();
   // Drops every piece (freeing their memory): an empty plan again.
   void Discard();

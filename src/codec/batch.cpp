@@ -23,7 +23,8 @@ namespace {
 
 // A fixed set of threads running posted tasks in order. Tasks must not
 // block on one another (a batch's caller never waits for a helper that has
-// not taken a job, see Batch).
+// not taken a job, see Batch; a reader never waits for a posted cluster that
+// no thread has started: it decodes it itself, see PostDecodeTask).
 class HelperPool {
  public:
   explicit HelperPool(unsigned threads) {
@@ -48,6 +49,13 @@ class HelperPool {
       cv_.notify_one();
     else
       cv_.notify_all();
+  }
+  void Post(std::function<void()>&& task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_one();
   }
 
  private:
@@ -135,6 +143,14 @@ void DecompressBatch(CompressionType type, std::span<DecompressJob> jobs) {
   batch->Work();
   std::unique_lock<std::mutex> lock(batch->mu);
   batch->cv.wait(lock, [&] { return batch->done.load(std::memory_order_acquire) == jobs.size(); });
+}
+
+bool PostDecodeTask(std::function<void()> task) {
+  HelperPool& pool = Pool();
+  g_pool_started.store(true, std::memory_order_relaxed);
+  if (pool.size() == 0) return false;
+  pool.Post(std::move(task));
+  return true;
 }
 
 unsigned DecompressHelperThreads() {

@@ -64,10 +64,9 @@ Status PlanFileRead(const pool::OpenFile& file, size_t size, off_t off, ReadPlan
   KVMFS_RETURN_IF_ERROR(file.image->PlanRead(offset, n, plan));
   if (!HasFilePiece(plan) || FitsSplicePipe(plan)) return Status::OK();
   // Pieces of files that cannot be spliced (too many, or a max_read too
-  // large for the pipe): one memory buffer, written as it is.
-  plan.Discard();
-  KVMFS_ASSIGN_OR_RETURN(uint8_t* p, plan.AddMemory(n, false));
-  return file.image->Read(offset, p, n);
+  // large for the pipe): read into memory, and the plan written with one
+  // writev; its memory pieces (decoded clusters...) are not made again.
+  return plan.ReadFilePieces();
 }
 
 // Sends `plan` as the reply; the plan keeps its memory until it is sent.

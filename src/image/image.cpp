@@ -1,5 +1,7 @@
 // Defaults of the Image interface and the chain-wide block status walk.
 #include <algorithm>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -57,9 +59,7 @@ Status OutOfMemory(uint64_t length) {
 }
 }  // namespace
 
-ReadPlan::~ReadPlan() {
-  for (Piece& p : pieces_) std::free(p.mem);
-}
+ReadPlan::~ReadPlan() { Discard(); }
 
 void ReadPlan::AddFile(int fd, uint64_t offset, uint64_t length) {
   if (length == 0) return;
@@ -71,7 +71,7 @@ void ReadPlan::AddFile(int fd, uint64_t offset, uint64_t length) {
       return;
     }
   }
-  pieces_.push_back(Piece{length, fd, offset, nullptr});
+  pieces_.push_back(Piece{length, fd, offset, nullptr, nullptr});
 }
 
 Result<uint8_t*> ReadPlan::AddMemory(uint64_t length, bool zero) {
@@ -81,7 +81,7 @@ Result<uint8_t*> ReadPlan::AddMemory(uint64_t length, bool zero) {
   }
   // A memory piece after a memory piece grows it: fewer pieces for FUSE to
   // copy, and realloc() of large blocks is a remap, not a copy.
-  if (!pieces_.empty() && pieces_.back().fd < 0) {
+  if (!pieces_.empty() && pieces_.back().fd < 0 && !pieces_.back().owner) {
     Piece& last = pieces_.back();
     void* grown = std::realloc(last.mem, last.length + length);
     if (grown == nullptr) return OutOfMemory(length);
@@ -94,13 +94,51 @@ Result<uint8_t*> ReadPlan::AddMemory(uint64_t length, bool zero) {
   }
   void* mem = zero ? std::calloc(1, length) : std::malloc(length);
   if (mem == nullptr) return OutOfMemory(length);
-  pieces_.push_back(Piece{length, -1, 0, mem});
+  pieces_.push_back(Piece{length, -1, 0, mem, nullptr});
   size_ += length;
   return static_cast<uint8_t*>(mem);
 }
 
+void ReadPlan::AddShared(const void* mem, uint64_t length, std::shared_ptr<const void> owner) {
+  if (length == 0) return;
+  // The piece is only ever read (iovecs and fuse_bufs take non-const).
+  pieces_.push_back(Piece{length, -1, 0, const_cast<void*>(mem), std::move(owner)});
+  size_ += length;
+}
+
+Status ReadPlan::ReadFilePieces() {
+  for (Piece& p : pieces_) {
+    if (p.fd < 0) continue;
+    void* mem = std::malloc(p.length);
+    if (mem == nullptr) return OutOfMemory(p.length);
+    auto* at = static_cast<uint8_t*>(mem);
+    uint64_t done = 0;
+    while (done < p.length) {
+      const ssize_t n = ::pread(p.fd, at + done, p.length - done,
+                                static_cast<off_t>(p.fd_offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        const int err = errno;
+        std::free(mem);
+        return Status::FromErrno(err, "reading " + std::to_string(p.length) +
+                                          " bytes of a reply at host offset " +
+                                          std::to_string(p.fd_offset + done));
+      }
+      if (n == 0) {  // past the end of the file: zeros, as a splice would not give
+        std::memset(at + done, 0, p.length - done);
+        break;
+      }
+      done += static_cast<uint64_t>(n);
+    }
+    p.fd = -1;
+    p.fd_offset = 0;
+    p.mem = mem;
+  }
+  return Status::OK();
+}
+
 void ReadPlan::TrimMemory(uint64_t unused) {
-  if (unused == 0 || pieces_.empty() || pieces_.back().fd >= 0) return;
+  if (unused == 0 || pieces_.empty() || pieces_.back().fd >= 0 || pieces_.back().owner) return;
   Piece& last = pieces_.back();
   unused = std::min<uint64_t>(unused, last.length);
   last.length -= unused;
@@ -112,7 +150,8 @@ void ReadPlan::TrimMemory(uint64_t unused) {
 }
 
 void ReadPlan::Discard() {
-  for (Piece& p : pieces_) std::free(p.mem);
+  for (Piece& p : pieces_)
+    if (!p.owner) std::free(p.mem);
   pieces_.clear();
   size_ = 0;
 }

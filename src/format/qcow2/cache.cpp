@@ -14,7 +14,7 @@ namespace {
 constexpr uint64_t kNoTick = std::numeric_limits<uint64_t>::max();
 
 bool IsDirty(const L2Table& t) { return t.dirty.load(std::memory_order_relaxed); }
-bool IsDirty(const std::vector<uint8_t>&) { return false; }
+bool IsDirty(const DecodedCluster&) { return false; }
 
 }  // namespace
 
@@ -215,6 +215,15 @@ void BudgetedLru<V>::Erase(uint64_t key) {
 }
 
 template <class V>
+void BudgetedLru<V>::EraseIf(uint64_t key, const V* value) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find(key);
+  if (it == index_.end() || it->second->value.get() != value) return;
+  EraseLocked(it->second);
+  PublishColdLocked();
+}
+
+template <class V>
 std::vector<std::shared_ptr<V>> BudgetedLru<V>::Values(bool only_dirty) const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::shared_ptr<V>> out;
@@ -285,7 +294,7 @@ std::shared_ptr<V> BudgetedLru<V>::InsertCold(uint64_t key, std::shared_ptr<V> v
 }
 
 template class BudgetedLru<L2Table>;
-template class BudgetedLru<const std::vector<uint8_t>>;
+template class BudgetedLru<DecodedCluster>;
 
 // ---- L2Cache --------------------------------------------------------------------------
 
@@ -349,18 +358,61 @@ std::shared_ptr<L2Table> L2Cache::NewTable(size_t words) const {
   return t;
 }
 
+// ---- DecodedCluster -------------------------------------------------------------------
+
+DecodedCluster::DecodedCluster(CompressionType type, size_t cluster_bytes,
+                               std::shared_ptr<const std::vector<uint8_t>> input,
+                               const uint8_t* in, size_t in_len)
+    : type_(type),
+      size_(cluster_bytes),
+      data_(std::make_unique_for_overwrite<uint8_t[]>(cluster_bytes)),
+      input_(std::move(input)),
+      in_(in),
+      in_len_(in_len) {}
+
+bool DecodedCluster::TryDecode() {
+  uint32_t expected = kQueued;
+  // acquire: the claimer sees the input its maker wrote before publishing.
+  if (!state_.compare_exchange_strong(expected, kRunning, std::memory_order_acquire,
+                                      std::memory_order_relaxed))
+    return false;
+  status_ = Decompress(type_, in_, in_len_, data_.get(), size_);
+  input_.reset();  // the compressed bytes are not needed any more
+  in_ = nullptr;
+  // release: a waiter that sees the final state sees the data and status.
+  state_.store(status_.ok() ? kReady : kFailed, std::memory_order_release);
+  state_.notify_all();
+  return true;
+}
+
+Status DecodedCluster::Wait() {
+  TryDecode();
+  uint32_t s = state_.load(std::memory_order_acquire);
+  while (s < kReady) {
+    state_.wait(s, std::memory_order_acquire);
+    s = state_.load(std::memory_order_acquire);
+  }
+  return s == kReady ? Status::OK() : status_;
+}
+
 // ---- ClusterCache ---------------------------------------------------------------------
 
 ClusterCache::ClusterCache(std::shared_ptr<CacheBudget> budget, uint64_t cluster_bytes,
                            size_t max_clusters)
-    : lru_(std::move(budget), cluster_bytes + kCacheEntryOverhead, std::max<size_t>(2, max_clusters)) {}
+    : max_clusters_(std::max<size_t>(2, max_clusters)),
+      lru_(std::move(budget), cluster_bytes + kCacheEntryOverhead, max_clusters_) {}
 
-std::shared_ptr<const std::vector<uint8_t>> ClusterCache::Lookup(uint64_t key) {
-  return lru_.Lookup(key);
+std::shared_ptr<DecodedCluster> ClusterCache::Lookup(uint64_t key) { return lru_.Lookup(key); }
+
+std::shared_ptr<DecodedCluster> ClusterCache::Peek(uint64_t key) { return lru_.Peek(key); }
+
+std::shared_ptr<DecodedCluster> ClusterCache::Insert(uint64_t key,
+                                                     std::shared_ptr<DecodedCluster> cluster) {
+  return lru_.Insert(key, std::move(cluster), false);
 }
 
-void ClusterCache::Insert(uint64_t key, std::shared_ptr<const std::vector<uint8_t>> data) {
-  lru_.Insert(key, std::move(data), false);
+void ClusterCache::EraseIf(uint64_t key, const DecodedCluster* cluster) {
+  lru_.EraseIf(key, cluster);
 }
 
 }  // namespace kvmfs::qcow2

@@ -84,7 +84,8 @@ class Qcow2Image final : public Image {
         case Extent::Type::kCompressed: {
           // The compressed clusters that follow are read with this one (and
           // decompressed concurrently): the run may go past `n`.
-          KVMFS_ASSIGN_OR_RETURN(size_t run, engine_->ReadCompressedRun(l1, e, off, p, len));
+          KVMFS_ASSIGN_OR_RETURN(size_t run,
+                                 engine_->ReadCompressedRun(l1, e, off, p, len, size()));
           off += run - n;
           p += run - n;
           len -= run - n;
@@ -136,11 +137,11 @@ class Qcow2Image final : public Image {
           break;
         }
         case Extent::Type::kCompressed: {
-          // As in Read(): the compressed clusters that follow are read and
-          // decompressed (concurrently) with this one; the run may pass `n`.
-          KVMFS_ASSIGN_OR_RETURN(uint8_t* p, plan.AddMemory(len, false));
-          KVMFS_ASSIGN_OR_RETURN(size_t run, engine_->ReadCompressedRun(l1, e, off, p, len));
-          plan.TrimMemory(len - run);
+          // As in Read(): the compressed clusters that follow are read with
+          // this one, the run may pass `n`; the plan points at the decoded
+          // clusters instead of copying them.
+          KVMFS_ASSIGN_OR_RETURN(size_t run,
+                                 engine_->PlanCompressedRun(l1, e, off, len, size(), plan));
           off += run - n;
           len -= run - n;
           break;

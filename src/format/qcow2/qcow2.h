@@ -429,6 +429,8 @@ class BudgetedLru final : public BudgetedCache {
   // in use, so a scan does not push out the working set.
   std::shared_ptr<V> InsertCold(uint64_t key, std::shared_ptr<V> value);
   void Erase(uint64_t key);
+  // Erase() only while `key` holds `value`.
+  void EraseIf(uint64_t key, const V* value);
   // The cached values (only the dirty ones when `only_dirty`), least
   // recently used first.
   std::vector<std::shared_ptr<V>> Values(bool only_dirty) const;
@@ -529,16 +531,68 @@ class L2Cache {
   mutable BudgetedLru<L2Table> lru_;
 };
 
-// A small LRU of decompressed clusters keyed by the compressed descriptor,
-// within the budget.
+// One compressed cluster of the ClusterCache: waiting to be decoded, being
+// decoded, or done. Made with its compressed bytes by the thread that read
+// them, then decoded exactly once by whichever thread claims it first: a
+// helper of the decode pool (PostDecodeTask) or a reader that needs it. A
+// reader never waits for a cluster nobody has started (it claims it), so no
+// request waits for another request's clusters or for a pool thread to be
+// free. Thread-safe.
+class DecodedCluster {
+ public:
+  // `in` (`in_len` bytes) lies in `input`, kept until decoded.
+  DecodedCluster(CompressionType type, size_t cluster_bytes,
+                 std::shared_ptr<const std::vector<uint8_t>> input, const uint8_t* in,
+                 size_t in_len);
+  DecodedCluster(const DecodedCluster&) = delete;
+  DecodedCluster& operator=(const DecodedCluster&) = delete;
+
+  // Decodes the cluster unless a thread has claimed it already; true when
+  // this call did the work.
+  bool TryDecode();
+  // TryDecode(), then waits until the cluster is decoded. Returns the
+  // decoder's status (OK: data() holds the cluster).
+  Status Wait();
+  bool done() const { return state_.load(std::memory_order_acquire) >= kReady; }
+  // The decoded bytes; valid once Wait() returned OK, for as long as this lives.
+  const uint8_t* data() const { return data_.get(); }
+  size_t size() const { return size_; }
+
+ private:
+  enum : uint32_t { kQueued, kRunning, kReady, kFailed };
+  const CompressionType type_;
+  const size_t size_;
+  const std::unique_ptr<uint8_t[]> data_;  // written by the claimer only, before kReady
+  // The claimer's alone once claimed (dropped after decoding).
+  std::shared_ptr<const std::vector<uint8_t>> input_;
+  const uint8_t* in_;
+  size_t in_len_;
+  Status status_;  // written by the claimer before kFailed
+  std::atomic<uint32_t> state_{kQueued};
+};
+
+// A small LRU of compressed clusters (decoded or in flight) keyed by the
+// compressed descriptor, within the budget. An entry in flight is pinned
+// (its task holds it), so it is never evicted before it is decoded.
 class ClusterCache {
  public:
   ClusterCache(std::shared_ptr<CacheBudget> budget, uint64_t cluster_bytes, size_t max_clusters);
-  std::shared_ptr<const std::vector<uint8_t>> Lookup(uint64_t key);
-  void Insert(uint64_t key, std::shared_ptr<const std::vector<uint8_t>> data);
+  std::shared_ptr<DecodedCluster> Lookup(uint64_t key);
+  // Lookup() that does not mark the entry used.
+  std::shared_ptr<DecodedCluster> Peek(uint64_t key);
+  // Caches `cluster` at `key` unless another thread cached one there first;
+  // returns the one now cached.
+  std::shared_ptr<DecodedCluster> Insert(uint64_t key, std::shared_ptr<DecodedCluster> cluster);
+  // Drops `cluster` if it is what `key` holds (a cluster that failed to
+  // decode: the next reader reads it again).
+  void EraseIf(uint64_t key, const DecodedCluster* cluster);
+  // The most clusters it keeps of its own accord (the budget may keep fewer).
+  size_t max_clusters() const { return max_clusters_; }
+  CacheBudget& budget() const { return lru_.budget(); }
 
  private:
-  BudgetedLru<const std::vector<uint8_t>> lru_;
+  const size_t max_clusters_;
+  BudgetedLru<DecodedCluster> lru_;
 };
 
 // ---- Refcounts -------------------------------------------------------------------------
@@ -650,15 +704,25 @@ class Engine {
   Status ReadCompressed(uint64_t entry, uint64_t off_in_cluster, uint8_t* out, size_t n,
                         uint64_t guest_off);
 
-  // Reads the guest bytes [off, off+len) that start with the compressed
-  // cluster run `first` (Map() of `off`) and go on over the compressed
-  // clusters that follow it, as ReadCompressed() each: the missing clusters'
-  // bytes are read with as few reads as their layout allows and decompressed
-  // concurrently (DecompressBatch). Returns the bytes read (> 0, <= len):
-  // the caller goes on from there. On failure the error of the first bad
-  // cluster in guest order. Requires mutex() held (shared or exclusive).
+  // Reads the guest bytes [off, off+len) of a view ending at `view_end`
+  // that start with the compressed cluster run `first` (Map() of `off`) and
+  // go on over the compressed clusters that follow it, as ReadCompressed()
+  // each. Returns the bytes read (> 0, <= len): the caller goes on from
+  // there. On failure the error of the first bad cluster in guest order.
+  //
+  // The first call of a request also starts the decoding of every other
+  // compressed cluster of [off, off+len) and, when the reads of `l1` go on
+  // sequentially, of a readahead window past it (bounded by the cluster
+  // cache, see ReadAheadRange): their bytes are read with as few reads as
+  // their layout allows and decoded on the shared pool, so a request waits
+  // only for the clusters it needs, most of them decoded while the previous
+  // reply went out. Requires mutex() held (shared or exclusive).
   Result<size_t> ReadCompressedRun(const L1Table& l1, const Extent& first, uint64_t off,
-                                   uint8_t* out, size_t len);
+                                   uint8_t* out, size_t len, uint64_t view_end);
+  // ReadCompressedRun() into `plan`: the pieces point at the decoded clusters
+  // (the plan holds them) instead of copying them, but for small clusters.
+  Result<size_t> PlanCompressedRun(const L1Table& l1, const Extent& first, uint64_t off,
+                                   size_t len, uint64_t view_end, ReadPlan& plan);
 
   // Reads `n` bytes of the data file (or the image file) at `host`.
   Status ReadData(uint64_t host, uint8_t* out, size_t n) { return data_->ReadAt(host, out, n); }
@@ -709,6 +773,30 @@ class Engine {
   // (L2Cache::InsertCold) and a cached one is not marked used.
   Result<std::shared_ptr<const L2Table>> GetL2(uint64_t l2_offset, uint64_t l1_index,
                                                bool cold = false);
+  // One cluster of a compressed run, decoded (compressed.cpp).
+  struct RunCluster {
+    std::shared_ptr<DecodedCluster> cluster;
+    uint64_t entry;
+    uint64_t guest_off;  // of the first byte used
+    size_t n;            // bytes used, from guest_off
+  };
+  // The decoded clusters of the run ReadCompressedRun() reads.
+  Result<size_t> DecodeCompressedRun(const L1Table& l1, const Extent& first, uint64_t off,
+                                     size_t len, uint64_t view_end, std::vector<RunCluster>& run);
+  // Waits until `cluster` (of descriptor `entry`, read at `guest_off`) is
+  // decoded, decoding it here if nobody has started. kCorruption naming the
+  // cluster when it does not decode (it then leaves the cache).
+  Status AwaitDecoded(DecodedCluster& cluster, uint64_t entry, uint64_t guest_off);
+  // The cached cluster of `entry`, or one read now (not yet decoded).
+  Result<std::shared_ptr<DecodedCluster>> LoadCompressed(uint64_t entry, uint64_t guest_off);
+  // What of [off, off+len) (and past it) the request should start decoding:
+  // [*from, *to), empty when nothing. Follows the sequential streams of reads.
+  void ReadAheadRange(const L1Table& l1, uint64_t off, uint64_t len, uint64_t view_end,
+                      uint64_t* from, uint64_t* to);
+  // Best effort: reads the compressed clusters of [from, to) that are not
+  // cached and queues them on the decode pool. Stops at the first error (the
+  // reader that needs the cluster reports it).
+  void StartCompressed(const L1Table& l1, uint64_t from, uint64_t to);
   // Where the compressed bytes of descriptor `entry` are: [*coffset,
   // *coffset + *csize) of the file, of which the first *in_file exist (the
   // rest reads as zeros); kCorruption naming `guest_off` when invalid.
@@ -855,6 +943,18 @@ class Engine {
   std::atomic<uint64_t> data_size_;
   L2Cache l2_cache_;
   ClusterCache cluster_cache_;
+  // Sequential streams of compressed reads (ReadAheadRange), by L1 table:
+  // each knows where its reads got to and how far ahead decoding was started.
+  struct ReadStream {
+    const L1Table* l1 = nullptr;
+    uint64_t next = 0;     // the end of the furthest read
+    uint64_t started = 0;  // decoding started up to here
+    uint64_t used = 0;     // last use, for replacement
+  };
+  static constexpr size_t kReadStreams = 8;
+  std::mutex streams_mu_;
+  ReadStream streams_[kReadStreams];  // GUARDED_BY(streams_mu_)
+  uint64_t streams_clock_ = 0;        // GUARDED_BY(streams_mu_)
   mutable std::shared_mutex rw_;
   std::atomic<uint64_t> virtual_size_{0};
 
