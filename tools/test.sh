@@ -14,8 +14,11 @@
 #   --no-sanitize   skip phases 2 and 3 (faster local runs)
 #   --no-deps       do not run tools/setup-deps.sh
 #   --suite S       run only meson suite S (unit or integration)
-# Build dirs: build-test/, build-asan/ and build-tsan/ at the top of the repo (wiped first),
-# or under $KVMFS_BUILD_ROOT when set.
+# Build dirs: build-test/, build-asan/, build-tsan/ and build-clang/ at the top of the repo
+# (wiped first), or under $KVMFS_BUILD_ROOT when set. Each phase's tests get their own
+# TMPDIR inside its build dir (on the build disk, not a small /tmp or /dev/shm), removed
+# when the phase ends; with KVMFS_PRUNE_BUILDS=1 (set by .ci/run) a phase's build dir is
+# pruned to its test log afterwards, so four sanitizer builds do not fill a small disk.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -61,6 +64,9 @@ run_phase() {
     return 0
   fi
   echo "=== [$label] test"
+  local phase_tmp="$dir/test-tmp"
+  mkdir -p "$phase_tmp"
+  df -h "$dir" /tmp /dev/shm 2>/dev/null | sed "s/^/[$label] df: /" || true
   local mult=1
   local selection=("${suite_args[@]}")
   if [ "$label" = asan ]; then
@@ -80,12 +86,24 @@ run_phase() {
     fi
   fi
   # meson's exit status is not used: count-tests.py reads the log and decides.
-  meson test -C "$dir" --print-errorlogs --num-processes "$jobs" \
+  TMPDIR="$phase_tmp" meson test -C "$dir" --print-errorlogs --num-processes "$jobs" \
     --timeout-multiplier "$mult" "${selection[@]}" || true
-  logs+=("$label=$dir/meson-logs/testlog.json")
+  # What a test left behind (a crashed daemon's directory) goes with the phase.
+  left=$(du -sh "$phase_tmp" 2>/dev/null | cut -f1)
+  echo "=== [$label] test temporaries left: ${left:-0}"
+  rm -rf "$phase_tmp"
+  if [ "${KVMFS_PRUNE_BUILDS:-0}" = 1 ]; then
+    mkdir -p "$build_root/test-logs"
+    cp "$dir/meson-logs/testlog.json" "$build_root/test-logs/$label.json" 2>/dev/null || true
+    rm -rf "$dir"
+    logs+=("$label=$build_root/test-logs/$label.json")
+  else
+    logs+=("$label=$dir/meson-logs/testlog.json")
+  fi
   echo "=== [$label] done at $(date +%T)"
 }
 
+rm -rf "$build_root/test-logs"
 run_phase release "$build_root/build-test"
 
 if [ "$sanitize" = 1 ]; then

@@ -49,6 +49,23 @@ def kvmfs_bin():
     return os.environ.get("KVMFS_BIN", "")
 
 
+_instrumented = None
+
+
+def kvmfs_instrumented():
+    """True when the kvmfs binary is built with ASan or TSan (its memory
+    figures are then the sanitizer's, not kvmfs's)."""
+    global _instrumented
+    if _instrumented is None:
+        try:
+            with open(kvmfs_bin(), "rb") as f:
+                data = f.read()
+            _instrumented = b"__asan_init" in data or b"__tsan_init" in data
+        except OSError:
+            _instrumented = False
+    return _instrumented
+
+
 def environment_problem():
     """Why these tests cannot run here, or None when they can."""
     if not os.path.exists(FUSE_DEV):

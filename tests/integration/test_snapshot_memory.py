@@ -27,6 +27,7 @@ import os
 import tempfile
 import threading
 import time
+import unittest
 
 import kvmfs_harness as h
 from kvmfs_harness import MiB
@@ -108,9 +109,18 @@ class SnapshotMemory(h.KvmfsTestCase):
 
     @classmethod
     def setUpClass(cls):
+        if h.kvmfs_instrumented():
+            # ASan's shadow memory and quarantine are not kvmfs's memory: the
+            # bound is checked by the release phase (tools/test.sh).
+            print("\n%s\nSKIPPED: the RSS bound is not measurable in a sanitizer build (%s);\n"
+                  "  the release phase of tools/test.sh checks it.\n%s" %
+                  ("=" * 72, h.kvmfs_bin(), "=" * 72), flush=True)
+            raise unittest.SkipTest("sanitizer build")
         saved = tempfile.tempdir
         if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-            tempfile.tempdir = "/dev/shm"
+            st = os.statvfs("/dev/shm")
+            if st.f_bavail * st.f_frsize > 4 * 1024 * MiB:  # a container's 64 MiB will not do
+                tempfile.tempdir = "/dev/shm"
         try:
             super().setUpClass()
         finally:
