@@ -40,7 +40,7 @@ if mountpoint -q "$mnt" 2>/dev/null; then
   fusermount3 -u "$mnt" || fusermount3 -u -z "$mnt"
 fi
 rm -rf "$pool"
-mkdir -p "$pool/chain" "$pool/vms" "$mnt"
+mkdir -p "$pool/chain" "$pool/vms" "$pool/formats" "$pool/secure" "$mnt"
 q() { qemu-io -f qcow2 "$@" >/dev/null; }
 
 # 1. a plain qcow2 with data at a few places
@@ -68,11 +68,37 @@ q -c 'write -P 0x32 0 512k' "$pool/vms/snap.qcow2"
 qemu-img snapshot -c 'nightly/2024-01-01' "$pool/vms/snap.qcow2"
 q -c 'write -P 0x33 0 4k' "$pool/vms/snap.qcow2"
 
+# 5. the same small disk in the other formats QEMU writes (made by qemu-img convert)
+for f in "vmdk -o subformat=monolithicSparse" "vmdk -o subformat=streamOptimized" vdi vpc vhdx qcow; do
+  set -- $f
+  fmt=$1; shift
+  case "$fmt$*" in
+    *streamOptimized) name=stream.vmdk ;;
+    vpc) name=disk.vhd ;;
+    *) name=disk.$fmt ;;
+  esac
+  qemu-img convert -q -f qcow2 -O "$fmt" "$@" "$pool/vms/plain.qcow2" "$pool/formats/$name"
+done
+
+# 6. an encrypted image (LUKS) whose key kvmfs gets from a keys file
+printf 'demo-passphrase' > "$demo/secure.pass"
+chmod 600 "$demo/secure.pass"
+cat > "$demo/keys.yaml" <<KEYS
+keys:
+  - match: "secure/*"
+    file: $demo/secure.pass
+KEYS
+qemu-img create -q -f luks --object secret,id=s0,file="$demo/secure.pass" -o key-secret=s0 \
+  "$pool/secure/vault.luks" 16M
+qemu-io --object secret,id=s0,file="$demo/secure.pass" \
+  --image-opts "driver=luks,key-secret=s0,file.filename=$pool/secure/vault.luks" \
+  -c 'write -P 0x53 0 1M' >/dev/null
+
 # a file that is not an image: not shown in the mount
 echo "not an image" > "$pool/vms/README.txt"
 
 echo "=== mounting: $kvmfs $pool $mnt"
-"$kvmfs" "$pool" "$mnt"
+"$kvmfs" -o keys="$demo/keys.yaml" "$pool" "$mnt"
 
 cat <<EOF
 
@@ -88,6 +114,11 @@ kvmfs is mounted at $mnt (read-write; add -o ro for read-only). Try:
   ls $mnt/chain/top.qcow2/backing/           # 1-middle.qcow2  2-base.raw
   cp --sparse=always $mnt/chain/top.qcow2/disk.raw /tmp/top.raw && du -h --apparent-size /tmp/top.raw && du -h /tmp/top.raw
   dd if=$mnt/vms/compressed.qcow2/disk.raw bs=1k count=1 status=none | head -3
+  ls $mnt/formats/                            # VMDK (sparse, streamOptimized), VDI, VHD, VHDX, qcow v1
+  for f in $mnt/formats/*/disk.raw; do cmp -n 67108864 \$f $mnt/vms/plain.qcow2/disk.raw && echo "\$f same"; done
+  grep -A3 '"encrypt"' $mnt/secure/vault.luks/info.json; od -An -tx1 -N4 $mnt/secure/vault.luks/disk.raw
+  qemu-io -c 'write -P 0x77 4M 64k' $pool/chain/middle.qcow2   # change a layer from outside...
+  od -An -tx1 -N4 -j 4M $mnt/chain/top.qcow2/disk.raw        # ...the overlay shows it (77 77 77 77)
   mkdir $mnt/vms/plain.qcow2/snapshots/mine   # qemu-img snapshot -c mine
   echo hello | dd of=$mnt/vms/plain.qcow2/disk.raw conv=notrunc,fsync status=none
   fusermount3 -u $mnt && qemu-img check $pool/vms/plain.qcow2 && qemu-img snapshot -l $pool/vms/plain.qcow2

@@ -16,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "base/mutex.h"
+
 #include "kvmfs/codec.h"
 
 namespace kvmfs {
@@ -32,7 +34,7 @@ class HelperPool {
   }
   ~HelperPool() {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       stop_ = true;
     }
     cv_.notify_all();
@@ -42,7 +44,7 @@ class HelperPool {
   // Queues `n` copies of `task`.
   void Post(const std::function<void()>& task, unsigned n) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       for (unsigned i = 0; i < n; ++i) queue_.push_back(task);
     }
     if (n == 1)
@@ -52,7 +54,7 @@ class HelperPool {
   }
   void Post(std::function<void()>&& task) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       queue_.push_back(std::move(task));
     }
     cv_.notify_one();
@@ -63,8 +65,8 @@ class HelperPool {
     for (;;) {
       std::function<void()> task;
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        MutexLock lock(mu_);
+        while (!stop_ && queue_.empty()) cv_.wait(mu_);
         if (queue_.empty()) return;  // stopping, nothing left
         task = std::move(queue_.front());
         queue_.pop_front();
@@ -73,10 +75,10 @@ class HelperPool {
     }
   }
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;  // GUARDED_BY(mu_)
-  bool stop_ = false;                        // GUARDED_BY(mu_)
+  Mutex mu_;
+  std::condition_variable_any cv_;
+  std::deque<std::function<void()>> queue_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };
 
@@ -110,8 +112,8 @@ struct Batch {
   std::span<DecompressJob> jobs;
   std::atomic<size_t> next{0};
   std::atomic<size_t> done{0};
-  std::mutex mu;
-  std::condition_variable cv;
+  Mutex mu;
+  std::condition_variable_any cv;
 
   // Runs jobs until none is left; true when it finished the last one.
   void Work() {
@@ -119,7 +121,7 @@ struct Batch {
       RunJob(type, jobs[i]);
       // acq_rel: the caller, seeing done == size, sees every job's output.
       if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == jobs.size()) {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(mu);
         cv.notify_all();
       }
     }
@@ -141,7 +143,7 @@ void DecompressBatch(CompressionType type, std::span<DecompressJob> jobs) {
   const unsigned helpers = std::min<size_t>(pool.size(), jobs.size() - 1);
   if (helpers > 0) pool.Post([batch] { batch->Work(); }, helpers);
   batch->Work();
-  std::unique_lock<std::mutex> lock(batch->mu);
+  std::unique_lock<Mutex> lock(batch->mu);
   batch->cv.wait(lock, [&] { return batch->done.load(std::memory_order_acquire) == jobs.size(); });
 }
 

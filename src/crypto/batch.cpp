@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include "base/mutex.h"
+
 #include "kvmfs/cipher.h"
 
 namespace kvmfs {
@@ -26,7 +28,7 @@ class HelperPool {
   }
   ~HelperPool() {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       stop_ = true;
     }
     cv_.notify_all();
@@ -35,7 +37,7 @@ class HelperPool {
   unsigned size() const { return static_cast<unsigned>(threads_.size()); }
   void Post(const std::function<void()>& task, unsigned n) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       for (unsigned i = 0; i < n; ++i) queue_.push_back(task);
     }
     if (n == 1)
@@ -49,8 +51,8 @@ class HelperPool {
     for (;;) {
       std::function<void()> task;
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        MutexLock lock(mu_);
+        while (!stop_ && queue_.empty()) cv_.wait(mu_);
         if (queue_.empty()) return;
         task = std::move(queue_.front());
         queue_.pop_front();
@@ -59,10 +61,10 @@ class HelperPool {
     }
   }
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;  // GUARDED_BY(mu_)
-  bool stop_ = false;                        // GUARDED_BY(mu_)
+  Mutex mu_;
+  std::condition_variable_any cv_;
+  std::deque<std::function<void()>> queue_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };
 
@@ -81,8 +83,8 @@ struct Batch {
   std::span<CryptJob> jobs;
   std::atomic<size_t> next{0};
   std::atomic<size_t> done{0};
-  std::mutex mu;
-  std::condition_variable cv;
+  Mutex mu;
+  std::condition_variable_any cv;
 
   void Work() {
     for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < jobs.size();) {
@@ -90,7 +92,7 @@ struct Batch {
       j.status = encrypt ? cipher->Encrypt(j.sector, j.data, j.len)
                          : cipher->Decrypt(j.sector, j.data, j.len);
       if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == jobs.size()) {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(mu);
         cv.notify_all();
       }
     }
@@ -121,7 +123,7 @@ Status CryptBatch(const SectorCipher& cipher, bool encrypt, std::span<CryptJob> 
   if (helpers > 0) pool.Post([batch] { batch->Work(); }, helpers);
   batch->Work();
   {
-    std::unique_lock<std::mutex> lock(batch->mu);
+    std::unique_lock<Mutex> lock(batch->mu);
     batch->cv.wait(lock, [&] { return batch->done.load(std::memory_order_acquire) == jobs.size(); });
   }
   return FirstError(jobs);

@@ -60,7 +60,7 @@ void InodeTable::SetNodeLocked(Record& r, const pool::SetNode& node) {
 }
 
 std::optional<InodeTable::Entry> InodeTable::Find(fuse_ino_t ino) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = records_.find(ino);
   if (it == records_.end()) return std::nullopt;
   return Entry{it->second.inode, it->second.node};
@@ -68,7 +68,7 @@ std::optional<InodeTable::Entry> InodeTable::Find(fuse_ino_t ino) const {
 
 std::shared_ptr<Inode> InodeTable::Add(fuse_ino_t parent, const std::string& name,
                                        const pool::SetNode& node) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto [name_it, fresh_name] = names_.try_emplace({parent, name}, 0);
   if (fresh_name) name_it->second = next_++;
   auto it = records_.find(name_it->second);
@@ -92,7 +92,7 @@ std::shared_ptr<Inode> InodeTable::Add(fuse_ino_t parent, const std::string& nam
 }
 
 std::shared_ptr<pool::OpenImage> InodeTable::Update(fuse_ino_t ino, const pool::SetNode& node) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = records_.find(ino);
   if (it == records_.end()) return nullptr;
   std::shared_ptr<pool::OpenImage> before = it->second.image.lock();
@@ -104,7 +104,7 @@ std::shared_ptr<pool::OpenImage> InodeTable::Update(fuse_ino_t ino, const pool::
 }
 
 void InodeTable::Forget(fuse_ino_t ino, uint64_t n) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (ino == FUSE_ROOT_ID) return;
   auto it = records_.find(ino);
   if (it == records_.end()) return;
@@ -116,7 +116,7 @@ void InodeTable::Forget(fuse_ino_t ino, uint64_t n) {
 }
 
 fuse_ino_t InodeTable::NumberOf(fuse_ino_t parent, const std::string& name) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto [it, fresh] = names_.try_emplace({parent, name}, 0);
   if (fresh) it->second = next_++;
   return it->second;
@@ -124,7 +124,7 @@ fuse_ino_t InodeTable::NumberOf(fuse_ino_t parent, const std::string& name) {
 
 std::vector<InodeTable::Dependent> InodeTable::DependingOn(const std::string& canonical_path) const {
   std::vector<Dependent> out;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = by_chain_.find(canonical_path);
   if (it == by_chain_.end()) return out;
   for (fuse_ino_t ino : it->second) {
@@ -137,7 +137,7 @@ std::vector<InodeTable::Dependent> InodeTable::DependingOn(const std::string& ca
 
 std::vector<std::pair<std::string, fuse_ino_t>> InodeTable::Children(fuse_ino_t parent) const {
   std::vector<std::pair<std::string, fuse_ino_t>> out;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (auto it = names_.lower_bound({parent, std::string()});
        it != names_.end() && it->first.first == parent; ++it)
     if (records_.count(it->second) > 0) out.emplace_back(it->first.second, it->second);
@@ -145,19 +145,19 @@ std::vector<std::pair<std::string, fuse_ino_t>> InodeTable::Children(fuse_ino_t 
 }
 
 void InodeTable::SetListing(fuse_ino_t ino, std::shared_ptr<const std::vector<pool::DirEntry>> listing) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = records_.find(ino);
   if (it != records_.end()) it->second.listing = std::move(listing);
 }
 
 std::shared_ptr<const std::vector<pool::DirEntry>> InodeTable::Listing(fuse_ino_t ino) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = records_.find(ino);
   return it == records_.end() ? nullptr : it->second.listing;
 }
 
 std::string InodeTable::PathOf(fuse_ino_t ino) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::string path;
   // Bounded: parents are live while their children are (the kernel holds a
   // directory while it holds anything below it).
@@ -171,12 +171,12 @@ std::string InodeTable::PathOf(fuse_ino_t ino) const {
 }
 
 size_t InodeTable::live() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return records_.size();
 }
 
 uint64_t InodeTable::lookups(fuse_ino_t ino) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = records_.find(ino);
   return it == records_.end() ? 0 : it->second.nlookup;
 }

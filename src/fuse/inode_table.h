@@ -8,6 +8,8 @@
 
 #include <fuse_lowlevel.h>
 
+#include "base/mutex.h"
+
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -119,14 +121,14 @@ class InodeTable {
     uint64_t nlookup = 0;
     std::shared_ptr<const std::vector<pool::DirEntry>> listing;
   };
-  void SetNodeLocked(Record& r, const pool::SetNode& node);
-  void Unindex(const Record& r);
+  void SetNodeLocked(Record& r, const pool::SetNode& node) REQUIRES(mu_);
+  void Unindex(const Record& r) REQUIRES(mu_);
 
-  mutable std::mutex mu_;
-  std::unordered_map<fuse_ino_t, Record> records_;                 // GUARDED_BY(mu_)
-  std::map<std::pair<fuse_ino_t, std::string>, fuse_ino_t> names_;  // GUARDED_BY(mu_)
-  std::unordered_map<std::string, std::set<fuse_ino_t>> by_chain_;  // GUARDED_BY(mu_)
-  fuse_ino_t next_ = FUSE_ROOT_ID + 1;                               // GUARDED_BY(mu_)
+  mutable Mutex mu_;
+  std::unordered_map<fuse_ino_t, Record> records_ GUARDED_BY(mu_);
+  std::map<std::pair<fuse_ino_t, std::string>, fuse_ino_t> names_ GUARDED_BY(mu_);
+  std::unordered_map<std::string, std::set<fuse_ino_t>> by_chain_ GUARDED_BY(mu_);
+  fuse_ino_t next_ GUARDED_BY(mu_) = FUSE_ROOT_ID + 1;
 };
 
 }  // namespace kvmfs::fuse

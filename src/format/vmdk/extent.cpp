@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "base/mutex.h"
+
 #include "base/endian.h"
 #include "format/vmdk/vmdk.h"
 
@@ -166,7 +168,7 @@ Status OpenSparseExtent(Extent& e, const uint8_t* head, size_t head_len, OpenDep
 Result<std::shared_ptr<GrainTable>> Engine::LoadGt(Extent& e, uint32_t gt_sector, uint64_t gd_index,
                                                    bool backup) {
   {
-    std::lock_guard<std::mutex> lock(e.gt_mu);
+    MutexLock lock(e.gt_mu);
     auto it = e.gt_index.find(gt_sector);
     if (it != e.gt_index.end()) {
       e.gt_lru.splice(e.gt_lru.begin(), e.gt_lru, it->second);
@@ -184,7 +186,7 @@ Result<std::shared_ptr<GrainTable>> Engine::LoadGt(Extent& e, uint32_t gt_sector
   KVMFS_RETURN_IF_ERROR(e.file->ReadAt(uint64_t{gt_sector} * kSector, raw.data(), raw.size()));
   auto gt = std::make_shared<GrainTable>(e.gtes_per_gt);
   for (uint32_t i = 0; i < e.gtes_per_gt; ++i) (*gt)[i] = LoadLE32(raw.data() + 4 * i);
-  std::lock_guard<std::mutex> lock(e.gt_mu);
+  MutexLock lock(e.gt_mu);
   auto it = e.gt_index.find(gt_sector);
   if (it != e.gt_index.end()) return it->second->second;  // another reader was first
   e.gt_lru.emplace_front(gt_sector, gt);
@@ -282,7 +284,7 @@ Result<Run> Engine::Map(uint64_t off, uint64_t len, bool status_mode) {
 
 std::shared_ptr<const std::vector<uint8_t>> Engine::CachedGrain(size_t extent, uint64_t host,
                                                                 size_t* valid) {
-  std::lock_guard<std::mutex> lock(grain_cache_mu_);
+  MutexLock lock(grain_cache_mu_);
   for (auto it = grain_cache_.begin(); it != grain_cache_.end(); ++it) {
     if (it->extent == extent && it->host == host) {
       grain_cache_.splice(grain_cache_.begin(), grain_cache_, it);
@@ -300,7 +302,7 @@ void Engine::CacheGrain(size_t extent, uint64_t host,
   constexpr size_t kEntries = 8;
   constexpr uint64_t kMaxCachedGrain = 4u << 20;
   if (data->size() > kMaxCachedGrain) return;
-  std::lock_guard<std::mutex> lock(grain_cache_mu_);
+  MutexLock lock(grain_cache_mu_);
   grain_cache_.push_front(GrainCacheEntry{extent, host, std::move(data), valid});
   if (grain_cache_.size() > kEntries) grain_cache_.pop_back();
 }

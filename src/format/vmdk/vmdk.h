@@ -16,6 +16,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "base/mutex.h"
+
 #include "kvmfs/backend.h"
 #include "kvmfs/codec.h"
 #include "kvmfs/format.h"
@@ -159,9 +161,9 @@ struct Extent {
   uint64_t data_start = 0;  // bytes before it are metadata (header, descriptor, tables)
 
   // Grain tables by GT sector, a bounded LRU.
-  std::mutex gt_mu;
-  std::list<std::pair<uint32_t, std::shared_ptr<GrainTable>>> gt_lru;  // GUARDED_BY(gt_mu)
-  std::unordered_map<uint32_t, decltype(gt_lru)::iterator> gt_index;  // GUARDED_BY(gt_mu)
+  Mutex gt_mu;
+  std::list<std::pair<uint32_t, std::shared_ptr<GrainTable>>> gt_lru GUARDED_BY(gt_mu);
+  std::unordered_map<uint32_t, decltype(gt_lru)::iterator> gt_index GUARDED_BY(gt_mu);
 };
 
 // What the file (or, inside a descriptor, the extent) at hand is.
@@ -272,14 +274,14 @@ class Engine {
   std::atomic<uint32_t> cid_{0};
   mutable std::shared_mutex rw_;
 
-  std::mutex grain_cache_mu_;
-  std::list<GrainCacheEntry> grain_cache_;  // GUARDED_BY(grain_cache_mu_), front = newest
+  Mutex grain_cache_mu_;
+  std::list<GrainCacheEntry> grain_cache_ GUARDED_BY(grain_cache_mu_);  // front = newest
 
   bool opened_writable_ = false;
   std::atomic<bool> writing_{false};
   bool cid_updated_ = false;  // rw_ (exclusive)
-  mutable std::mutex reason_mu_;
-  std::string read_only_reason_;  // GUARDED_BY(reason_mu_)
+  mutable Mutex reason_mu_;
+  std::string read_only_reason_ GUARDED_BY(reason_mu_);
 };
 
 // Opens an image (vmdk.cpp), for the driver and the tests.

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <random>
 
+#include "base/mutex.h"
+
 #include "base/endian.h"
 #include "format/vmdk/vmdk.h"
 #include "kvmfs/codec.h"
@@ -22,9 +24,9 @@ std::string Num(uint64_t v) { return std::to_string(v); }
 // A CID of `digits` hex digits that is not `old` (the descriptor keeps its
 // length, so the new one is written over the old in place).
 std::string NewCid(size_t digits, uint32_t old, uint32_t* value) {
-  static std::mutex mu;
+  static Mutex mu;
   static std::mt19937 rng(std::random_device{}());
-  std::lock_guard<std::mutex> lock(mu);
+  MutexLock lock(mu);
   for (;;) {
     uint32_t v = rng();
     if (digits < 8) {
@@ -52,12 +54,12 @@ struct Engine::GteRef {
 
 void Engine::SetWritable(bool opened_writable, std::string read_only_reason) {
   opened_writable_ = opened_writable;
-  std::lock_guard<std::mutex> lock(reason_mu_);
+  MutexLock lock(reason_mu_);
   read_only_reason_ = std::move(read_only_reason);
 }
 
 std::string Engine::ReadOnlyReason() const {
-  std::lock_guard<std::mutex> lock(reason_mu_);
+  MutexLock lock(reason_mu_);
   return read_only_reason_;
 }
 
@@ -178,7 +180,7 @@ Status Engine::SetGte(Extent& e, const GteRef& ref, uint32_t value) {
     const uint64_t at = uint64_t{e.rgd[ref.gd_index]} * kSector + 4ull * ref.gt_index;
     if (at + 4 <= e.file_size.load(std::memory_order_relaxed)) {
       KVMFS_RETURN_IF_ERROR(e.file->WriteAt(at, le, sizeof le));
-      std::lock_guard<std::mutex> lock(e.gt_mu);  // drop a cached copy of it
+      MutexLock lock(e.gt_mu);  // drop a cached copy of it
       auto it = e.gt_index.find(e.rgd[ref.gd_index]);
       if (it != e.gt_index.end() && it->second->second != ref.gt) {
         e.gt_lru.erase(it->second);
