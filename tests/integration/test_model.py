@@ -40,6 +40,7 @@ import mmap
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -71,11 +72,23 @@ def sanitizer_build():
     return bool(os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS"))
 
 
+# Operations per shape of the CI run: all shapes in well under 90 s on a
+# release build of a quiet 2-core machine (about 200 operations a second,
+# plus a few seconds per shape to make images and judge them).
+CI_OPS = 300
+# Under a sanitizer the run is shorter, and a longer run asked for by the
+# environment is cut to this (an explicit --ops is obeyed).
+SANITIZER_OPS = 60
+
+
 def default_ops():
     v = os.environ.get("KVMFS_MODEL_OPS")
-    if v:
-        return int(v)
-    return 60 if sanitizer_build() else 300
+    if sanitizer_build():
+        if v and int(v) > SANITIZER_OPS:
+            print("model test: sanitizer build, KVMFS_MODEL_OPS=%s cut to %d (the long run is for "
+                  "release builds; --ops overrides)" % (v, SANITIZER_OPS), flush=True)
+        return min(int(v), SANITIZER_OPS) if v else SANITIZER_OPS
+    return int(v) if v else CI_OPS
 
 
 # --------------------------------------------------------------------------
@@ -323,6 +336,36 @@ class Run:
             if self.mount.proc is not None and self.mount.proc.returncode not in (0, None):
                 self.fail("kvmfs exited with %d at unmount" % self.mount.proc.returncode)
             self.mount = None
+
+    def force_unmount(self):
+        """Whatever state a failure or a signal left: no mount, no kvmfs."""
+        try:
+            self.close_fds()
+        except OSError:
+            pass
+        if self.mount:
+            try:
+                self.mount.unmount()
+            except Exception:  # noqa: BLE001 (best effort; lazy unmount below)
+                pass
+            if self.mount.proc is not None and self.mount.proc.poll() is None:
+                self.mount.proc.kill()
+            self.mount = None
+        with open("/proc/mounts") as f:
+            if any(line.split()[1] == self.mnt for line in f):
+                subprocess.run([h.FUSERMOUNT, "-u", "-z", self.mnt], check=False,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def remove_files(self):
+        self.force_unmount()
+        root = os.path.dirname(self.dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.mnt, ignore_errors=True)
+        for ext in (".log", ".start"):
+            try:
+                os.unlink(os.path.join(root, self.shape.name + ext))
+            except FileNotFoundError:
+                pass
 
     def expect_size(self):
         st = os.fstat(self.fd).st_size
@@ -662,26 +705,59 @@ class ModelTest(unittest.TestCase):
             os.environ.get("KVMFS_MODEL_SEED") or int.from_bytes(os.urandom(4), "little"))
         cls.ops = ARGS.ops if ARGS.ops is not None else default_ops()
         cls.total = 0
+        cls.runs = []
+        cls.terminated = False
+        # meson's timeout (or ^C of a long run) sends SIGTERM: end the current
+        # shape through its finally blocks (unmount), skip the rest, and
+        # remove the temporary folder in tearDownClass.
+        signal.signal(signal.SIGTERM, cls.on_sigterm)
         print("model test: seed %d, %d operations per shape (replay with --seed %d)" % (
             cls.seed, cls.ops, cls.seed), flush=True)
 
     @classmethod
+    def on_sigterm(cls, signum, frame):
+        if not cls.terminated:
+            cls.terminated = True
+            raise Terminated("SIGTERM (timeout?) after %d operations" % cls.total)
+
+    @classmethod
     def tearDownClass(cls):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         print("model test: seed %d, %d operations done" % (cls.seed, cls.total), flush=True)
-        if ARGS.keep or os.environ.get("KVMFS_IT_KEEP"):
+        if keep():
             print("kept %s" % cls.tmp)
-        else:
-            shutil.rmtree(cls.tmp, ignore_errors=True)
+            return
+        for r in cls.runs:
+            r.force_unmount()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def run_shape(self, shape):
+        if self.terminated:
+            self.skipTest("terminated")
         t0 = time.time()
         r = Run(shape, self.tmp, self.seed, self.ops, ARGS.trace)
+        type(self).runs.append(r)
+        ok = False
         try:
             r.run()
+            ok = True
         finally:
             type(self).total += r.done
+            # A shape's files go as soon as it is judged (a long run of every
+            # shape would fill /tmp otherwise); a failed shape's stay only
+            # with --keep or KVMFS_IT_KEEP.
+            if ok or not keep():
+                r.remove_files()
         print("  %-20s %6d ops, %d remounts, %d snapshots kept, %.1fs" % (
             shape.name, r.done, r.remounts, len(r.snaps), time.time() - t0), flush=True)
+
+
+class Terminated(Exception):
+    pass
+
+
+def keep():
+    return bool(ARGS.keep or os.environ.get("KVMFS_IT_KEEP"))
 
 
 def tempfile_dir():
