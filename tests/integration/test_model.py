@@ -25,10 +25,14 @@ the model, so the same seed replays the same sequence:
       [--shape NAME[,NAME]] [--ops N] [--trace]
 
 Environment: KVMFS_MODEL_SEED, KVMFS_MODEL_OPS (operations per shape),
-KVMFS_MODEL_SHAPES (comma-separated names). Under a sanitizer build (the
-ASAN_OPTIONS/TSAN_OPTIONS that tools/test.sh sets) the default run is
-shorter. Without --ops the run is CI-sized (a few minutes at most); the long
-run that README "Hardening" quotes is `--ops 60000` over all shapes.
+KVMFS_MODEL_SHAPES (comma-separated names). Without --ops the run is
+CI-sized (CI_OPS per shape: about 45 s for every shape on a release build).
+Under a sanitizer build (the ASAN_OPTIONS/TSAN_OPTIONS that tools/test.sh
+sets) it is SANITIZER_OPS per shape, and KVMFS_MODEL_OPS is cut to that too
+(only an explicit --ops runs longer there). The long run README "Hardening"
+quotes is `--seed 20261203 --ops 46000`. Each shape's files are removed once
+it is judged (a failed one's are kept with --keep or KVMFS_IT_KEEP=1), and
+SIGTERM ends the run through its unmounts.
 """
 
 import argparse
