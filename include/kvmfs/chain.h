@@ -36,6 +36,11 @@ struct ChainPolicy {
   // with kPermission, because image content must not choose host files.
   std::vector<std::string> allowed_roots;
   int max_depth = kMaxChainDepth;
+  // Whether a file an image names (backing file, data file, VMDK extent) may
+  // be a block device. Only a blockdev pool's images live on devices; in a
+  // directory pool a device node (an archive unpacked as root can make one)
+  // would serve a host disk: refused with kPermission.
+  bool block_devices = false;
   // Open the top image for writing (O_RDWR, OpenContext::writable) when its
   // format can be written (FormatWritable) and the host lets us. A file the
   // host does not let us open for writing (EACCES, EPERM, EROFS) is opened

@@ -2,6 +2,8 @@
 // that keeps image content from choosing arbitrary host files.
 #include "kvmfs/chain.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <set>
 
@@ -35,6 +37,10 @@ Result<std::string> ResolveRelated(const std::string& image_path, const std::str
     return Status::Permission(image_path + ": " + what + " '" + name + "' resolves to " + *canon +
                               ", outside the pool and the allowed backing roots "
                               "(allow it with -o backing_root=DIR)");
+  struct stat st;
+  if (!policy.block_devices && ::stat(canon->c_str(), &st) == 0 && S_ISBLK(st.st_mode))
+    return Status::Permission(image_path + ": " + what + " '" + name + "' is a block device (" +
+                              *canon + "); only images of a blockdev pool may name devices");
   return canon;
 }
 

@@ -44,6 +44,11 @@ Status ApplyOption(const std::string& opt, Options& o) {
   } else if (key == "force_share") {
     if (has_value) return Status::InvalidArgument("force_share takes no value");
     o.force_share = true;
+  } else if (key == "no_default_permissions" || key == "default_permissions") {
+    // default_permissions is always in force (session.cpp); only the admin's
+    // explicit no_default_permissions turns it off (kvmfs(8) warns).
+    if (has_value) return Status::InvalidArgument(key + " takes no value");
+    o.default_permissions = key == "default_permissions";
   } else if (key == "max_threads") {
     char* end = nullptr;
     errno = 0;
@@ -247,7 +252,10 @@ void PrintUsage() {
       "    -o config=FILE         YAML configuration; SOURCE is then only a label\n"
       "    -o keys=FILE           passphrases of encrypted images: a YAML file with\n"
       "                           a keys: list (as in kvmfs.yaml(5)); re-read on SIGHUP\n"
-      "    -o ro, allow_other, default_permissions, max_read=N, ...\n"
+      "    -o no_default_permissions\n"
+      "                           let the kernel skip permission checks (with\n"
+      "                           allow_other every user may then read every disk)\n"
+      "    -o ro, allow_other, max_read=N, ...\n"
       "                           passed to FUSE (see below); ro makes every pool read-only\n"
       "\n");
 }

@@ -33,6 +33,9 @@ struct Options {
   double attr_timeout = 1.0;
   double negative_timeout = 1.0;
   std::string keys;                        // keys=FILE: a YAML `keys:` list (canonical after validation)
+  // The kernel checks every access against the modes kvmfs shows (which
+  // mirror the host's): on unless no_default_permissions (kvmfs(8) PERMISSIONS).
+  bool default_permissions = true;
   // Everything else given with -o, for libfuse (ro, allow_other, fsname, ...).
   std::vector<std::string> fuse_options;
 };

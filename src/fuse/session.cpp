@@ -126,10 +126,11 @@ std::string EscapeFuseOption(const std::string& value) {
 
 std::string BaseFuseOptions(const Options& options) {
   // Read-write unless -o ro (passed on to the kernel with the other FUSE
-  // options). default_permissions lets the kernel check the modes (0444 for
-  // read-only files, 0644 for a writable disk.raw; matters with allow_other).
-  std::string base =
-      "default_permissions,fsname=" + EscapeFuseOption(options.source) + ",subtype=kvmfs";
+  // options). default_permissions lets the kernel check the modes, which
+  // mirror the host's (kvmfs(8) PERMISSIONS; what keeps other users out with
+  // allow_other), unless the admin said no_default_permissions.
+  std::string base = std::string(options.default_permissions ? "default_permissions," : "") +
+                     "fsname=" + EscapeFuseOption(options.source) + ",subtype=kvmfs";
   // Reads small enough to be spliced (ops.h), unless the user chose a size.
   for (const std::string& opt : options.fuse_options)
     if (opt.rfind("max_read=", 0) == 0) return base;

@@ -287,6 +287,13 @@ Result<std::shared_ptr<LayerFile>> LayerRegistry::GetLocked(
   // at the next check.
   FileKey key = KeyOf(request.path);
   if (current && !current->stale() && current->IsCurrentFor(key)) {
+    // One engine per file: a use that asks for another format (a backing
+    // format naming "qcow2" for a raw image of the pool) is refused, as a
+    // fresh open would refuse content of the wrong format, never served with
+    // the engine of the other format.
+    if (current->format() != request.format)
+      return Status::InvalidArgument(request.path + ": asked for as " + request.format +
+                                     ", but it is open as a " + current->format() + " image");
     // Opened anew when nothing uses it and it was opened for reading only
     // while writing is asked for now, or without its data (a key was missing
     // or wrong: the keys may have been reloaded since).

@@ -93,6 +93,7 @@ ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {
         policy.allowed_roots.end())
       policy.allowed_roots.push_back(root);
   policy.writable_top = !options.readonly;
+  policy.block_devices = options.blockdev;
   // Backing files inside the pool are its images too: opened once, for
   // writing, whatever uses them first.
   policy.writable_roots.push_back(options.source);
@@ -283,21 +284,96 @@ Result<Node> Namespace::Resolve(const std::string& path) {
   return node;
 }
 
+namespace {
+
+constexpr mode_t kReadBits = S_IRUSR | S_IRGRP | S_IROTH;
+constexpr mode_t kWriteBits = S_IWUSR | S_IWGRP | S_IWOTH;
+
+// A directory for the readers of a file: r-x for each class that may read it.
+mode_t DirModeFor(mode_t file_mode) {
+  const mode_t r = file_mode & kReadBits;
+  return r | (r >> 2);  // S_IRUSR >> 2 == S_IXUSR, and so on
+}
+
+// The read bits of `view` (owner, group, mode of the file a view comes from)
+// that stay once the file `lower` below it must be readable too, as the host
+// would allow each class of `view`: its owner (lower's owner bits when it owns
+// lower too, else lower's other bits), its group (lower's group bits when the
+// group is the same, else lower's other bits), others (lower's other bits).
+// Supplementary groups are not looked up: when unsure, no.
+mode_t ReadsAlsoAllowedBy(const struct stat& view, const struct stat& lower) {
+  const mode_t m = lower.st_mode;
+  mode_t keep = 0;
+  if (view.st_uid == lower.st_uid ? (m & S_IRUSR) : (m & S_IROTH)) keep |= S_IRUSR;
+  if (view.st_gid == lower.st_gid ? (m & S_IRGRP) : (m & S_IROTH)) keep |= S_IRGRP;
+  if (m & S_IROTH) keep |= S_IROTH;
+  return keep;
+}
+
+}  // namespace
+
+Namespace::Owner Namespace::OwnerOf(const Node& node, bool narrow) const {
+  // Snapshot views and the top read the image file named in the tree; the
+  // view of backing layer n its own file, and every view the files below.
+  Owner owner{node.host_st.st_uid, node.host_st.st_gid, node.host_st.st_mode & 07777};
+  if (!node.image) return owner;
+  const std::vector<std::shared_ptr<LayerFile>> files = node.image->files();
+  size_t first = 0;
+  if (node.view.kind == ViewId::Kind::kLayer) {
+    first = node.view.layer;
+    struct stat st;
+    if (first >= files.size() || ::stat(files[first]->path().c_str(), &st) != 0)
+      return {owner.uid, owner.gid, 0};  // unknown: nobody (but root)
+    owner = {st.st_uid, st.st_gid, st.st_mode & 07777};
+  }
+  if (!narrow) return owner;
+  struct stat view {};
+  view.st_uid = owner.uid;
+  view.st_gid = owner.gid;
+  mode_t reads = owner.mode & kReadBits;
+  for (size_t i = first + 1; i < files.size() && reads != 0; ++i) {
+    struct stat st;
+    if (::stat(files[i]->path().c_str(), &st) != 0) {
+      reads = 0;
+      break;
+    }
+    reads &= ReadsAlsoAllowedBy(view, st);
+  }
+  owner.mode = (owner.mode & ~kReadBits) | reads;
+  return owner;
+}
+
 struct stat Namespace::BaseStat(const Node& node) const {
+  // Attributes mirror the host (kvmfs(8) PERMISSIONS): a folder has the
+  // owner, group and mode of the folder it shows (write bits only in a
+  // writable pool); everything below an image directory the owner and group
+  // of the file it comes from and no more than its read bits (directories
+  // r-x for who may read); data views also no more than every file below
+  // them allows. StatNode() adds write bits where writing is allowed.
   struct stat st {};
-  st.st_uid = options_.uid;
-  st.st_gid = options_.gid;
   st.st_atim = node.host_st.st_atim;
   st.st_mtim = node.host_st.st_mtim;
   st.st_ctim = node.host_st.st_ctim;
   st.st_blksize = 4096;
-  if (node.IsDir()) {
-    st.st_mode = S_IFDIR | 0555;
-    st.st_nlink = 2;
-  } else {
-    st.st_mode = S_IFREG | 0444;
-    st.st_nlink = 1;
+  st.st_nlink = node.IsDir() ? 2 : 1;
+  if (node.kind == NodeKind::kFolder) {
+    st.st_uid = node.host_st.st_uid;
+    st.st_gid = node.host_st.st_gid;
+    mode_t mode = node.host_st.st_mode & 01777;
+    if (options_.readonly) mode &= ~kWriteBits;
+    st.st_mode = S_IFDIR | mode;
+    return st;
   }
+  const bool data = node.kind == NodeKind::kDisk;
+  // Directories below an image directory list what the image file's header
+  // says (snapshot names, backing names): its readers, no more.
+  const Owner owner = OwnerOf(node, data);
+  st.st_uid = owner.uid;
+  st.st_gid = owner.gid;
+  if (node.IsDir())
+    st.st_mode = S_IFDIR | DirModeFor(owner.mode);
+  else
+    st.st_mode = S_IFREG | (owner.mode & kReadBits);
   return st;
 }
 
@@ -322,7 +398,8 @@ struct stat Namespace::StatNode(const Node& node) {
   struct stat st = BaseStat(node);
   if ((node.kind == NodeKind::kDisk && node.view.kind == ViewId::Kind::kTop) ||
       node.kind == NodeKind::kSnapshotsDir) {
-    if (TopWritable(node)) st.st_mode |= S_IWUSR;  // 0644 disk.raw, 0755 snapshots/
+    // Who may write the image file may write its disk.raw and make snapshots.
+    if (TopWritable(node)) st.st_mode |= node.host_st.st_mode & kWriteBits;
   }
   // Decrypted data is for the mounting user only (default_permissions makes
   // the kernel enforce it, also under allow_other).

@@ -36,7 +36,7 @@ namespace kvmfs::pool {
 struct NamespaceOptions {
   std::string source;                      // canonical directory
   std::vector<std::string> backing_roots;  // canonical directories
-  uid_t uid = 0;                           // owner of every node
+  uid_t uid = 0;                           // (unused by the tree: it mirrors host owners)
   gid_t gid = 0;
   // Canonical paths inside SOURCE never shown (the mount point itself, when
   // it lies inside SOURCE).
@@ -130,9 +130,15 @@ class Namespace {
   // Errors: kNotFound (no such node), kIOError(ENOTDIR) below a file.
   Result<Node> Resolve(const std::string& path);
 
-  // Attributes: directories 0555, files 0444, owned by options.uid/gid, times
-  // of the folder or image file; in a writable pool, a writable top disk.raw
-  // is 0644 and the snapshots/ of a writable image 0755. disk.raw: size = virtual size, blocks from
+  // Attributes mirror the host (kvmfs(8) PERMISSIONS): folders the owner,
+  // group and mode of their host folder (without write bits in a read-only
+  // pool); below an image directory the owner and group of the image file
+  // (of its own file for a backing layer view) with its read bits only
+  // (directories r-x where it may be read), data views narrowed to the
+  // classes every file below may be read by, and an encrypted disk.raw
+  // without group/other bits. In a writable pool the top disk.raw and
+  // snapshots/ of a writable image also get the image file's write bits.
+  // Times of the folder or image file. disk.raw: size = virtual size, blocks from
   // the allocation map (size 0 when the image cannot be opened); info.json:
   // size of its text.
   Result<struct stat> Stat(const std::string& path);
@@ -217,6 +223,15 @@ class Namespace {
   // A brief write session on the top image of `node` (truncate, snapshots).
   Status WithWriter(const Node& node, const std::function<Status(Image&)>& fn);
   bool TopWritable(const Node& node) const;
+  // Owner, group and permission bits of the file `node` comes from (the
+  // image file, or a backing layer's file); with `narrow`, read bits only
+  // where every file below it lets the same class read too.
+  struct Owner {
+    uid_t uid;
+    gid_t gid;
+    mode_t mode;
+  };
+  Owner OwnerOf(const Node& node, bool narrow) const;
   struct stat BaseStat(const Node& node) const;
   struct stat StatNode(const Node& node);
 

@@ -136,9 +136,15 @@ TEST_F(NamespaceTest, ImageDirectoryStatDoesNotOpen) {
   auto st = ns_->Stat("/vm1.qcow2");
   ASSERT_TRUE(st.ok());
   EXPECT_TRUE(S_ISDIR(st->st_mode));
-  EXPECT_EQ(st->st_mode & 07777, 0555u);
-  EXPECT_EQ(st->st_uid, 1234u);
-  EXPECT_EQ(st->st_gid, 5678u);
+  // Owner and group of the image file; r-x for who may read it (0644 file).
+  struct stat host;
+  ASSERT_EQ(::chmod(dir_.P("vm1.qcow2").c_str(), 0640), 0);
+  ASSERT_EQ(::stat(dir_.P("vm1.qcow2").c_str(), &host), 0);
+  st = ns_->Stat("/vm1.qcow2");
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->st_mode & 07777, 0550u);
+  EXPECT_EQ(st->st_uid, host.st_uid);
+  EXPECT_EQ(st->st_gid, host.st_gid);
   EXPECT_EQ(opens_, 0);
 }
 
@@ -158,13 +164,30 @@ TEST_F(NamespaceTest, ImageDirectoryShowsSnapshotsAndBacking) {
   EXPECT_FALSE(ns_->Resolve("/plain.img/backing").ok());
 }
 
+TEST_F(NamespaceTest, DataViewOfAnUncheckableLayerIsRootOnly) {
+  // The backing layer's file (base/base.img) does not exist: nobody but
+  // root may read a view whose lower layers cannot be checked.
+  auto st = ns_->Stat("/vm1.qcow2/disk.raw");
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->st_mode & 07777, 0u);
+  // info.json is no wider than the image file itself (0644 here).
+  EXPECT_EQ(ns_->Stat("/vm1.qcow2/info.json")->st_mode & 07777, 0444u);
+}
+
 TEST_F(NamespaceTest, DiskAttributesComeFromTheView) {
+  // The view is readable by whom both its files let read (0644 over 0640).
+  dir_.MkDir("base");
+  dir_.Write("base/base.img", "x");
+  ASSERT_EQ(::chmod(dir_.P("vm1.qcow2").c_str(), 0644), 0);
+  ASSERT_EQ(::chmod(dir_.P("base/base.img").c_str(), 0640), 0);
   auto st = ns_->Stat("/vm1.qcow2/disk.raw");
   ASSERT_TRUE(st.ok());
   EXPECT_TRUE(S_ISREG(st->st_mode));
-  EXPECT_EQ(st->st_mode & 07777, 0444u);
+  EXPECT_EQ(st->st_mode & 07777, 0440u);
   EXPECT_EQ(st->st_size, 1 << 20);
   EXPECT_EQ(st->st_blocks, (1 << 19) / 512);  // FakeImage: the first half is data
+  EXPECT_EQ(ns_->Stat("/vm1.qcow2/info.json")->st_mode & 07777, 0444u);
+  EXPECT_EQ(ns_->Stat("/vm1.qcow2/backing/1-base.img/disk.raw")->st_mode & 07777, 0440u);
   auto snap = ns_->Stat("/vm1.qcow2/snapshots/a%2Fb@3/disk.raw");
   ASSERT_TRUE(snap.ok());
   EXPECT_EQ(snap->st_size, 512);
