@@ -33,6 +33,12 @@ struct Options {
   double attr_timeout = 1.0;
   double negative_timeout = 1.0;
   std::string keys;                        // keys=FILE: a YAML `keys:` list (canonical after validation)
+  // Prometheus metrics (kvmfs(8) METRICS); a config's `metrics:` fills what
+  // these leave unset.
+  std::string metrics;                     // metrics=ADDR:PORT: serve /metrics over HTTP
+  std::string metrics_file;                // metrics_file=PATH: write them to a file (textfile collector)
+  double metrics_interval = 0;             // metrics_interval=SECONDS between file writes (0: default 15)
+  size_t metrics_max_images = 0;           // metrics_max_images=N (0: default 500)
   // Everything else given with -o, for libfuse (ro, allow_other, fsname, ...).
   std::vector<std::string> fuse_options;
 };
