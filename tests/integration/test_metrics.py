@@ -13,6 +13,7 @@ import errno
 import json
 import mmap
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -277,7 +278,33 @@ def prometheus_banner():
           + "!" * 72 + "\n", flush=True)
 
 
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 class ScrapedByPrometheus(MetricsMount):
+    def check_shipped_queries(self, prom):
+        """configs/grafana-kvmfs.json's queries are valid PromQL that names only series
+        kvmfs serves, and configs/kvmfs-alerts.yml passes promtool."""
+        with open(os.path.join(SOURCE_ROOT, "configs", "grafana-kvmfs.json")) as f:
+            dash = json.load(f)
+        served = {name for (name, _) in self.scrape()}
+        exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+        self.assertGreater(len(exprs), 20)
+        for e in exprs:
+            q = (e.replace("$__rate_interval", "5s").replace("$instance", ".*")
+                 .replace("$pool", ".*").replace("$job", "kvmfs"))
+            self.assertIsNotNone(prom.query(q), q)  # query() fails on a PromQL error
+            for name in set(re.findall(r"\b((?:kvmfs|process)_[a-z_]+)", q)):
+                base = re.sub(r"_(bucket|sum|count)$", "", name)
+                self.assertTrue(name in served or base + "_bucket" in served, (name, e))
+        promtool = shutil.which("promtool")
+        if promtool:
+            p = subprocess.run([promtool, "check", "rules",
+                                os.path.join(SOURCE_ROOT, "configs", "kvmfs-alerts.yml")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+            self.assertEqual(p.returncode, 0, p.stdout.decode(errors="replace"))
+
+
     def test_prometheus_sees_the_mounts_values(self):
         if not os.access(PROMETHEUS, os.X_OK):
             prometheus_banner()
@@ -307,6 +334,7 @@ class ScrapedByPrometheus(MetricsMount):
             self.assertIsNotNone(q)
             self.assertTrue(0 < q <= 10, q)
             self.assertGreaterEqual(prom.value('kvmfs_read_requests_total{pool="alpha",image="q.qcow2"}'), 3)
+            self.check_shipped_queries(prom)
         finally:
             prom.stop()
             self.unmount(m)
