@@ -414,8 +414,10 @@ void ScanPool(pool::Namespace& ns, PoolCapacity& cap) {
         continue;
       }
       cap.allocated_bytes += host;
-      if (peek.virtual_size)
-        cap.virtual_bytes += *peek.virtual_size;
+      if (peek.virtual_size)  // a hostile header's size saturates the sum, never wraps it
+        cap.virtual_bytes = *peek.virtual_size > UINT64_MAX - cap.virtual_bytes
+                                ? UINT64_MAX
+                                : cap.virtual_bytes + *peek.virtual_size;
       else
         ++cap.unsized;
     }
