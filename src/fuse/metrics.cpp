@@ -480,7 +480,7 @@ void MetricsService::Start(pool::PoolRoot& root) {
     std::vector<PoolCapacity> cap;
     double when;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       cap = capacity_;
       when = capacity_time_;
     }
@@ -498,22 +498,23 @@ void MetricsService::Start(pool::PoolRoot& root) {
 
 void MetricsService::ScanLoop() {
   const auto interval = std::chrono::milliseconds(static_cast<int64_t>(settings_.capacity_interval * 1000));
-  std::unique_lock<std::mutex> lock(mu_);
-  while (!stop_) {
-    lock.unlock();
+  for (;;) {
     // Outside the lock: a scrape meanwhile shows the previous scan.
     std::vector<PoolCapacity> cap = ScanCapacity(*root_->Get());
     const double when = UnixNow();
-    lock.lock();
+    MutexLock lock(mu_);
     capacity_ = std::move(cap);
     capacity_time_ = when;
-    cv_.wait_for(lock, interval, [this] { return stop_; });
+    const auto until = std::chrono::steady_clock::now() + interval;
+    while (!stop_ && cv_.wait_until(mu_, until) != std::cv_status::timeout) {
+    }
+    if (stop_) return;
   }
 }
 
 void MetricsService::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     stop_ = true;
   }
   cv_.notify_all();

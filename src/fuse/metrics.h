@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/mutex.h"
 #include "kvmfs/status.h"
 #include "metrics/metrics.h"
 #include "metrics/server.h"
@@ -145,11 +146,11 @@ class MetricsService {
   pool::PoolRoot* root_ = nullptr;
   std::vector<uint64_t> collectors_;
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;                       // GUARDED_BY(mu_)
-  std::vector<PoolCapacity> capacity_;      // GUARDED_BY(mu_)
-  double capacity_time_ = 0;                // GUARDED_BY(mu_): unix time of the last scan
+  Mutex mu_;
+  std::condition_variable_any cv_;  // waits on mu_
+  bool stop_ GUARDED_BY(mu_) = false;
+  std::vector<PoolCapacity> capacity_ GUARDED_BY(mu_);
+  double capacity_time_ GUARDED_BY(mu_) = 0;  // unix time of the last scan
   std::thread scanner_;
 };
 
