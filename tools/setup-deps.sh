@@ -10,9 +10,12 @@ PACKAGES=(
   # libraries
   libfuse3-dev libspdlog-dev zlib1g-dev libzstd-dev libdeflate-dev liblz4-dev
   libssl-dev libyaml-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev libcryptsetup-dev
+  libmicrohttpd-dev
   # runtime and tests
   fuse3 qemu-utils qemu-system-common python3 fio util-linux man-db groff
   cryptsetup-bin gdb openssl
+  # the metrics test scrapes kvmfs with a real Prometheus
+  prometheus
 )
 
 missing=()

@@ -13,6 +13,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,9 @@ struct FormatPeek {
   bool known = false;        // the fields below are known
   bool has_backing = false;  // the header names a backing file
   uint32_t snapshots = 0;    // internal snapshots the header counts
+  // The virtual size the header states, when these bytes hold it (for the
+  // metrics' pool capacity; raw images are sized by their file instead).
+  std::optional<uint64_t> virtual_size;
 };
 
 // Bytes of the file handed to Probe() and Peek() (fewer when the file is

@@ -4,11 +4,12 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
-#include "base/mutex.h"
-
+#include <atomic>
 #include <cerrno>
 #include <map>
 #include <mutex>
+
+#include "base/mutex.h"
 
 namespace kvmfs {
 namespace {
@@ -117,15 +118,27 @@ Status FileLock::CheckConflicts(LockSet want, LockSet before) {
   return Status::OK();
 }
 
+namespace {
+// Conflicts with other programs' locks (kBusy from Set), for the metrics.
+std::atomic<uint64_t> g_conflicts{0};
+
+Status Counted(Status st) {
+  if (st.code() == Status::Code::kBusy) g_conflicts.fetch_add(1, std::memory_order_relaxed);
+  return st;
+}
+}  // namespace
+
+uint64_t ImageLockConflicts() { return g_conflicts.load(std::memory_order_relaxed); }
+
 Status FileLock::Set(LockSet want) {
   const LockSet before = held_;
   const LockSet grown = before | want;
   const LockSet added{grown.perms & ~before.perms, grown.unshared & ~before.unshared};
-  KVMFS_RETURN_IF_ERROR(LockBytes(added));
+  KVMFS_RETURN_IF_ERROR(Counted(LockBytes(added)));
   Status checked = CheckConflicts(want, before);
   if (!checked.ok()) {
     UnlockBytes(added);
-    return checked;
+    return Counted(checked);
   }
   UnlockBytes({grown.perms & ~want.perms, grown.unshared & ~want.unshared});
   held_ = want;

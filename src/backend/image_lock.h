@@ -117,4 +117,8 @@ class LockClaim {
   const Key key_;
 };
 
+// How many times another program's locks refused kvmfs (FileLock::Set
+// failing with kBusy) in this process, for the metrics. Lock-free.
+uint64_t ImageLockConflicts();
+
 }  // namespace kvmfs

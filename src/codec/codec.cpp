@@ -5,11 +5,15 @@
 // threads, so each thread keeps its own (thread_local), created on first use.
 #include "kvmfs/codec.h"
 
+#include <time.h>
 #include <zlib.h>
 #include <zstd.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
+
+#include "codec/stats.h"
 
 #ifdef KVMFS_HAVE_LIBDEFLATE
 #include <libdeflate.h>
@@ -124,7 +128,7 @@ Status DecompressZstd(const uint8_t* in, size_t in_len, uint8_t* out, size_t out
 
 // As zlib's uncompress(): one whole zlib stream, checksum included, into
 // the output; a stream that needs more output than there is fails.
-Result<size_t> InflateZlibStream(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_len) {
+static Result<size_t> InflateZlibStreamImpl(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_len) {
   struct Stream {
     z_stream z{};
     bool ready = false;
@@ -166,15 +170,17 @@ Result<size_t> CompressZlibStream(const uint8_t* in, size_t in_len, uint8_t* out
   return static_cast<size_t>(out_len);
 }
 
-Status Decompress(CompressionType type, const uint8_t* in, size_t in_len, uint8_t* out,
-                  size_t out_len) {
+namespace {
+
+Status DecompressImpl(CompressionType type, const uint8_t* in, size_t in_len, uint8_t* out,
+                      size_t out_len) {
   switch (type) {
     case CompressionType::kDeflate:
       return InflateRawDeflate(in, in_len, out, out_len);
     case CompressionType::kZstd:
       return DecompressZstd(in, in_len, out, out_len);
     case CompressionType::kZlib: {
-      Result<size_t> n = InflateZlibStream(in, in_len, out, out_len);
+      Result<size_t> n = InflateZlibStreamImpl(in, in_len, out, out_len);
       if (!n.ok()) return n.status();
       if (*n != out_len)
         return Status::Corruption("zlib stream short (" + SizeText(in_len, out_len) + ", " +
@@ -183,6 +189,62 @@ Status Decompress(CompressionType type, const uint8_t* in, size_t in_len, uint8_
     }
   }
   return Status::NotSupported("unknown compression type " + std::to_string(static_cast<int>(type)));
+}
+
+// ---- Totals for the metrics (codec/stats.h) ----------------------------------------
+// Plain relaxed atomics: one decompression is tens of microseconds, so one
+// shared line per codec costs nothing next to it.
+struct Totals {
+  std::atomic<uint64_t> calls{0}, errors{0}, in_bytes{0}, out_bytes{0}, nanos{0};
+};
+constexpr size_t kTypes = 3;
+Totals g_totals[kTypes];
+
+uint64_t Nanos() {
+  struct timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+void Account(CompressionType type, size_t in_len, size_t produced, bool ok, uint64_t t0) {
+  const size_t i = static_cast<size_t>(type);
+  if (i >= kTypes) return;
+  Totals& t = g_totals[i];
+  t.nanos.fetch_add(Nanos() - t0, std::memory_order_relaxed);
+  t.calls.fetch_add(1, std::memory_order_relaxed);
+  t.in_bytes.fetch_add(in_len, std::memory_order_relaxed);
+  t.out_bytes.fetch_add(produced, std::memory_order_relaxed);
+  if (!ok) t.errors.fetch_add(1, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+Result<size_t> InflateZlibStream(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_len) {
+  const uint64_t t0 = Nanos();
+  Result<size_t> n = InflateZlibStreamImpl(in, in_len, out, out_len);
+  Account(CompressionType::kZlib, in_len, n.ok() ? *n : 0, n.ok(), t0);
+  return n;
+}
+
+Status Decompress(CompressionType type, const uint8_t* in, size_t in_len, uint8_t* out,
+                  size_t out_len) {
+  const uint64_t t0 = Nanos();
+  Status st = DecompressImpl(type, in, in_len, out, out_len);
+  Account(type, in_len, st.ok() ? out_len : 0, st.ok(), t0);
+  return st;
+}
+
+CodecTotals DecompressTotals(CompressionType type) {
+  CodecTotals out;
+  const size_t i = static_cast<size_t>(type);
+  if (i >= kTypes) return out;
+  const Totals& t = g_totals[i];
+  out.calls = t.calls.load(std::memory_order_relaxed);
+  out.errors = t.errors.load(std::memory_order_relaxed);
+  out.in_bytes = t.in_bytes.load(std::memory_order_relaxed);
+  out.out_bytes = t.out_bytes.load(std::memory_order_relaxed);
+  out.nanos = t.nanos.load(std::memory_order_relaxed);
+  return out;
 }
 
 }  // namespace kvmfs

@@ -168,7 +168,11 @@ class Parser {
     if (root.IsNull()) return Error(root, "pools", "missing (the config has no pools)");
     if (!root.IsMap())
       return Error(root, "(top level)", "expected a mapping with pools, got " + Got(root));
-    KVMFS_RETURN_IF_ERROR(Keys(root, "", {"pools", "keys", "layouts", "os_release", "extensions"}));
+    KVMFS_RETURN_IF_ERROR(
+        Keys(root, "", {"pools", "keys", "layouts", "os_release", "extensions", "metrics"}));
+    if (root["metrics"]) {
+      KVMFS_ASSIGN_OR_RETURN(config.metrics, Metrics(root["metrics"]));
+    }
     if (root["os_release"]) {
       KVMFS_ASSIGN_OR_RETURN(config.os_release, String(root["os_release"], "os_release"));
       config.os_release = Absolute(config.os_release);
@@ -216,6 +220,51 @@ class Parser {
       KVMFS_ASSIGN_OR_RETURN(config.keys, KeyList(root["keys"]));
     }
     return config;
+  }
+
+  // A number from `min` to `max` (seconds, counts).
+  Result<double> Number(const YAML::Node& node, const std::string& key, double min, double max) const {
+    double value = 0;
+    if (!node.IsScalar() || !YAML::convert<double>::decode(node, value) || !(value >= min) ||
+        value > max)
+      return Error(node, key,
+                   "expected a number from " + FormatNumber(min) + " to " + FormatNumber(max) +
+                       ", got " + Got(node));
+    return value;
+  }
+  static std::string FormatNumber(double v) {
+    std::string s = std::to_string(v);
+    while (!s.empty() && s.back() == '0') s.pop_back();
+    if (!s.empty() && s.back() == '.') s.pop_back();
+    return s;
+  }
+
+  Result<MetricsConfig> Metrics(const YAML::Node& node) const {
+    if (!node.IsMap()) return Error(node, "metrics", "expected a mapping, got " + Got(node));
+    KVMFS_RETURN_IF_ERROR(
+        Keys(node, "metrics", {"listen", "file", "interval", "max_images", "capacity_interval"}));
+    MetricsConfig m;
+    if (node["listen"]) {
+      KVMFS_ASSIGN_OR_RETURN(m.listen, String(node["listen"], "metrics.listen"));
+    }
+    if (node["file"]) {
+      KVMFS_ASSIGN_OR_RETURN(m.file, String(node["file"], "metrics.file"));
+      m.file = Absolute(m.file);
+    }
+    if (node["interval"]) {
+      KVMFS_ASSIGN_OR_RETURN(m.interval, Number(node["interval"], "metrics.interval", 0.1, 86400));
+    }
+    if (node["max_images"]) {
+      KVMFS_ASSIGN_OR_RETURN(double n, Number(node["max_images"], "metrics.max_images", 1, 100000));
+      if (n != static_cast<double>(static_cast<size_t>(n)))
+        return Error(node["max_images"], "metrics.max_images", "expected a whole number, got " + Got(node["max_images"]));
+      m.max_images = static_cast<size_t>(n);
+    }
+    if (node["capacity_interval"]) {
+      KVMFS_ASSIGN_OR_RETURN(m.capacity_interval,
+                             Number(node["capacity_interval"], "metrics.capacity_interval", 1, 86400));
+    }
+    return m;
   }
 
   Result<std::vector<KeyConfig>> KeyList(const YAML::Node& keys) const {

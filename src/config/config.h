@@ -42,6 +42,16 @@ struct Layout {
   std::map<std::string, int> lines;  // line of each template
 };
 
+// metrics: (kvmfs.yaml(5) METRICS); -o metrics=, metrics_file=, ... win.
+// Read at mount time only (a SIGHUP reload does not move the endpoint).
+struct MetricsConfig {
+  std::string listen;             // ADDR:PORT of /metrics ("" none)
+  std::string file;               // textfile collector file, absolute ("" none)
+  double interval = 0;            // seconds between file writes (0: default)
+  size_t max_images = 0;          // cap of (pool, image) series (0: default)
+  double capacity_interval = 0;   // seconds between pool capacity scans (0: default)
+};
+
 struct Config {
   std::string file;  // the config file, as given
   std::vector<PoolConfig> pools;
@@ -49,6 +59,7 @@ struct Config {
   std::map<std::string, Layout> layouts;
   std::string os_release = "/etc/os-release";
   std::vector<std::string> extensions;  // image extensions without the dot
+  MetricsConfig metrics;
 };
 
 // The default image extensions: qcow2 qcow img raw vdi vmdk vhd vhdx iso.

@@ -66,8 +66,21 @@ class Filesystem {
 // The Filesystem a request belongs to.
 inline Filesystem& Fs(fuse_req_t req) { return *static_cast<Filesystem*>(fuse_req_userdata(req)); }
 
+// Notes the errno the current request replies with, for the metrics
+// (kvmfs_fuse_errors_total; fuse/metrics.cpp).
+void NoteReplyErrno(int err);
+
 // Replies with the errno of `status` (the one place a Status becomes an
 // errno for the kernel).
-inline void ReplyError(fuse_req_t req, const Status& status) { fuse_reply_err(req, status.ToErrno()); }
+inline void ReplyError(fuse_req_t req, const Status& status) {
+  const int err = status.ToErrno();
+  NoteReplyErrno(err);
+  fuse_reply_err(req, err);
+}
+// Replies with `err` (0: success), counted as ReplyError does.
+inline void ReplyErrno(fuse_req_t req, int err) {
+  NoteReplyErrno(err);
+  fuse_reply_err(req, err);
+}
 
 }  // namespace kvmfs::fuse

@@ -66,10 +66,33 @@ Result<std::shared_ptr<pool::PoolSet>> DirectoryPools(const kvmfs::fuse::Options
   return std::make_shared<pool::PoolSet>(std::make_shared<pool::Namespace>(std::move(ns_options)));
 }
 
+// The metrics of the mount: the -o options, then what the config's
+// `metrics:` sets that they leave unset.
+kvmfs::fuse::MetricsSettings MetricsFor(const kvmfs::fuse::Options& options,
+                                        const config::MetricsConfig& cfg) {
+  kvmfs::fuse::MetricsSettings m;
+  m.listen = !options.metrics.empty() ? options.metrics : cfg.listen;
+  m.file = !options.metrics_file.empty() ? options.metrics_file : cfg.file;
+  if (options.metrics_interval > 0)
+    m.file_interval = options.metrics_interval;
+  else if (cfg.interval > 0)
+    m.file_interval = cfg.interval;
+  if (options.metrics_max_images > 0)
+    m.max_images = options.metrics_max_images;
+  else if (cfg.max_images > 0)
+    m.max_images = cfg.max_images;
+  if (cfg.capacity_interval > 0) m.capacity_interval = cfg.capacity_interval;
+  m.version = KVMFS_VERSION;
+  return m;
+}
+
 // Loads the config and builds its pools. -o backing_root=DIR applies to
-// every pool; -o keys=FILE adds its keys after the config's.
-Result<std::shared_ptr<pool::PoolSet>> LoadPools(const kvmfs::fuse::Options& options) {
+// every pool; -o keys=FILE adds its keys after the config's. `metrics`, when
+// given, receives the config's metrics: section.
+Result<std::shared_ptr<pool::PoolSet>> LoadPools(const kvmfs::fuse::Options& options,
+                                                 config::MetricsConfig* metrics = nullptr) {
   KVMFS_ASSIGN_OR_RETURN(config::Config cfg, config::LoadConfig(options.config));
+  if (metrics != nullptr) *metrics = cfg.metrics;
   KVMFS_ASSIGN_OR_RETURN(std::vector<config::KeyConfig> extra_keys, LoadKeysOption(options));
   for (config::KeyConfig& k : extra_keys) cfg.keys.push_back(std::move(k));
   for (config::PoolConfig& p : cfg.pools)
@@ -114,7 +137,8 @@ int main(int argc, char** argv) {
     auto pools = DirectoryPools(options);
     if (!pools.ok()) return Fail(pools.status().message());
     pool::PoolRoot root(std::move(pools).value());
-    if (options.keys.empty()) return kvmfs::fuse::MountAndServe(options, root);
+    const kvmfs::fuse::MetricsSettings metrics = MetricsFor(options, {});
+    if (options.keys.empty()) return kvmfs::fuse::MountAndServe(options, root, nullptr, metrics);
     // SIGHUP re-reads the keys file into the same namespace (the kernel's
     // nodes keep pointing at it): images that failed for want of a key open
     // again at their next use.
@@ -128,14 +152,16 @@ int main(int argc, char** argv) {
       ns->SetKeys(pool::KeyRules(options.keys, *keys));
       spdlog::info("keys {}: loaded", options.keys);
     };
-    return kvmfs::fuse::MountAndServe(options, root, reload);
+    return kvmfs::fuse::MountAndServe(options, root, reload, metrics);
   }
 
   // A YAML config: refuse a bad one before mounting. Warnings (missing pool
   // paths) are logged by the first reload, once logging is set up.
   spdlog::set_level(spdlog::level::off);
-  auto pools = LoadPools(options);
+  config::MetricsConfig metrics_config;
+  auto pools = LoadPools(options, &metrics_config);
   if (!pools.ok()) return Fail(pools.status().message());
+  const kvmfs::fuse::MetricsSettings metrics = MetricsFor(options, metrics_config);
   pool::PoolRoot root(std::move(pools).value());
   auto reload = [&options, &root] {
     auto fresh = LoadPools(options);
@@ -150,5 +176,5 @@ int main(int argc, char** argv) {
     root.Set(std::move(fresh).value());
     spdlog::info("config {}: pools {}", options.config, names.empty() ? "(none)" : names);
   };
-  return kvmfs::fuse::MountAndServe(options, root, reload);
+  return kvmfs::fuse::MountAndServe(options, root, reload, metrics);
 }

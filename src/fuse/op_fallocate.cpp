@@ -56,7 +56,7 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, f
   if (!st.ok())
     spdlog::warn("fallocate {} mode {:#x} at {} (+{}): {}", fs.PathOf(ino), mode, off, len,
                  st.ToString());
-  fuse_reply_err(req, st.ok() ? 0 : st.ToErrno());
+  ReplyErrno(req, st.ok() ? 0 : st.ToErrno());
 }
 
 }  // namespace kvmfs::fuse

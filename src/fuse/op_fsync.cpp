@@ -15,7 +15,7 @@ void FlushFile(fuse_req_t req, Op op, fuse_ino_t ino, fuse_file_info* fi) {
   Status st = file.writable ? file.image->Flush() : Status::OK();
   DoneWithFile(Handle(fi));
   if (!st.ok()) spdlog::error("{} {}: {}", OpName(op), fs.PathOf(ino), st.ToString());
-  fuse_reply_err(req, st.ok() ? 0 : st.ToErrno());
+  ReplyErrno(req, st.ok() ? 0 : st.ToErrno());
 }
 
 }  // namespace

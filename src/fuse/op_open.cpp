@@ -20,6 +20,7 @@ Result<std::unique_ptr<FileHandle>> OpenHandle(Filesystem& fs, fuse_ino_t ino, i
   handle->ns = entry.node.ns;
   handle->inode = std::move(entry.inode);
   handle->file = std::move(file);
+  handle->io = ImageIoFor(fs.PathOf(ino), entry.node, *fs.Pools());
   *node = std::move(entry.node);
   return handle;
 }

@@ -105,6 +105,7 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
   FileHandle* handle = Handle(fi);
   // Once replied, the file may be released (and `handle` deleted) at once.
   std::shared_ptr<Inode> inode = handle->inode;
+  ImageIo* const io = handle->io;
   const uint64_t epoch = fs.cache.epoch();
   ReadPlan plan;
   Status st = PlanFileRead(handle->file, size, off, plan);
@@ -113,6 +114,7 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
     spdlog::warn("read {} at {} (+{}): {}", fs.PathOf(ino), off, size, st.ToString());
     return ReplyError(req, st);
   }
+  if (io != nullptr) io->Read(plan.size());
   ReplyPlan(req, plan);  // the plan frees its memory after the reply
   fs.cache.Recheck(*inode, epoch);
 }

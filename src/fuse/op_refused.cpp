@@ -9,7 +9,7 @@ namespace kvmfs::fuse {
 namespace {
 void NotPermitted(fuse_req_t req, fuse_ino_t ino) {
   Fs(req).Count(Op::kRefused, ino);
-  fuse_reply_err(req, EPERM);
+  ReplyErrno(req, EPERM);
 }
 }  // namespace
 

@@ -51,7 +51,7 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse
   // Times alone (touch, utimes) and modes or owners are not ours to change;
   // times that come with a size (truncate) follow from the resize.
   if (!(to_set & FUSE_SET_ATTR_SIZE) || (to_set & kRefusedBits)) {
-    fuse_reply_err(req, EPERM);
+    ReplyErrno(req, EPERM);
     return;
   }
   if (attr->st_size < 0) return ReplyError(req, Status::InvalidArgument("negative size"));

@@ -42,6 +42,7 @@ void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t o
   bool touched = false;
   auto n = WriteFile(file, buf, size, off, &touched);
   if (touched) Changed(req, file, ino);
+  if (n.ok() && Handle(fi)->io != nullptr) Handle(fi)->io->Wrote(*n);
   DoneWithFile(Handle(fi));
   if (!n.ok()) {
     spdlog::warn("write {} at {} (+{}): {}", fs.PathOf(ino), off, size, n.status().ToString());

@@ -42,7 +42,8 @@ fuse_lowlevel_ops MakeOperations() {
 }  // namespace
 
 const fuse_lowlevel_ops& Operations() {
-  static const fuse_lowlevel_ops ops = MakeOperations();
+  // Timed and counted when the metrics are on (fuse/metrics.h).
+  static const fuse_lowlevel_ops ops = Instrumented(MakeOperations());
   return ops;
 }
 

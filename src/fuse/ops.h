@@ -12,6 +12,7 @@
 
 #include "fuse/filesystem.h"
 #include "fuse/kernel_order.h"
+#include "fuse/metrics.h"
 #include "kvmfs/status.h"
 #include "pool/namespace.h"
 #include "pool/pool_set.h"
@@ -24,6 +25,8 @@ struct FileHandle {
   std::shared_ptr<pool::Namespace> ns;
   std::shared_ptr<Inode> inode;
   pool::OpenFile file;
+  ImageIo* io = nullptr;  // the image's read/write counters (null: no metrics, or info.json)
+  OpenFileCount counted;
 };
 inline FileHandle* Handle(const fuse_file_info* fi) {
   return reinterpret_cast<FileHandle*>(static_cast<uintptr_t>(fi->fh));

@@ -1,6 +1,7 @@
 #include "fuse/options.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -9,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "metrics/server.h"
 #include "pool/file_key.h"
 
 namespace kvmfs::fuse {
@@ -76,6 +78,28 @@ Status ApplyOption(const std::string& opt, Options& o) {
   } else if (key == "keys") {
     if (value.empty()) return Status::InvalidArgument("keys needs a file: -o keys=FILE");
     o.keys = value;
+  } else if (key == "metrics") {
+    if (value.empty()) return Status::InvalidArgument("metrics needs an address: -o metrics=127.0.0.1:9101");
+    o.metrics = value;
+  } else if (key == "metrics_file") {
+    if (value.empty()) return Status::InvalidArgument("metrics_file needs a path: -o metrics_file=PATH");
+    o.metrics_file = value;
+  } else if (key == "metrics_interval") {
+    char* end = nullptr;
+    errno = 0;
+    double t = std::strtod(value.c_str(), &end);
+    if (value.empty() || *end != '\0' || errno != 0 || !(t >= 0.1) || t > 86400)
+      return Status::InvalidArgument("metrics_interval must be a number of seconds from 0.1 to 86400, not '" +
+                                     value + "'");
+    o.metrics_interval = t;
+  } else if (key == "metrics_max_images") {
+    char* end = nullptr;
+    errno = 0;
+    unsigned long n = std::strtoul(value.c_str(), &end, 10);
+    if (value.empty() || *end != '\0' || errno != 0 || n == 0 || n > 100000)
+      return Status::InvalidArgument("metrics_max_images must be a number from 1 to 100000, not '" +
+                                     value + "'");
+    o.metrics_max_images = n;
   } else if (key == "log_level") {
     static const char* const kLevels[] = {"trace", "debug", "info", "warn", "error"};
     if (std::none_of(std::begin(kLevels), std::end(kLevels), [&](const char* l) { return value == l; }))
@@ -219,6 +243,16 @@ Status ValidateOptions(Options& o) {
   // Canonical: re-read on SIGHUP after the daemon changed to "/".
   if (!o.keys.empty()) KVMFS_RETURN_IF_ERROR(CheckFile("keys", o.keys));
   for (std::string& root : o.backing_roots) KVMFS_RETURN_IF_ERROR(CheckDir("backing_root", root));
+  if (!o.metrics.empty()) {
+    auto address = metrics::ParseListenAddress(o.metrics);
+    if (!address.ok()) return address.status();
+  }
+  // Absolute: the daemon writes it after changing to "/".
+  if (!o.metrics_file.empty() && o.metrics_file[0] != '/') {
+    char cwd[4096];
+    if (::getcwd(cwd, sizeof cwd) == nullptr) return Status::InvalidArgument("metrics_file: getcwd failed");
+    o.metrics_file = std::string(cwd) + "/" + o.metrics_file;
+  }
   return Status::OK();
 }
 
@@ -255,6 +289,11 @@ void PrintUsage() {
       "    -o no_default_permissions\n"
       "                           let the kernel skip permission checks (with\n"
       "                           allow_other every user may then read every disk)\n"
+      "    -o metrics=ADDR:PORT   serve Prometheus metrics at http://ADDR:PORT/metrics\n"
+      "                           (ADDR defaults to 127.0.0.1)\n"
+      "    -o metrics_file=PATH   write them to PATH (atomically) every\n"
+      "                           metrics_interval=SECONDS (default 15)\n"
+      "    -o metrics_max_images=N  (pool, image) series kept (default 500)\n"
       "    -o ro, allow_other, max_read=N, ...\n"
       "                           passed to FUSE (see below); ro makes every pool read-only\n"
       "\n");

@@ -36,6 +36,12 @@ struct Options {
   // The kernel checks every access against the modes kvmfs shows (which
   // mirror the host's): on unless no_default_permissions (kvmfs(8) PERMISSIONS).
   bool default_permissions = true;
+  // Prometheus metrics (kvmfs(8) METRICS); a config's `metrics:` fills what
+  // these leave unset.
+  std::string metrics;                     // metrics=ADDR:PORT: serve /metrics over HTTP
+  std::string metrics_file;                // metrics_file=PATH: write them to a file (textfile collector)
+  double metrics_interval = 0;             // metrics_interval=SECONDS between file writes (0: default 15)
+  size_t metrics_max_images = 0;           // metrics_max_images=N (0: default 500)
   // Everything else given with -o, for libfuse (ro, allow_other, fsname, ...).
   std::vector<std::string> fuse_options;
 };

@@ -137,7 +137,8 @@ std::string BaseFuseOptions(const Options& options) {
   return base + ",max_read=" + std::to_string(kMaxRead);
 }
 
-int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<void()> reload) {
+int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<void()> reload,
+                  const MetricsSettings& metrics_settings) {
   FuseArgs argv;
   argv.Add("kvmfs");
   argv.Add("-o");
@@ -167,6 +168,16 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
     fuse_args* a;
     ~ArgsGuard() { fuse_opt_free_args(a); }
   } args_guard{&args};
+
+  // Bound and written before mounting: a port in use fails the mount. The
+  // request table is built once (Operations()), with timing when enabled.
+  std::unique_ptr<MetricsService> metrics;
+  if (metrics_settings.enabled()) {
+    auto prepared = MetricsService::Prepare(metrics_settings);
+    if (!prepared.ok()) return Fail(prepared.status().message());
+    metrics = std::move(prepared).value();
+    EnableRequestMetrics(metrics_settings.max_images);
+  }
 
   CaptureFuseLog();
   auto root_node = root.Get()->Root();
@@ -205,6 +216,10 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
   fs.cache.Start(se);
   root.SetChangeListener(&fs.cache);
   root.OnSet([&fs] { OnPoolsReplaced(fs); });
+  if (metrics) {
+    metrics->Start(root);
+    spdlog::info("metrics: {}", metrics->Describe());
+  }
   HupWatcher watcher;
   if (reload) {
     // SIGHUP reloads from here on (before, libfuse's handler would unmount).
@@ -214,6 +229,7 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
   }
   int rc = Serve(se, options);
   watcher.Stop();
+  if (metrics) metrics->Stop();
   root.OnSet(nullptr);
   root.SetChangeListener(nullptr);
   fs.cache.Stop();

@@ -1,9 +1,10 @@
 // Mounting and serving: fuse_new, fuse_mount, daemonize, multi-threaded loop.
 #pragma once
 
-#include "fuse/options.h"
 #include <functional>
 
+#include "fuse/metrics.h"
+#include "fuse/options.h"
 #include "pool/pool_set.h"
 
 namespace kvmfs::fuse {
@@ -14,9 +15,13 @@ namespace kvmfs::fuse {
 // cleanly). Without `reload`, SIGHUP unmounts too; with it, `reload` is called
 // once when logging is set up and then on every SIGHUP, from a watcher thread
 // (never from the signal handler), while the FUSE threads keep serving.
+// With `metrics` enabled, the HTTP port is bound and the metrics file written
+// before mounting (a port in use fails the mount), and both are served after
+// detaching.
 // Returns the process exit code; failures before mounting print one line
 // "kvmfs: <reason>" to stderr and return 1.
-int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<void()> reload = nullptr);
+int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<void()> reload = nullptr,
+                  const MetricsSettings& metrics = {});
 
 // The libfuse option string kvmfs always passes first.
 std::string BaseFuseOptions(const Options& options);

@@ -55,11 +55,23 @@ constexpr int Index(LockUse use) { return static_cast<int>(use); }
 
 }  // namespace
 
-LayerFile::LayerFile(Layer layer, FileKey key) : layer_(std::move(layer)), key_(key) {
-  snapshots_ = layer_.image->Snapshots();
+namespace {
+std::atomic<int64_t> g_open_layer_files{0};  // for the metrics
+}  // namespace
+
+uint64_t OpenLayerFiles() {
+  return static_cast<uint64_t>(std::max<int64_t>(0, g_open_layer_files.load(std::memory_order_relaxed)));
 }
 
-LayerFile::~LayerFile() { Writing().Remove(this); }
+LayerFile::LayerFile(Layer layer, FileKey key) : layer_(std::move(layer)), key_(key) {
+  snapshots_ = layer_.image->Snapshots();
+  g_open_layer_files.fetch_add(1, std::memory_order_relaxed);
+}
+
+LayerFile::~LayerFile() {
+  Writing().Remove(this);
+  g_open_layer_files.fetch_sub(1, std::memory_order_relaxed);
+}
 
 FileKey LayerFile::key() const {
   MutexLock lock(mu_);

@@ -148,6 +148,10 @@ class LayerFile {
   std::unique_ptr<LockClaim> claim_ GUARDED_BY(handles_mu_);
 };
 
+// Host image files open in this process right now (LayerFiles alive: every
+// top image and backing file in use, each counted once), for the metrics.
+uint64_t OpenLayerFiles();
+
 // A chain as LayerFiles: [0] the top image, [1] its backing file, ...
 struct LayerChain {
   Status status;  // why the chain cannot be opened, or OK

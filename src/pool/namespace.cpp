@@ -2,6 +2,8 @@
 
 #include "pool/snapshot_names.h"
 
+#include "metrics/progress.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 
@@ -12,6 +14,15 @@
 
 namespace kvmfs::pool {
 namespace {
+
+// `host_path` relative to the pool's `source` when below it (how the metrics
+// name images), else as it is.
+std::string RelativeImagePath(const std::string& source, const std::string& host_path) {
+  if (host_path.size() > source.size() && host_path.compare(0, source.size(), source) == 0 &&
+      host_path[source.size()] == '/')
+    return host_path.substr(source.size() + 1);
+  return host_path;
+}
 
 constexpr const char* kDiskName = "disk.raw";
 constexpr const char* kInfoName = "info.json";
@@ -601,10 +612,14 @@ Status Namespace::MakeSnapshotDir(Node parent, const std::string& path, const st
   for (const SnapshotInfo& s : parent.image->snapshots())
     if (s.name == *snapshot_name)
       return Status::AlreadyExists(path + ": a snapshot named '" + s.name + "' exists (id " + s.id + ")");
+  // Shown as running in the metrics while it lasts (the format layer
+  // reports no finer progress: 0 until done).
+  metrics::Progress progress("snapshot_create", RelativeImagePath(options_.source, parent.host_path));
   return WithWriter(parent, [&](Image& image) -> Status {
     auto created = image.CreateSnapshot(*snapshot_name);
     if (!created.ok()) return created.status().WithContext(path);
     spdlog::info("{}: created snapshot '{}' (id {})", parent.host_path, created->name, created->id);
+    snapshots_created_.fetch_add(1, std::memory_order_relaxed);
     return Status::OK();
   });
 }
@@ -621,10 +636,12 @@ Status Namespace::RemoveSnapshotDir(const Node& node, const std::string& path) {
   }
   if (node.image->ViewOpen(node.view))
     return Status::Busy(path + ": the snapshot's disk.raw is open");
+  metrics::Progress progress("snapshot_delete", RelativeImagePath(options_.source, node.host_path));
   return WithWriter(node, [&](Image& image) -> Status {
     Status deleted = image.DeleteSnapshot(node.view.snapshot_id);
     if (!deleted.ok()) return deleted.WithContext(path);
     spdlog::info("{}: deleted snapshot id {}", node.host_path, node.view.snapshot_id);
+    snapshots_deleted_.fetch_add(1, std::memory_order_relaxed);
     return Status::OK();
   });
 }

@@ -206,6 +206,10 @@ class Namespace {
 
   const NamespaceOptions& options() const { return options_; }
   ImageCache& cache() { return cache_; }
+  // Snapshots made and deleted through this namespace (mkdir/rmdir under
+  // snapshots/), for the metrics. Lock-free.
+  uint64_t snapshots_created() const { return snapshots_created_.load(std::memory_order_relaxed); }
+  uint64_t snapshots_deleted() const { return snapshots_deleted_.load(std::memory_order_relaxed); }
   ProbeCache& probe() { return probe_; }
 
  private:
@@ -248,6 +252,8 @@ class Namespace {
   ProbeCache probe_;
   ImageCache cache_;
   std::atomic<ChangeListener*> listener_{nullptr};
+  std::atomic<uint64_t> snapshots_created_{0};
+  std::atomic<uint64_t> snapshots_deleted_{0};
 };
 
 // Whether an image directory shows snapshots/: always for qcow2, else when

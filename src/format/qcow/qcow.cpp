@@ -154,7 +154,7 @@ class QcowDriver final : public FormatDriver {
     bool backing = r.backing_file_offset != 0 && r.backing_file_size != 0;
     // A name that starts with NUL is no name (QEMU reads it as a C string).
     if (backing && r.backing_file_offset < len && h[r.backing_file_offset] == 0) backing = false;
-    return {.known = true, .has_backing = backing, .snapshots = 0};
+    return {.known = true, .has_backing = backing, .snapshots = 0, .virtual_size = r.size};
   }
   Result<std::unique_ptr<Image>> Open(std::shared_ptr<Backend> file,
                                       const OpenContext& ctx) const override {

@@ -16,6 +16,12 @@ constexpr uint64_t kNoTick = std::numeric_limits<uint64_t>::max();
 bool IsDirty(const L2Table& t) { return t.dirty.load(std::memory_order_relaxed); }
 bool IsDirty(const DecodedCluster&) { return false; }
 
+// The cache kind a BudgetedLru<V> counts as (CacheBudget::CountLookup).
+template <class V>
+constexpr int KindOf() {
+  return std::is_same_v<V, L2Table> ? 0 : 1;
+}
+
 }  // namespace
 
 // ---- CacheBudget ----------------------------------------------------------------------
@@ -165,6 +171,7 @@ template <class V>
 std::shared_ptr<V> BudgetedLru<V>::Lookup(uint64_t key) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = index_.find(key);
+  budget_->CountLookup(KindOf<V>(), it != index_.end());
   if (it == index_.end()) return nullptr;
   it->second->tick = budget_->Tick();
   lru_.splice(lru_.begin(), lru_, it->second);
@@ -191,13 +198,17 @@ std::shared_ptr<V> BudgetedLru<V>::Insert(uint64_t key, std::shared_ptr<V> value
     index_.emplace(key, lru_.begin());
     budget_->Charge(entry_bytes_);
     // The cache's own bound (the decompressed clusters of one image).
+    uint64_t evicted = 0;
     for (auto e = lru_.end(); lru_.size() > max_entries_ && e != lru_.begin();) {
       auto cur = std::prev(e);
-      if (cur->value.use_count() == 1 && !IsDirty(*cur->value))
+      if (cur->value.use_count() == 1 && !IsDirty(*cur->value)) {
         EraseLocked(cur);
-      else
+        ++evicted;
+      } else {
         e = cur;
+      }
     }
+    if (evicted > 0) budget_->CountEvictions(KindOf<V>(), evicted);
     PublishColdLocked();
   }
   // Over the budget: evict, with no cache lock held (`value` stays pinned).
@@ -261,6 +272,7 @@ uint64_t BudgetedLru<V>::Evict(uint64_t bound, bool wait) {
       e = cur;
     }
   }
+  if (freed > 0) budget_->CountEvictions(KindOf<V>(), freed / entry_bytes_);
   PublishColdLocked();
   return freed;
 }
@@ -416,3 +428,21 @@ void ClusterCache::EraseIf(uint64_t key, const DecodedCluster* cluster) {
 }
 
 }  // namespace kvmfs::qcow2
+
+namespace kvmfs {
+
+Qcow2CacheStats Qcow2CacheStatsNow() {
+  const qcow2::CacheBudget& b = *qcow2::CacheBudget::Global();
+  Qcow2CacheStats s;
+  s.l2_hits = b.hits(0);
+  s.l2_misses = b.misses(0);
+  s.l2_evictions = b.evictions(0);
+  s.cluster_hits = b.hits(1);
+  s.cluster_misses = b.misses(1);
+  s.cluster_evictions = b.evictions(1);
+  s.bytes = b.used();
+  s.limit_bytes = b.limit();
+  return s;
+}
+
+}  // namespace kvmfs

@@ -43,6 +43,19 @@ struct Qcow2Options {
 void SetQcow2DefaultOptions(const Qcow2Options& options);
 Qcow2Options Qcow2DefaultOptions();
 
+// The process-wide metadata cache (the budget of -o cache_size) as the
+// metrics show it: lookups that found their entry or had to load it, entries
+// evicted to stay within the budget, by cache (L2 tables; decompressed
+// clusters), and the bytes charged now. Images with a budget of their own
+// (tests) are not counted. Thread-safe, lock-free.
+struct Qcow2CacheStats {
+  uint64_t l2_hits = 0, l2_misses = 0, l2_evictions = 0;
+  uint64_t cluster_hits = 0, cluster_misses = 0, cluster_evictions = 0;
+  uint64_t bytes = 0;
+  uint64_t limit_bytes = 0;
+};
+Qcow2CacheStats Qcow2CacheStatsNow();
+
 // Opens a qcow2 image with explicit options (as the qcow2 driver's Open()).
 // options.cache_bytes is not applied here (the budget is shared).
 Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const OpenContext& ctx,

@@ -374,9 +374,10 @@ class Qcow2Driver final : public FormatDriver {
   }
   std::vector<std::string> extensions() const override { return {"qcow2"}; }
   FormatPeek Peek(const uint8_t* h, size_t len) const override {
-    // backing_file_offset at 8, nb_snapshots at 60 (v2 and v3).
+    // backing_file_offset at 8, size at 24, nb_snapshots at 60 (v2 and v3).
     if (len < 72) return {};
-    return {.known = true, .has_backing = LoadBE64(h + 8) != 0, .snapshots = LoadBE32(h + 60)};
+    return {.known = true, .has_backing = LoadBE64(h + 8) != 0, .snapshots = LoadBE32(h + 60),
+            .virtual_size = LoadBE64(h + 24)};
   }
   int Probe(const uint8_t* h, size_t len) const override {
     // qcow (v1) shares the magic: as QEMU's qcow2_probe, only versions >= 2.

@@ -373,7 +373,20 @@ class CacheBudget {
   bool over() const { return used() > limit(); }
 
   // A new last-use tick (a global clock, so ticks compare across caches).
-  uint64_t Tick() { return clock_.fetch_add(1, std::memory_order_relaxed) + 1; }
+  uint64_t Tick() { return hot_.clock.fetch_add(1, std::memory_order_relaxed) + 1; }
+
+  // Counts for the metrics (Qcow2CacheStatsNow), by cache kind: 0 L2
+  // tables, 1 decompressed clusters. Lock-free; the lookup counts share the
+  // clock's cache line, which every lookup writes anyway.
+  void CountLookup(int kind, bool hit) {
+    (hit ? hot_.hits : hot_.misses)[kind].fetch_add(1, std::memory_order_relaxed);
+  }
+  void CountEvictions(int kind, uint64_t n) {
+    evictions_[kind].fetch_add(n, std::memory_order_relaxed);
+  }
+  uint64_t hits(int kind) const { return hot_.hits[kind].load(std::memory_order_relaxed); }
+  uint64_t misses(int kind) const { return hot_.misses[kind].load(std::memory_order_relaxed); }
+  uint64_t evictions(int kind) const { return evictions_[kind].load(std::memory_order_relaxed); }
   void Charge(uint64_t bytes);
   void Release(uint64_t bytes) { used_.fetch_sub(bytes, std::memory_order_relaxed); }
 
@@ -400,7 +413,12 @@ class CacheBudget {
   std::atomic<uint64_t> limit_;
   std::atomic<uint64_t> used_{0};
   std::atomic<uint64_t> peak_{0};
-  std::atomic<uint64_t> clock_{0};
+  struct alignas(64) Hot {
+    std::atomic<uint64_t> clock{0};
+    std::atomic<uint64_t> hits[2]{};
+    std::atomic<uint64_t> misses[2]{};
+  } hot_;
+  std::atomic<uint64_t> evictions_[2]{};
   std::mutex mu_;                        // serialises Reclaim and the registry
   std::vector<BudgetedCache*> caches_;  // GUARDED_BY(mu_)
 };

@@ -146,6 +146,26 @@ TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
             F() + ":2: extensions: expected file extensions such as qcow2, got \"a/b\"");
 }
 
+TEST_F(ConfigTest, MetricsSection) {
+  auto c = ParseConfig(
+      "pools: []\nmetrics:\n  listen: 127.0.0.1:9101\n  file: m.prom\n  interval: 30\n"
+      "  max_images: 50\n  capacity_interval: 120\n",
+      F());
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->metrics.listen, "127.0.0.1:9101");
+  EXPECT_EQ(c->metrics.file, dir_ + "/m.prom");  // relative to the config file
+  EXPECT_DOUBLE_EQ(c->metrics.interval, 30);
+  EXPECT_EQ(c->metrics.max_images, 50u);
+  EXPECT_DOUBLE_EQ(c->metrics.capacity_interval, 120);
+  EXPECT_EQ(Error("pools: []\nmetrics:\n  port: 1\n").substr(0, F().size() + 20),
+            F() + ":3: metrics.port: un");
+  EXPECT_EQ(Error("pools: []\nmetrics:\n  interval: 0\n"),
+            F() + ":3: metrics.interval: expected a number from 0.1 to 86400, got \"0\"");
+  EXPECT_EQ(Error("pools: []\nmetrics:\n  max_images: 2.5\n"),
+            F() + ":3: metrics.max_images: expected a whole number, got \"2.5\"");
+  EXPECT_NE(Error("pools: []\nmetrics: yes\n"), "");
+}
+
 TEST_F(ConfigTest, MissingFile) {
   auto c = LoadConfig(dir_ + "/none.yaml");
   ASSERT_FALSE(c.ok());

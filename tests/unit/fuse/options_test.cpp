@@ -86,5 +86,26 @@ TEST(FuseOptions, KeysNamesAFile) {
   EXPECT_FALSE(ParseCommandLine(5, bad).ok());
 }
 
+TEST(FuseOptions, MetricsOptionsAreOurs) {
+  auto o = Parse({"-o", "metrics=127.0.0.1:9101,metrics_file=m.prom,metrics_interval=2.5,"
+                        "metrics_max_images=7",
+                  "src", "mnt"});
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_EQ(o->metrics, "127.0.0.1:9101");
+  EXPECT_EQ(o->metrics_file, "m.prom");  // ValidateOptions makes it absolute
+  EXPECT_DOUBLE_EQ(o->metrics_interval, 2.5);
+  EXPECT_EQ(o->metrics_max_images, 7u);
+  EXPECT_TRUE(o->fuse_options.empty());
+}
+
+TEST(FuseOptions, MetricsOptionsRejectNonsense) {
+  for (const char* bad : {"metrics=", "metrics_file=",
+                          "metrics_interval=0", "metrics_interval=x", "metrics_max_images=0",
+                          "metrics_max_images=-1", "metrics_max_images=100001"}) {
+    auto o = Parse({"-o", bad, "src", "mnt"});
+    EXPECT_FALSE(o.ok()) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace kvmfs::fuse
