@@ -7,8 +7,8 @@ from -o keys=FILE and from a YAML config's keys:, writes checked with
 wrong key, unreadable key file, unsupported cipher, corrupted key slot, absurd
 iteration count, truncated header) listed with an error and refused with the
 contract's errno. The passphrase and the master key never reach the log at
-log_level=trace, info.json, or a core dump (gcore). qcow2 with LUKS comes with
-the engine's encryption support. LUKS2 (which QEMU 7.2 cannot open) is
+log_level=trace, info.json, or a core dump (gcore). Encrypted qcow2 and qcow:
+test_encryption_qcow2.py. LUKS2 (which QEMU 7.2 cannot open) is
 checked against cryptsetup: containers it encrypted offline from known
 plaintext, and kvmfs's writes decrypted with `openssl enc` and the volume key
 `cryptsetup luksDump --dump-volume-key` prints."""

@@ -159,21 +159,72 @@ Result<Extent> Engine::Map(uint64_t off, uint64_t len, MapMode mode) {
   return e;
 }
 
-Status Engine::ReadData(uint64_t /*guest_off*/, uint64_t host, uint8_t* out, size_t n) {
-  // An AES cipher decrypts here, sector by sector, with the guest sector
-  // number as IV.
-  return file_->ReadAt(host, out, n).WithContext(name_);
+void Engine::SetEncryption(std::unique_ptr<SectorCipher> cipher, Status why) {
+  cipher_ = std::move(cipher);
+  data_status_ = std::move(why);
 }
 
-Status Engine::WriteData(uint64_t /*guest_off*/, uint64_t host, const uint8_t* in, size_t n) {
-  // An AES cipher encrypts a copy here.
-  return file_->WriteAt(host, in, n).WithContext(name_);
+namespace {
+
+uint64_t SectorUp(uint64_t v) { return (v + kSectorSize - 1) / kSectorSize * kSectorSize; }
+
+}  // namespace
+
+Status Engine::ReadData(uint64_t guest_off, uint64_t host, uint8_t* out, size_t n) {
+  if (!encrypted()) return file_->ReadAt(host, out, n).WithContext(name_);
+  KVMFS_RETURN_IF_ERROR(data_status_);
+  // Clusters start on sectors in both spaces: the sectors around the bytes
+  // are in the same cluster.
+  const uint64_t head = guest_off % kSectorSize;
+  const uint64_t len = SectorUp(head + n);
+  if (head == 0 && len == n) {
+    KVMFS_RETURN_IF_ERROR(file_->ReadAt(host, out, n).WithContext(name_));
+    return CryptRange(*cipher_, false, guest_off / kSectorSize, out, n);
+  }
+  std::vector<uint8_t> tmp(len);
+  KVMFS_RETURN_IF_ERROR(file_->ReadAt(host - head, tmp.data(), len).WithContext(name_));
+  KVMFS_RETURN_IF_ERROR(CryptRange(*cipher_, false, guest_off / kSectorSize, tmp.data(), len));
+  std::memcpy(out, tmp.data() + head, n);
+  return Status::OK();
+}
+
+Status Engine::WriteData(uint64_t guest_off, uint64_t host, const uint8_t* in, size_t n) {
+  if (!encrypted()) return file_->WriteAt(host, in, n).WithContext(name_);
+  KVMFS_RETURN_IF_ERROR(data_status_);
+  if (n == 0) return Status::OK();
+  const uint64_t head = guest_off % kSectorSize;
+  const uint64_t len = SectorUp(head + n);
+  const uint64_t g0 = guest_off - head, h0 = host - head;
+  std::vector<uint8_t> tmp(len);
+  // A partial head or tail sector keeps its other bytes (the exclusive lock
+  // keeps other writers out).
+  auto old_sector = [&](uint64_t at) { return ReadData(g0 + at, h0 + at, tmp.data() + at, kSectorSize); };
+  if (head != 0) KVMFS_RETURN_IF_ERROR(old_sector(0));
+  const uint64_t last = len - kSectorSize;
+  if ((head + n) % kSectorSize != 0 && (last != 0 || head == 0))
+    KVMFS_RETURN_IF_ERROR(old_sector(last));
+  if (in != nullptr) {
+    std::memcpy(tmp.data() + head, in, n);
+  } else {
+    std::memset(tmp.data() + head, 0, n);
+  }
+  KVMFS_RETURN_IF_ERROR(CryptRange(*cipher_, true, g0 / kSectorSize, tmp.data(), len));
+  return file_->WriteAt(h0, tmp.data(), len).WithContext(name_);
 }
 
 Status Engine::ZeroData(uint64_t guest_off, uint64_t host, uint64_t n, bool unmap) {
-  // Encrypted zeros are not zeros: a cipher writes them through WriteData.
-  (void)guest_off;
-  return file_->WriteZeroes(host, n, unmap).WithContext(name_);
+  if (!encrypted()) return file_->WriteZeroes(host, n, unmap).WithContext(name_);
+  // Encrypted zeros are not zeros: they are written as data, a bounded
+  // piece at a time.
+  constexpr uint64_t kPiece = 1u << 20;
+  while (n > 0) {
+    const uint64_t k = std::min(n, kPiece - guest_off % kSectorSize);
+    KVMFS_RETURN_IF_ERROR(WriteData(guest_off, host, nullptr, static_cast<size_t>(k)));
+    guest_off += k;
+    host += k;
+    n -= k;
+  }
+  return Status::OK();
 }
 
 Status Engine::ReadCompressed(uint64_t entry, uint64_t in_cluster, uint8_t* out, size_t n,

@@ -16,7 +16,10 @@ class QcowImage final : public Image, private BackingReader {
 
   uint64_t size() const override { return engine_->header().virtual_size; }
 
+  Status DataStatus() const override { return engine_->DataStatus(); }
+
   Status Read(uint64_t off, void* buf, size_t len) override {
+    KVMFS_RETURN_IF_ERROR(engine_->DataStatus());
     std::shared_lock<std::shared_mutex> lock(engine_->mutex());
     KVMFS_RETURN_IF_ERROR(CheckRange(off, len));
     auto* p = static_cast<uint8_t*>(buf);
@@ -44,10 +47,12 @@ class QcowImage final : public Image, private BackingReader {
 
   // Read() as a plan: normal clusters of a file nothing of kvmfs writes are
   // handed out as file pieces (the bytes cannot change while this image
-  // lives); everything else is read into memory under the lock.
+  // lives); everything else is read into memory under the lock. Encrypted
+  // data is only ever decrypted into memory.
   Status PlanRead(uint64_t off, size_t len, ReadPlan& plan) override {
+    KVMFS_RETURN_IF_ERROR(engine_->DataStatus());
     Backend& file = engine_->file();
-    const int fd = file.writable() ? -1 : file.fd();
+    const int fd = file.writable() || engine_->encrypted() ? -1 : file.fd();
     std::shared_lock<std::shared_mutex> lock(engine_->mutex());
     KVMFS_RETURN_IF_ERROR(CheckRange(off, len));
     while (len > 0) {
@@ -89,7 +94,10 @@ class QcowImage final : public Image, private BackingReader {
   }
 
   bool writable() const override { return engine_->writable(); }
-  Status BeginWrites() override { return engine_->BeginWrites(); }
+  Status BeginWrites() override {
+    KVMFS_RETURN_IF_ERROR(engine_->DataStatus());
+    return engine_->BeginWrites();
+  }
   Status EndWrites() override { return engine_->EndWrites(); }
   Status Write(uint64_t off, const void* buf, size_t len) override {
     return engine_->Write(off, static_cast<const uint8_t*>(buf), len, *this);
@@ -161,14 +169,26 @@ class QcowDriver final : public FormatDriver {
     const std::string& name = ctx.name;
     KVMFS_ASSIGN_OR_RETURN(uint64_t file_size, file->Size());
     KVMFS_ASSIGN_OR_RETURN(Header h, ReadHeader(*file, file_size, name));
-    if (h.raw.crypt_method == kCryptAes)
-      return Status::Permission(name + ": encrypted image (qcow AES): no key configured");
     std::vector<uint8_t> raw(h.l1_entries * 8);
     KVMFS_RETURN_IF_ERROR(file->ReadAt(h.l1_offset, raw.data(), raw.size()).WithContext(name));
     std::vector<uint64_t> l1(h.l1_entries);
     for (uint64_t i = 0; i < h.l1_entries; ++i) l1[i] = LoadBE64(&raw[8 * i]);
+    const bool aes = h.raw.crypt_method == kCryptAes;
     auto engine = std::make_shared<Engine>(std::move(file), std::move(h), name, file_size,
                                            std::move(l1));
+    if (aes) {
+      // Legacy AES: the key is the passphrase itself (no check value: a
+      // wrong one reads as noise, as in QEMU). A key problem leaves the
+      // image described, its data refused.
+      Result<std::shared_ptr<const Secret>> pass = Status::Permission(name + ": no key configured");
+      if (ctx.key) pass = ctx.key();
+      if (!pass.ok()) {
+        engine->SetEncryption(nullptr, pass.status().WithContext("encrypted image (AES)"));
+      } else {
+        KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<SectorCipher> cipher, QcowAesCipher(**pass));
+        engine->SetEncryption(std::move(cipher), Status::OK());
+      }
+    }
     return std::unique_ptr<Image>(std::make_unique<QcowImage>(std::move(engine)));
   }
 };

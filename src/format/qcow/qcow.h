@@ -23,11 +23,13 @@
 // unwritten space. Locking: Engine::mutex() is shared by readers, exclusive
 // for every write.
 //
-// Encryption (crypt_method 1, AES-CBC per 512-byte sector, IV = guest sector
-// number) is not served yet: Open() refuses it with kPermission. Every byte of
+// Encryption (crypt_method 1: AES-128-CBC per 512-byte sector, IV = guest
+// sector number, key = the passphrase; cipher.h QcowAesCipher): every byte of
 // a normal data cluster goes through Engine::ReadData / WriteData / ZeroData,
-// which is where a cipher decrypts and encrypts (compressed clusters are
-// never encrypted by QEMU).
+// which decrypt and encrypt whole sectors there and nowhere else (compressed
+// clusters are never encrypted by QEMU). A newly allocated cluster is written
+// whole, the rest of it from below, encrypted. Without a usable key the image
+// is still described; its data calls fail with DataStatus().
 #pragma once
 
 #include <atomic>
@@ -42,6 +44,7 @@
 #include <vector>
 
 #include "kvmfs/backend.h"
+#include "kvmfs/cipher.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
 
@@ -157,6 +160,14 @@ class Engine {
          std::vector<uint64_t> l1);
   ~Engine();
 
+  // An encrypted image (crypt_method 1): its cipher, or why there is none
+  // (`why`: kPermission for a key problem). Set at open, before the engine
+  // is shared. Not thread-safe.
+  void SetEncryption(std::unique_ptr<SectorCipher> cipher, Status why);
+  bool encrypted() const { return header_.raw.crypt_method != kCryptNone; }
+  // OK, or why guest data cannot be read or written. Any thread.
+  const Status& DataStatus() const { return data_status_; }
+
   const std::string& name() const { return name_; }
   const Header& header() const { return header_; }
   Backend& file() { return *file_; }
@@ -167,7 +178,12 @@ class Engine {
   Result<Extent> Map(uint64_t off, uint64_t len, MapMode mode);
 
   // The data path of normal clusters: `n` bytes at host offset `host` that
-  // hold guest bytes from `guest_off`. A cipher goes here.
+  // hold guest bytes from `guest_off`, within one cluster run. Encrypted:
+  // whole sectors are decrypted/encrypted (in parallel, CryptRange), a
+  // partial head or tail sector read, patched and re-encrypted, and zeros
+  // written as encrypted zeros (WriteData with `in` null writes zeros).
+  // Errors: DataStatus(), I/O. ReadData
+  // requires mutex() held; WriteData and ZeroData, exclusively.
   Status ReadData(uint64_t guest_off, uint64_t host, uint8_t* out, size_t n);
   Status WriteData(uint64_t guest_off, uint64_t host, const uint8_t* in, size_t n);
   Status ZeroData(uint64_t guest_off, uint64_t host, uint64_t n, bool unmap);
@@ -215,6 +231,8 @@ class Engine {
   const std::shared_ptr<Backend> file_;
   const Header header_;
   const std::string name_;
+  std::unique_ptr<SectorCipher> cipher_;  // encrypted with a key: the AES cipher
+  Status data_status_;
   std::atomic<uint64_t> file_size_;
   mutable std::shared_mutex rw_;
 

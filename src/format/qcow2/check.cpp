@@ -171,6 +171,11 @@ Status Engine::RebuildRefcounts() {
     KVMFS_RETURN_IF_ERROR(add(0, cs));
     KVMFS_RETURN_IF_ERROR(add(reftable_offset_, reftable_clusters_ * cs));
     KVMFS_RETURN_IF_ERROR(add(l1_offset_, l1_.size() * 8));
+    // The LUKS area of an encrypted image (QEMU's calculate_refcounts).
+    if (header_.crypto) {
+      const uint64_t at = header_.crypto->offset, bytes = header_.crypto->length;
+      KVMFS_RETURN_IF_ERROR(add(at, bytes));
+    }
     if (header_.raw.nb_snapshots > 0)
       KVMFS_RETURN_IF_ERROR(
           add(header_.raw.snapshots_offset, EncodeSnapshotTable(snapshots_).size()));

@@ -62,7 +62,10 @@ class Qcow2Image final : public Image {
 
   uint64_t size() const override { return is_snapshot() ? snap_size_ : engine_->virtual_size(); }
 
+  Status DataStatus() const override { return engine_->DataStatus(); }
+
   Status Read(uint64_t off, void* buf, size_t len) override {
+    KVMFS_RETURN_IF_ERROR(engine_->DataStatus());
     std::shared_lock<std::shared_mutex> lock(engine_->mutex());
     KVMFS_RETURN_IF_ERROR(CheckAlive());
     KVMFS_RETURN_IF_ERROR(CheckReadRange(off, len));
@@ -79,7 +82,7 @@ class Qcow2Image final : public Image {
           std::memset(p, 0, n);
           break;
         case Extent::Type::kData:
-          KVMFS_RETURN_IF_ERROR(engine_->ReadData(e.host, p, n));
+          KVMFS_RETURN_IF_ERROR(engine_->ReadData(off, e.host, p, n));
           break;
         case Extent::Type::kCompressed: {
           // The compressed clusters that follow are read with this one (and
@@ -107,7 +110,9 @@ class Qcow2Image final : public Image {
   // lock, as Read() does: once a flush has made a free durable the cluster
   // may be reused, and that could happen between this return and the
   // splice. Unallocated ranges are planned by the (read-only) backing.
+  // Encrypted data is only ever decrypted into memory (SpliceFd).
   Status PlanRead(uint64_t off, size_t len, ReadPlan& plan) override {
+    KVMFS_RETURN_IF_ERROR(engine_->DataStatus());
     const int fd = SpliceFd();
     std::shared_lock<std::shared_mutex> lock(engine_->mutex());
     KVMFS_RETURN_IF_ERROR(CheckAlive());
@@ -126,7 +131,7 @@ class Qcow2Image final : public Image {
         case Extent::Type::kData: {
           if (fd < 0) {
             KVMFS_ASSIGN_OR_RETURN(uint8_t* p, plan.AddMemory(n, false));
-            KVMFS_RETURN_IF_ERROR(engine_->ReadData(e.host, p, n));
+            KVMFS_RETURN_IF_ERROR(engine_->ReadData(off, e.host, p, n));
             break;
           }
           // The last cluster may end past the end of the file, where it
@@ -189,6 +194,7 @@ class Qcow2Image final : public Image {
   }
   Status BeginWrites() override {
     if (is_snapshot()) return SnapshotReadOnly();
+    KVMFS_RETURN_IF_ERROR(engine_->DataStatus());
     return engine_->BeginWrites();
   }
   Status EndWrites() override {
@@ -245,16 +251,17 @@ class Qcow2Image final : public Image {
       f.push_back({"compat", std::string("0.10")});
       f.push_back({"compression-type", compression});
       f.push_back({"refcount-bits", refcount_bits});
+      if (const Encryption* enc = engine_->encryption()) f.push_back({"encrypt", enc->Info()});
       return info;
     }
     f.push_back({"compat", std::string("1.1")});
     f.push_back({"compression-type", compression});
     f.push_back({"lazy-refcounts", bool(h.compatible & kCompatLazyRefcounts)});
     f.push_back({"refcount-bits", refcount_bits});
-    if (h.has_data_file()) {
-      if (h.data_file) f.push_back({"data-file", *h.data_file});
+    if (h.has_data_file() && h.data_file) f.push_back({"data-file", *h.data_file});
+    if (const Encryption* enc = engine_->encryption()) f.push_back({"encrypt", enc->Info()});
+    if (h.has_data_file())
       f.push_back({"data-file-raw", bool(h.autoclear & kAutoclearDataFileRaw)});
-    }
     f.push_back({"corrupt", bool(h.incompatible & kIncompatCorrupt)});
     f.push_back({"extended-l2", h.extended_l2()});
     return info;
@@ -324,9 +331,10 @@ class Qcow2Image final : public Image {
   // The data file's fd when its clusters may be handed out by reference
   // (PlanRead): no write session is open, so no cluster of kvmfs's is freed
   // and reused while the reply is spliced (freed clusters are reused only
-  // after a flush of a write session). -1 otherwise.
+  // after a flush of a write session), and the clusters hold plain data
+  // (the host file of an encrypted image holds ciphertext). -1 otherwise.
   int SpliceFd() const {
-    if (engine_->writable()) return -1;
+    if (engine_->writable() || engine_->encrypted()) return -1;
     return engine_->data().fd();
   }
   // How many of the `n` bytes at `host` the data file holds; the size is
@@ -417,15 +425,17 @@ Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const Op
   KVMFS_ASSIGN_OR_RETURN(uint64_t file_size, file->Size());
   KVMFS_ASSIGN_OR_RETURN(Header h, ReadHeader(*file, file_size, name));
 
+  // Encryption (crypto.h): the LUKS header is validated and the key asked
+  // for now. A key problem (none, wrong, unreadable; a cipher kvmfs cannot
+  // compute) does not fail the open: the image is described and its data
+  // refused (DataStatus()).
+  std::shared_ptr<Encryption> enc;
   if (h.raw.crypt_method != kCryptNone) {
-    // Encryption, round 1: the key is looked up and checked (crypto.h); the
-    // engine does not decrypt guest data yet.
     const std::string method = h.raw.crypt_method == kCryptAes ? "AES" : "LUKS";
-    KVMFS_ASSIGN_OR_RETURN(Encryption enc, OpenEncryption(*file, h, ctx, name));
-    if (!enc.status.ok()) return enc.status.WithContext("encrypted image (" + method + ")");
-    return Status::NotSupported(name + ": encrypted image (" + method +
-                                "): the key is accepted, but kvmfs does not serve encrypted qcow2 "
-                                "data yet");
+    KVMFS_ASSIGN_OR_RETURN(Encryption opened, OpenEncryption(*file, h, ctx, name));
+    enc = std::make_shared<Encryption>(std::move(opened));
+    if (!enc->status.ok())
+      enc->status = enc->status.WithContext("encrypted image (" + method + ")");
   }
   // A writable open of an image that cannot be written succeeds, served
   // read-only with the reason (BeginWrites() returns kReadOnly with it).
@@ -456,6 +466,7 @@ Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const Op
   const bool file_writable = ctx.writable && file->writable();
   auto engine = std::make_shared<Engine>(std::move(file), std::move(data), std::move(h),
                                          std::move(snapshots), options, name, file_size, data_size);
+  if (enc) engine->SetEncryption(std::move(enc));
   KVMFS_RETURN_IF_ERROR(engine->LoadActiveL1());
   engine->SetOpenedWritable(file_writable, ctx.writable ? read_only_reason : std::string());
   return std::unique_ptr<Image>(std::make_unique<Qcow2Image>(std::move(engine)));

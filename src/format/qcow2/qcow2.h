@@ -13,6 +13,9 @@
 //   write.cpp     allocating writes, COW, zeroes/discard, resize, Flush
 //   check.cpp     refcount rebuild of a dirty image, COPIED recomputation
 //   commit.cpp    atomic metadata switch for snapshot create/delete
+//   crypto.cpp    encryption (LUKS, legacy AES): the cipher set up at open,
+//                 and ReadData/WriteData, the one road of guest data of
+//                 normal clusters, where it is decrypted and encrypted
 //   qcow2.cpp     driver entry: Probe, Open, the Image classes
 //
 // Writing (QEMU's ordering, reliability.md §3): guest data and COW first,
@@ -654,6 +657,7 @@ enum class MapMode {
 using L1Table = std::vector<uint64_t>;
 
 struct AllocRun;  // one allocating run of a write (write.cpp)
+struct Encryption;  // the cipher of an encrypted image (crypto.h)
 
 // What the writer needs of the layer below: its bytes (zeros past its end or
 // without one) and whether there is one.
@@ -742,8 +746,32 @@ class Engine {
   Result<size_t> PlanCompressedRun(const L1Table& l1, const Extent& first, uint64_t off,
                                    size_t len, uint64_t view_end, ReadPlan& plan);
 
-  // Reads `n` bytes of the data file (or the image file) at `host`.
-  Status ReadData(uint64_t host, uint8_t* out, size_t n) { return data_->ReadAt(host, out, n); }
+  // ---- Guest data of normal clusters (crypto.cpp) --------------------------
+  // The one road of guest bytes to and from normal (non-compressed) data
+  // clusters: every read and write of them goes through these two, so an
+  // encrypted image decrypts and encrypts here and nowhere else.
+
+  // Sets the encryption of an encrypted image (at open, before the engine
+  // is shared). Not thread-safe.
+  void SetEncryption(std::shared_ptr<const Encryption> enc);
+  bool encrypted() const { return enc_ != nullptr; }
+  const Encryption* encryption() const { return enc_.get(); }
+  // OK, or why the guest data of this encrypted image cannot be read or
+  // written (a key problem: kPermission; a cipher kvmfs cannot compute:
+  // kNotSupported). Any thread.
+  Status DataStatus() const;
+
+  // Reads the `n` guest bytes at guest offset `guest`, stored at `host` of
+  // the data file (or the image file); `guest` and `host` lie in the same
+  // normal cluster (or its run). Encrypted: the whole 512-byte sectors
+  // around them are read and decrypted (in parallel, CryptRange), IVs from
+  // host sectors (LUKS) or guest sectors (AES). Errors: DataStatus(), I/O.
+  // Thread-safe.
+  Status ReadData(uint64_t guest, uint64_t host, uint8_t* out, size_t n);
+  // Writes them. Encrypted: a copy is encrypted (whole sectors; a partial
+  // head or tail sector is read, patched and re-encrypted, with every other
+  // write that could touch it kept out meanwhile). Thread-safe.
+  Status WriteData(uint64_t guest, uint64_t host, const uint8_t* in, size_t n);
 
   // ---- Writing (write.cpp, refcount.cpp, snapshot.cpp, check.cpp) ----------
   // All of these take mutex() themselves. Errors name the image and offset;
@@ -1033,6 +1061,12 @@ class Engine {
   // synced_gen_ >= write_gen_: every finished write is durable.
   std::atomic<uint64_t> write_gen_{0};
   std::atomic<uint64_t> synced_gen_{0};
+
+  // Encryption (crypto.cpp): null for a plain image. rmw_mu_ orders the
+  // writes of encrypted sectors: whole-sector writes shared, partial-sector
+  // read-modify-writes exclusive (a leaf lock, taken under rw_ or alone).
+  std::shared_ptr<const Encryption> enc_;
+  mutable std::shared_mutex rmw_mu_;
 };
 
 // "0x1f" style hex for messages.

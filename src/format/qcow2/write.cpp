@@ -91,6 +91,11 @@ void Engine::RebuildMetadataIndex() {
   meta_ranges_.push_back({0, cs});
   if (!l1_.empty()) meta_ranges_.push_back({l1_offset_, l1_offset_ + l1_.size() * 8});
   meta_ranges_.push_back({reftable_offset_, reftable_offset_ + reftable_clusters_ * cs});
+  // The LUKS header and key slots of an encrypted image.
+  if (header_.crypto && header_.crypto->length > 0) {
+    const uint64_t at = header_.crypto->offset, bytes = header_.crypto->length;
+    meta_ranges_.push_back({at, at + bytes});
+  }
   if (header_.raw.nb_snapshots > 0) {
     const uint64_t bytes = EncodeSnapshotTable(snapshots_).size();
     const uint64_t at = header_.raw.snapshots_offset;
@@ -122,6 +127,7 @@ Status Engine::BeginWrites() {
   const std::string reason = ReadOnlyReason();
   if (!reason.empty()) return Status::ReadOnly(name_ + ": " + reason);
   if (!opened_writable_) return Status::ReadOnly(name_ + ": opened read-only");
+  KVMFS_RETURN_IF_ERROR(DataStatus());
   if (writing_.load()) return Status::OK();
   if (!file_->writable() || !data_->writable())
     return Status::ReadOnly(name_ + ": the file is not open for writing");
@@ -286,7 +292,7 @@ Status Engine::ReadCurrent(uint64_t off, uint8_t* p, size_t n, const BackingView
         std::memset(p, 0, k);
         break;
       case Extent::Type::kData:
-        KVMFS_RETURN_IF_ERROR(ReadData(e.host, p, k));
+        KVMFS_RETURN_IF_ERROR(ReadData(off, e.host, p, k));
         break;
       case Extent::Type::kCompressed:
         KVMFS_RETURN_IF_ERROR(ReadCompressed(e.l2_entry, off & cluster_mask, p, k, off));
@@ -437,7 +443,10 @@ Status Engine::Write(uint64_t off, const uint8_t* buf, size_t len, const Backing
     const Geometry& g = geo_;
     const uint64_t mask = g.cluster_size - 1;
     const bool in_image = data_ == file_;
-    std::vector<std::pair<uint64_t, uint64_t>> pieces;  // host, length
+    struct Piece {
+      uint64_t guest, host, length;
+    };
+    std::vector<Piece> pieces;
     bool in_place = true;
     for (uint64_t pos = off, end = off + len; pos < end && in_place;) {
       const uint64_t l1_index = pos >> g.l1_shift();
@@ -476,26 +485,24 @@ Status Engine::Write(uint64_t off, const uint8_t* buf, size_t len, const Backing
           }
         }
         const uint64_t h = host + (pos - cstart);
-        if (!pieces.empty() && pieces.back().first + pieces.back().second == h)
-          pieces.back().second += cend - pos;
+        if (!pieces.empty() && pieces.back().host + pieces.back().length == h)
+          pieces.back().length += cend - pos;
         else
-          pieces.push_back({h, cend - pos});
+          pieces.push_back({pos, h, cend - pos});
         pos = cend;
       }
     }
     if (in_place) {
-      for (const auto& [h, n] : pieces)
-        if (in_image && OverlapsMetadata(h, n)) {
+      for (const Piece& piece : pieces)
+        if (in_image && OverlapsMetadata(piece.host, piece.length)) {
           in_place = false;  // the exclusive path reports it
           break;
         }
     }
     if (in_place) {
-      const uint8_t* p = buf;
-      for (const auto& [h, n] : pieces) {
-        KVMFS_RETURN_IF_ERROR(data_->WriteAt(h, p, static_cast<size_t>(n)));
-        p += n;
-      }
+      for (const Piece& piece : pieces)
+        KVMFS_RETURN_IF_ERROR(WriteData(piece.guest, piece.host, buf + (piece.guest - off),
+                                        static_cast<size_t>(piece.length)));
       return Status::OK();
     }
   }
@@ -630,8 +637,10 @@ Status Engine::BuildPartialCluster(const AllocRun& r, std::vector<uint8_t>& buf,
 }
 
 Status Engine::WriteRunData(const AllocRun& r, const std::vector<uint8_t>& partial) {
-  if (r.partial) return data_->WriteAt(r.host, partial.data(), partial.size());
-  return data_->WriteAt(r.host, r.p, r.nclusters * geo_.cluster_size);
+  // Encrypted: the whole new clusters, COW parts included, are sealed with
+  // their new host sectors (QEMU's do_perform_cow_encrypt).
+  if (r.partial) return WriteData(r.cstart, r.host, partial.data(), partial.size());
+  return WriteData(r.cstart, r.host, r.p, r.nclusters * geo_.cluster_size);
 }
 
 Status Engine::LinkRun(const AllocRun& r) {
@@ -679,11 +688,11 @@ Status Engine::WriteCopied(L2Table& t, uint64_t l2_index, uint64_t host, bool ze
       // Zero-alloc: the rest of the cluster must read as zeros.
       std::vector<uint8_t> buf(cs, 0);
       std::memcpy(buf.data() + (pos - cstart), p, n);
-      KVMFS_RETURN_IF_ERROR(data_->WriteAt(host, buf.data(), buf.size()));
+      KVMFS_RETURN_IF_ERROR(WriteData(cstart, host, buf.data(), buf.size()));
       entry &= ~kOflagZero;
       MarkDirty(t);
     } else {
-      KVMFS_RETURN_IF_ERROR(data_->WriteAt(host + (pos - cstart), p, n));
+      KVMFS_RETURN_IF_ERROR(WriteData(pos, host + (pos - cstart), p, n));
     }
     return Status::OK();
   }
@@ -700,9 +709,9 @@ Status Engine::WriteCopied(L2Table& t, uint64_t l2_index, uint64_t host, bool ze
     uint8_t* dst = buf.data() + (s - span_start);
     if (bitmap & (1ull << sc)) {
       // Allocated: keep the old bytes around the write.
-      if (s < pos) KVMFS_RETURN_IF_ERROR(ReadData(host + (s - cstart), dst, pos - s));
+      if (s < pos) KVMFS_RETURN_IF_ERROR(ReadData(s, host + (s - cstart), dst, pos - s));
       if (e > pos + n)
-        KVMFS_RETURN_IF_ERROR(ReadData(host + (pos + n - cstart), dst + (pos + n - s),
+        KVMFS_RETURN_IF_ERROR(ReadData(pos + n, host + (pos + n - cstart), dst + (pos + n - s),
                                        e - (pos + n)));
     } else {
       if (s < pos) KVMFS_RETURN_IF_ERROR(ReadCurrent(s, dst, pos - s, backing));
@@ -711,7 +720,8 @@ Status Engine::WriteCopied(L2Table& t, uint64_t l2_index, uint64_t host, bool ze
     }
   }
   std::memcpy(buf.data() + (pos - span_start), p, n);
-  KVMFS_RETURN_IF_ERROR(data_->WriteAt(host + (span_start - cstart), buf.data(), buf.size()));
+  KVMFS_RETURN_IF_ERROR(
+      WriteData(span_start, host + (span_start - cstart), buf.data(), buf.size()));
   const uint64_t bits = (b == 31 ? 0xffffffffull : ((1ull << (b + 1)) - 1)) & ~((1ull << a) - 1);
   const uint64_t nb = (bitmap | bits) & ~(bits << 32);
   if (nb != bitmap) {

@@ -152,10 +152,21 @@ TEST(QcowHeader, UnknownCryptMethodIsCorruption) {
   ExpectOpenError(q, Status::Code::kCorruption, "crypt_method");
 }
 
-TEST(QcowHeader, AesImageWithoutKeyIsPermission) {
+TEST(QcowHeader, AesImageWithoutKeyIsDescribedButItsDataRefused) {
   MemQcow q;
   q.Be32(36, 1);
-  ExpectOpenError(q, Status::Code::kPermission, "no key");
+  auto image = q.Open("nokey.qcow");
+  ASSERT_TRUE(image.ok()) << image.status().ToString();
+  EXPECT_TRUE((*image)->Info().encrypted);
+  const Status why = (*image)->DataStatus();
+  EXPECT_EQ(why.code(), Status::Code::kPermission) << why.ToString();
+  EXPECT_NE(why.message().find("no key configured"), std::string::npos) << why.ToString();
+  EXPECT_NE(why.message().find("nokey.qcow"), std::string::npos) << why.ToString();
+  uint8_t buf[512];
+  EXPECT_EQ((*image)->Read(0, buf, sizeof buf).code(), Status::Code::kPermission);
+  ReadPlan plan;
+  EXPECT_EQ((*image)->PlanRead(0, sizeof buf, plan).code(), Status::Code::kPermission);
+  EXPECT_EQ((*image)->BeginWrites().code(), Status::Code::kPermission);
 }
 
 TEST(QcowHeader, L1TableOutsideFileIsCorruption) {

@@ -331,9 +331,17 @@ TEST(Qcow2Header, BadCryptoExtensionIsRefused) {
 }
 
 TEST(Qcow2Header, EncryptedImagesNeedAKey) {
+  // Without a key the image is described, its data refused.
   MemImage aes;
   aes.Be32(kOffCryptMethod, 1);
-  ExpectRefused(aes, Code::kPermission, "no key configured");
+  auto r = aes.Open();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE((*r)->Info().encrypted);
+  EXPECT_EQ((*r)->DataStatus().code(), Code::kPermission);
+  EXPECT_NE((*r)->DataStatus().message().find("no key configured"), std::string::npos);
+  EXPECT_NE((*r)->DataStatus().message().find("mem.qcow2"), std::string::npos);
+  uint8_t buf[512];
+  EXPECT_EQ((*r)->Read(0, buf, sizeof buf).code(), Code::kPermission);
 
   MemImage luks;
   luks.Be32(kOffCryptMethod, 2);

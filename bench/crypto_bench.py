@@ -1,0 +1,217 @@
+#!/usr/bin/python3
+"""Encryption benchmark rows (issue 11): a LUKS qcow2 image (aes-256-xts-plain64, QEMU's
+default) read sequentially in 1 MiB requests and written at random in 4 KiB requests, through
+kvmfs against qemu-storage-daemon's (QSD) FUSE export of the same image given its secret, and
+against the same image unencrypted through kvmfs. fio (psync, O_DIRECT on the FUSE file).
+
+    python3 bench/crypto_bench.py --kvmfs BUILD/src/fuse/kvmfs            # full (1 GiB images)
+    python3 bench/crypto_bench.py --kvmfs BUILD/src/fuse/kvmfs --smoke    # seconds
+
+Goals: sequential read >= 2x QSD, and >= 0.5x the unencrypted image through kvmfs. Every
+write run starts from a fresh copy of the image. Rounds alternate which system goes first.
+Exit status 0 when everything ran (a missed goal does not fail), 1 when something failed, 77
+(skipped) without FUSE, fio or qemu-img. Prints
+`KVMFS-IT-RESULT: file=bench-crypto.py passed=N failed=N skipped=N`.
+It reuses bench/run.py's mount, QSD and fio helpers (imported, not changed).
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as benchrun  # noqa: E402
+
+MiB = benchrun.MiB
+GiB = benchrun.GiB
+PASSPHRASE = b"kvmfs-crypto-bench"
+
+
+class SecretQsdExport(benchrun.QsdExport):
+    """QSD exporting an encrypted qcow2, its passphrase given as a secret object."""
+
+    def __init__(self, bench, image, writable):
+        super().__init__(bench, image, "qcow2", writable)
+        self.argv[1:1] = ["--object", "secret,id=sec0,file=%s" % bench.pass_file]
+        for i, a in enumerate(self.argv):
+            if a.startswith("driver=qcow2,"):
+                self.argv[i] = a + ",encrypt.format=luks,encrypt.key-secret=sec0"
+
+
+class CryptoBench:
+    def __init__(self, args):
+        self.args = args
+        self.kvmfs = args.kvmfs
+        self.workdir = args.workdir or tempfile.mkdtemp(prefix="kvmfs-crypto-bench-")
+        os.makedirs(self.workdir, exist_ok=True)
+        self.passed = self.failed = 0
+        self.have_qsd = os.access(benchrun.QSD, os.X_OK)
+        self.pass_file = os.path.join(self.workdir, "pass")
+        with open(self.pass_file, "wb") as f:
+            f.write(PASSPHRASE)
+        os.chmod(self.pass_file, 0o600)
+        self.keys = os.path.join(self.workdir, "keys.yaml")
+        with open(self.keys, "w") as f:
+            f.write('keys:\n  - match: "*"\n    file: %s\n' % self.pass_file)
+
+    def build_images(self):
+        src = os.path.join(self.workdir, "source-%d.raw" % self.args.size)
+        if not os.path.exists(src):
+            benchrun.write_source_raw(src, self.args.size)
+        self.images = {}
+        for key, opts in (("luks", "encrypt.format=luks,encrypt.key-secret=sec0"), ("plain", "")):
+            pool = os.path.join(self.workdir, "pool-" + key)
+            os.makedirs(pool, exist_ok=True)
+            img = os.path.join(pool, "disk.qcow2")
+            if not os.path.exists(img):
+                argv = [benchrun.QEMU_IMG, "convert", "-q", "--object",
+                        "secret,id=sec0,file=" + self.pass_file, "-f", "raw", "-O", "qcow2"]
+                argv += (["-o", opts] if opts else []) + [src, img]
+                benchrun.run(argv, timeout=3600)
+            self.images[key] = img
+
+    def warm(self, path):
+        with open(path, "rb", buffering=0) as f:
+            while f.read(8 * MiB):
+                pass
+
+    def one_run(self, system, key, rw, bs):
+        img = self.images[key]
+        writing = "write" in rw
+        if writing:  # a fresh copy per run: every run allocates the same clusters
+            pool = os.path.join(self.workdir, "run-" + key)
+            shutil.rmtree(pool, ignore_errors=True)
+            os.makedirs(pool)
+            shutil.copy(img, os.path.join(pool, "disk.qcow2"))
+            img = os.path.join(pool, "disk.qcow2")
+        self.warm(img)
+        if system == "kvmfs":
+            opts = ["keys=" + self.keys] if key == "luks" else []
+            obj = benchrun.KvmfsMount(self, os.path.dirname(img), readonly=not writing,
+                                      extra_opts=opts).start()
+            target = obj.path("disk.qcow2", "disk.raw")
+        else:
+            obj = SecretQsdExport(self, img, writing).start()
+            target = obj.mnt
+        try:
+            return benchrun.run_fio(target, rw, bs, 1, self.args.runtime)
+        finally:
+            obj.stop()
+
+    def run_row(self, row):
+        name, rw, bs, systems = row["name"], row["rw"], row["bs"], row["systems"]
+        if not self.have_qsd:
+            systems = [s for s in systems if s[0] != "qsd"]
+        row["results"] = {s: [] for s in systems}
+        for r in range(self.args.rounds):
+            for s in (systems if r % 2 == 0 else list(reversed(systems))):
+                try:
+                    res = self.one_run(s[0], s[1], rw, bs)
+                    row["results"][s].append(res["MiB/s"])
+                    self.passed += 1
+                    benchrun.log("%s round %d %s/%s: %.1f MiB/s" % (name, r + 1, s[0], s[1],
+                                                                    res["MiB/s"]))
+                except benchrun.BenchError as e:
+                    self.failed += 1
+                    benchrun.log("%s round %d %s/%s FAILED: %s" % (name, r + 1, s[0], s[1], e))
+
+    def table(self, rows):
+        out = ["| row | kvmfs LUKS | QSD LUKS | kvmfs plain | LUKS/QSD | LUKS/plain |",
+               "|---|---|---|---|---|---|"]
+
+        def med(row, s):
+            v = row["results"].get(s)
+            return statistics.median(v) if v else None
+
+        for row in rows:
+            k, q, p = (med(row, ("kvmfs", "luks")), med(row, ("qsd", "luks")),
+                       med(row, ("kvmfs", "plain")))
+            cell = lambda v: "%.1f MiB/s" % v if v else "n/a"  # noqa: E731
+
+            def ratio(a, b, goal):
+                if not a or not b:
+                    return "n/a"
+                s = "%.2f×" % (a / b)
+                return s + (" (goal ≥ %g×: %s)" % (goal, "met" if a / b >= goal else "missed")
+                            if goal else "")
+            out.append("| %s | %s | %s | %s | %s | %s |" % (
+                row["desc"], cell(k), cell(q), cell(p), ratio(k, q, row["goal_qsd"]),
+                ratio(k, p, row["goal_plain"])))
+        return "\n".join(out)
+
+    def cleanup(self):
+        benchrun._cleanup_all()
+        if not self.args.keep and not self.args.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+ROWS = [
+    {"name": "luks-qcow2-seqread", "desc": "LUKS qcow2 aes-256-xts, seq read 1 MiB",
+     "rw": "read", "bs": "1M", "goal_qsd": 2.0, "goal_plain": 0.5,
+     "systems": [("kvmfs", "luks"), ("qsd", "luks"), ("kvmfs", "plain")]},
+    {"name": "luks-qcow2-randwrite", "desc": "LUKS qcow2 aes-256-xts, random write 4 KiB",
+     "rw": "randwrite", "bs": "4k", "goal_qsd": None, "goal_plain": 0.5,
+     "systems": [("kvmfs", "luks"), ("qsd", "luks"), ("kvmfs", "plain")]},
+]
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="LUKS qcow2 rows: kvmfs vs qemu-storage-daemon")
+    ap.add_argument("--kvmfs", default=benchrun.find_kvmfs(), help="the kvmfs binary")
+    ap.add_argument("--rows", default="", help="only these rows (comma-separated names)")
+    ap.add_argument("--size", type=benchrun.parse_size, default=1 * GiB, help="image size")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runtime", type=int, default=10, help="seconds per fio run")
+    ap.add_argument("--smoke", action="store_true", help="64 MiB images, 1 round, 2 s runs")
+    ap.add_argument("--workdir", help="scratch directory (kept, images reused)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    # What bench/run.py's mount helpers read from their `bench.args`.
+    ap.add_argument("--kvmfs-opts", default="")
+    ap.add_argument("--qsd-file-opts", default="")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.size, args.rounds, args.runtime = 64 * MiB, 1, 2
+    return args
+
+
+def main(argv):
+    args = parse_args(argv)
+    if not os.path.exists(benchrun.FUSE_DEV):
+        benchrun.skip("%s missing (no FUSE here)" % benchrun.FUSE_DEV)
+    for tool, pkg in ((benchrun.FUSERMOUNT, "fuse3"), (benchrun.FIO, "fio"),
+                      (benchrun.QEMU_IMG, "qemu-utils")):
+        if not os.access(tool, os.X_OK):
+            benchrun.skip("%s missing (apt-get install %s)" % (tool, pkg))
+    if not args.kvmfs or not os.access(args.kvmfs, os.X_OK):
+        print("crypto_bench: no kvmfs binary; pass --kvmfs BUILD/src/fuse/kvmfs")
+        print("KVMFS-IT-RESULT: file=bench-crypto.py passed=0 failed=1 skipped=0", flush=True)
+        return 1
+    bench = CryptoBench(args)
+    if not bench.have_qsd:
+        benchrun.log("qemu-storage-daemon not found: kvmfs only")
+    rows = [r for r in ROWS if not args.rows or r["name"] in args.rows.split(",")]
+    try:
+        bench.build_images()
+        t0 = time.monotonic()
+        for row in rows:
+            bench.run_row(row)
+        print()
+        print("%s images, %d round(s), %d s per run, %.0f s in all" % (
+            benchrun.human(args.size), args.rounds, args.runtime, time.monotonic() - t0))
+        print(bench.table(rows))
+    except benchrun.EnvironmentUnusable as e:
+        bench.cleanup()
+        benchrun.skip("mounting FUSE is impossible here: %s" % e)
+    finally:
+        bench.cleanup()
+    print("KVMFS-IT-RESULT: file=bench-crypto.py passed=%d failed=%d skipped=0" % (
+        bench.passed, bench.failed), flush=True)
+    return 1 if bench.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
