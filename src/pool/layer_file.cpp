@@ -20,10 +20,12 @@ int64_t SteadyNs() {
       .count();
 }
 
-FileKey KeyOf(const std::string& path) {
-  auto st = StatPath(path);
+FileKey KeyOf(Store& store, const std::string& path) {
+  auto st = store.Stat(path, true);
   return st.ok() ? FileKey::FromStat(*st) : FileKey{};
 }
+
+Store& StoreOfLayer(const Layer& layer) { return layer.store ? *layer.store : *HostStore(); }
 
 // The LayerFiles with an open write session, for EndAllWrites() at unmount.
 class WritingSet {
@@ -54,6 +56,8 @@ WritingSet& Writing() {
 constexpr int Index(LockUse use) { return static_cast<int>(use); }
 
 }  // namespace
+
+Store& LayerFile::store() const { return StoreOfLayer(layer_); }
 
 LayerFile::LayerFile(Layer layer, FileKey key) : layer_(std::move(layer)), key_(key) {
   snapshots_ = layer_.image->Snapshots();
@@ -119,7 +123,7 @@ bool LayerFile::CheckCurrent(std::chrono::nanoseconds interval) {
   } else {
     checked_ns_.store(now, std::memory_order_relaxed);
   }
-  auto st = StatPath(path());
+  auto st = store().Stat(path(), true);
   if (st.ok() && IsCurrentFor(FileKey::FromStat(*st))) return true;
   // Still missing what was missing at open (a layer without a host file),
   // or missing for a moment while kvmfs writes it.
@@ -131,7 +135,7 @@ bool LayerFile::CheckCurrent(std::chrono::nanoseconds interval) {
 }
 
 void LayerFile::RefreshKey() {
-  FileKey key = KeyOf(path());
+  FileKey key = KeyOf(store(), path());
   MutexLock lock(mu_);
   key_ = key;
 }
@@ -152,7 +156,7 @@ Status LayerFile::Acquire(LockUse use) {
   const LockSet want = WantedLocks();
   Status locked = Status::OK();
   if (!claim_) {
-    auto claim = LockClaim::Acquire(path(), want);
+    auto claim = store().Lock(path(), want);
     if (claim.ok()) claim_ = std::move(claim).value();
     else locked = claim.status();
   } else if (claim_->set() != want) {
@@ -285,7 +289,7 @@ Result<std::shared_ptr<LayerFile>> LayerRegistry::GetLocked(
   std::shared_ptr<LayerFile> current = Find(request.path);
   // The key is taken before opening: a change while the file opens is seen
   // at the next check.
-  FileKey key = KeyOf(request.path);
+  FileKey key = KeyOf(request.policy ? StoreOf(*request.policy) : *HostStore(), request.path);
   if (current && !current->stale() && current->IsCurrentFor(key)) {
     // Opened anew when nothing uses it and it was opened for reading only
     // while writing is asked for now, or without its data (a key was missing
@@ -367,7 +371,7 @@ LayerChain LayerRegistry::Adopt(Result<Chain> chain) {
     return result;
   }
   for (Layer& layer : chain->layers) {
-    FileKey key = KeyOf(layer.path);
+    FileKey key = KeyOf(StoreOfLayer(layer), layer.path);
     result.files.push_back(std::make_shared<LayerFile>(std::move(layer), key));
   }
   for (size_t i = result.files.size(); i-- > 0;)

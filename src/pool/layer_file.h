@@ -35,6 +35,7 @@
 #include "kvmfs/chain.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
+#include "kvmfs/store.h"
 #include "pool/file_key.h"
 
 namespace kvmfs::pool {
@@ -63,6 +64,8 @@ class LayerFile {
   const std::string& read_only_reason() const { return layer_.read_only_reason; }
   // The layer as the chain opener returned it.
   const Layer& layer() const { return layer_; }
+  // The store the file lives in (layer().store, or the host's).
+  Store& store() const;
   FileKey key() const EXCLUDES(mu_);
 
   // ---- Versions ---------------------------------------------------------------
@@ -145,7 +148,7 @@ class LayerFile {
   // so users come and go one at a time.
   mutable Mutex handles_mu_ ACQUIRED_BEFORE(mu_);
   int uses_[3] GUARDED_BY(handles_mu_) = {0, 0, 0};  // by LockUse
-  std::unique_ptr<LockClaim> claim_ GUARDED_BY(handles_mu_);
+  std::unique_ptr<StoreLock> claim_ GUARDED_BY(handles_mu_);
 };
 
 // A chain as LayerFiles: [0] the top image, [1] its backing file, ...
