@@ -13,6 +13,9 @@ PACKAGES=(
   # runtime and tests
   fuse3 qemu-utils qemu-system-common python3 fio util-linux man-db groff
   cryptsetup-bin gdb openssl
+  # Ceph RBD pools (librbd, librados) and the Ceph test fixture (one mon, one memstore
+  # OSD, radosgw), the qemu rbd driver for the oracle and the benchmark
+  librbd-dev librados-dev ceph-mon ceph-osd radosgw ceph-common qemu-block-extra
 )
 
 missing=()

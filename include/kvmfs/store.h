@@ -169,8 +169,13 @@ class Store {
   // Removes snapshot `id`. kBusy for a protected snapshot.
   virtual Status DeleteSnapshot(const std::string& path, const std::string& id);
 
+  // The file that the file at `path` reads through by itself, shown as its
+  // backing layer (an RBD clone's parent snapshot): its path, or nullopt.
+  // The file's own backend already returns the merged data. Default: none.
+  virtual std::optional<std::string> Parent(const std::string& /*path*/) { return std::nullopt; }
+
   // What the store itself says of the file at `path`, for info.json under
-  // "store" (RBD: object size, features, parent, snapshots). Default: none.
+  // the key kind() (RBD: object size, features, parent). Default: none.
   virtual std::optional<InfoObject> Describe(const std::string& /*path*/) { return std::nullopt; }
 };
 

@@ -3,6 +3,7 @@
 #include "kvmfs/chain.h"
 
 #include <algorithm>
+#include <optional>
 #include <set>
 
 #include "base/path.h"
@@ -155,7 +156,15 @@ Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
     KVMFS_ASSIGN_OR_RETURN(Layer layer, opener(request));
     ImageInfo info = layer.image->Info();
     chain.layers.push_back(std::move(layer));
-    if (info.backing_filename.empty()) break;
+    if (info.backing_filename.empty()) {
+      // A raw file that reads through another by itself (an RBD clone and
+      // its parent snapshot) shows that one as its backing layer. (Raw
+      // never reads its backing link: its own bytes are already merged.)
+      std::optional<std::string> parent = format == "raw" ? store.Parent(current) : std::nullopt;
+      if (!parent || !Allowed(*parent, policy)) break;
+      current = *parent;  // raw too: the clone's bytes start as its parent's
+      continue;
+    }
 
     KVMFS_ASSIGN_OR_RETURN(std::string next,
                            ResolveRelated(current, info.backing_filename, "backing file", policy));

@@ -311,6 +311,8 @@ std::string OpenImage::RenderInfo(const ViewId& view, const State& state) const 
   if (actual.ok()) subject.actual_size = *actual;
   if (index + 1 < state.files.size()) subject.full_backing_filename = state.files[index + 1]->path();
   subject.snapshots = layer.snapshots();
+  subject.store_kind = layer.store().kind();
+  subject.store_info = layer.store().Describe(layer.path());
   if (view.kind == ViewId::Kind::kTop && layer.writable()) {
     // Only where writing was asked for (a read-write pool) and is refused.
     subject.read_only_reason = layer.read_only_reason();

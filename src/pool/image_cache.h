@@ -90,6 +90,8 @@ class OpenImage : public std::enable_shared_from_this<OpenImage> {
             ChangeCallback changed = nullptr, std::shared_ptr<Store> store = nullptr);
 
   const std::string& path() const { return path_; }  // canonical
+  // The store of the top file (kvmfs/store.h).
+  Store& store() const { return *store_; }
   std::string format() const EXCLUDES(mu_);           // of the top file (detected before opening)
   Status status() const EXCLUDES(mu_);                // why opening failed, or OK
   bool ok() const { return status().ok(); }

@@ -60,8 +60,27 @@ constexpr int Index(LockUse use) { return static_cast<int>(use); }
 Store& LayerFile::store() const { return StoreOfLayer(layer_); }
 
 LayerFile::LayerFile(Layer layer, FileKey key) : layer_(std::move(layer)), key_(key) {
-  snapshots_ = layer_.image->Snapshots();
+  snapshots_ = ReadSnapshots();
 }
+
+std::vector<SnapshotInfo> LayerFile::ReadSnapshots() const {
+  if (!store().caps().snapshots) return layer_.image->Snapshots();
+  std::vector<SnapshotInfo> out;
+  auto listed = store().Snapshots(path());
+  if (!listed.ok()) {
+    spdlog::warn("{}: listing snapshots: {}", path(), listed.status().ToString());
+    return out;
+  }
+  for (StoreSnapshot& s : *listed) out.push_back(std::move(s.info));
+  return out;
+}
+
+Result<SnapshotInfo> LayerFile::CreateStoreSnapshot(const std::string& name) {
+  KVMFS_RETURN_IF_ERROR(layer_.image->Flush());
+  return store().CreateSnapshot(path(), name);
+}
+
+Status LayerFile::DeleteStoreSnapshot(const std::string& id) { return store().DeleteSnapshot(path(), id); }
 
 LayerFile::~LayerFile() { Writing().Remove(this); }
 
@@ -84,7 +103,7 @@ void LayerFile::NoteWrite(uint64_t off, uint64_t len) {
 }
 
 void LayerFile::NoteSnapshots() {
-  std::vector<SnapshotInfo> now = layer_.image->Snapshots();
+  std::vector<SnapshotInfo> now = ReadSnapshots();
   MutexLock lock(mu_);
   for (auto it = snapshot_views_.begin(); it != snapshot_views_.end();) {
     bool kept = std::any_of(now.begin(), now.end(), [&](const SnapshotInfo& s) { return s.id == it->first; });
@@ -248,7 +267,7 @@ Result<std::shared_ptr<Image>> LayerFile::SnapshotImage(const std::string& id) {
     auto it = snapshot_views_.find(id);
     if (it != snapshot_views_.end()) return it->second;
   }
-  auto opened = layer_.image->OpenSnapshot(id);
+  auto opened = store().caps().snapshots ? OpenStoreSnapshot(id) : layer_.image->OpenSnapshot(id);
   if (!opened.ok()) {
     spdlog::error("{}: cannot open snapshot {}: {}", path(), id, opened.status().ToString());
     return opened.status();
@@ -268,6 +287,16 @@ void LayerFile::LinkBacking(std::shared_ptr<LayerFile> below) {
   backing_file_ = std::move(below);
   layer_.image->SetBacking(image);
   for (auto& [id, view] : snapshot_views_) view->SetBacking(image);
+}
+
+Result<std::unique_ptr<Image>> LayerFile::OpenStoreSnapshot(const std::string& id) const {
+  KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> file, store().OpenSnapshot(path(), id));
+  const FormatDriver* driver = FindFormat(format());
+  if (driver == nullptr) return Status::NotSupported(path() + ": format '" + format() + "' is not supported");
+  OpenContext ctx;
+  ctx.name = file->name();
+  ctx.writable = false;
+  return driver->Open(std::shared_ptr<Backend>(std::move(file)), ctx);
 }
 
 std::shared_ptr<LayerFile> LayerFile::backing_file() const {

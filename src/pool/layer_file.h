@@ -113,8 +113,15 @@ class LayerFile {
 
   // ---- Snapshots and backing ----------------------------------------------------
 
-  // The snapshot list as last read (at open, or after NoteSnapshots()).
+  // The snapshot list as last read (at open, or after NoteSnapshots()): the
+  // store's own snapshots of the file when it keeps them (RBD,
+  // StoreCaps::snapshots), else the image's internal ones.
   std::vector<SnapshotInfo> snapshots() const EXCLUDES(mu_);
+  // A store-level snapshot of the file as it is now (writes through kvmfs
+  // flushed first). Errors: the store's (kAlreadyExists, kBusy, ...).
+  Result<SnapshotInfo> CreateStoreSnapshot(const std::string& name);
+  // Removes store-level snapshot `id` (kBusy for a protected one).
+  Status DeleteStoreSnapshot(const std::string& id);
   // The read-only view of snapshot `id`, opened once and shared.
   Result<std::shared_ptr<Image>> SnapshotImage(const std::string& id) EXCLUDES(mu_);
   // Links `below` as this file's backing file (idempotent): the image and
@@ -127,6 +134,10 @@ class LayerFile {
   Status BeginWriting() REQUIRES(handles_mu_);
   void EndWriting() REQUIRES(handles_mu_);
   void RefreshKey() EXCLUDES(mu_);
+  // The snapshots as the store or the image says now.
+  std::vector<SnapshotInfo> ReadSnapshots() const;
+  // Store-level snapshot `id` opened with this file's format, read-only.
+  Result<std::unique_ptr<Image>> OpenStoreSnapshot(const std::string& id) const;
 
   const Layer layer_;
   std::atomic<uint64_t> generation_{1};

@@ -40,7 +40,8 @@ bool SnapshotsDirAlways(const std::string& format) {
 }  // namespace
 
 bool HasSnapshotsDir(const OpenImage& image) {
-  return SnapshotsDirAlways(image.format()) || !image.snapshots().empty();
+  // (A store that keeps snapshots itself, RBD, always has snapshots/.)
+  return SnapshotsDirAlways(image.format()) || image.store().caps().snapshots || !image.snapshots().empty();
 }
 
 NamespaceOptions Namespace::WithStore(NamespaceOptions options) {
@@ -179,7 +180,9 @@ Result<std::shared_ptr<OpenImage>> Namespace::ImageOf(const Node& image_dir) {
 }
 
 std::optional<HeaderPeek> Namespace::Unopened(const Node& image_dir) {
-  if (!peek_headers_ || !image_dir.canonical || options_.blockdev) return std::nullopt;
+  // (A store's own snapshots are not in any header.)
+  if (!peek_headers_ || !image_dir.canonical || options_.blockdev || store_.caps().snapshots)
+    return std::nullopt;
   if (cache_.Cached(image_dir.host_path, image_dir.host_st)) return std::nullopt;
   HeaderPeek peek = probe_.Peek(image_dir.host_path, image_dir.host_st);
   if (!peek.known || peek.has_backing) return std::nullopt;
