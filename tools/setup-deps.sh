@@ -16,6 +16,9 @@ PACKAGES=(
   cryptsetup-bin gdb openssl
   # the metrics test scrapes kvmfs with a real Prometheus
   prometheus
+  # Ceph RBD pools (librbd, librados) and the Ceph test fixture (one mon, one memstore
+  # OSD, radosgw), the qemu rbd driver for the oracle and the benchmark
+  librbd-dev librados-dev ceph-mon ceph-osd radosgw ceph-common qemu-block-extra
 )
 
 missing=()

@@ -17,6 +17,24 @@
 
 namespace kvmfs {
 
+// What a backend can do beyond ReadAt/WriteAt (issue 13), so that the layers
+// above pick their road: splice from fd(), zero without writing zeros, ask
+// the allocation map, size their requests.
+struct BackendCaps {
+  bool splice = false;          // fd() is a host file descriptor usable for splice
+  bool zeroing = false;         // WriteZeroes() is cheaper than writing zeros
+  bool allocation_map = false;  // GetAllocation() tells holes from data
+  bool remote = false;          // each request costs a network round trip: batch them (ReadV)
+  uint32_t io_size = 4096;      // preferred request size in bytes (RBD: the object size)
+};
+
+// One range of a multi-range read.
+struct ReadRange {
+  uint64_t off = 0;
+  void* buf = nullptr;
+  size_t len = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -36,10 +54,17 @@ class Backend {
   // zeros where the host cannot. Default: writes zeros. Thread-safe.
   virtual Status WriteZeroes(uint64_t off, uint64_t len, bool unmap);
 
+  // Reads several ranges at once, each as ReadAt() would; a remote backend
+  // issues them in parallel. Fails with the first range's error (the other
+  // buffers are then unspecified). Default: one by one. Thread-safe.
+  virtual Status ReadV(const std::vector<ReadRange>& ranges);
+
   // Makes completed writes durable (fdatasync). Thread-safe.
   virtual Status Flush() = 0;
 
-  // Current length of the object in bytes. Thread-safe.
+  // Current length of the object in bytes. Never a network round trip: a
+  // remote backend answers from what it knows (kept current by its own
+  // resizes and the store's change notifications). Thread-safe.
   virtual Result<uint64_t> Size() = 0;
 
   // Sets the length of the object. Fails with kReadOnly when read-only.
@@ -60,6 +85,10 @@ class Backend {
   virtual int fd() const { return -1; }
 
   virtual bool writable() const = 0;
+
+  // What this backend can do. Default: a plain local object (no fd, zeroing
+  // by writing zeros, no allocation map).
+  virtual BackendCaps caps() const { return BackendCaps{}; }
 
   // Path or name used in every message about this object.
   virtual const std::string& name() const = 0;

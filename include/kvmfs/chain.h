@@ -17,6 +17,7 @@ inline constexpr int kMaxChainDepth = 64;
 
 struct Layer;
 struct ChainPolicy;
+class Store;
 
 // One file of a chain to open: OpenLayerFile() does it; a pool hands
 // OpenChain an opener that shares one open file per host file instead
@@ -53,6 +54,10 @@ struct ChainPolicy {
   std::vector<std::string> writable_roots;
   // Opens each file (default: OpenLayerFile).
   LayerOpener opener;
+  // Where the files live (kvmfs/store.h): paths are this store's, and so
+  // are the names images store (resolved with Store::Resolve). Null: the
+  // host's files (HostStore()).
+  std::shared_ptr<Store> store;
   // The passphrase of the encrypted image at a canonical host path
   // (OpenContext::key asks it with the path of the layer being opened).
   // Empty: no key is configured for any image.
@@ -67,6 +72,9 @@ struct Layer {
   // Why a top layer was opened read-only although ChainPolicy::writable_top
   // asked for writing (format or host file read-only); empty otherwise.
   std::string read_only_reason;
+  // The store the file lives in (its locks, versions and snapshots); null:
+  // the host's files.
+  std::shared_ptr<Store> store;
 };
 
 struct Chain {
@@ -75,8 +83,12 @@ struct Chain {
 };
 
 // The format to use for `path`: FormatFor() its name and first bytes.
-// `format_hint` non-empty wins.
-Result<std::string> DetectFormat(const std::string& path, const std::string& format_hint);
+// `format_hint` non-empty wins. `store` null: the host's files.
+Result<std::string> DetectFormat(const std::string& path, const std::string& format_hint,
+                                 Store* store = nullptr);
+
+// The store of `policy` (HostStore() when it names none).
+Store& StoreOf(const ChainPolicy& policy);
 
 // Opens one file of a chain with its format driver: the host file read-write
 // when asked and allowed (else read-only, with the reason), the files it names

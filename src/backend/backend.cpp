@@ -17,4 +17,9 @@ Status Backend::WriteZeroes(uint64_t off, uint64_t len, bool /*unmap*/) {
   return Status::OK();
 }
 
+Status Backend::ReadV(const std::vector<ReadRange>& ranges) {
+  for (const ReadRange& r : ranges) KVMFS_RETURN_IF_ERROR(ReadAt(r.off, r.buf, r.len));
+  return Status::OK();
+}
+
 }  // namespace kvmfs

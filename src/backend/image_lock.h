@@ -16,40 +16,11 @@
 
 #include "base/unique_fd.h"
 #include "kvmfs/status.h"
+#include "kvmfs/store.h"
 
 namespace kvmfs {
 
-// QEMU's BLK_PERM_* bits.
-inline constexpr uint32_t kPermConsistentRead = 0x01;
-inline constexpr uint32_t kPermWrite = 0x02;
-inline constexpr uint32_t kPermWriteUnchanged = 0x04;
-inline constexpr uint32_t kPermResize = 0x08;
-inline constexpr uint32_t kPermAll = 0x0f;
-
-// The lock bytes of one user of a file.
-struct LockSet {
-  uint32_t perms = 0;     // held permissions: byte 100 + bit
-  uint32_t unshared = 0;  // permissions others may not hold: byte 200 + bit
-
-  bool empty() const { return perms == 0 && unshared == 0; }
-  LockSet operator|(const LockSet& o) const { return {perms | o.perms, unshared | o.unshared}; }
-  bool operator==(const LockSet&) const = default;
-  // Whether two users with these sets cannot both hold the file.
-  bool ConflictsWith(const LockSet& o) const {
-    return (perms & o.unshared) != 0 || (unshared & o.perms) != 0;
-  }
-  std::string ToString() const;  // "100,101,103+201,203"
-};
-
-// Writing the top image of a chain (qcow2 or raw; kvmfs may resize it):
-// bytes 100, 101, 103 + 201, 203, as `qemu-io` on a qcow2 file.
-inline constexpr LockSet kWriterLocks{kPermConsistentRead | kPermWrite | kPermResize,
-                                      kPermWrite | kPermResize};
-// Reading an image or a backing file: 100 + 201, 203 (others may not write or
-// resize under a reader), as `qemu-img info` and QEMU's backing files.
-inline constexpr LockSet kReaderLocks{kPermConsistentRead, kPermWrite | kPermResize};
-// Reading with force_share (`qemu-img -U`): 100 only, every permission shared.
-inline constexpr LockSet kSharedReaderLocks{kPermConsistentRead, 0};
+// LockSet and the QEMU permission bits are declared in kvmfs/store.h.
 
 // The OFD locks that one open file description holds on one file. Not
 // thread-safe (FileLockTable serialises its use).

@@ -139,6 +139,13 @@ class LocalFile final : public Backend {
 
   int fd() const override { return fd_.get(); }
   bool writable() const override { return writable_; }
+  BackendCaps caps() const override {
+    BackendCaps caps;
+    caps.splice = true;
+    caps.zeroing = true;
+    caps.allocation_map = !is_blockdev_;
+    return caps;
+  }
   const std::string& name() const override { return path_; }
 
  private:

@@ -5,11 +5,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <optional>
 #include <set>
 
 #include "base/path.h"
 #include "kvmfs/backend.h"
 #include "kvmfs/format.h"
+#include "kvmfs/store.h"
 
 namespace kvmfs {
 namespace {
@@ -26,11 +28,11 @@ Result<std::string> ResolveRelated(const std::string& image_path, const std::str
   if (name.rfind("json:", 0) == 0)
     return Status::NotSupported(image_path + ": " + what + " '" + name +
                                 "' is a json: specification, which kvmfs does not follow");
-  std::string joined = name[0] == '/' ? name : DirName(image_path) + "/" + name;
-  auto canon = CanonicalPath(joined);
+  auto canon = StoreOf(policy).Resolve(image_path, name);
   if (!canon.ok()) {
     if (canon.status().IsNotFound())
-      return Status::NotFound(image_path + ": " + what + " '" + name + "' not found (" + joined + ")");
+      return Status::NotFound(image_path + ": " + what + " '" + name + "' not found (" +
+                              canon.status().message() + ")");
     return canon.status().WithContext(image_path + ": " + what);
   }
   if (!Allowed(*canon, policy))
@@ -46,14 +48,18 @@ Result<std::string> ResolveRelated(const std::string& image_path, const std::str
 
 }  // namespace
 
-Result<std::string> DetectFormat(const std::string& path, const std::string& format_hint) {
+Store& StoreOf(const ChainPolicy& policy) { return policy.store ? *policy.store : *HostStore(); }
+
+Result<std::string> DetectFormat(const std::string& path, const std::string& format_hint,
+                                 Store* store) {
   if (!format_hint.empty()) {
     if (FindFormat(format_hint) == nullptr)
       return Status::NotSupported(path + ": format '" + format_hint + "' is not supported");
     return format_hint;
   }
   if (const FormatDriver* said = FormatForName(path)) return std::string(said->name());
-  KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> file, OpenLocalFile(path, false));
+  KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> file,
+                         (store != nullptr ? *store : *HostStore()).Open(path, false));
   uint8_t head[kProbeBytes];
   KVMFS_RETURN_IF_ERROR(file->ReadAt(0, head, sizeof head));
   KVMFS_ASSIGN_OR_RETURN(uint64_t size, file->Size());
@@ -66,6 +72,8 @@ Result<Layer> OpenLayerFile(const LayerRequest& request) {
   // keys later): the closures own a copy of the policy.
   auto owned = std::make_shared<ChainPolicy>(request.policy ? *request.policy : ChainPolicy{});
   owned->opener = nullptr;
+  if (!owned->store) owned->store = HostStore();
+  Store& store = *owned->store;
   const FormatDriver* driver = FindFormat(request.format);
   if (driver == nullptr)
     return Status::NotSupported(current + ": format '" + request.format + "' is not supported");
@@ -76,7 +84,7 @@ Result<Layer> OpenLayerFile(const LayerRequest& request) {
     if (!driver->caps().writable) {
       read_only_reason = "kvmfs does not write " + request.format + " images";
     } else {
-      auto rw = OpenLocalFile(current, true);
+      auto rw = store.Open(current, true);
       if (rw.ok()) {
         file = std::move(rw).value();
         writable = true;
@@ -90,7 +98,7 @@ Result<Layer> OpenLayerFile(const LayerRequest& request) {
     }
   }
   if (!file) {
-    KVMFS_ASSIGN_OR_RETURN(file, OpenLocalFile(current, false));
+    KVMFS_ASSIGN_OR_RETURN(file, store.Open(current, false));
   }
 
   OpenContext ctx;
@@ -104,13 +112,13 @@ Result<Layer> OpenLayerFile(const LayerRequest& request) {
     // read-write too, or read-only when the host refuses (the driver then
     // serves the image read-only and says why).
     if (writable) {
-      auto rw = OpenLocalFile(related, true);
+      auto rw = policy.store->Open(related, true);
       if (rw.ok()) return std::shared_ptr<Backend>(std::move(rw).value());
       if (rw.status().code() != Status::Code::kPermission &&
           rw.status().code() != Status::Code::kReadOnly)
         return rw.status();
     }
-    KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, OpenLocalFile(related, false));
+    KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, policy.store->Open(related, false));
     return std::shared_ptr<Backend>(std::move(b));
   };
   // Encryption keys: looked up by this layer's own path.
@@ -121,15 +129,16 @@ Result<Layer> OpenLayerFile(const LayerRequest& request) {
   KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Image> image,
                          driver->Open(std::shared_ptr<Backend>(std::move(file)), ctx));
   return Layer{current, request.format, std::shared_ptr<Image>(std::move(image)), writable,
-               std::move(read_only_reason)};
+               std::move(read_only_reason), owned->store};
 }
 
 Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
                         const std::string& format_hint) {
   Chain chain;
   std::set<std::string> seen;
-  KVMFS_ASSIGN_OR_RETURN(std::string current, CanonicalPath(path));
-  KVMFS_ASSIGN_OR_RETURN(std::string format, DetectFormat(current, format_hint));
+  Store& store = StoreOf(policy);
+  KVMFS_ASSIGN_OR_RETURN(std::string current, store.Canonical(path));
+  KVMFS_ASSIGN_OR_RETURN(std::string format, DetectFormat(current, format_hint, &store));
   const LayerOpener& opener = policy.opener ? policy.opener : LayerOpener(OpenLayerFile);
 
   while (true) {
@@ -153,14 +162,22 @@ Result<Chain> OpenChain(const std::string& path, const ChainPolicy& policy,
     KVMFS_ASSIGN_OR_RETURN(Layer layer, opener(request));
     ImageInfo info = layer.image->Info();
     chain.layers.push_back(std::move(layer));
-    if (info.backing_filename.empty()) break;
+    if (info.backing_filename.empty()) {
+      // A raw file that reads through another by itself (an RBD clone and
+      // its parent snapshot) shows that one as its backing layer. (Raw
+      // never reads its backing link: its own bytes are already merged.)
+      std::optional<std::string> parent = format == "raw" ? store.Parent(current) : std::nullopt;
+      if (!parent || !Allowed(*parent, policy)) break;
+      current = *parent;  // raw too: the clone's bytes start as its parent's
+      continue;
+    }
 
     KVMFS_ASSIGN_OR_RETURN(std::string next,
                            ResolveRelated(current, info.backing_filename, "backing file", policy));
     if (!info.backing_format.empty()) {
       format = info.backing_format;
     } else {
-      KVMFS_ASSIGN_OR_RETURN(format, DetectFormat(next, ""));
+      KVMFS_ASSIGN_OR_RETURN(format, DetectFormat(next, "", &store));
     }
     current = next;
   }

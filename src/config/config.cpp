@@ -92,9 +92,9 @@ class Parser {
   Result<PoolConfig> Pool(const YAML::Node& node, const std::string& key) const {
     if (!node.IsMap())
       return Error(node, key, "expected a mapping with name and path, got " + Got(node));
-    KVMFS_RETURN_IF_ERROR(
-        Keys(node, key,
-             {"name", "path", "layout", "backend", "readonly", "backing_roots", "extensions"}));
+    KVMFS_RETURN_IF_ERROR(Keys(node, key,
+                               {"name", "path", "layout", "backend", "readonly", "backing_roots",
+                                "extensions", "ceph_conf", "client", "keyring", "pool", "namespace"}));
     PoolConfig pool;
     pool.line = Line(node);
     if (!node["name"]) return Error(node, key + ".name", "missing (every pool needs a name)");
@@ -104,29 +104,37 @@ class Parser {
         n.find('\0') != std::string::npos || n.size() > 255)
       return Error(node["name"], key + ".name",
                    "expected a folder name (no '/', not starting with '.'), got \"" + n + "\"");
-    if (node["path"] && node["layout"])
-      return Error(node["layout"], key + ".layout", "a pool has either path or layout, not both");
-    if (node["path"]) {
-      KVMFS_ASSIGN_OR_RETURN(pool.path, String(node["path"], key + ".path"));
-      pool.path = Absolute(pool.path);
-    } else if (node["layout"]) {
-      KVMFS_ASSIGN_OR_RETURN(pool.layout, String(node["layout"], key + ".layout"));
-    } else {
-      return Error(node, key, "missing path or layout (where the pool's images are)");
-    }
     if (node["backend"]) {
       KVMFS_ASSIGN_OR_RETURN(std::string b, String(node["backend"], key + ".backend"));
       if (b == "dir") {
         pool.backend = Backend::kDir;
       } else if (b == "blockdev") {
         pool.backend = Backend::kBlockdev;
+      } else if (b == "rbd") {
+        pool.backend = Backend::kRbd;
       } else if (b == "s3") {
         return Status::NotSupported(file_ + ":" + std::to_string(Line(node["backend"])) + ": " +
                                     key +
-                                    ".backend: s3 is not supported yet (use dir or blockdev)");
+                                    ".backend: s3 is not supported yet (use dir, blockdev or rbd)");
       } else {
         return Error(node["backend"], key + ".backend",
-                     "expected dir, blockdev or s3, got \"" + b + "\"");
+                     "expected dir, blockdev, rbd or s3, got \"" + b + "\"");
+      }
+    }
+    if (pool.backend == Backend::kRbd) {
+      KVMFS_RETURN_IF_ERROR(RbdKeys(node, key, &pool.rbd));
+    } else {
+      for (const char* k : {"ceph_conf", "client", "keyring", "pool", "namespace"})
+        if (node[k]) return Error(node[k], key + "." + k, "only for backend: rbd");
+      if (node["path"] && node["layout"])
+        return Error(node["layout"], key + ".layout", "a pool has either path or layout, not both");
+      if (node["path"]) {
+        KVMFS_ASSIGN_OR_RETURN(pool.path, String(node["path"], key + ".path"));
+        pool.path = Absolute(pool.path);
+      } else if (node["layout"]) {
+        KVMFS_ASSIGN_OR_RETURN(pool.layout, String(node["layout"], key + ".layout"));
+      } else {
+        return Error(node, key, "missing path or layout (where the pool's images are)");
       }
     }
     if (node["readonly"]) {
@@ -141,6 +149,36 @@ class Parser {
       KVMFS_ASSIGN_OR_RETURN(pool.extensions, Extensions(node["extensions"], key + ".extensions"));
     }
     return pool;
+  }
+
+  // The keys of a backend: rbd pool (kvmfs.yaml(5)): pool is required, the
+  // files must be readable, path and layout make no sense.
+  Status RbdKeys(const YAML::Node& node, const std::string& key, RbdPoolConfig* rbd) const {
+    for (const char* k : {"path", "layout"})
+      if (node[k]) return Error(node[k], key + "." + k, "an rbd pool has no " + std::string(k) + " (its images are in pool:)");
+    if (!node["pool"]) return Error(node, key + ".pool", "missing (the RADOS pool of the RBD images)");
+    KVMFS_ASSIGN_OR_RETURN(rbd->pool, String(node["pool"], key + ".pool"));
+    if (node["namespace"]) {
+      KVMFS_ASSIGN_OR_RETURN(rbd->ns, String(node["namespace"], key + ".namespace"));
+    }
+    if (node["client"]) {
+      KVMFS_ASSIGN_OR_RETURN(rbd->client, String(node["client"], key + ".client"));
+      if (rbd->client.rfind("client.", 0) == 0) rbd->client.erase(0, 7);
+    }
+    for (const char* k : {"pool", "namespace", "client"}) {
+      const std::string& v = k[0] == 'p' ? rbd->pool : k[0] == 'n' ? rbd->ns : rbd->client;
+      if (v.find_first_of("/@:") != std::string::npos || v.find('\0') != std::string::npos)
+        return Error(node[k], key + "." + k, "expected a name without '/', '@' or ':', got \"" + v + "\"");
+    }
+    for (const char* k : {"ceph_conf", "keyring"}) {
+      if (!node[k]) continue;
+      KVMFS_ASSIGN_OR_RETURN(std::string f, String(node[k], key + "." + k));
+      f = Absolute(f);
+      if (::access(f.c_str(), R_OK) != 0)
+        return Error(node[k], key + "." + k, "expected a readable file, " + f + ": " + std::strerror(errno));
+      (k[0] == 'c' ? rbd->ceph_conf : rbd->keyring) = f;
+    }
+    return Status::OK();
   }
 
   Result<KeyConfig> Key(const YAML::Node& node, const std::string& key) const {

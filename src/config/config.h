@@ -16,13 +16,23 @@
 
 namespace kvmfs::config {
 
-enum class Backend { kDir, kBlockdev };
+enum class Backend { kDir, kBlockdev, kRbd };
+
+// backend: rbd (kvmfs.yaml(5)): where the RBD images are and who reads them.
+struct RbdPoolConfig {
+  std::string ceph_conf;  // absolute; empty: librados' default search
+  std::string client;     // cephx id without "client."; empty: admin
+  std::string keyring;    // absolute; empty: the one ceph.conf names
+  std::string pool;       // RADOS pool
+  std::string ns;         // RBD namespace (`namespace:`); empty: the default one
+};
 
 struct PoolConfig {
   std::string name;    // the folder under the mount point
-  std::string path;    // set when the pool has `path`
+  std::string path;    // set when the pool has `path` (never for backend: rbd)
   std::string layout;  // set when the pool has `layout`
   Backend backend = Backend::kDir;
+  RbdPoolConfig rbd;   // backend: rbd
   bool readonly = false;
   std::vector<std::string> backing_roots;  // as written, made absolute
   std::vector<std::string> extensions;     // image extensions ("qcow2"), empty: the top-level list

@@ -91,7 +91,7 @@ ProbeCache::Entry ProbeCache::ProbeEntry(const std::string& path, const struct s
   }
   std::string verdict;
   FormatPeek peek;
-  auto file = OpenLocalFile(path, false);
+  auto file = store_->Open(path, false);
   if (file.ok()) {
     uint8_t head[kProbeBytes];
     // A block device has no st_size: ask the device (BLKGETSIZE64).

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kvmfs/format.h"
+#include "kvmfs/store.h"
 #include "pool/file_key.h"
 
 namespace kvmfs::pool {
@@ -47,6 +48,10 @@ struct HeaderPeek : FormatPeek {
 // Caches magic probes per file version. Thread-safe.
 class ProbeCache {
  public:
+  // Probes files of `store` (null: the host's files).
+  explicit ProbeCache(std::shared_ptr<Store> store = nullptr)
+      : store_(store ? std::move(store) : HostStore()) {}
+
   // The format and what its driver's Peek() says of the image at `path` (one
   // read of its first bytes per file version).
   HeaderPeek Peek(const std::string& path, const struct stat& st);
@@ -69,6 +74,7 @@ class ProbeCache {
     FormatPeek peek;  // the verdict's driver's Peek()
   };
   Entry ProbeEntry(const std::string& path, const struct stat& st);
+  const std::shared_ptr<Store> store_;
   mutable Mutex mu_;
   std::unordered_map<std::string, Entry> entries_ GUARDED_BY(mu_);  // by "dev:ino"
   size_t reads_ GUARDED_BY(mu_) = 0;

@@ -57,8 +57,10 @@ std::string ViewId::CacheKey() const {
 // ---- OpenImage ------------------------------------------------------------------
 
 OpenImage::OpenImage(std::string path, std::string format, ChainBuilder build,
-                     std::chrono::nanoseconds recheck, ChangeCallback changed)
+                     std::chrono::nanoseconds recheck, ChangeCallback changed,
+                     std::shared_ptr<Store> store)
     : path_(std::move(path)),
+      store_(store ? std::move(store) : HostStore()),
       build_(std::move(build)),
       recheck_(recheck),
       changed_(std::move(changed)),
@@ -95,7 +97,7 @@ void OpenImage::Rebuild(const std::shared_ptr<const State>& seen) {
   MutexLock build(build_mu_);
   if (seen != nullptr && state() != seen) return;  // another thread rebuilt it meanwhile
   auto next = std::make_shared<State>();
-  auto st = StatPath(path_);
+  auto st = store_->Stat(path_, true);
   if (st.ok()) next->top_key = FileKey::FromStat(*st);
   LayerChain chain = build_();
   next->status = chain.status;
@@ -143,7 +145,7 @@ void OpenImage::EnsureCurrent(const struct stat* top_st, bool force) {
     // open of a view, which would log the failure each time.
     FileKey now = top_st ? FileKey::FromStat(*top_st) : FileKey{};
     if (!top_st) {
-      auto st = StatPath(path_);
+      auto st = store_->Stat(path_, true);
       if (st.ok()) now = FileKey::FromStat(*st);
     }
     current = now == s->top_key && SteadyNs() - s->built_ns < recheck_.count();
@@ -309,6 +311,8 @@ std::string OpenImage::RenderInfo(const ViewId& view, const State& state) const 
   if (actual.ok()) subject.actual_size = *actual;
   if (index + 1 < state.files.size()) subject.full_backing_filename = state.files[index + 1]->path();
   subject.snapshots = layer.snapshots();
+  subject.store_kind = layer.store().kind();
+  subject.store_info = layer.store().Describe(layer.path());
   if (view.kind == ViewId::Kind::kTop && layer.writable()) {
     // Only where writing was asked for (a read-write pool) and is refused.
     subject.read_only_reason = layer.read_only_reason();
@@ -433,15 +437,16 @@ ChainBuilder ImageCache::BuilderFor(const std::string& path, const std::string& 
   // file may have been replaced by another format).
   return [this, path, format]() -> LayerChain {
     std::string now = format;
-    if (auto st = StatPath(path); st.ok()) now = probe_->FormatOf(path, *st);
+    if (auto st = StoreOf(policy_).Stat(path, true); st.ok()) now = probe_->FormatOf(path, *st);
     if (opener_) return LayerRegistry::Adopt(opener_(path, policy_, now));
     return registry_->Open(path, policy_, now);
   };
 }
 
 Result<std::shared_ptr<OpenImage>> ImageCache::Get(const std::string& path) {
-  KVMFS_ASSIGN_OR_RETURN(std::string canonical, CanonicalPath(path));
-  KVMFS_ASSIGN_OR_RETURN(struct stat st, StatPath(canonical));
+  Store& store = StoreOf(policy_);
+  KVMFS_ASSIGN_OR_RETURN(std::string canonical, store.Canonical(path));
+  KVMFS_ASSIGN_OR_RETURN(struct stat st, store.Stat(canonical, true));
   return GetCanonical(canonical, st);
 }
 
@@ -464,7 +469,8 @@ Result<std::shared_ptr<OpenImage>> ImageCache::GetCanonical(const std::string& c
           canonical, probe_->FormatOf(canonical, st), BuilderFor(canonical, ""), recheck_,
           [this](const std::string& path) {
             if (changed_) changed_(path);
-          });
+          },
+          policy_.store);
       created = true;
     }
     entry = slot->current;

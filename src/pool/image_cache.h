@@ -25,6 +25,7 @@
 #include "kvmfs/chain.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
+#include "kvmfs/store.h"
 #include "pool/detect.h"
 #include "pool/file_key.h"
 #include "pool/layer_file.h"
@@ -84,10 +85,13 @@ class OpenImage : public std::enable_shared_from_this<OpenImage> {
  public:
   // `format`: what the file's name and first bytes say (ProbeCache::FormatOf),
   // for messages while the chain cannot be opened.
+  // `store`: where the file lives (null: the host's files).
   OpenImage(std::string path, std::string format, ChainBuilder build, std::chrono::nanoseconds recheck,
-            ChangeCallback changed = nullptr);
+            ChangeCallback changed = nullptr, std::shared_ptr<Store> store = nullptr);
 
   const std::string& path() const { return path_; }  // canonical
+  // The store of the top file (kvmfs/store.h).
+  Store& store() const { return *store_; }
   std::string format() const EXCLUDES(mu_);           // of the top file (detected before opening)
   Status status() const EXCLUDES(mu_);                // why opening failed, or OK
   bool ok() const { return status().ok(); }
@@ -205,6 +209,7 @@ class OpenImage : public std::enable_shared_from_this<OpenImage> {
   void ReleaseHandle(DiskHandle& handle) EXCLUDES(mu_);
 
   const std::string path_;
+  const std::shared_ptr<Store> store_;
   const ChainBuilder build_;
   const std::chrono::nanoseconds recheck_;
   const ChangeCallback changed_;

@@ -76,6 +76,7 @@ nlohmann::ordered_json InfoJson(const InfoSubject& subject) {
   if (!info.backing_filename.empty()) j["backing-filename"] = info.backing_filename;
   j["dirty-flag"] = info.dirty;
   if (!subject.read_only_reason.empty()) j["read-only-reason"] = subject.read_only_reason;
+  if (subject.store_info && !subject.store_kind.empty()) j[subject.store_kind] = ObjectJson(*subject.store_info);
   return j;
 }
 

@@ -27,6 +27,10 @@ struct InfoSubject {
   // writable, host file read-only, corrupt image); "" when writable or in a
   // read-only pool. Shown as "read-only-reason" (a kvmfs key).
   std::string read_only_reason;
+  // What the store says of the file (Store::Describe: RBD's object size,
+  // features, parent...), shown under the store's kind ("rbd"); a kvmfs key.
+  std::string store_kind;
+  std::optional<InfoObject> store_info;
 };
 
 // One snapshot as `qemu-img info` prints it in "snapshots" (vm-clock split

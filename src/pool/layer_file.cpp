@@ -20,10 +20,12 @@ int64_t SteadyNs() {
       .count();
 }
 
-FileKey KeyOf(const std::string& path) {
-  auto st = StatPath(path);
+FileKey KeyOf(Store& store, const std::string& path) {
+  auto st = store.Stat(path, true);
   return st.ok() ? FileKey::FromStat(*st) : FileKey{};
 }
+
+Store& StoreOfLayer(const Layer& layer) { return layer.store ? *layer.store : *HostStore(); }
 
 // The LayerFiles with an open write session, for EndAllWrites() at unmount.
 class WritingSet {
@@ -63,10 +65,30 @@ uint64_t OpenLayerFiles() {
   return static_cast<uint64_t>(std::max<int64_t>(0, g_open_layer_files.load(std::memory_order_relaxed)));
 }
 
+Store& LayerFile::store() const { return StoreOfLayer(layer_); }
+
 LayerFile::LayerFile(Layer layer, FileKey key) : layer_(std::move(layer)), key_(key) {
-  snapshots_ = layer_.image->Snapshots();
+  snapshots_ = ReadSnapshots();
   g_open_layer_files.fetch_add(1, std::memory_order_relaxed);
 }
+std::vector<SnapshotInfo> LayerFile::ReadSnapshots() const {
+  if (!store().caps().snapshots) return layer_.image->Snapshots();
+  std::vector<SnapshotInfo> out;
+  auto listed = store().Snapshots(path());
+  if (!listed.ok()) {
+    spdlog::warn("{}: listing snapshots: {}", path(), listed.status().ToString());
+    return out;
+  }
+  for (StoreSnapshot& s : *listed) out.push_back(std::move(s.info));
+  return out;
+}
+
+Result<SnapshotInfo> LayerFile::CreateStoreSnapshot(const std::string& name) {
+  KVMFS_RETURN_IF_ERROR(layer_.image->Flush());
+  return store().CreateSnapshot(path(), name);
+}
+
+Status LayerFile::DeleteStoreSnapshot(const std::string& id) { return store().DeleteSnapshot(path(), id); }
 
 LayerFile::~LayerFile() {
   Writing().Remove(this);
@@ -92,7 +114,7 @@ void LayerFile::NoteWrite(uint64_t off, uint64_t len) {
 }
 
 void LayerFile::NoteSnapshots() {
-  std::vector<SnapshotInfo> now = layer_.image->Snapshots();
+  std::vector<SnapshotInfo> now = ReadSnapshots();
   MutexLock lock(mu_);
   for (auto it = snapshot_views_.begin(); it != snapshot_views_.end();) {
     bool kept = std::any_of(now.begin(), now.end(), [&](const SnapshotInfo& s) { return s.id == it->first; });
@@ -131,7 +153,7 @@ bool LayerFile::CheckCurrent(std::chrono::nanoseconds interval) {
   } else {
     checked_ns_.store(now, std::memory_order_relaxed);
   }
-  auto st = StatPath(path());
+  auto st = store().Stat(path(), true);
   if (st.ok() && IsCurrentFor(FileKey::FromStat(*st))) return true;
   // Still missing what was missing at open (a layer without a host file),
   // or missing for a moment while kvmfs writes it.
@@ -143,7 +165,7 @@ bool LayerFile::CheckCurrent(std::chrono::nanoseconds interval) {
 }
 
 void LayerFile::RefreshKey() {
-  FileKey key = KeyOf(path());
+  FileKey key = KeyOf(store(), path());
   MutexLock lock(mu_);
   key_ = key;
 }
@@ -164,7 +186,7 @@ Status LayerFile::Acquire(LockUse use) {
   const LockSet want = WantedLocks();
   Status locked = Status::OK();
   if (!claim_) {
-    auto claim = LockClaim::Acquire(path(), want);
+    auto claim = store().Lock(path(), want);
     if (claim.ok()) claim_ = std::move(claim).value();
     else locked = claim.status();
   } else if (claim_->set() != want) {
@@ -256,7 +278,7 @@ Result<std::shared_ptr<Image>> LayerFile::SnapshotImage(const std::string& id) {
     auto it = snapshot_views_.find(id);
     if (it != snapshot_views_.end()) return it->second;
   }
-  auto opened = layer_.image->OpenSnapshot(id);
+  auto opened = store().caps().snapshots ? OpenStoreSnapshot(id) : layer_.image->OpenSnapshot(id);
   if (!opened.ok()) {
     spdlog::error("{}: cannot open snapshot {}: {}", path(), id, opened.status().ToString());
     return opened.status();
@@ -278,6 +300,16 @@ void LayerFile::LinkBacking(std::shared_ptr<LayerFile> below) {
   for (auto& [id, view] : snapshot_views_) view->SetBacking(image);
 }
 
+Result<std::unique_ptr<Image>> LayerFile::OpenStoreSnapshot(const std::string& id) const {
+  KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> file, store().OpenSnapshot(path(), id));
+  const FormatDriver* driver = FindFormat(format());
+  if (driver == nullptr) return Status::NotSupported(path() + ": format '" + format() + "' is not supported");
+  OpenContext ctx;
+  ctx.name = file->name();
+  ctx.writable = false;
+  return driver->Open(std::shared_ptr<Backend>(std::move(file)), ctx);
+}
+
 std::shared_ptr<LayerFile> LayerFile::backing_file() const {
   MutexLock lock(mu_);
   return backing_file_;
@@ -297,7 +329,7 @@ Result<std::shared_ptr<LayerFile>> LayerRegistry::GetLocked(
   std::shared_ptr<LayerFile> current = Find(request.path);
   // The key is taken before opening: a change while the file opens is seen
   // at the next check.
-  FileKey key = KeyOf(request.path);
+  FileKey key = KeyOf(request.policy ? StoreOf(*request.policy) : *HostStore(), request.path);
   if (current && !current->stale() && current->IsCurrentFor(key)) {
     // One engine per file: a use that asks for another format (a backing
     // format naming "qcow2" for a raw image of the pool) is refused, as a
@@ -387,7 +419,7 @@ LayerChain LayerRegistry::Adopt(Result<Chain> chain) {
     return result;
   }
   for (Layer& layer : chain->layers) {
-    FileKey key = KeyOf(layer.path);
+    FileKey key = KeyOf(StoreOfLayer(layer), layer.path);
     result.files.push_back(std::make_shared<LayerFile>(std::move(layer), key));
   }
   for (size_t i = result.files.size(); i-- > 0;)

@@ -35,6 +35,7 @@
 #include "kvmfs/chain.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
+#include "kvmfs/store.h"
 #include "pool/file_key.h"
 
 namespace kvmfs::pool {
@@ -63,6 +64,8 @@ class LayerFile {
   const std::string& read_only_reason() const { return layer_.read_only_reason; }
   // The layer as the chain opener returned it.
   const Layer& layer() const { return layer_; }
+  // The store the file lives in (layer().store, or the host's).
+  Store& store() const;
   FileKey key() const EXCLUDES(mu_);
 
   // ---- Versions ---------------------------------------------------------------
@@ -110,8 +113,15 @@ class LayerFile {
 
   // ---- Snapshots and backing ----------------------------------------------------
 
-  // The snapshot list as last read (at open, or after NoteSnapshots()).
+  // The snapshot list as last read (at open, or after NoteSnapshots()): the
+  // store's own snapshots of the file when it keeps them (RBD,
+  // StoreCaps::snapshots), else the image's internal ones.
   std::vector<SnapshotInfo> snapshots() const EXCLUDES(mu_);
+  // A store-level snapshot of the file as it is now (writes through kvmfs
+  // flushed first). Errors: the store's (kAlreadyExists, kBusy, ...).
+  Result<SnapshotInfo> CreateStoreSnapshot(const std::string& name);
+  // Removes store-level snapshot `id` (kBusy for a protected one).
+  Status DeleteStoreSnapshot(const std::string& id);
   // The read-only view of snapshot `id`, opened once and shared.
   Result<std::shared_ptr<Image>> SnapshotImage(const std::string& id) EXCLUDES(mu_);
   // Links `below` as this file's backing file (idempotent): the image and
@@ -124,6 +134,10 @@ class LayerFile {
   Status BeginWriting() REQUIRES(handles_mu_);
   void EndWriting() REQUIRES(handles_mu_);
   void RefreshKey() EXCLUDES(mu_);
+  // The snapshots as the store or the image says now.
+  std::vector<SnapshotInfo> ReadSnapshots() const;
+  // Store-level snapshot `id` opened with this file's format, read-only.
+  Result<std::unique_ptr<Image>> OpenStoreSnapshot(const std::string& id) const;
 
   const Layer layer_;
   std::atomic<uint64_t> generation_{1};
@@ -145,7 +159,7 @@ class LayerFile {
   // so users come and go one at a time.
   mutable Mutex handles_mu_ ACQUIRED_BEFORE(mu_);
   int uses_[3] GUARDED_BY(handles_mu_) = {0, 0, 0};  // by LockUse
-  std::unique_ptr<LockClaim> claim_ GUARDED_BY(handles_mu_);
+  std::unique_ptr<StoreLock> claim_ GUARDED_BY(handles_mu_);
 };
 
 // Host image files open in this process right now (LayerFiles alive: every

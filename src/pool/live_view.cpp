@@ -48,13 +48,16 @@ class LiveView final : public Image {
     File()->NoteWrite(0, 0);
     return st;
   }
+  // A store that keeps snapshots itself (RBD) makes them, not the format.
   Result<SnapshotInfo> CreateSnapshot(const std::string& name) override {
-    auto created = Current()->CreateSnapshot(name);
+    auto created = File()->store().caps().snapshots ? File()->CreateStoreSnapshot(name)
+                                                    : Current()->CreateSnapshot(name);
     File()->NoteSnapshots();
     return created;
   }
   Status DeleteSnapshot(const std::string& id) override {
-    Status st = Current()->DeleteSnapshot(id);
+    Status st = File()->store().caps().snapshots ? File()->DeleteStoreSnapshot(id)
+                                                 : Current()->DeleteSnapshot(id);
     File()->NoteSnapshots();
     return st;
   }

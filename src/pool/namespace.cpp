@@ -4,7 +4,6 @@
 
 #include "metrics/progress.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 
 #include <spdlog/spdlog.h>
@@ -43,10 +42,6 @@ std::vector<std::string> SplitPath(const std::string& path) {
   return parts;
 }
 
-struct DirCloser {
-  void operator()(DIR* d) const { ::closedir(d); }
-};
-
 // Whether images of `format` show snapshots/ even without snapshots.
 bool SnapshotsDirAlways(const std::string& format) {
   const FormatDriver* driver = FindFormat(format);
@@ -56,14 +51,23 @@ bool SnapshotsDirAlways(const std::string& format) {
 }  // namespace
 
 bool HasSnapshotsDir(const OpenImage& image) {
-  return SnapshotsDirAlways(image.format()) || !image.snapshots().empty();
+  // (A store that keeps snapshots itself, RBD, always has snapshots/.)
+  return SnapshotsDirAlways(image.format()) || image.store().caps().snapshots || !image.snapshots().empty();
+}
+
+NamespaceOptions Namespace::WithStore(NamespaceOptions options) {
+  if (!options.store)
+    options.store = options.blockdev ? NewBlockDeviceStore(options.source) : NewLocalStore(options.source);
+  return options;
 }
 
 Namespace::Namespace(NamespaceOptions options, ChainOpener opener)
-    : options_(std::move(options)),
+    : options_(WithStore(std::move(options))),
+      store_(*options_.store),
       keys_(std::make_shared<Keys>()),
       // Headers speak for the real drivers only, not for a test's opener.
       peek_headers_(opener == nullptr),
+      probe_(options_.store),
       cache_(PolicyWithKeys(options_, keys_), &probe_, std::move(opener), ImageCache::kDefaultMaxOpen,
              options_.registry, options_.recheck) {
   // Files found changed outside kvmfs: whoever caches views drops them.
@@ -108,12 +112,14 @@ ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {
   // Backing files inside the pool are its images too: opened once, for
   // writing, whatever uses them first.
   policy.writable_roots.push_back(options.source);
+  policy.store = options.store;
   auto keys = std::make_shared<const crypto::KeyRing>(options.keys, policy.allowed_roots);
   policy.key_for = [keys](const std::string& path) { return keys->KeyFor(path); };
   return policy;
 }
 
-Result<Node> Namespace::Child(const Node& dir, const std::string& name) {
+Result<Node> Namespace::Child(const Node& dir, const std::string& name,
+                              const std::optional<struct stat>& listed) {
   // Dot-entries are hidden (and "." / ".." never reach here from the kernel).
   if (name.empty() || name[0] == '.') return NoEntry(dir.host_path + "/" + name);
   Node node;
@@ -124,11 +130,15 @@ Result<Node> Namespace::Child(const Node& dir, const std::string& name) {
       options_.hidden.end())
     return NoEntry(node.host_path);
   struct stat lst;
-  if (::lstat(node.host_path.c_str(), &lst) != 0) return Status::FromErrno(errno, node.host_path);
+  if (listed) {
+    lst = *listed;
+  } else {
+    KVMFS_ASSIGN_OR_RETURN(lst, store_.Stat(node.host_path, false));
+  }
   if (options_.blockdev) {
     // LVM's /dev/VG/lv are symlinks to /dev/dm-N: follow them wherever they go,
     // but show block devices only.
-    auto st = StatPath(node.host_path);
+    auto st = store_.Stat(node.host_path, true);
     if (!st.ok() || !S_ISBLK(st->st_mode)) return NoEntry(node.host_path);
     node.host_st = *st;
     node.canonical = dir.canonical && !S_ISLNK(lst.st_mode);
@@ -138,12 +148,12 @@ Result<Node> Namespace::Child(const Node& dir, const std::string& name) {
   if (S_ISLNK(lst.st_mode)) {
     // Symlinks are followed only inside SOURCE, and never to a directory that
     // contains the link (which would make the tree infinite).
-    auto target = CanonicalPath(node.host_path);
+    auto target = store_.Canonical(node.host_path);
     if (!target.ok() || !IsUnder(*target, options_.source)) return NoEntry(node.host_path);
-    auto st = StatPath(*target);
+    auto st = store_.Stat(*target, true);
     if (!st.ok()) return NoEntry(node.host_path);
     if (S_ISDIR(st->st_mode)) {
-      auto parent = CanonicalPath(dir.host_path);
+      auto parent = store_.Canonical(dir.host_path);
       if (!parent.ok() || IsUnder(*parent, *target)) return NoEntry(node.host_path);
     }
     node.host_st = *st;
@@ -155,7 +165,13 @@ Result<Node> Namespace::Child(const Node& dir, const std::string& name) {
     node.kind = NodeKind::kFolder;
     return node;
   }
-  if (!S_ISREG(node.host_st.st_mode) || IsVmdkExtentName(name)) return NoEntry(node.host_path);
+  if (!S_ISREG(node.host_st.st_mode)) return NoEntry(node.host_path);
+  // A store whose every file is an image (RBD) shows them whatever their names.
+  if (store_.caps().every_file_an_image) {
+    node.kind = NodeKind::kImageDir;
+    return node;
+  }
+  if (IsVmdkExtentName(name)) return NoEntry(node.host_path);
   if (HasExtension(name) || !probe_.Probe(node.host_path, node.host_st).empty()) {
     node.kind = NodeKind::kImageDir;
     return node;
@@ -176,7 +192,9 @@ Result<std::shared_ptr<OpenImage>> Namespace::ImageOf(const Node& image_dir) {
 }
 
 std::optional<HeaderPeek> Namespace::Unopened(const Node& image_dir) {
-  if (!peek_headers_ || !image_dir.canonical || options_.blockdev) return std::nullopt;
+  // (A store's own snapshots are not in any header.)
+  if (!peek_headers_ || !image_dir.canonical || options_.blockdev || store_.caps().snapshots)
+    return std::nullopt;
   if (cache_.Cached(image_dir.host_path, image_dir.host_st)) return std::nullopt;
   HeaderPeek peek = probe_.Peek(image_dir.host_path, image_dir.host_st);
   if (!peek.known || peek.has_backing) return std::nullopt;
@@ -254,7 +272,7 @@ Result<Node> Namespace::Root() {
   node.host_path = options_.source;
   // ("/" as SOURCE would make "//name" paths: let the cache canonicalize those.)
   node.canonical = options_.source.size() > 1 && options_.source.back() != '/';
-  KVMFS_ASSIGN_OR_RETURN(node.host_st, StatPath(options_.source));
+  KVMFS_ASSIGN_OR_RETURN(node.host_st, store_.Stat(options_.source, true));
   return node;
 }
 
@@ -266,7 +284,7 @@ Result<Node> Namespace::Lookup(const Node& parent, const std::string& name) {
 }
 
 Status Namespace::Refresh(Node& node) {
-  KVMFS_ASSIGN_OR_RETURN(node.host_st, StatPath(node.host_path));
+  KVMFS_ASSIGN_OR_RETURN(node.host_st, store_.Stat(node.host_path, true));
   if (node.kind == NodeKind::kFolder || node.kind == NodeKind::kImageDir) return Status::OK();
   Node dir = node;
   dir.kind = NodeKind::kImageDir;
@@ -441,12 +459,11 @@ Result<std::vector<DirEntry>> Namespace::List(const Node& node, const std::strin
   std::vector<DirEntry> entries;
   switch (node.kind) {
     case NodeKind::kFolder: {
-      std::unique_ptr<DIR, DirCloser> dir(::opendir(node.host_path.c_str()));
-      if (!dir) return Status::FromErrno(errno, node.host_path);
-      while (struct dirent* d = ::readdir(dir.get())) {
-        std::string name = d->d_name;
+      KVMFS_ASSIGN_OR_RETURN(std::vector<StoreEntry> listed, store_.List(node.host_path));
+      for (StoreEntry& e : listed) {
+        const std::string& name = e.name;
         if (name.empty() || name[0] == '.') continue;
-        auto child = Child(node, name);
+        auto child = Child(node, name, e.st);
         if (child.ok()) entries.push_back({name, true, BaseStat(*child), std::move(child).value()});
       }
       std::sort(entries.begin(), entries.end(),
@@ -647,8 +664,7 @@ Status Namespace::RemoveSnapshotDir(const Node& node, const std::string& path) {
 }
 
 Result<struct statvfs> Namespace::StatFs() {
-  struct statvfs sv;
-  if (::statvfs(options_.source.c_str(), &sv) != 0) return Status::FromErrno(errno, options_.source);
+  KVMFS_ASSIGN_OR_RETURN(struct statvfs sv, store_.StatFs(options_.source));
   if (options_.readonly) sv.f_flag |= ST_RDONLY;
   return sv;
 }

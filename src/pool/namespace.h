@@ -27,6 +27,7 @@
 #include "kvmfs/chain.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
+#include "kvmfs/store.h"
 #include "pool/change_listener.h"
 #include "pool/detect.h"
 #include "pool/image_cache.h"
@@ -62,6 +63,10 @@ struct NamespaceOptions {
   // Passphrase files of encrypted images (kvmfs.yaml(5) keys:, -o keys=FILE),
   // matched against image paths relative to SOURCE (or a backing root).
   std::vector<crypto::KeyRule> keys;
+  // Where SOURCE's files live (kvmfs/store.h); `source` is the store's
+  // root(). Null: the local directory store of `source` (the block-device
+  // store with `blockdev`).
+  std::shared_ptr<Store> store;
 };
 
 enum class NodeKind {
@@ -213,8 +218,10 @@ class Namespace {
   ProbeCache& probe() { return probe_; }
 
  private:
-  // Classifies `name` in host folder `dir`: a folder, an image, or nothing (kNotFound).
-  Result<Node> Child(const Node& dir, const std::string& name);
+  // Classifies `name` in host folder `dir`: a folder, an image, or nothing
+  // (kNotFound). `lst`: its no-follow stat when a listing brought it.
+  Result<Node> Child(const Node& dir, const std::string& name,
+                     const std::optional<struct stat>& lst = std::nullopt);
   Result<Node> ImageChild(const Node& parent, const std::string& name);
   Result<std::shared_ptr<OpenImage>> ImageOf(const Node& image_dir);
   // For an image directory whose image is not open: what its header says,
@@ -246,7 +253,11 @@ class Namespace {
   };
   static ChainPolicy PolicyWithKeys(const NamespaceOptions& options, const std::shared_ptr<Keys>& keys);
 
+  // With options.store set (WithStore()).
+  static NamespaceOptions WithStore(NamespaceOptions options);
+
   const NamespaceOptions options_;
+  Store& store_;  // *options_.store
   const std::shared_ptr<Keys> keys_;
   const bool peek_headers_;  // Unopened() may answer from image headers
   ProbeCache probe_;

@@ -89,6 +89,50 @@ TEST_F(ConfigTest, EveryKey) {
   EXPECT_EQ(c->extensions, (std::vector<std::string>{"qcow2"}));
 }
 
+TEST_F(ConfigTest, RbdPool) {
+  std::ofstream(dir_ + "/ceph.conf") << "[global]\n";
+  std::ofstream(dir_ + "/k.keyring") << "[client.kvm]\n";
+  auto c = ParseConfig(
+      "pools:\n"
+      "  - name: ceph\n"
+      "    backend: rbd\n"
+      "    ceph_conf: ceph.conf\n"
+      "    client: client.kvm\n"
+      "    keyring: " + dir_ + "/k.keyring\n"
+      "    pool: vms\n"
+      "    namespace: tenant1\n"
+      "    readonly: true\n",
+      F());
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  const PoolConfig& p = c->pools[0];
+  EXPECT_EQ(p.backend, Backend::kRbd);
+  EXPECT_EQ(p.rbd.ceph_conf, dir_ + "/ceph.conf");
+  EXPECT_EQ(p.rbd.client, "kvm");
+  EXPECT_EQ(p.rbd.keyring, dir_ + "/k.keyring");
+  EXPECT_EQ(p.rbd.pool, "vms");
+  EXPECT_EQ(p.rbd.ns, "tenant1");
+  EXPECT_TRUE(p.readonly);
+  EXPECT_TRUE(p.path.empty());
+  // The smallest: only the pool.
+  auto small = ParseConfig("pools:\n  - name: c\n    backend: rbd\n    pool: rbd\n", F());
+  ASSERT_TRUE(small.ok()) << small.status().ToString();
+  EXPECT_TRUE(small->pools[0].rbd.ceph_conf.empty());
+  EXPECT_TRUE(small->pools[0].rbd.client.empty());
+}
+
+TEST_F(ConfigTest, RbdPoolErrors) {
+  EXPECT_EQ(Error("pools:\n  - name: c\n    backend: rbd\n"),
+            F() + ":2: pools[0].pool: missing (the RADOS pool of the RBD images)");
+  EXPECT_EQ(Error("pools:\n  - name: c\n    backend: rbd\n    pool: p\n    path: /x\n"),
+            F() + ":5: pools[0].path: an rbd pool has no path (its images are in pool:)");
+  EXPECT_EQ(Error("pools:\n  - name: c\n    backend: rbd\n    pool: a/b\n"),
+            F() + ":4: pools[0].pool: expected a name without '/', '@' or ':', got \"a/b\"");
+  EXPECT_EQ(Error("pools:\n  - name: c\n    backend: rbd\n    pool: p\n    keyring: /nonexistent/k\n"),
+            F() + ":5: pools[0].keyring: expected a readable file, /nonexistent/k: No such file or directory");
+  EXPECT_EQ(Error("pools:\n  - name: c\n    path: /x\n    pool: p\n"),
+            F() + ":4: pools[0].pool: only for backend: rbd");
+}
+
 TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
   EXPECT_EQ(
       Error("pools:\n  - name: a\n    path: /x\n  - name: b\n    path: /y\n    readonly: maybe\n"),
@@ -97,7 +141,7 @@ TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
             F() +
                 ":4: pools[0].colour: unknown key (expected one of: name, path, layout, backend, "
                 "readonly, "
-                "backing_roots, extensions)");
+                "backing_roots, extensions, ceph_conf, client, keyring, pool, namespace)");
   EXPECT_EQ(Error("pools: []\nfoo: 1\n").substr(0, F().size() + 8), F() + ":2: foo:");
   EXPECT_EQ(Error("pools:\n  - path: /x\n"),
             F() + ":2: pools[0].name: missing (every pool needs a name)");
@@ -117,9 +161,9 @@ TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
   EXPECT_EQ(Error("pools:\n  - name: a\n    layout: nope\n"),
             F() + ":3: pools[0].layout: expected the name of a layout under layouts, got \"nope\"");
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backend: nfs\n"),
-            F() + ":4: pools[0].backend: expected dir, blockdev or s3, got \"nfs\"");
+            F() + ":4: pools[0].backend: expected dir, blockdev, rbd or s3, got \"nfs\"");
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backend: s3\n"),
-            F() + ":4: pools[0].backend: s3 is not supported yet (use dir or blockdev)");
+            F() + ":4: pools[0].backend: s3 is not supported yet (use dir, blockdev or rbd)");
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backing_roots: /y\n"),
             F() + ":4: pools[0].backing_roots: expected a list of strings, got \"/y\"");
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: [1]\n"),
