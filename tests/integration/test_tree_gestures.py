@@ -276,6 +276,17 @@ class CheckFiles(h.KvmfsTestCase):
         self.assertIn("does not support checks", got["error"])
         self.assertIn("does not support checks", p.stderr)
 
+    def test_read_by_cat_and_cp(self):
+        # size 0 in stat (made at each open), yet programs reading to the end get all of it
+        path = self.m.path("clean.qcow2", "check.json")
+        self.assertEqual(os.stat(path).st_size, 0)
+        text = h.run(["cat", path]).stdout
+        self.assertEqual(json.loads(text)["format"], "qcow2")
+        out = os.path.join(self.work, "check-copy.json")
+        h.run(["cp", path, out])
+        with open(out) as f:
+            self.assertEqual(json.load(f), json.loads(text))
+
     def test_check_json_is_read_only(self):
         self.assertEqual(h.open_errno(self.m.path("clean.qcow2", "check.json"), os.O_WRONLY), errno.EROFS)
 

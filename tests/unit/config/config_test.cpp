@@ -97,7 +97,7 @@ TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
             F() +
                 ":4: pools[0].colour: unknown key (expected one of: name, path, layout, backend, "
                 "readonly, "
-                "backing_roots, extensions)");
+                "backing_roots, extensions, create_mode, create_owner, create_group)");
   EXPECT_EQ(Error("pools: []\nfoo: 1\n").substr(0, F().size() + 8), F() + ":2: foo:");
   EXPECT_EQ(Error("pools:\n  - path: /x\n"),
             F() + ":2: pools[0].name: missing (every pool needs a name)");
@@ -144,6 +144,30 @@ TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
             F() + ":2: os_release: expected a string, got a list");
   EXPECT_EQ(Error("pools: []\nextensions: [a/b]\n"),
             F() + ":2: extensions: expected file extensions such as qcow2, got \"a/b\"");
+}
+
+TEST_F(ConfigTest, CreateRules) {
+  auto c = ParseConfig(
+      "pools:\n  - name: a\n    path: /x\n  - name: b\n    path: /y\n    create_mode: 0640\n"
+      "    create_owner: root\n    create_group: \"123\"\n",
+      F());
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->pools[0].create_mode, 0600u);
+  EXPECT_FALSE(c->pools[0].create_uid.has_value());
+  EXPECT_FALSE(c->pools[0].create_gid.has_value());
+  EXPECT_EQ(c->pools[1].create_mode, 0640u);
+  EXPECT_EQ(c->pools[1].create_uid, 0u);
+  EXPECT_EQ(c->pools[1].create_gid, 123u);
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    create_mode: \"0888\"\n"),
+            F() + ":4: pools[0].create_mode: expected an octal mode such as 0640, got \"0888\"");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    create_mode: \"01777\"\n"),
+            F() + ":4: pools[0].create_mode: expected an octal mode such as 0640, got \"01777\"");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    create_owner: no-such-user-kvmfs\n"),
+            F() + ":4: pools[0].create_owner: expected a user name or number, got "
+                  "\"no-such-user-kvmfs\" (no such user)");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    create_group: no-such-group-kvmfs\n"),
+            F() + ":4: pools[0].create_group: expected a group name or number, got "
+                  "\"no-such-group-kvmfs\" (no such group)");
 }
 
 TEST_F(ConfigTest, MissingFile) {
