@@ -202,6 +202,58 @@ class TreeGestures(h.KvmfsTestCase):
         self.assertEqual(h.md5_file(self.m.path("r-clone2.qcow2", "disk.raw")), self.base_md5)
 
 
+class PoolRules(h.KvmfsTestCase):
+    """A config with two pools: the create rules of kvmfs.yaml(5), and images
+    that do not move between pools."""
+
+    @classmethod
+    def make_images(cls):
+        cls.one = os.path.join(cls.tmp, "one")
+        cls.two = os.path.join(cls.tmp, "two")
+        os.makedirs(cls.one)
+        os.makedirs(cls.two)
+        cls.img = h.create_qcow2(os.path.join(cls.one, "vm.qcow2"), MiB)
+        cfg = os.path.join(cls.tmp, "kvmfs.yaml")
+        with open(cfg, "w") as f:
+            f.write("pools:\n"
+                    "  - name: one\n    path: %s\n    create_mode: \"0640\"\n"
+                    "    create_owner: \"4321\"\n    create_group: \"8765\"\n"
+                    "  - name: two\n    path: %s\n" % (cls.one, cls.two))
+        cls.m = cls.mount(source=cfg, options=h.RW)
+
+    def test_create_rules(self):
+        os.mkdir(self.m.path("one", "made.qcow2"))
+        st = os.stat(os.path.join(self.one, "made.qcow2"))
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid), (0o640, 4321, 8765))
+        os.mkdir(self.m.path("one", "folder"))
+        st = os.stat(os.path.join(self.one, "folder"))
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid), (0o750, 4321, 8765))
+        os.symlink("vm.qcow2", self.m.path("one", "clone.qcow2"))
+        st = os.stat(os.path.join(self.one, "clone.qcow2"))
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid), (0o640, 4321, 8765))
+        # the other pool: 0600, the folder's owner
+        os.mkdir(self.m.path("two", "made.qcow2"))
+        st = os.stat(os.path.join(self.two, "made.qcow2"))
+        folder = os.stat(self.two)
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid),
+                         (0o600, folder.st_uid, folder.st_gid))
+
+    def test_no_moves_between_pools(self):
+        with self.assertRaises(OSError) as cm:
+            os.rename(self.m.path("one", "vm.qcow2"), self.m.path("two", "vm.qcow2"))
+        self.assertEqual(cm.exception.errno, errno.EPERM)
+        p = h.run(["mv", self.m.path("one", "vm.qcow2"), self.m.path("two", "vm.qcow2")], check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertTrue(os.path.isfile(self.img))
+        self.assertFalse(os.path.exists(os.path.join(self.two, "vm.qcow2")))
+        # nor are pool folders made, removed or renamed
+        for fn, args in ((os.mkdir, (self.m.path("three"),)), (os.rmdir, (self.m.path("two"),)),
+                         (os.rename, (self.m.path("two"), self.m.path("three")))):
+            with self.assertRaises(OSError, msg=fn.__name__):
+                fn(*args)
+        self.assertTrue(os.path.isdir(self.two))
+
+
 class CheckFiles(h.KvmfsTestCase):
     """check.json: what qemu-img check --output=json says, clean, leaking, corrupt."""
 
