@@ -240,10 +240,16 @@ Status Namespace::CloneImage(const Node& parent, const std::string& path, const 
   const ChainPolicy& policy = cache_.policy();
   if (!LexicallyUnder(base, policy.allowed_roots))
     return Status::Permission(path + ": " + target + " is outside the pool and its backing roots");
+  // Never through the mount itself (a mount point inside SOURCE): kvmfs
+  // would wait on its own requests.
+  if (LexicallyUnder(base, options_.hidden))
+    return Status::Permission(path + ": " + target + " is a path kvmfs does not show");
   KVMFS_ASSIGN_OR_RETURN(std::string canonical, CanonicalPath(base));
   bool allowed = false;
   for (const std::string& root : policy.allowed_roots) allowed = allowed || IsUnder(canonical, root);
   if (!allowed) return Status::Permission(path + ": " + target + " is outside the pool and its backing roots");
+  if (LexicallyUnder(canonical, options_.hidden))
+    return Status::Permission(path + ": " + target + " is a path kvmfs does not show");
   KVMFS_ASSIGN_OR_RETURN(struct stat base_st, StatPath(canonical));
   if (!S_ISREG(base_st.st_mode) && !S_ISBLK(base_st.st_mode))
     return Status::InvalidArgument(path + ": " + target + " is not an image file");

@@ -254,6 +254,24 @@ class PoolRules(h.KvmfsTestCase):
         self.assertTrue(os.path.isdir(self.two))
 
 
+class MountInsideSource(h.KvmfsTestCase):
+    """A mount point inside SOURCE: ln -s never reaches into the mount itself."""
+
+    @classmethod
+    def make_images(cls):
+        cls.base = h.create_qcow2(os.path.join(cls.tmp, "base.qcow2"), MiB)
+        cls.m = cls.mount(source=cls.tmp, options=h.RW, name="mnt")
+
+    def test_link_into_the_mount_refused(self):
+        for target in ("mnt/base.qcow2/disk.raw", os.path.join(self.m.mnt, "base.qcow2", "disk.raw")):
+            with self.assertRaises(OSError) as cm:
+                os.symlink(target, self.m.path("evil.qcow2"))
+            self.assertEqual(cm.exception.errno, errno.EACCES, target)
+            self.assertFalse(os.path.lexists(os.path.join(self.tmp, "evil.qcow2")))
+        os.symlink("base.qcow2", self.m.path("good.qcow2"))
+        self.assertEqual(os.listdir(self.m.path("good.qcow2", "backing")), ["1-base.qcow2"])
+
+
 class CheckFiles(h.KvmfsTestCase):
     """check.json: what qemu-img check --output=json says, clean, leaking, corrupt."""
 
