@@ -1,8 +1,9 @@
 // rename: `mv` of an image file nothing uses, within its pool
-// (Namespace::RenameImage). The kernel moves its own dentry; the inodes kvmfs
-// resolved under the old name stay with the old host path, so both names'
-// entries are dropped after the reply and the next lookup resolves the new
-// name afresh. kvmfs never replaces a name (EEXIST), and exchanges and
+// (Namespace::RenameImage). The kernel moves its own dentry with the inode
+// kvmfs resolved under the old name: that inode (and those of its contents)
+// resolve the new host path from before the reply (InodeTable::Moved), and
+// both names' entries are dropped after the reply, so the next lookup
+// resolves the new name afresh. kvmfs never replaces a name (EEXIST), and exchanges and
 // whiteouts are not offered (EINVAL).
 #include <stdio.h>
 
@@ -19,7 +20,11 @@ Status RenameNode(Filesystem& fs, fuse_ino_t parent, const std::string& name, fu
   KVMFS_ASSIGN_OR_RETURN(InodeTable::Entry to, fs.Fresh(newparent));
   auto pools = fs.Pools();
   KVMFS_ASSIGN_OR_RETURN(pool::SetNode node, pools->Lookup(from.node, name));
-  return pools->Rename(node, path, to.node, newname);
+  KVMFS_RETURN_IF_ERROR(pools->Rename(node, path, to.node, newname));
+  // Before the reply: the kernel keeps the moved directory's inode under
+  // the new name until the invalidation after the reply reaches it.
+  fs.inodes.Moved(node.ns.get(), node.node.host_path, to.node.node.host_path + "/" + newname);
+  return Status::OK();
 }
 
 }  // namespace

@@ -175,6 +175,18 @@ class TreeGestures(h.KvmfsTestCase):
         self.assertTrue(os.path.isfile(self.host("sub", "b.qcow2")))
         self.assertEqual(os.stat(self.m.path("sub", "b.qcow2", "disk.raw")).st_size, MiB)
 
+    def test_rename_then_read_at_once(self):
+        # The kernel keeps the moved directory (and disk.raw looked up in it)
+        # under the new name: reading through it at once reads the image.
+        os.symlink("base.qcow2", self.m.path("hop0.qcow2"))
+        for i in range(6):
+            old, new = "hop%d.qcow2" % i, "hop%d.qcow2" % (i + 1)
+            self.assertEqual(h.md5_file(self.m.path(old, "disk.raw")), self.base_md5)
+            os.rename(self.m.path(old), self.m.path(new))
+            self.assertEqual(h.md5_file(self.m.path(new, "disk.raw")), self.base_md5, new)
+            self.assertEqual(os.listdir(self.m.path(new, "backing")), ["1-base.qcow2"])
+            self.assertFalse(os.path.exists(self.m.path(old)))
+
     def test_rename_refusals(self):
         os.symlink("base.qcow2", self.m.path("r-clone.qcow2"))
         # the base of an overlay in the pool
