@@ -42,12 +42,27 @@ struct OpenContext {
   KeyLookup key;
 };
 
+// What creating an image needs: the arguments of `qemu-img create -f FMT
+// [-b BACKING -F BACKING_FMT] FILE SIZE` (every other option QEMU's default).
+struct CreateOptions {
+  // Virtual size in bytes; qemu-img rounds it up to 512 (so does Create).
+  uint64_t size = 0;
+  // The backing file name as recorded in the image (relative names are
+  // relative to the image's folder); empty: none. Requires
+  // FormatCaps::create_backing.
+  std::string backing_file;
+  std::string backing_format;  // its format ("qcow2"); recorded with the name
+};
+
 // What a format can do, for the layers above (CONTRACT.md "The tree").
 struct FormatCaps {
   bool writable = false;            // Open(ctx.writable = true) can yield a writable Image
   bool internal_snapshots = false;  // snapshots/ is shown (and mkdir works) even when empty
   bool backing_files = false;       // an image may name a backing file
   bool compression = false;         // compressed data (reads; writes with the pool's compress:)
+  bool create = false;              // Create() makes empty images (qemu-img create)
+  bool create_backing = false;      // Create() records a backing file (overlays, linked clones)
+  bool check = false;               // Image::Check() checks (else "does not support checks")
 };
 
 // What the first bytes of an image say about its tree, without opening it:
@@ -87,6 +102,13 @@ class FormatDriver {
   // (unknown incompatible feature), kTooLarge (QEMU limits exceeded).
   virtual Result<std::unique_ptr<Image>> Open(std::shared_ptr<Backend> file,
                                               const OpenContext& ctx) const = 0;
+  // Writes a new image into `file` (writable and empty) byte for byte as
+  // `qemu-img create` of QEMU 7.2 makes it with default options (the
+  // layout, not the random UUIDs some formats carry). Does not flush.
+  // Errors: kNotSupported (no caps().create, or a backing file without
+  // caps().create_backing), kTooLarge (the size exceeds the format's limits),
+  // the backend's own errors. Default: kNotSupported.
+  virtual Status Create(Backend& file, const CreateOptions& options) const;
 };
 
 // All registered drivers (src/format/meson.build's list), and lookup.

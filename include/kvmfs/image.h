@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -122,6 +123,36 @@ struct ImageInfo {
   std::vector<InfoField> format_specific;  // in qemu-img's order
 };
 
+// What a consistency check of one image file found, with the meaning of
+// `qemu-img check --output=json` keys (QEMU's BdrvCheckResult and
+// BlockFragInfo). Counts that qemu-img omits when zero are zero here.
+struct CheckResult {
+  uint64_t check_errors = 0;         // "check-errors": the check could not look at something
+  uint64_t corruptions = 0;          // "corruptions"
+  uint64_t leaks = 0;                // "leaks"
+  uint64_t corruptions_fixed = 0;    // "corruptions-fixed" (a VHDX log replayed at open)
+  uint64_t image_end_offset = 0;     // "image-end-offset"
+  uint64_t total_clusters = 0;       // "total-clusters"
+  uint64_t allocated_clusters = 0;   // "allocated-clusters"
+  uint64_t fragmented_clusters = 0;  // "fragmented-clusters"
+  uint64_t compressed_clusters = 0;  // "compressed-clusters"
+  // Non-empty when qemu-img would say "Check failed: <this>" and print no
+  // result (exit status 1): the check stopped on an error (strerror text,
+  // as QEMU's). The counts found until then are kept.
+  std::string failure;
+};
+
+// How a check runs. The check never writes the image.
+struct CheckOptions {
+  // Called now and then from the checking thread with the work done so far
+  // and the total (any unit; done <= total). May be empty.
+  std::function<void(uint64_t done, uint64_t total)> progress;
+  // The most memory the check may hold for counting references (besides one
+  // table of each kind, which the image's limits bound); a larger file is
+  // checked in several passes over its metadata. 0: the driver's default.
+  uint64_t max_count_bytes = 0;
+};
+
 class Image {
  public:
   virtual ~Image() = default;
@@ -223,6 +254,14 @@ class Image {
   // A read-only view of snapshot `id` (SnapshotInfo::id), reading through the
   // snapshot's own tables over the same backing. Default: kNotSupported.
   virtual Result<std::unique_ptr<Image>> OpenSnapshot(const std::string& id);
+
+  // A read-only consistency check of this layer's file(s), as `qemu-img
+  // check` (no repair) reports it; the backing is not checked. Takes the
+  // driver's own locks (readers go on; metadata changes wait for it).
+  // Errors: kNotSupported "This image format does not support checks" (the
+  // default, as qemu-img for raw, vpc, qcow, luks); a failed check is a
+  // CheckResult with `failure` set, not an error.
+  virtual Result<CheckResult> Check(const CheckOptions& options);
 
   // Host bytes used by this layer's file(s), for "actual-size".
   virtual Result<uint64_t> ActualSize() = 0;

@@ -41,6 +41,9 @@ class [[nodiscard]] Status {
   static Status NoSpace(std::string msg) { return Status(Code::kNoSpace, std::move(msg)); }
   static Status TooLarge(std::string msg) { return Status(Code::kTooLarge, std::move(msg)); }
   static Status AlreadyExists(std::string msg) { return Status(Code::kAlreadyExists, std::move(msg)); }
+  // An operation kvmfs does not offer on this node (EPERM, "Operation not
+  // permitted"; an I/O error code carrying EPERM, unlike kPermission).
+  static Status NotPermitted(std::string msg) { return Status(Code::kIOError, std::move(msg), EPERM); }
   // From an errno value; ENOENT maps to kNotFound, EACCES/EPERM to kPermission,
   // ENOSPC to kNoSpace, EROFS to kReadOnly, everything else keeps its errno.
   static Status FromErrno(int err, std::string context);

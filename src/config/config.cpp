@@ -1,11 +1,14 @@
 #include "config/config.h"
 
+#include <grp.h>
+#include <pwd.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -92,9 +95,11 @@ class Parser {
   Result<PoolConfig> Pool(const YAML::Node& node, const std::string& key) const {
     if (!node.IsMap())
       return Error(node, key, "expected a mapping with name and path, got " + Got(node));
-    KVMFS_RETURN_IF_ERROR(Keys(node, key,
-                               {"name", "path", "layout", "backend", "readonly", "backing_roots",
-                                "extensions", "ceph_conf", "client", "keyring", "pool", "namespace"}));
+    KVMFS_RETURN_IF_ERROR(
+        Keys(node, key,
+             {"name", "path", "layout", "backend", "readonly", "backing_roots", "extensions",
+              "create_mode", "create_owner", "create_group", "ceph_conf", "client", "keyring",
+              "pool", "namespace"}));
     PoolConfig pool;
     pool.line = Line(node);
     if (!node["name"]) return Error(node, key + ".name", "missing (every pool needs a name)");
@@ -148,6 +153,7 @@ class Parser {
     if (node["extensions"]) {
       KVMFS_ASSIGN_OR_RETURN(pool.extensions, Extensions(node["extensions"], key + ".extensions"));
     }
+    KVMFS_RETURN_IF_ERROR(CreateRules(node, key, pool));
     return pool;
   }
 
@@ -177,6 +183,38 @@ class Parser {
       if (::access(f.c_str(), R_OK) != 0)
         return Error(node[k], key + "." + k, "expected a readable file, " + f + ": " + std::strerror(errno));
       (k[0] == 'c' ? rbd->ceph_conf : rbd->keyring) = f;
+    }
+    return Status::OK();
+  }
+
+  // create_mode, create_owner, create_group of a pool.
+  Status CreateRules(const YAML::Node& node, const std::string& key, PoolConfig& pool) const {
+    if (node["create_mode"]) {
+      KVMFS_ASSIGN_OR_RETURN(std::string m, String(node["create_mode"], key + ".create_mode"));
+      char* end = nullptr;
+      const unsigned long mode = std::strtoul(m.c_str(), &end, 8);
+      if (m.empty() || *end != '\0' || mode > 0777 || m.find_first_not_of("01234567") != std::string::npos)
+        return Error(node["create_mode"], key + ".create_mode",
+                     "expected an octal mode such as 0640, got \"" + m + "\"");
+      pool.create_mode = static_cast<unsigned>(mode);
+    }
+    for (const char* what : {"create_owner", "create_group"}) {
+      if (!node[what]) continue;
+      const bool user = std::strcmp(what, "create_owner") == 0;
+      KVMFS_ASSIGN_OR_RETURN(std::string name, String(node[what], key + "." + what));
+      std::optional<unsigned> id;
+      if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos) {
+        id = static_cast<unsigned>(std::strtoul(name.c_str(), nullptr, 10));
+      } else if (user) {
+        if (const struct passwd* pw = ::getpwnam(name.c_str())) id = pw->pw_uid;
+      } else if (const struct group* gr = ::getgrnam(name.c_str())) {
+        id = gr->gr_gid;
+      }
+      if (!id)
+        return Error(node[what], key + "." + what,
+                     std::string("expected a ") + (user ? "user" : "group") + " name or number, got \"" +
+                         name + "\" (no such " + (user ? "user" : "group") + ")");
+      (user ? pool.create_uid : pool.create_gid) = id;
     }
     return Status::OK();
   }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,12 @@ struct PoolConfig {
   bool readonly = false;
   std::vector<std::string> backing_roots;  // as written, made absolute
   std::vector<std::string> extensions;     // image extensions ("qcow2"), empty: the top-level list
+  // Files made through the tree (mkdir NAME.qcow2, ln -s): create_mode (an
+  // octal mode, default 0600), create_owner / create_group (a name or a
+  // number, resolved when the config is read; unset: the folder's).
+  unsigned create_mode = 0600;
+  std::optional<unsigned> create_uid;
+  std::optional<unsigned> create_gid;
   int line = 0;                            // where the pool starts (1-based)
 };
 

@@ -24,6 +24,10 @@ bool StartsWith(const uint8_t* head, size_t len, const char* magic) {
 
 }  // namespace
 
+Status FormatDriver::Create(Backend& file, const CreateOptions&) const {
+  return Status::NotSupported(file.name() + ": kvmfs cannot create " + name() + " images");
+}
+
 std::vector<const FormatDriver*> AllFormats() {
   static const std::vector<const FormatDriver*> drivers = {
 #define KVMFS_FORMAT(name) &KvmfsFormat_##name(),

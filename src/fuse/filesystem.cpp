@@ -8,7 +8,7 @@ const char* OpName(Op op) {
   static const char* const kNames[] = {
       "LOOKUP", "FORGET", "GETATTR", "SETATTR", "OPENDIR", "READDIR", "READDIRPLUS", "RELEASEDIR",
       "OPEN", "READ", "WRITE", "RELEASE", "FLUSH", "FSYNC", "FALLOCATE", "LSEEK", "STATFS",
-      "MKDIR", "RMDIR", "REFUSED"};
+      "MKDIR", "RMDIR", "SYMLINK", "RENAME", "REFUSED"};
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(Op::kCount_));
   return kNames[static_cast<size_t>(op)];
 }

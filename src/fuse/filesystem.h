@@ -24,7 +24,7 @@ namespace kvmfs::fuse {
 enum class Op {
   kLookup, kForget, kGetAttr, kSetAttr, kOpenDir, kReadDir, kReadDirPlus, kReleaseDir,
   kOpen, kRead, kWrite, kRelease, kFlush, kFsync, kFallocate, kLseek, kStatFs,
-  kMkDir, kRmDir, kRefused, kCount_
+  kMkDir, kRmDir, kSymlink, kRename, kRefused, kCount_
 };
 const char* OpName(Op op);
 

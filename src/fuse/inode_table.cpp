@@ -103,6 +103,19 @@ std::shared_ptr<pool::OpenImage> InodeTable::Update(fuse_ino_t ino, const pool::
   return nullptr;
 }
 
+void InodeTable::Moved(const pool::Namespace* ns, const std::string& old_host_path,
+                       const std::string& new_host_path) {
+  std::lock_guard lock(mu_);
+  for (auto& [ino, r] : records_) {
+    if (r.node.kind != pool::SetNode::Kind::kPool || r.node.ns.get() != ns ||
+        r.node.node.kind == pool::NodeKind::kFolder || r.node.node.host_path != old_host_path)
+      continue;
+    pool::SetNode node = r.node;
+    node.node.host_path = new_host_path;
+    SetNodeLocked(r, node);  // (the chain is recomputed at the next Fresh())
+  }
+}
+
 void InodeTable::Forget(fuse_ino_t ino, uint64_t n) {
   MutexLock lock(mu_);
   if (ino == FUSE_ROOT_ID) return;

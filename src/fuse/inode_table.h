@@ -80,6 +80,16 @@ class InodeTable {
   // the one `node` has now: the file changed outside kvmfs. nullptr otherwise.
   std::shared_ptr<pool::OpenImage> Update(fuse_ino_t ino, const pool::SetNode& node);
 
+  // The image file `old_host_path` of `ns` was renamed to `new_host_path`
+  // (mv through the tree): the inodes of its image directory and of
+  // everything in it resolve the new path from now on. (The kernel moved
+  // its dentry to the new name before kvmfs can drop it: a lookup under the
+  // moved directory must find the image at once.) The inodes keep their
+  // numbers and names (PathOf() says the old name until they are looked up
+  // again).
+  void Moved(const pool::Namespace* ns, const std::string& old_host_path,
+             const std::string& new_host_path);
+
   // FORGET: lookup count - n; at 0 the inode is dropped (its number stays
   // reserved for its name). Unknown numbers are ignored.
   void Forget(fuse_ino_t ino, uint64_t n);

@@ -142,6 +142,16 @@ void KernelCache::PoolsReplaced(const std::vector<std::string>& names) {
   Push(std::move(tasks), false);
 }
 
+void KernelCache::EntriesChanged(const std::vector<std::pair<fuse_ino_t, std::string>>& entries) {
+  std::vector<Task> tasks;
+  for (const auto& [parent, name] : entries) {
+    tasks.push_back(Task{parent, name});
+    tasks.push_back(Task{parent, ""});
+  }
+  epoch_.fetch_add(1, std::memory_order_acq_rel);
+  Push(std::move(tasks), true);
+}
+
 void KernelCache::Push(std::vector<Task> tasks, bool wait) {
   if (tasks.empty()) return;
   std::unique_lock lock(mu_);

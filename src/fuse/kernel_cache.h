@@ -81,6 +81,12 @@ class KernelCache : public pool::ChangeListener {
   // `names` (old and new pool names) are dropped.
   void PoolsReplaced(const std::vector<std::string>& names);
 
+  // Names the tree changed itself (an image made by ln -s, renamed by mv):
+  // the kernel drops its entries (parent, name) and the parents' attributes,
+  // so that the next lookup finds the node as it is now. Waits until pushed
+  // (bounded), like Written(). Call after the reply.
+  void EntriesChanged(const std::vector<std::pair<fuse_ino_t, std::string>>& entries);
+
   // Notifications pushed so far (the debug log reports them).
   uint64_t pushed() const;
 

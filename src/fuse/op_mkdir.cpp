@@ -1,5 +1,8 @@
-// mkdir/rmdir: internal snapshots, as <image>/snapshots/NAME directories.
-// The kernel updates its own view of the parent; what else shows the
+// mkdir/rmdir: in a folder, `mkdir NAME.qcow2` makes an empty image of the
+// format the extension says and `mkdir NAME` a folder; `rmdir` removes an
+// empty folder, never an image (Namespace::MakeDir/RemoveDir). Internal
+// snapshots, as <image>/snapshots/NAME directories: the kernel updates its
+// own view of the parent; what else shows the
 // snapshot list (info.json, snapshots/ listings reached through other
 // names) is invalidated after the reply (kernel_cache.h: never from inside
 // a request on the parent).
@@ -22,7 +25,7 @@ struct Made {
   std::string image_path;
 };
 
-Result<Made> MakeSnapshot(Filesystem& fs, fuse_ino_t parent, const std::string& name) {
+Result<Made> Make(Filesystem& fs, fuse_ino_t parent, const std::string& name) {
   KVMFS_ASSIGN_OR_RETURN(InodeTable::Entry dir, fs.Fresh(parent));
   auto pools = fs.Pools();
   KVMFS_RETURN_IF_ERROR(pools->MakeDir(dir.node, fs.PathOf(parent, name.c_str()), name));
@@ -32,7 +35,7 @@ Result<Made> MakeSnapshot(Filesystem& fs, fuse_ino_t parent, const std::string& 
   return Made{std::move(node), st, std::move(image_path)};
 }
 
-Result<std::string> RemoveSnapshot(Filesystem& fs, fuse_ino_t parent, const std::string& name) {
+Result<std::string> Remove(Filesystem& fs, fuse_ino_t parent, const std::string& name) {
   KVMFS_ASSIGN_OR_RETURN(InodeTable::Entry dir, fs.Fresh(parent));
   auto pools = fs.Pools();
   KVMFS_ASSIGN_OR_RETURN(pool::SetNode node, pools->Lookup(dir.node, name));
@@ -45,7 +48,7 @@ Result<std::string> RemoveSnapshot(Filesystem& fs, fuse_ino_t parent, const std:
 void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t) {
   Filesystem& fs = Fs(req);
   fs.Count(Op::kMkDir, parent);
-  auto made = MakeSnapshot(fs, parent, name);
+  auto made = Make(fs, parent, name);
   if (!made.ok()) {
     spdlog::info("mkdir {}: {}", fs.PathOf(parent, name), made.status().ToString());
     return ReplyError(req, made.status());
@@ -59,7 +62,7 @@ void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t) {
 void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Filesystem& fs = Fs(req);
   fs.Count(Op::kRmDir, parent);
-  auto removed = RemoveSnapshot(fs, parent, name);
+  auto removed = Remove(fs, parent, name);
   if (!removed.ok()) {
     spdlog::info("rmdir {}: {}", fs.PathOf(parent, name), removed.status().ToString());
     return ReplyError(req, removed.status());

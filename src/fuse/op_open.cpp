@@ -47,7 +47,9 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   const pool::OpenFile& file = handle->file;
   if (fi->flags & O_DIRECT) {
     fi->direct_io = 1;  // O_DIRECT: bypass the page cache, as the caller asked
-  } else if (file.is_info && !Immutable(node)) {
+  } else if (file.fresh || (file.is_info && !Immutable(node))) {
+    // (check.json is made at every open and its size is 0: only direct
+    // reads return its text.)
     fi->direct_io = 1;
   } else {
     fi->keep_cache = file.unchanged ? 1 : 0;

@@ -28,11 +28,11 @@ fuse_lowlevel_ops MakeOperations() {
   ops.flush = Flush;                // op_fsync.cpp
   ops.mkdir = MkDir;                // op_mkdir.cpp
   ops.rmdir = RmDir;                // op_mkdir.cpp
+  ops.symlink = Symlink;            // op_symlink.cpp
+  ops.rename = Rename;              // op_rename.cpp
   ops.create = Create;              // op_refused.cpp (EPERM from here on)
   ops.mknod = MkNod;                // op_refused.cpp
   ops.unlink = Unlink;              // op_refused.cpp
-  ops.rename = Rename;              // op_refused.cpp
-  ops.symlink = Symlink;            // op_refused.cpp
   ops.link = Link;                  // op_refused.cpp
   ops.setxattr = SetXattr;          // op_refused.cpp
   ops.removexattr = RemoveXattr;    // op_refused.cpp

@@ -83,16 +83,18 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, f
 // op_fsync.cpp
 void Fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi);
 void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
-// op_mkdir.cpp: snapshots/NAME
+// op_mkdir.cpp: images (NAME.qcow2), folders and snapshots/NAME
 void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode);
 void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name);
+// op_symlink.cpp: ln -s BASE NAME.qcow2 makes an overlay (a linked clone)
+void Symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name);
+// op_rename.cpp: mv of an image nothing uses
+void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+            const char* newname, unsigned int flags);
 // op_refused.cpp: what kvmfs does not offer (EPERM; EROFS from the kernel when ro)
 void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi);
 void MkNod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev);
 void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name);
-void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
-            const char* newname, unsigned int flags);
-void Symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name);
 void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname);
 void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
               int flags);

@@ -49,6 +49,10 @@ Status Image::DeleteSnapshot(const std::string& id) {
 
 std::vector<SnapshotInfo> Image::Snapshots() const { return {}; }
 
+Result<CheckResult> Image::Check(const CheckOptions&) {
+  return Status::NotSupported("This image format does not support checks");
+}
+
 Result<std::unique_ptr<Image>> Image::OpenSnapshot(const std::string& id) {
   return Status::NotSupported("format has no internal snapshots (asked for " + id + ")");
 }

@@ -268,6 +268,8 @@ class ImageCache {
 
   const ChainPolicy& policy() const { return policy_; }
   std::chrono::nanoseconds recheck() const { return recheck_; }
+  // The open files of the mount (or of this cache).
+  LayerRegistry& registry() const { return *registry_; }
   // Who hears of files changed outside kvmfs (see ChangeCallback). Set once,
   // before use.
   void SetChangeCallback(ChangeCallback changed) { changed_ = std::move(changed); }

@@ -80,6 +80,28 @@ nlohmann::ordered_json InfoJson(const InfoSubject& subject) {
   return j;
 }
 
+nlohmann::ordered_json CheckJson(const std::string& filename, const std::string& format,
+                                 const CheckResult& r) {
+  // qemu-img's order is that of QEMU's QDict buckets for these key names.
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  auto count = [&](const char* key, uint64_t v) {
+    if (v != 0) j[key] = v;
+  };
+  count("image-end-offset", r.image_end_offset);
+  count("compressed-clusters", r.compressed_clusters);
+  count("total-clusters", r.total_clusters);
+  count("corruptions", r.corruptions);
+  count("corruptions-fixed", r.corruptions_fixed);
+  j["check-errors"] = r.check_errors;
+  count("leaks", r.leaks);
+  count("allocated-clusters", r.allocated_clusters);
+  j["filename"] = filename;
+  j["format"] = format;
+  count("fragmented-clusters", r.fragmented_clusters);
+  if (!r.failure.empty()) j["error"] = "Check failed: " + r.failure;
+  return j;
+}
+
 nlohmann::ordered_json ErrorJson(const std::string& filename, const std::string& format,
                                  const std::string& error) {
   nlohmann::ordered_json j;

@@ -46,6 +46,14 @@ nlohmann::ordered_json InfoJson(const InfoSubject& subject);
 nlohmann::ordered_json ErrorJson(const std::string& filename, const std::string& format,
                                  const std::string& error);
 
+// check.json: `qemu-img check --output=json` of the image file `filename`
+// (canonical host path) of format `format`, keys in qemu-img's order, the
+// counts qemu-img omits when zero omitted. A check that failed
+// (result.failure) adds "error": "Check failed: <failure>" (where qemu-img
+// prints no result and exits with 1).
+nlohmann::ordered_json CheckJson(const std::string& filename, const std::string& format,
+                                 const CheckResult& result);
+
 // Pretty-printed with 4 spaces as qemu-img does, with a trailing newline.
 // Invalid UTF-8 (names from a hostile image) is replaced, never thrown.
 std::string RenderJson(const nlohmann::ordered_json& j);

@@ -25,6 +25,7 @@ std::string RelativeImagePath(const std::string& source, const std::string& host
 
 constexpr const char* kDiskName = "disk.raw";
 constexpr const char* kInfoName = "info.json";
+constexpr const char* kCheckName = "check.json";
 constexpr const char* kSnapshotsName = "snapshots";
 constexpr const char* kBackingName = "backing";
 
@@ -233,6 +234,7 @@ Result<Node> Namespace::ImageChild(const Node& parent, const std::string& name) 
       KVMFS_ASSIGN_OR_RETURN(node.image, ImageOf(parent));
       if (name == kDiskName) node.kind = NodeKind::kDisk;
       else if (name == kInfoName) node.kind = NodeKind::kInfo;
+      else if (name == kCheckName) node.kind = NodeKind::kCheck;
       else if (name == kSnapshotsName && HasSnapshotsDir(*node.image)) node.kind = NodeKind::kSnapshotsDir;
       else if (name == kBackingName && node.image->depth() > 1)
         node.kind = NodeKind::kBackingDir;
@@ -259,6 +261,7 @@ Result<Node> Namespace::ImageChild(const Node& parent, const std::string& name) 
     case NodeKind::kLayerDir:
       if (name == kDiskName) node.kind = NodeKind::kDisk;
       else if (name == kInfoName) node.kind = NodeKind::kInfo;
+      else if (name == kCheckName && parent.kind == NodeKind::kLayerDir) node.kind = NodeKind::kCheck;
       else return NoEntry(parent.host_path + "/.../" + name);
       return node;
     default:
@@ -473,6 +476,7 @@ Result<std::vector<DirEntry>> Namespace::List(const Node& node, const std::strin
     case NodeKind::kImageDir: {
       entries.push_back({kDiskName, false, std::nullopt, std::nullopt});
       entries.push_back({kInfoName, false, std::nullopt, std::nullopt});
+      entries.push_back({kCheckName, false, std::nullopt, std::nullopt});
       if (auto peek = Unopened(node)) {
         if (SnapshotsDirAlways(peek->format) || peek->snapshots > 0) {
           Node child = node;
@@ -525,9 +529,11 @@ Result<std::vector<DirEntry>> Namespace::List(const Node& node, const std::strin
     case NodeKind::kLayerDir:
       entries.push_back({kDiskName, false, std::nullopt, std::nullopt});
       entries.push_back({kInfoName, false, std::nullopt, std::nullopt});
+      if (node.kind == NodeKind::kLayerDir) entries.push_back({kCheckName, false, std::nullopt, std::nullopt});
       break;
     case NodeKind::kDisk:
     case NodeKind::kInfo:
+    case NodeKind::kCheck:
       return Status::FromErrno(ENOTDIR, path);
   }
   return entries;
@@ -555,6 +561,12 @@ Result<OpenFile> Namespace::Open(const Node& node, const std::string& path, int 
   node.image->EnsureCurrent(nullptr, true);
   OpenFile file;
   file.owner = node.image;
+  if (node.kind == NodeKind::kCheck) {
+    // Made at this open (the check runs now): no page cache, no size.
+    file.is_info = file.fresh = true;
+    KVMFS_ASSIGN_OR_RETURN(file.content, CheckText(node, path));
+    return file;
+  }
   if (node.kind == NodeKind::kInfo) {
     file.is_info = true;
     file.content = node.image->InfoText(node.view);

@@ -67,6 +67,13 @@ struct NamespaceOptions {
   // root(). Null: the local directory store of `source` (the block-device
   // store with `blockdev`).
   std::shared_ptr<Store> store;
+  // Files and folders made through the tree (mkdir NAME.ext, ln -s, mkdir of
+  // a folder): kvmfs.yaml(5) create_mode, create_owner, create_group. Unset
+  // owner or group: the owner or group of the folder they are made in.
+  // Folders get the mode with x wherever it has r.
+  mode_t create_mode = 0600;
+  std::optional<uid_t> create_uid;
+  std::optional<gid_t> create_gid;
 };
 
 enum class NodeKind {
@@ -78,6 +85,7 @@ enum class NodeKind {
   kLayerDir,      // <image>/backing/<n>-<file>/
   kDisk,          // .../disk.raw
   kInfo,          // .../info.json
+  kCheck,         // <image>/check.json, backing/<n>-<file>/check.json
 };
 
 // What a path names.
@@ -91,7 +99,9 @@ struct Node {
   std::shared_ptr<OpenImage> image;
   ViewId view;                       // for kSnapshotDir, kLayerDir, kDisk, kInfo
 
-  bool IsDir() const { return kind != NodeKind::kDisk && kind != NodeKind::kInfo; }
+  bool IsDir() const {
+    return kind != NodeKind::kDisk && kind != NodeKind::kInfo && kind != NodeKind::kCheck;
+  }
 };
 
 struct DirEntry {
@@ -114,6 +124,7 @@ struct OpenFile {
   std::string content;           // info.json: its text at open time
   bool is_info = false;
   bool unchanged = false;        // opened before with this image version: keep the page cache
+  bool fresh = false;            // check.json: made at this open, never from a page cache
   bool writable = false;         // disk.raw opened for writing
   bool sync = false;             // O_SYNC / O_DSYNC: flush after every write
   std::shared_ptr<DiskHandle> handle;  // disk.raw: released with the last copy
@@ -204,6 +215,45 @@ class Namespace {
   Status MakeSnapshotDir(Node parent, const std::string& path, const std::string& name);
   Status RemoveSnapshotDir(const Node& node, const std::string& path);
 
+  // ---- Images made, cloned and renamed through the tree (tree_ops.cpp) ----
+  // Refused in a read-only pool (kReadOnly). New files and folders get the
+  // create rules of NamespaceOptions; every change is logged.
+
+  // mkdir `name` in `parent`: in a folder, an empty image (virtual size 0,
+  // as `qemu-img create -f FMT NAME 0`) when the name's extension says a
+  // format whose driver creates images (FormatCaps::create), else a folder;
+  // in snapshots/, a snapshot (MakeSnapshotDir). Errors: kAlreadyExists,
+  // NotPermitted (hidden names, anywhere else), the host's and the driver's
+  // errors (a half-made file is removed).
+  Status MakeDir(Node parent, const std::string& path, const std::string& name);
+  Status MakeDir(const std::string& path);  // as Resolve() of its folder, then MakeDir
+  // rmdir: an empty folder below SOURCE, or a snapshot (RemoveSnapshotDir).
+  // Images and SOURCE itself are never removed (NotPermitted): deleting a
+  // disk is left to the host.
+  Status RemoveDir(const Node& node, const std::string& path);
+  Status RemoveDir(const std::string& path);
+  // ln -s TARGET NAME in folder `parent`: an overlay NAME (a linked clone, as
+  // `qemu-img create -f FMT -b TARGET -F TARGET_FMT NAME`) of the image file
+  // TARGET names, relative to the folder (or an absolute host path), which
+  // is recorded as its backing file name; the size is TARGET's. Errors:
+  // kAlreadyExists, kNotFound (no image TARGET), kPermission (TARGET outside
+  // SOURCE and the backing roots), kNotSupported (NAME's format cannot
+  // record a backing file), NotPermitted (NAME is no image name), TARGET's
+  // open error.
+  Status CloneImage(const Node& parent, const std::string& path, const std::string& name,
+                    const std::string& target);
+  // mv: renames the image file of image directory `node` to `new_name` in
+  // folder `new_parent` when nothing uses it: kBusy when a view of it (or
+  // of an image above it) is open in kvmfs, another program holds its QEMU
+  // locks, or another image of the pool names it as its backing file (the
+  // reason is in the message). The new name must show the same image
+  // (kInvalidArgument otherwise); a move to another folder keeps no
+  // relative reference (a backing file, VMDK extents, a data file) pointing
+  // elsewhere (NotPermitted). Errors: kAlreadyExists (never replaces),
+  // NotPermitted (not an image, folders).
+  Status RenameImage(const Node& node, const std::string& path, const Node& new_parent,
+                     const std::string& new_name);
+
   // Who hears of image files changing (the engine's change detection calls
   // it); nullptr for nobody. The listener must outlive its registration.
   void SetChangeListener(ChangeListener* listener) { listener_.store(listener); }
@@ -243,6 +293,14 @@ class Namespace {
     mode_t mode;
   };
   Owner OwnerOf(const Node& node, bool narrow) const;
+  // tree_ops.cpp
+  Result<std::string> CheckText(const Node& node, const std::string& path);
+  Status CreateImageFile(const std::string& host_path, const struct stat& folder_st,
+                         const std::string& format, const CreateOptions& create);
+  Status ApplyCreateRules(int fd, const std::string& host_path, const struct stat& folder_st,
+                          bool folder);
+  Status CheckRenameable(const Node& node, const std::string& path, bool same_folder);
+  Result<std::string> BackedBy(const std::string& canonical);
   struct stat BaseStat(const Node& node) const;
   struct stat StatNode(const Node& node);
 

@@ -102,23 +102,23 @@ Status PoolSet::Truncate(const std::string& path, uint64_t size) {
 }
 
 Status PoolSet::MakeDir(const std::string& path) {
-  if (root_) return root_->MakeSnapshotDir(path);
+  if (root_) return root_->MakeDir(path);
   std::string rest;
   auto routed = Route(path, &rest);
   if (!routed.ok() && rest == "/") return Status::ReadOnly(path + ": pool folders come from the config");
   KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, std::move(routed));
   if (pool == nullptr || rest == "/") return Status::AlreadyExists(path + ": exists");
   if (!pool->ns) return Status::ReadOnly(path + ": the pool is empty");
-  return pool->ns->MakeSnapshotDir(rest);
+  return pool->ns->MakeDir(rest);
 }
 
 Status PoolSet::RemoveDir(const std::string& path) {
-  if (root_) return root_->RemoveSnapshotDir(path);
+  if (root_) return root_->RemoveDir(path);
   std::string rest;
   KVMFS_ASSIGN_OR_RETURN(const PoolEntry* pool, Route(path, &rest));
   if (pool == nullptr || rest == "/" || !pool->ns)
     return Status::ReadOnly(path + ": pool folders cannot be removed");
-  return pool->ns->RemoveSnapshotDir(rest);
+  return pool->ns->RemoveDir(rest);
 }
 
 Result<struct statvfs> PoolSet::StatFs(const std::string& path) {
@@ -219,14 +219,30 @@ Status PoolSet::MakeDir(const SetNode& parent, const std::string& path, const st
     case SetNode::Kind::kEmptyPool: return Status::ReadOnly(path + ": the pool is empty");
     case SetNode::Kind::kPool: break;
   }
-  return parent.ns->MakeSnapshotDir(parent.node, path, name);
+  return parent.ns->MakeDir(parent.node, path, name);
 }
 
 Status PoolSet::RemoveDir(const SetNode& node, const std::string& path) {
   if (node.kind != SetNode::Kind::kPool || (node.node.kind == NodeKind::kFolder && !root_ &&
                                             node.node.host_path == node.ns->options().source))
     return Status::ReadOnly(path + ": pool folders cannot be removed");
-  return node.ns->RemoveSnapshotDir(node.node, path);
+  return node.ns->RemoveDir(node.node, path);
+}
+
+Status PoolSet::MakeLink(const SetNode& parent, const std::string& path, const std::string& name,
+                         const std::string& target) {
+  if (parent.kind != SetNode::Kind::kPool)
+    return Status::NotPermitted(path + ": nothing can be made above the pools' folders");
+  return parent.ns->CloneImage(parent.node, path, name, target);
+}
+
+Status PoolSet::Rename(const SetNode& node, const std::string& path, const SetNode& new_parent,
+                       const std::string& new_name) {
+  if (node.kind != SetNode::Kind::kPool || new_parent.kind != SetNode::Kind::kPool)
+    return Status::NotPermitted(path + ": pool folders cannot be renamed");
+  if (node.ns != new_parent.ns)
+    return Status::NotPermitted(path + ": images move only within their pool");
+  return node.ns->RenameImage(node.node, path, new_parent.node, new_name);
 }
 
 Result<struct statvfs> PoolSet::StatFs(const SetNode& node) {
@@ -332,6 +348,9 @@ Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
       ns.force_share = options.force_share;
       ns.registry = registry;
       ns.keys = keys;
+      ns.create_mode = static_cast<mode_t>(p.create_mode);
+      if (p.create_uid) ns.create_uid = static_cast<uid_t>(*p.create_uid);
+      if (p.create_gid) ns.create_gid = static_cast<gid_t>(*p.create_gid);
       entry.ns = std::make_shared<Namespace>(std::move(ns));
     }
     pools.push_back(std::move(entry));

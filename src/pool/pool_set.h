@@ -58,7 +58,7 @@ class PoolSet {
   Result<struct stat> Stat(const std::string& path);
   Result<std::vector<DirEntry>> List(const std::string& path);
   Result<OpenFile> Open(const std::string& path, int flags);
-  // As Namespace::Truncate/MakeSnapshotDir/RemoveSnapshotDir; anything at
+  // As Namespace::Truncate/MakeDir/RemoveDir; anything at
   // or above a pool folder is kReadOnly.
   Status Truncate(const std::string& path, uint64_t size);
   Status MakeDir(const std::string& path);
@@ -81,6 +81,14 @@ class PoolSet {
   // mkdir `name` in `parent` (`path` is the new directory's).
   Status MakeDir(const SetNode& parent, const std::string& path, const std::string& name);
   Status RemoveDir(const SetNode& node, const std::string& path);
+  // ln -s `target` `name` in `parent` (Namespace::CloneImage); NotPermitted
+  // above the pools' folders.
+  Status MakeLink(const SetNode& parent, const std::string& path, const std::string& name,
+                  const std::string& target);
+  // mv of `node` to `new_name` in `new_parent` (Namespace::RenameImage);
+  // NotPermitted for pool folders and between pools.
+  Status Rename(const SetNode& node, const std::string& path, const SetNode& new_parent,
+                const std::string& new_name);
   Result<struct statvfs> StatFs(const SetNode& node);
 
   // Registers `listener` with every pool's namespace (nullptr: none).

@@ -61,7 +61,7 @@ class Chain(h.KvmfsTestCase):
                          ["1-mid.qcow2", "2-base.raw"])
         self.assertEqual(sorted(os.listdir(self.m.path("vms", "mid.qcow2", "backing"))), ["1-base.raw"])
         self.assertEqual(sorted(os.listdir(self.m.path("vms", "top.qcow2", "backing", "1-mid.qcow2"))),
-                         ["disk.raw", "info.json"])
+                         ["check.json", "disk.raw", "info.json"])
 
     def test_backing_views(self):
         b = self.m.path("vms", "top.qcow2", "backing")

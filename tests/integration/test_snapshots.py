@@ -44,7 +44,7 @@ class Snapshots(h.KvmfsTestCase):
                          sorted(["first", "a%2Fb%25c", "3", "4", "5"]))
 
     def test_image_dir_listing(self):
-        self.assertEqual(sorted(os.listdir(self.m.path("vm.qcow2"))), ["disk.raw", "info.json", "snapshots"])
+        self.assertEqual(sorted(os.listdir(self.m.path("vm.qcow2"))), ["check.json", "disk.raw", "info.json", "snapshots"])
 
     def test_current_state(self):
         self.assertViewMatches(self.m.path("vm.qcow2"), self.img)

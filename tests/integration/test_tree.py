@@ -179,9 +179,9 @@ class Tree(h.KvmfsTestCase):
             opened = self.open_files(m)
             for rel, img in self.imgs.items():
                 self.assertNotIn(os.path.realpath(img), opened, "image opened by ls -R: %s" % rel)
-            self.assertEqual(walked["top.qcow2"], (["snapshots"], ["disk.raw", "info.json"]))
+            self.assertEqual(walked["top.qcow2"], (["snapshots"], ["check.json", "disk.raw", "info.json"]))
             self.assertEqual(walked["top.qcow2/snapshots"], ([], []))
-            self.assertEqual(walked["a/b/raw.img"], ([], ["disk.raw", "info.json"]))
+            self.assertEqual(walked["a/b/raw.img"], ([], ["check.json", "disk.raw", "info.json"]))
             self.assertEqual(stat.S_IMODE(os.stat(m.path("top.qcow2", "snapshots")).st_mode), 0o555)
         finally:
             self.unmount(m)

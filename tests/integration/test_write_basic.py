@@ -124,7 +124,7 @@ class WriteBasic(h.KvmfsTestCase):
         self.assertEqual(h.open_err(self.m.path("ovl.qcow2", "backing", "1-base.img", "disk.raw"),
                                     os.O_RDWR), errno.EROFS)
         for fn in (lambda: os.unlink(disk), lambda: os.rename(disk, disk + "2"),
-                   lambda: os.mkdir(self.m.path("newdir")),
+                   lambda: os.rmdir(self.m.path("a.raw")),
                    lambda: os.close(os.open(self.m.path("new.raw"), os.O_CREAT | os.O_WRONLY, 0o644))):
             with self.assertRaises(OSError) as cm:
                 fn()

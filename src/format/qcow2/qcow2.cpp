@@ -312,6 +312,9 @@ class Qcow2Image final : public Image {
     return std::unique_ptr<Image>(std::move(view));
   }
 
+  // The file's check (of the active view; a snapshot view checks the same file).
+  Result<CheckResult> Check(const CheckOptions& options) override { return engine_->Check(options); }
+
   Result<uint64_t> ActualSize() override {
     // As qemu-img: the qcow2 file's own allocation, not the data file's.
     return engine_->file().AllocatedBytes();
@@ -378,7 +381,11 @@ class Qcow2Driver final : public FormatDriver {
  public:
   const char* name() const override { return "qcow2"; }
   FormatCaps caps() const override {
-    return {.writable = true, .internal_snapshots = true, .backing_files = true, .compression = true};
+    return {.writable = true, .internal_snapshots = true, .backing_files = true, .compression = true,
+            .create = true, .create_backing = true, .check = true};
+  }
+  Status Create(Backend& file, const CreateOptions& options) const override {
+    return qcow2::CreateImage(file, options);
   }
   std::vector<std::string> extensions() const override { return {"qcow2"}; }
   FormatPeek Peek(const uint8_t* h, size_t len) const override {

@@ -261,6 +261,11 @@ struct Header {
 // or encryption method), kTooLarge (QEMU limits).
 Result<Header> ReadHeader(Backend& file, uint64_t file_size, const std::string& name);
 
+// Writes a new empty image into `file` as `qemu-img create -f qcow2` does
+// (create.cpp). Errors: kTooLarge past QEMU's L1 limit, kInvalidArgument
+// for a backing name QEMU would refuse, the backend's errors.
+Status CreateImage(Backend& file, const CreateOptions& options);
+
 // ---- Geometry -----------------------------------------------------------------------
 
 struct Geometry {
@@ -808,6 +813,14 @@ class Engine {
   void MarkUnsynced() { write_gen_.fetch_add(1, std::memory_order_acq_rel); }
   Status Resize(uint64_t new_size, const BackingView& backing);
   Result<SnapshotInfo> CreateSnapshot(const std::string& name);
+  // A read-only check as `qemu-img check` without repair (verify.cpp).
+  // Writes back what a write session holds first (the file then says what
+  // the engine knows), then walks the file with the metadata frozen:
+  // readers and in-place writes go on, metadata changes wait. Memory:
+  // options.max_count_bytes of reference counters (more passes over the
+  // tables for a larger file), one L1 and one L2 table, the refcount table.
+  // Errors: only the flush's; a failed walk is CheckResult::failure.
+  Result<CheckResult> Check(const CheckOptions& options);
   Status DeleteSnapshot(const std::string& id);
   // Whether snapshot `id` with its L1 at `l1_offset` still exists. Requires
   // mutex() held.
@@ -815,6 +828,7 @@ class Engine {
 
  private:
   friend class Writer;
+  friend class Verifier;
   // `cold`: for block-status walks; a table not cached is cached cold
   // (L2Cache::InsertCold) and a cached one is not marked used.
   Result<std::shared_ptr<const L2Table>> GetL2(uint64_t l2_offset, uint64_t l1_index,

@@ -97,8 +97,14 @@ class RawImage final : public Image {
 class RawFormatDriver final : public FormatDriver {
  public:
   const char* name() const override { return "raw"; }
-  FormatCaps caps() const override { return {.writable = true}; }
+  FormatCaps caps() const override { return {.writable = true, .create = true}; }
   std::vector<std::string> extensions() const override { return {"raw", "iso"}; }
+  // qemu-img create -f raw: a sparse file of the size (rounded up to 512).
+  Status Create(Backend& file, const CreateOptions& options) const override {
+    if (!options.backing_file.empty())
+      return Status::NotSupported(file.name() + ": raw images have no backing file");
+    return file.Truncate((options.size + 511) & ~uint64_t{511});
+  }
   int Probe(const uint8_t*, size_t) const override { return 1; }
   FormatPeek Peek(const uint8_t*, size_t) const override { return {.known = true}; }
   Result<std::unique_ptr<Image>> Open(std::shared_ptr<Backend> file,

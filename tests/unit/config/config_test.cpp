@@ -141,7 +141,8 @@ TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
             F() +
                 ":4: pools[0].colour: unknown key (expected one of: name, path, layout, backend, "
                 "readonly, "
-                "backing_roots, extensions, ceph_conf, client, keyring, pool, namespace)");
+                "backing_roots, extensions, create_mode, create_owner, create_group, ceph_conf, "
+                "client, keyring, pool, namespace)");
   EXPECT_EQ(Error("pools: []\nfoo: 1\n").substr(0, F().size() + 8), F() + ":2: foo:");
   EXPECT_EQ(Error("pools:\n  - path: /x\n"),
             F() + ":2: pools[0].name: missing (every pool needs a name)");
@@ -208,6 +209,30 @@ TEST_F(ConfigTest, MetricsSection) {
   EXPECT_EQ(Error("pools: []\nmetrics:\n  max_images: 2.5\n"),
             F() + ":3: metrics.max_images: expected a whole number, got \"2.5\"");
   EXPECT_NE(Error("pools: []\nmetrics: yes\n"), "");
+}
+
+TEST_F(ConfigTest, CreateRules) {
+  auto c = ParseConfig(
+      "pools:\n  - name: a\n    path: /x\n  - name: b\n    path: /y\n    create_mode: 0640\n"
+      "    create_owner: root\n    create_group: \"123\"\n",
+      F());
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->pools[0].create_mode, 0600u);
+  EXPECT_FALSE(c->pools[0].create_uid.has_value());
+  EXPECT_FALSE(c->pools[0].create_gid.has_value());
+  EXPECT_EQ(c->pools[1].create_mode, 0640u);
+  EXPECT_EQ(c->pools[1].create_uid, 0u);
+  EXPECT_EQ(c->pools[1].create_gid, 123u);
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    create_mode: \"0888\"\n"),
+            F() + ":4: pools[0].create_mode: expected an octal mode such as 0640, got \"0888\"");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    create_mode: \"01777\"\n"),
+            F() + ":4: pools[0].create_mode: expected an octal mode such as 0640, got \"01777\"");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    create_owner: no-such-user-kvmfs\n"),
+            F() + ":4: pools[0].create_owner: expected a user name or number, got "
+                  "\"no-such-user-kvmfs\" (no such user)");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    create_group: no-such-group-kvmfs\n"),
+            F() + ":4: pools[0].create_group: expected a group name or number, got "
+                  "\"no-such-group-kvmfs\" (no such group)");
 }
 
 TEST_F(ConfigTest, MissingFile) {

@@ -150,7 +150,7 @@ TEST_F(NamespaceTest, ImageDirectoryStatDoesNotOpen) {
 
 TEST_F(NamespaceTest, ImageDirectoryShowsSnapshotsAndBacking) {
   EXPECT_EQ(Names(ns_->List("/vm1.qcow2")),
-            (std::vector<std::string>{"disk.raw", "info.json", "snapshots", "backing"}));
+            (std::vector<std::string>{"disk.raw", "info.json", "check.json", "snapshots", "backing"}));
   EXPECT_EQ(last_format_, "qcow2");
   // Colliding names stay reachable: the later "a/b" gets its id appended.
   EXPECT_EQ(Names(ns_->List("/vm1.qcow2/snapshots")),
@@ -159,7 +159,7 @@ TEST_F(NamespaceTest, ImageDirectoryShowsSnapshotsAndBacking) {
   EXPECT_EQ(Names(ns_->List("/vm1.qcow2/snapshots/2")),
             (std::vector<std::string>{"disk.raw", "info.json"}));
   // A raw image has neither.
-  EXPECT_EQ(Names(ns_->List("/plain.img")), (std::vector<std::string>{"disk.raw", "info.json"}));
+  EXPECT_EQ(Names(ns_->List("/plain.img")), (std::vector<std::string>{"disk.raw", "info.json", "check.json"}));
   EXPECT_FALSE(ns_->Resolve("/plain.img/snapshots").ok());
   EXPECT_FALSE(ns_->Resolve("/plain.img/backing").ok());
 }
