@@ -17,6 +17,8 @@
 namespace kvmfs::config {
 
 enum class Backend { kDir, kBlockdev };
+// `compress:` of a pool: qcow2 writes stored compressed (kvmfs.yaml(5)).
+enum class Compress { kNone, kZlib, kZstd };
 
 struct PoolConfig {
   std::string name;    // the folder under the mount point
@@ -24,6 +26,7 @@ struct PoolConfig {
   std::string layout;  // set when the pool has `layout`
   Backend backend = Backend::kDir;
   bool readonly = false;
+  Compress compress = Compress::kNone;
   std::vector<std::string> backing_roots;  // as written, made absolute
   std::vector<std::string> extensions;     // image extensions ("qcow2"), empty: the top-level list
   int line = 0;                            // where the pool starts (1-based)
