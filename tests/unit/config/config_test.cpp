@@ -89,6 +89,24 @@ TEST_F(ConfigTest, EveryKey) {
   EXPECT_EQ(c->extensions, (std::vector<std::string>{"qcow2"}));
 }
 
+TEST_F(ConfigTest, CompressKey) {
+  auto c = ParseConfig(
+      "pools:\n  - name: a\n    path: /a\n    compress: zlib\n"
+      "  - name: b\n    path: /b\n    compress: zstd\n"
+      "  - name: c\n    path: /c\n    compress: none\n  - name: d\n    path: /d\n",
+      F());
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  ASSERT_EQ(c->pools.size(), 4u);
+  EXPECT_EQ(c->pools[0].compress, Compress::kZlib);
+  EXPECT_EQ(c->pools[1].compress, Compress::kZstd);
+  EXPECT_EQ(c->pools[2].compress, Compress::kNone);
+  EXPECT_EQ(c->pools[3].compress, Compress::kNone);
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    compress: lz4\n"),
+            F() + ":4: pools[0].compress: expected none, zlib or zstd, got \"lz4\"");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    compress: [zlib]\n"),
+            F() + ":4: pools[0].compress: expected a string, got a list");
+}
+
 TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
   EXPECT_EQ(
       Error("pools:\n  - name: a\n    path: /x\n  - name: b\n    path: /y\n    readonly: maybe\n"),
@@ -96,7 +114,7 @@ TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    colour: red\n"),
             F() +
                 ":4: pools[0].colour: unknown key (expected one of: name, path, layout, backend, "
-                "readonly, "
+                "readonly, compress, "
                 "backing_roots, extensions)");
   EXPECT_EQ(Error("pools: []\nfoo: 1\n").substr(0, F().size() + 8), F() + ":2: foo:");
   EXPECT_EQ(Error("pools:\n  - path: /x\n"),
