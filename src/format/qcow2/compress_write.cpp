@@ -16,7 +16,11 @@
 // the bytes with no lock (nothing names them yet) and links the L2 entry
 // under the exclusive lock: data before the L2 entry, refcounts before the
 // L2 table reaches the disk (FlushLocked).
+#include <condition_variable>
 #include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
 
 #include "format/qcow2/qcow2.h"
 
@@ -55,6 +59,73 @@ void Engine::CompressRun(const AllocRun& r, std::vector<uint8_t>& out,
     return;
   }
   out.resize(*n);
+}
+
+namespace {
+
+// The clusters of one request being compressed: each is claimed once, by
+// a helper of the decode pool or by the requesting thread, which then waits
+// only for the clusters helpers are working on (never for a task nobody
+// started, as PostDecodeTask asks).
+struct CompressBatch {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<uint8_t> state;  // GUARDED_BY(mu): 0 free, 1 claimed, 2 done
+  size_t done = 0;             // GUARDED_BY(mu)
+
+  bool Claim(size_t j) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (state[j] != 0) return false;
+    state[j] = 1;
+    return true;
+  }
+  void Done(size_t j) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      state[j] = 2;
+      ++done;
+    }
+    cv.notify_all();
+  }
+};
+
+}  // namespace
+
+void Engine::CompressRuns(const std::vector<AllocRun>& runs, size_t count,
+                          std::vector<std::vector<uint8_t>>& out,
+                          std::vector<std::vector<uint8_t>>& padded) {
+  std::vector<size_t> todo;
+  for (size_t i = 0; i < count; ++i)
+    if (runs[i].compress) todo.push_back(i);
+  if (todo.size() <= 1) {
+    for (size_t i : todo) CompressRun(runs[i], out[i], padded[i]);
+    return;
+  }
+  auto batch = std::make_shared<CompressBatch>();
+  batch->state.assign(todo.size(), 0);
+  // Called only for a claimed cluster, and every claimed cluster is done
+  // before this function returns: the references stay valid. A task that
+  // finds its cluster claimed touches nothing but the batch.
+  std::function<void(size_t)> work = [this, &runs, &out, &padded, &todo](size_t j) {
+    const size_t i = todo[j];
+    CompressRun(runs[i], out[i], padded[i]);
+  };
+  for (size_t j = 1; j < todo.size(); ++j) {
+    if (!PostDecodeTask([batch, work, j] {
+          if (batch->Claim(j)) {
+            work(j);
+            batch->Done(j);
+          }
+        }))
+      break;  // no helper threads: this thread does them all
+  }
+  for (size_t j = 0; j < todo.size(); ++j)
+    if (batch->Claim(j)) {
+      work(j);
+      batch->Done(j);
+    }
+  std::unique_lock<std::mutex> lock(batch->mu);
+  batch->cv.wait(lock, [&] { return batch->done == todo.size(); });
 }
 
 Result<uint64_t> Engine::AllocCompressedBytes(uint64_t size) {

@@ -875,6 +875,12 @@ class Engine {
   // the run is then stored as a normal cluster, from `padded` when the
   // cluster is the image's last and partly past the virtual size.
   void CompressRun(const AllocRun& r, std::vector<uint8_t>& out, std::vector<uint8_t>& padded);
+  // CompressRun() of every compressed run among runs [0, count), spread
+  // over the decode pool's helpers (PostDecodeTask) and this thread; returns
+  // when all are done. No lock needed.
+  void CompressRuns(const std::vector<AllocRun>& runs, size_t count,
+                    std::vector<std::vector<uint8_t>>& out,
+                    std::vector<std::vector<uint8_t>>& padded);
   // Gives compressed runs [0, count) of `runs` their host bytes
   // (AllocCompressedBytes), or a normal cluster when `out[i]` is empty
   // (then the run becomes a normal one). Exclusive lock held. Returns the

@@ -525,8 +525,7 @@ Status Engine::WriteAllocating(uint64_t off, const uint8_t* buf, size_t len,
     // Compressed runs (compress_write.cpp): compressed with no lock, then
     // given their host bytes under the exclusive lock.
     packed.resize(runs.size());
-    for (size_t i = 0; i < ok; ++i)
-      if (runs[i].compress) CompressRun(runs[i], packed[i], partial[i]);
+    CompressRuns(runs, ok, packed, partial);
     std::unique_lock<std::shared_mutex> lock = LockExclusive();
     Status placed;
     const size_t n = PlaceCompressedRuns(runs, packed, partial, ok, &placed);
