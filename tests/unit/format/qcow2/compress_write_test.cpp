@@ -6,8 +6,10 @@
 // L2 entries read from the file.
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <cstring>
 #include <random>
+#include <thread>
 
 #include "base/endian.h"
 #include "write_helpers.h"
@@ -283,6 +285,94 @@ TEST_F(Qcow2CompressWrite, OneBitRefcountsGiveEveryCompressedClusterItsOwnHostCl
   WriteAll("img.qcow2", 0, data, 512 * 1024);
   ExpectCleanAndEqual("img.qcow2", data);
   for (uint64_t i = 0; i < 8; ++i) EXPECT_NE(L2Entry("img.qcow2", i) & kCompressedBit, 0u) << i;
+}
+
+TEST_F(Qcow2CompressWrite, ConcurrentWritersShareThePackedClusters) {
+  Sh("qemu-img create -q -f qcow2 img.qcow2 8M");
+  auto img = OpenCompressed("img.qcow2");
+  ASSERT_TRUE(img.ok()) << img.status().ToString();
+  ASSERT_OK((*img)->BeginWrites());
+  const std::vector<uint8_t> data = Text(8 << 20, 30);
+  // Four writers over interleaved 256 KiB stripes (whole clusters) and
+  // partial writes, a reader going over what is written meanwhile.
+  std::vector<std::thread> threads;
+  std::atomic<int> errors{0};
+  for (int w = 0; w < 4; ++w)
+    threads.emplace_back([&, w] {
+      for (uint64_t at = w * 262144ull; at < data.size(); at += 4 * 262144ull) {
+        if (!(*img)->Write(at, data.data() + at, 262144).ok()) ++errors;
+        std::vector<uint8_t> back(65536);
+        if (!(*img)->Read(at, back.data(), back.size()).ok() ||
+            std::memcmp(back.data(), data.data() + at, back.size()) != 0)
+          ++errors;
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(FirstDiff(ReadImage(**img, 0, data.size()), data), -1);
+  ASSERT_OK((*img)->EndWrites());
+  img->reset();
+  ExpectCleanAndEqual("img.qcow2", data);
+  EXPECT_LT(fs::file_size(P("img.qcow2")), 4u << 20);  // compressed and packed
+}
+
+TEST_F(Qcow2CompressWrite, SnapshotsShareThePackedClusters) {
+  // A snapshot raises the refcount of the packed host clusters; compressed
+  // writes after it go on packing into the same (now shared) cluster, and
+  // deleting the snapshot gives the references back.
+  Sh("qemu-img create -q -f qcow2 img.qcow2 1M");
+  auto img = OpenCompressed("img.qcow2");
+  ASSERT_TRUE(img.ok()) << img.status().ToString();
+  ASSERT_OK((*img)->BeginWrites());
+  std::vector<uint8_t> data(1 << 20, 0);
+  const auto a = Text(3 * kCluster, 40);
+  ASSERT_OK((*img)->Write(0, a.data(), a.size()));
+  std::memcpy(data.data(), a.data(), a.size());
+  const std::vector<uint8_t> at_snap = data;
+  auto snap = (*img)->CreateSnapshot("s1");
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  const auto b = Text(2 * kCluster, 41), c = Text(kCluster, 42);
+  ASSERT_OK((*img)->Write(4 * kCluster, b.data(), b.size()));  // new: packed after a
+  ASSERT_OK((*img)->Write(kCluster, c.data(), c.size()));      // over a shared compressed one
+  std::memcpy(data.data() + 4 * kCluster, b.data(), b.size());
+  std::memcpy(data.data() + kCluster, c.data(), c.size());
+  ASSERT_OK((*img)->Flush());
+  std::string out;
+  EXPECT_EQ(Check("img.qcow2", &out), 0) << out;
+  EXPECT_EQ(FirstDiff(QemuRaw("img.qcow2", "s1"), at_snap), -1);
+  ASSERT_OK((*img)->DeleteSnapshot(snap->id));
+  EXPECT_EQ(FirstDiff(ReadImage(**img, 0, data.size()), data), -1);
+  ASSERT_OK((*img)->EndWrites());
+  img->reset();
+  ExpectCleanAndEqual("img.qcow2", data);
+}
+
+TEST_F(Qcow2CompressWrite, WholeClustersOverABackingFileNeedNoCopy) {
+  Sh("qemu-img create -q -f qcow2 base.qcow2 1M");
+  Sh("qemu-io -c 'write -P 0x5a 0 1M' base.qcow2 >/dev/null");
+  Sh("qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 1M");
+  auto top = OpenCompressed("top.qcow2");
+  ASSERT_TRUE(top.ok()) << top.status().ToString();
+  ChainPolicy policy;
+  policy.allowed_roots = {dir_};
+  auto chain = OpenChain(P("base.qcow2"), policy, "qcow2");
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  (*top)->SetBacking(chain->top());
+  ASSERT_OK((*top)->BeginWrites());
+  std::vector<uint8_t> data(1 << 20, 0x5a);
+  const auto a = Text(2 * kCluster, 50), b = Text(5000, 51);
+  ASSERT_OK((*top)->Write(2 * kCluster, a.data(), a.size()));
+  ASSERT_OK((*top)->Write(6 * kCluster + 10, b.data(), b.size()));  // partial: COW from base
+  std::memcpy(data.data() + 2 * kCluster, a.data(), a.size());
+  std::memcpy(data.data() + 6 * kCluster + 10, b.data(), b.size());
+  EXPECT_EQ(FirstDiff(ReadImage(**top, 0, data.size()), data), -1);
+  ASSERT_OK((*top)->EndWrites());
+  top->reset();
+  ExpectCleanAndEqual("top.qcow2", data);
+  EXPECT_NE(L2Entry("top.qcow2", 2) & kCompressedBit, 0u);
+  EXPECT_NE(L2Entry("top.qcow2", 3) & kCompressedBit, 0u);
+  EXPECT_EQ(L2Entry("top.qcow2", 6) & kCompressedBit, 0u);
+  EXPECT_EQ(L2Entry("top.qcow2", 0), 0u);  // untouched: still the base's
 }
 
 }  // namespace
