@@ -24,9 +24,9 @@
 namespace kvmfs {
 
 // The pool's `compress:` key (kvmfs.yaml(5)): whether guest writes are
-// stored compressed. Only drivers with caps().compression act on it; the
-// codec is the image's own where its format records one (qcow2's
-// compression_type), else the one named here.
+// stored compressed. Only drivers with caps().compression may act on it
+// (qcow2 does; the others ignore it); the codec is the image's own where its
+// format records one (qcow2's compression_type), else the one named here.
 enum class WriteCompression { kNone, kZlib, kZstd };
 
 // What a driver may ask of the world while opening (it never opens host files
