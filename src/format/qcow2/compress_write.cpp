@@ -27,8 +27,10 @@
 namespace kvmfs::qcow2 {
 
 void Engine::SetWriteCompression(bool on) {
-  // As QEMU: no compressed clusters in an image with an external data file.
-  compress_writes_ = on && !header_.has_data_file();
+  // As QEMU: no compressed clusters in an image with an external data file;
+  // and none in an encrypted one (compressed clusters would be stored in
+  // clear: kvmfs keeps encrypted images' clusters encrypted).
+  compress_writes_ = on && !header_.has_data_file() && header_.raw.crypt_method == kCryptNone;
 }
 
 bool Engine::CompressEligible(uint64_t pos, uint64_t cend, bool allocated,

@@ -771,7 +771,8 @@ class Engine {
   // Called at open (before any write): store every wholly written cluster
   // that has no host cluster in this layer compressed, with the image's
   // compression type, as QEMU's compress filter (compress_write.cpp).
-  // Ignored for images with an external data file (QEMU refuses them).
+  // Ignored for images with an external data file (QEMU refuses them) and
+  // for encrypted images.
   void SetWriteCompression(bool on);
   bool write_compression() const { return compress_writes_; }
   // Loads the refcount table, repairs a dirty image. Idempotent.
