@@ -62,6 +62,8 @@ struct ChainPolicy {
   // (OpenContext::key asks it with the path of the layer being opened).
   // Empty: no key is configured for any image.
   std::function<Result<std::shared_ptr<const Secret>>(const std::string& path)> key_for;
+  // Handed to the drivers of layers opened for writing (OpenContext::compress).
+  WriteCompression compress = WriteCompression::kNone;
 };
 
 struct Layer {

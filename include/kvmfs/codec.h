@@ -61,6 +61,15 @@ bool PostDecodeTask(std::function<void()> task);
 // `out`; returns its length. kNoSpace when it does not fit. Thread-safe.
 Result<size_t> CompressZlibStream(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_cap);
 
+// Compresses one qcow2 cluster as QEMU's qcow2 writer does: kDeflate into
+// a raw deflate stream (windowBits -12, the default level: what QEMU's
+// inflate with windowBits -12 reads), kZstd into one zstd frame (the default
+// level), kZlib as CompressZlibStream(). Into at most `out_cap` bytes of
+// `out`; returns the length. kNoSpace when the result does not fit (the
+// caller then stores the data uncompressed). Thread-safe.
+Result<size_t> Compress(CompressionType type, const uint8_t* in, size_t in_len, uint8_t* out,
+                        size_t out_cap);
+
 // Helper threads of DecompressBatch's pool (0 until first used, or on one
 // core). For tests and benchmarks.
 unsigned DecompressHelperThreads();

@@ -24,6 +24,12 @@
 
 namespace kvmfs {
 
+// The pool's `compress:` key (kvmfs.yaml(5)): whether guest writes are
+// stored compressed. Only drivers with caps().compression may act on it
+// (qcow2 does; the others ignore it); the codec is the image's own where its
+// format records one (qcow2's compression_type), else the one named here.
+enum class WriteCompression { kNone, kZlib, kZstd };
+
 // What a driver may ask of the world while opening (it never opens host files
 // itself).
 struct OpenContext {
@@ -40,6 +46,9 @@ struct OpenContext {
   // Call it only during Open(), and only for an encrypted image. May be
   // empty: no key is configured (kPermission "no key configured").
   KeyLookup key;
+  // With writable: store wholly written, newly allocated clusters compressed
+  // (drivers without caps().compression ignore it).
+  WriteCompression compress = WriteCompression::kNone;
 };
 
 // What creating an image needs: the arguments of `qemu-img create -f FMT

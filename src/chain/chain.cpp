@@ -104,6 +104,7 @@ Result<Layer> OpenLayerFile(const LayerRequest& request) {
   OpenContext ctx;
   ctx.name = current;
   ctx.writable = writable;
+  ctx.compress = writable ? owned->compress : WriteCompression::kNone;
   ctx.open_related = [current, owned,
                       writable](const std::string& name) -> Result<std::shared_ptr<Backend>> {
     const ChainPolicy& policy = *owned;

@@ -8,6 +8,9 @@
 #include <time.h>
 #include <zlib.h>
 #include <zstd.h>
+#include <zstd_errors.h>
+
+#include <cerrno>
 
 #include <atomic>
 #include <memory>
@@ -124,7 +127,81 @@ Status DecompressZstd(const uint8_t* in, size_t in_len, uint8_t* out, size_t out
   return Status::OK();
 }
 
+// As QEMU's qcow2_zlib_compress: deflateInit2(level default, windowBits
+// -12, memLevel 9), one deflate(Z_FINISH) that must end the stream.
+Result<size_t> DeflateRaw(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_cap) {
+  struct Stream {
+    z_stream z{};
+    bool ready = false;
+    ~Stream() {
+      if (ready) deflateEnd(&z);
+    }
+  };
+  thread_local Stream s;
+  if (!s.ready) {
+    if (deflateInit2(&s.z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+      return Status::NoSpace("zlib: deflateInit2 failed");
+    s.ready = true;
+  } else if (deflateReset(&s.z) != Z_OK) {
+    return Status::FromErrno(EIO, "zlib: deflateReset failed");
+  }
+  if (in_len > UINT32_MAX || out_cap > UINT32_MAX)
+    return Status::InvalidArgument("deflate: buffer too large (" + std::to_string(in_len) +
+                                   " bytes)");
+  s.z.next_in = const_cast<Bytef*>(in);
+  s.z.avail_in = static_cast<uInt>(in_len);
+  s.z.next_out = out;
+  s.z.avail_out = static_cast<uInt>(out_cap);
+  const int ret = deflate(&s.z, Z_FINISH);
+  if (ret == Z_STREAM_END) return out_cap - s.z.avail_out;
+  if (ret == Z_OK || ret == Z_BUF_ERROR)
+    return Status::NoSpace("deflate: " + std::to_string(in_len) + " bytes do not compress into " +
+                           std::to_string(out_cap));
+  return Status::FromErrno(EIO, "deflate failed (zlib " + std::to_string(ret) + ")");
+}
+
+// As QEMU's qcow2_zstd_compress: one ZSTD_compressStream2(ZSTD_e_end) that
+// must flush the whole frame into the output.
+Result<size_t> CompressZstd(const uint8_t* in, size_t in_len, uint8_t* out, size_t out_cap) {
+  struct CCtx {
+    ZSTD_CCtx* c = nullptr;
+    ~CCtx() { ZSTD_freeCCtx(c); }
+  };
+  thread_local CCtx ctx;
+  if (ctx.c == nullptr) {
+    ctx.c = ZSTD_createCCtx();
+    if (ctx.c == nullptr) return Status::NoSpace("zstd: cannot create a compression context");
+  }
+  ZSTD_CCtx_reset(ctx.c, ZSTD_reset_session_only);
+  ZSTD_outBuffer output{out, out_cap, 0};
+  ZSTD_inBuffer input{in, in_len, 0};
+  const size_t ret = ZSTD_compressStream2(ctx.c, &output, &input, ZSTD_e_end);
+  if (ZSTD_isError(ret)) {
+    if (ZSTD_getErrorCode(ret) == ZSTD_error_dstSize_tooSmall)
+      return Status::NoSpace("zstd: " + std::to_string(in_len) + " bytes do not compress into " +
+                             std::to_string(out_cap));
+    return Status::FromErrno(EIO, std::string("zstd compression failed: ") + ZSTD_getErrorName(ret));
+  }
+  if (ret != 0)  // the frame is not flushed completely: it does not fit
+    return Status::NoSpace("zstd: " + std::to_string(in_len) + " bytes do not compress into " +
+                           std::to_string(out_cap));
+  return output.pos;
+}
+
 }  // namespace
+
+Result<size_t> Compress(CompressionType type, const uint8_t* in, size_t in_len, uint8_t* out,
+                        size_t out_cap) {
+  switch (type) {
+    case CompressionType::kDeflate:
+      return DeflateRaw(in, in_len, out, out_cap);
+    case CompressionType::kZstd:
+      return CompressZstd(in, in_len, out, out_cap);
+    case CompressionType::kZlib:
+      return CompressZlibStream(in, in_len, out, out_cap);
+  }
+  return Status::NotSupported("unknown compression type " + std::to_string(static_cast<int>(type)));
+}
 
 // As zlib's uncompress(): one whole zlib stream, checksum included, into
 // the output; a stream that needs more output than there is fails.

@@ -97,9 +97,9 @@ class Parser {
       return Error(node, key, "expected a mapping with name and path, got " + Got(node));
     KVMFS_RETURN_IF_ERROR(
         Keys(node, key,
-             {"name", "path", "layout", "backend", "readonly", "backing_roots", "extensions",
-              "create_mode", "create_owner", "create_group", "ceph_conf", "client", "keyring",
-              "pool", "namespace"}));
+             {"name", "path", "layout", "backend", "readonly", "compress", "backing_roots",
+              "extensions", "create_mode", "create_owner", "create_group", "ceph_conf", "client",
+              "keyring", "pool", "namespace"}));
     PoolConfig pool;
     pool.line = Line(node);
     if (!node["name"]) return Error(node, key + ".name", "missing (every pool needs a name)");
@@ -144,6 +144,19 @@ class Parser {
     }
     if (node["readonly"]) {
       KVMFS_ASSIGN_OR_RETURN(pool.readonly, Bool(node["readonly"], key + ".readonly"));
+    }
+    if (node["compress"]) {
+      KVMFS_ASSIGN_OR_RETURN(std::string c, String(node["compress"], key + ".compress"));
+      if (c == "none") {
+        pool.compress = Compress::kNone;
+      } else if (c == "zlib") {
+        pool.compress = Compress::kZlib;
+      } else if (c == "zstd") {
+        pool.compress = Compress::kZstd;
+      } else {
+        return Error(node["compress"], key + ".compress",
+                     "expected none, zlib or zstd, got \"" + c + "\"");
+      }
     }
     if (node["backing_roots"]) {
       KVMFS_ASSIGN_OR_RETURN(pool.backing_roots,

@@ -28,6 +28,9 @@ struct RbdPoolConfig {
   std::string ns;         // RBD namespace (`namespace:`); empty: the default one
 };
 
+// `compress:` of a pool: qcow2 writes stored compressed (kvmfs.yaml(5)).
+enum class Compress { kNone, kZlib, kZstd };
+
 struct PoolConfig {
   std::string name;    // the folder under the mount point
   std::string path;    // set when the pool has `path` (never for backend: rbd)
@@ -35,6 +38,7 @@ struct PoolConfig {
   Backend backend = Backend::kDir;
   RbdPoolConfig rbd;   // backend: rbd
   bool readonly = false;
+  Compress compress = Compress::kNone;
   std::vector<std::string> backing_roots;  // as written, made absolute
   std::vector<std::string> extensions;     // image extensions ("qcow2"), empty: the top-level list
   // Files made through the tree (mkdir NAME.qcow2, ln -s): create_mode (an

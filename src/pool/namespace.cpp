@@ -110,6 +110,7 @@ ChainPolicy Namespace::PolicyFor(const NamespaceOptions& options) {
       policy.allowed_roots.push_back(root);
   policy.writable_top = !options.readonly;
   policy.block_devices = options.blockdev;
+  policy.compress = options.compress;
   // Backing files inside the pool are its images too: opened once, for
   // writing, whatever uses them first.
   policy.writable_roots.push_back(options.source);

@@ -51,6 +51,9 @@ struct NamespaceOptions {
   // Read-only pool (config `readonly: true`, or a `-o ro` mount): images are
   // opened read-only and every write fails with kReadOnly.
   bool readonly = false;
+  // Config `compress:`: images opened for writing store wholly written new
+  // clusters compressed, where their format can (FormatCaps::compression).
+  WriteCompression compress = WriteCompression::kNone;
   // force_share: disk.raw readers take QEMU's read lock without refusing to
   // share writing (qemu-img -U), so they open while a VM writes the image.
   bool force_share = false;

@@ -345,6 +345,9 @@ Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
       ns.extensions = p.extensions.empty() ? config.extensions : p.extensions;
       ns.blockdev = p.backend == config::Backend::kBlockdev;
       ns.readonly = entry.readonly;
+      ns.compress = p.compress == config::Compress::kZlib   ? WriteCompression::kZlib
+                    : p.compress == config::Compress::kZstd ? WriteCompression::kZstd
+                                                            : WriteCompression::kNone;
       ns.force_share = options.force_share;
       ns.registry = registry;
       ns.keys = keys;

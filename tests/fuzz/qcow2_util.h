@@ -129,10 +129,12 @@ class WriteSession {
       : file_(NewMemBackend("fuzz.qcow2", std::move(bytes), true)), related_(std::move(related)) {}
 
   // Opens the file writable and begins writes; false when it does not open.
-  bool Open() {
+  // `compress`: whole-cluster writes stored compressed (config compress:).
+  bool Open(bool compress = false) {
     OpenContext ctx;
     ctx.name = "fuzz.qcow2";
     ctx.writable = true;
+    ctx.compress = compress ? WriteCompression::kZlib : WriteCompression::kNone;
     ctx.open_related = related_.Opener(true);
     auto image = OpenQcow2(file_, ctx, SmallCacheOptions());
     Note(image.status());

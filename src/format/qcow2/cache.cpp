@@ -427,6 +427,8 @@ void ClusterCache::EraseIf(uint64_t key, const DecodedCluster* cluster) {
   lru_.EraseIf(key, cluster);
 }
 
+void ClusterCache::Erase(uint64_t key) { lru_.Erase(key); }
+
 }  // namespace kvmfs::qcow2
 
 namespace kvmfs {

@@ -118,6 +118,7 @@ Status Engine::RecomputeCopied() {
 }
 
 Status Engine::RebuildRefcounts() {
+  free_byte_offset_ = 0;  // refcounts start from the tables alone
   const uint64_t cs = geo_.cluster_size;
   const uint32_t bits = geo_.cluster_bits;
   KVMFS_ASSIGN_OR_RETURN(uint64_t file_size, file_->Size());

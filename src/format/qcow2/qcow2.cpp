@@ -476,6 +476,7 @@ Result<std::unique_ptr<Image>> OpenQcow2(std::shared_ptr<Backend> file, const Op
   if (enc) engine->SetEncryption(std::move(enc));
   KVMFS_RETURN_IF_ERROR(engine->LoadActiveL1());
   engine->SetOpenedWritable(file_writable, ctx.writable ? read_only_reason : std::string());
+  engine->SetWriteCompression(file_writable && ctx.compress != WriteCompression::kNone);
   return std::unique_ptr<Image>(std::make_unique<Qcow2Image>(std::move(engine)));
 }
 

@@ -11,6 +11,8 @@
 //   cluster.cpp   L1/L2 mapping, reads, block status
 //   refcount.cpp  refcount blocks and table: get/update, allocation, growth
 //   write.cpp     allocating writes, COW, zeroes/discard, resize, Flush
+//   compress_write.cpp  compressed writes (the pool's `compress:`): packing
+//                 compressed clusters into shared host clusters
 //   check.cpp     refcount rebuild of a dirty image, COPIED recomputation
 //   commit.cpp    atomic metadata switch for snapshot create/delete
 //   crypto.cpp    encryption (LUKS, legacy AES): the cipher set up at open,
@@ -612,6 +614,9 @@ class ClusterCache {
   // Drops `cluster` if it is what `key` holds (a cluster that failed to
   // decode: the next reader reads it again).
   void EraseIf(uint64_t key, const DecodedCluster* cluster);
+  // Drops whatever `key` holds (a descriptor linked anew by a write: its
+  // bytes are new).
+  void Erase(uint64_t key);
   // The most clusters it keeps of its own accord (the budget may keep fewer).
   size_t max_clusters() const { return max_clusters_; }
   CacheBudget& budget() const { return lru_.budget(); }
@@ -661,7 +666,32 @@ enum class MapMode {
 
 using L1Table = std::vector<uint64_t>;
 
-struct AllocRun;  // one allocating run of a write (write.cpp)
+// One allocating run of WriteRun(): `nclusters` new host clusters at `host`
+// for the guest clusters from `cstart`, taking the guest bytes [pos, pos+n)
+// from `p`. A partial run is one cluster whose other bytes come from the
+// current view (copy-on-write).
+struct AllocRun {
+  uint64_t pos = 0;
+  uint64_t n = 0;
+  const uint8_t* p = nullptr;
+  uint64_t cstart = 0;
+  uint64_t nclusters = 1;
+  uint64_t host = 0;
+  uint64_t l1_index = 0;
+  uint64_t l2_index = 0;
+  bool partial = false;
+  // Partial runs of extended-L2 images (not replacing a compressed
+  // cluster): the subclusters filled from the current view, and the new
+  // entry's bitmap.
+  bool subclusters = false;
+  uint64_t alloc = 0;
+  uint64_t new_bitmap = kBitmapAllAlloc;
+  // A compressed run (compress_write.cpp): one cluster, whose `csize`
+  // compressed bytes go to `host` (any byte offset) once placed (host 0
+  // until then).
+  bool compress = false;
+  uint64_t csize = 0;
+};
 struct Encryption;  // the cipher of an encrypted image (crypto.h)
 
 // What the writer needs of the layer below: its bytes (zeros past its end or
@@ -789,6 +819,13 @@ class Engine {
   std::string ReadOnlyReason() const;
   // Called at open for a writable file: the engine may later be written.
   void SetOpenedWritable(bool writable, std::string read_only_reason);
+  // Called at open (before any write): store every wholly written cluster
+  // that has no host cluster in this layer compressed, with the image's
+  // compression type, as QEMU's compress filter (compress_write.cpp).
+  // Ignored for images with an external data file (QEMU refuses them) and
+  // for encrypted images.
+  void SetWriteCompression(bool on);
+  bool write_compression() const { return compress_writes_; }
   // Loads the refcount table, repairs a dirty image. Idempotent.
   Status BeginWrites();
   // Flush, then no more writes until BeginWrites().
@@ -890,6 +927,35 @@ class Engine {
   Status WriteRunData(const AllocRun& r, const std::vector<uint8_t>& partial);
   Status LinkRun(const AllocRun& r);
   void UndoRun(const AllocRun& r);
+  // compress_write.cpp. Whether the run of WriteRun() at `pos` (`k`: how
+  // the cluster is mapped now) is stored compressed: a whole cluster (or
+  // the last one up to the virtual size) that has no host cluster here.
+  bool CompressEligible(uint64_t pos, uint64_t cend, bool allocated, bool compressed) const;
+  // Compresses the guest bytes of compressed run `r` into `out` (no lock
+  // needed); an empty `out` when they do not get smaller than a cluster:
+  // the run is then stored as a normal cluster, from `padded` when the
+  // cluster is the image's last and partly past the virtual size.
+  void CompressRun(const AllocRun& r, std::vector<uint8_t>& out, std::vector<uint8_t>& padded);
+  // CompressRun() of every compressed run among runs [0, count), spread
+  // over the decode pool's helpers (PostDecodeTask) and this thread; returns
+  // when all are done. No lock needed.
+  void CompressRuns(const std::vector<AllocRun>& runs, size_t count,
+                    std::vector<std::vector<uint8_t>>& out,
+                    std::vector<std::vector<uint8_t>>& padded);
+  // Gives compressed runs [0, count) of `runs` their host bytes
+  // (AllocCompressedBytes), or a normal cluster when `out[i]` is empty
+  // (then the run becomes a normal one). Exclusive lock held. Returns the
+  // runs placed (< count on failure, with the error in *st).
+  size_t PlaceCompressedRuns(std::vector<AllocRun>& runs,
+                             std::vector<std::vector<uint8_t>>& out,
+                             std::vector<std::vector<uint8_t>>& padded, size_t count, Status* st);
+  // `size` bytes (<= a cluster) of host space for compressed data, packed
+  // after the previous compressed cluster as QEMU's qcow2_alloc_bytes: the
+  // refcount of every host cluster the bytes touch is raised by one.
+  // Exclusive lock held.
+  Result<uint64_t> AllocCompressedBytes(uint64_t size);
+  // The L2 descriptor of compressed data of `size` bytes at `host`.
+  uint64_t CompressedEntry(uint64_t host, uint64_t size) const;
   // Whether guest clusters [first, end) overlap an allocation in flight.
   bool InFlightOverlaps(uint64_t first, uint64_t end) const;
   // Whether any metadata waits to be written back (exclusive lock held).
@@ -1048,6 +1114,10 @@ class Engine {
   // Clusters at or past alloc_end_ are neither in the file nor allocated.
   uint64_t alloc_end_ = 0;
   std::vector<std::pair<uint64_t, uint64_t>> reserved_;  // [first, end) clusters
+  // Compressed writes: on at open; where the next compressed cluster's
+  // bytes go (inside a host cluster holding compressed data), 0: none (rw_).
+  bool compress_writes_ = false;
+  uint64_t free_byte_offset_ = 0;
   // While a commit or a rebuild runs: allocate only at or past floor_ (the
   // old state uses nothing there), from floor_cursor_ on. 0: off.
   uint64_t floor_ = 0;

@@ -113,6 +113,7 @@ Status Engine::LoadRefcountTable() {
 }
 
 void Engine::DropRefcounts() {
+  free_byte_offset_ = 0;
   refblocks_.clear();
   refblock_lru_.clear();
   last_block_ = nullptr;
@@ -476,6 +477,9 @@ Status Engine::UpdateRefcount(uint64_t cluster, int64_t delta) {
   }
   SetRefcountEntry(b->data.data(), order, i, now);
   b->dirty = true;
+  // A free cluster is no place for the next compressed cluster's bytes.
+  if (now == 0 && free_byte_offset_ != 0 && (free_byte_offset_ >> geo_.cluster_bits) == cluster)
+    free_byte_offset_ = 0;
   return Status::OK();
 }
 

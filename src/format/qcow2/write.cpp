@@ -404,27 +404,6 @@ class WriteDoneOnReturn {
 
 }  // namespace
 
-// One allocating run of WriteRun(): `nclusters` new host clusters at `host`
-// for the guest clusters from `cstart`, taking the guest bytes [pos, pos+n)
-// from `p`. A partial run is one cluster whose other bytes come from the
-// current view (copy-on-write).
-struct AllocRun {
-  uint64_t pos = 0;
-  uint64_t n = 0;
-  const uint8_t* p = nullptr;
-  uint64_t cstart = 0;
-  uint64_t nclusters = 1;
-  uint64_t host = 0;
-  uint64_t l1_index = 0;
-  uint64_t l2_index = 0;
-  bool partial = false;
-  // Partial runs of extended-L2 images (not replacing a compressed
-  // cluster): the subclusters filled from the current view, and the new
-  // entry's bitmap.
-  bool subclusters = false;
-  uint64_t alloc = 0;
-  uint64_t new_bitmap = kBitmapAllAlloc;
-};
 
 
 Status Engine::Write(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing) {
@@ -539,6 +518,7 @@ Status Engine::WriteAllocating(uint64_t off, const uint8_t* buf, size_t len,
   Status st;
   size_t ok = runs.size();
   std::vector<std::vector<uint8_t>> partial(runs.size());
+  std::vector<std::vector<uint8_t>> packed;  // compressed runs' bytes
   {
     std::shared_lock<std::shared_mutex> lock(rw_);
     for (size_t i = 0; i < runs.size() && st.ok(); ++i)
@@ -547,8 +527,23 @@ Status Engine::WriteAllocating(uint64_t off, const uint8_t* buf, size_t len,
         if (!st.ok()) ok = i;
       }
   }
+  if (std::any_of(runs.begin(), runs.begin() + static_cast<ptrdiff_t>(ok),
+                  [](const AllocRun& r) { return r.compress; })) {
+    // Compressed runs (compress_write.cpp): compressed with no lock, then
+    // given their host bytes under the exclusive lock.
+    packed.resize(runs.size());
+    CompressRuns(runs, ok, packed, partial);
+    std::unique_lock<std::shared_mutex> lock = LockExclusive();
+    Status placed;
+    const size_t n = PlaceCompressedRuns(runs, packed, partial, ok, &placed);
+    if (n < ok) {
+      st = std::move(placed);  // before any failure further on
+      ok = n;
+    }
+  }
   for (size_t i = 0; i < ok; ++i) {
-    Status written = WriteRunData(runs[i], partial[i]);
+    Status written =
+        WriteRunData(runs[i], runs[i].compress ? packed[i] : partial[i]);
     if (!written.ok()) {
       st = std::move(written);  // the first failure in guest order
       ok = i;
@@ -637,6 +632,17 @@ Status Engine::BuildPartialCluster(const AllocRun& r, std::vector<uint8_t>& buf,
 }
 
 Status Engine::WriteRunData(const AllocRun& r, const std::vector<uint8_t>& partial) {
+  if (r.compress) {
+    KVMFS_RETURN_IF_ERROR(data_->WriteAt(r.host, partial.data(), r.csize));
+    // The reader takes bytes past the known file size as zeros (a
+    // compressed cluster's last sector may pass the end): make it know the
+    // file holds these.
+    const uint64_t end = r.host + r.csize;
+    uint64_t known = file_size_.load(std::memory_order_relaxed);
+    while (known < end && !file_size_.compare_exchange_weak(known, end, std::memory_order_relaxed)) {
+    }
+    return Status::OK();
+  }
   // Encrypted: the whole new clusters, COW parts included, are sealed with
   // their new host sectors (QEMU's do_perform_cow_encrypt).
   if (r.partial) return WriteData(r.cstart, r.host, partial.data(), partial.size());
@@ -656,6 +662,16 @@ Status Engine::LinkRun(const AllocRun& r) {
   const uint64_t stride = g.extended_l2 ? 2 : 1;
   // Point the entries at the new clusters; release what they pointed to.
   MarkDirty(t);
+  if (r.compress) {
+    const uint64_t entry = CompressedEntry(r.host, r.csize);
+    const uint64_t old = t.words[r.l2_index * stride];
+    t.words[r.l2_index * stride] = entry;
+    if (g.extended_l2) t.words[r.l2_index * 2 + 1] = 0;  // QEMU: no bitmap
+    // A descriptor used before (its bytes freed and reused since) must not
+    // read back what the cache decoded then.
+    cluster_cache_.Erase(entry & kL2CompressedMask);
+    return ReleaseEntry(old);
+  }
   for (uint64_t i = 0; i < r.nclusters; ++i) {
     const uint64_t idx = r.l2_index + i;
     const uint64_t old = t.words[idx * stride];
@@ -670,6 +686,10 @@ void Engine::UndoRun(const AllocRun& r) {
   // No table names the clusters: they go back (a pending decrement, so they
   // are reused only after the next flush, as any freed cluster).
   if (header_.has_data_file()) return;
+  if (r.compress) {
+    if (r.host != 0) (void)UpdateRefcountRange(r.host, r.csize, -1);  // placed
+    return;
+  }
   for (uint64_t i = 0; i < r.nclusters; ++i)
     (void)UpdateRefcount((r.host >> geo_.cluster_bits) + i, -1);
 }
@@ -793,6 +813,20 @@ Status Engine::WriteRun(uint64_t pos, const uint8_t* p, size_t len, const Backin
     *done = cend - pos;
     return WriteCopied(*t, l2_index, k.host, k.zero_flag, pos, cend, p, backing);
   }
+  // ---- compressed: a whole cluster with no host cluster here ----
+  if (defer != nullptr && CompressEligible(pos, cend, k.allocated, k.compressed)) {
+    AllocRun r;
+    r.compress = true;
+    r.pos = pos;
+    r.n = cend - pos;
+    r.p = p;
+    r.cstart = cstart;
+    r.l1_index = l1_index;
+    r.l2_index = l2_index;
+    *done = r.n;
+    defer->push_back(r);  // compressed, placed, written and linked by WriteAllocating()
+    return Status::OK();
+  }
   // ---- allocating: a run of clusters that all need a new host cluster ----
   AllocRun r;
   r.pos = pos;
@@ -809,6 +843,7 @@ Status Engine::WriteRun(uint64_t pos, const uint8_t* p, size_t len, const Backin
       EntryKind next;
       KVMFS_RETURN_IF_ERROR(classify(l2_index + r.nclusters, &next));
       if (next.allocated && next.copied) break;
+      if (defer != nullptr && CompressEligible(c, c + cs, next.allocated, next.compressed)) break;
       ++r.nclusters;
     }
   }

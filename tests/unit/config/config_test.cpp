@@ -133,6 +133,24 @@ TEST_F(ConfigTest, RbdPoolErrors) {
             F() + ":4: pools[0].pool: only for backend: rbd");
 }
 
+TEST_F(ConfigTest, CompressKey) {
+  auto c = ParseConfig(
+      "pools:\n  - name: a\n    path: /a\n    compress: zlib\n"
+      "  - name: b\n    path: /b\n    compress: zstd\n"
+      "  - name: c\n    path: /c\n    compress: none\n  - name: d\n    path: /d\n",
+      F());
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  ASSERT_EQ(c->pools.size(), 4u);
+  EXPECT_EQ(c->pools[0].compress, Compress::kZlib);
+  EXPECT_EQ(c->pools[1].compress, Compress::kZstd);
+  EXPECT_EQ(c->pools[2].compress, Compress::kNone);
+  EXPECT_EQ(c->pools[3].compress, Compress::kNone);
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    compress: lz4\n"),
+            F() + ":4: pools[0].compress: expected none, zlib or zstd, got \"lz4\"");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    compress: [zlib]\n"),
+            F() + ":4: pools[0].compress: expected a string, got a list");
+}
+
 TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
   EXPECT_EQ(
       Error("pools:\n  - name: a\n    path: /x\n  - name: b\n    path: /y\n    readonly: maybe\n"),
@@ -140,7 +158,7 @@ TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    colour: red\n"),
             F() +
                 ":4: pools[0].colour: unknown key (expected one of: name, path, layout, backend, "
-                "readonly, "
+                "readonly, compress, "
                 "backing_roots, extensions, create_mode, create_owner, create_group, ceph_conf, "
                 "client, keyring, pool, namespace)");
   EXPECT_EQ(Error("pools: []\nfoo: 1\n").substr(0, F().size() + 8), F() + ":2: foo:");

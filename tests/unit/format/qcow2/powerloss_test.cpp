@@ -93,7 +93,7 @@ class PowerLoss : public WriteTest {
  protected:
   // Opens `name` (made by qemu-img) for writing through a recording fault
   // backend (an external data file is recorded too).
-  void Open(const std::string& name) {
+  void Open(const std::string& name, WriteCompression compress = WriteCompression::kNone) {
     name_ = name;
     crash_ = P("crash");
     fs::create_directories(crash_);
@@ -119,6 +119,7 @@ class PowerLoss : public WriteTest {
     OpenContext ctx;
     ctx.name = P(name);
     ctx.writable = true;
+    ctx.compress = compress;
     const std::string dir = dir_;
     auto faults = faults_;
     ctx.open_related = [dir, faults](const std::string& n) -> Result<std::shared_ptr<Backend>> {
@@ -150,7 +151,8 @@ class PowerLoss : public WriteTest {
   void Write(uint64_t off, uint64_t len) {
     std::vector<uint8_t> buf(len);
     for (size_t i = 0; i < len; i += 8) {
-      const uint64_t r = rng_();
+      // text_: few distinct words, which compress (compressed writes).
+      const uint64_t r = text_ ? 0x2020202020202000ull | (rng_() % 4) : rng_();
       std::memcpy(buf.data() + i, &r, std::min<size_t>(8, len - i));
     }
     Run(
@@ -253,6 +255,7 @@ class PowerLoss : public WriteTest {
   // Crash states taken per crash point (see CrashPlan).
   CrashPlan plan_ = DefaultPlan();
   std::mt19937_64 rng_{42};
+  bool text_ = false;  // Write() writes compressible data
 
  private:
   using Sector = std::vector<uint64_t>;  // hashes of the contents a sector may have
@@ -630,6 +633,27 @@ TEST_F(PowerLoss, OverwritesOfCompressedClusters) {
     if (i % 2 == 1) Flush();
   }
   Close();
+}
+
+// Compressed writes (the pool's compress:): whole clusters compressed and
+// packed into shared host clusters, their data written before the L2 entry
+// and their refcounts before the L2 table; partial writes and overwrites of
+// compressed clusters among them; packed host clusters freed by discards.
+TEST_F(PowerLoss, CompressedWritesPackedIntoSharedClusters) {
+  Sh("qemu-img create -q -f qcow2 -o cluster_size=4k work.qcow2 2M");
+  text_ = true;
+  Open("work.qcow2", WriteCompression::kZlib);
+  for (int i = 0; i < Rounds(8) + 1 && !HasFailure(); ++i) {
+    Write((rng_() % 480) * 4096, 4096 * (1 + rng_() % 8));  // whole clusters: compressed
+    RandomWrite(9000);                                      // partial: normal clusters
+    if (i % 3 == 1) Zero((rng_() % 480) * 4096, 4096 * (1 + rng_() % 8), true);
+    if (i % 2 == 1) Flush();
+  }
+  Close();
+  // The workload did store compressed clusters (qemu-img 7.2's map shows
+  // them as data without a host offset).
+  const std::string map = Sh("qemu-img map --output=json work.qcow2");
+  EXPECT_NE(map.find("\"data\": true}"), std::string::npos) << map;
 }
 
 // Growing reads zeros in the new part: the rest of the old last cluster
