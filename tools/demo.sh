@@ -98,7 +98,7 @@ qemu-io --object secret,id=s0,file="$demo/secure.pass" \
 echo "not an image" > "$pool/vms/README.txt"
 
 echo "=== mounting: $kvmfs $pool $mnt"
-"$kvmfs" -o keys="$demo/keys.yaml" "$pool" "$mnt"
+"$kvmfs" -o keys="$demo/keys.yaml",metrics=127.0.0.1:9109 "$pool" "$mnt"
 
 cat <<EOF
 
@@ -119,6 +119,10 @@ kvmfs is mounted at $mnt (read-write; add -o ro for read-only). Try:
   grep -A3 '"encrypt"' $mnt/secure/vault.luks/info.json; od -An -tx1 -N4 $mnt/secure/vault.luks/disk.raw
   qemu-io -c 'write -P 0x77 4M 64k' $pool/chain/middle.qcow2   # change a layer from outside...
   od -An -tx1 -N4 -j 4M $mnt/chain/top.qcow2/disk.raw        # ...the overlay shows it (77 77 77 77)
+  cat $mnt/vms/snap.qcow2/check.json          # qemu-img check --output=json, as a file
+  mkdir $mnt/vms/new.qcow2 && truncate -s 1G $mnt/vms/new.qcow2/disk.raw   # a new image, sized
+  ln -s plain.qcow2 $mnt/vms/clone.qcow2 && ls $mnt/vms/clone.qcow2/backing/   # a linked clone
+  curl -s http://127.0.0.1:9109/metrics | grep -E '^kvmfs_(read|pool)_' | head   # Prometheus metrics
   mkdir $mnt/vms/plain.qcow2/snapshots/mine   # qemu-img snapshot -c mine
   echo hello | dd of=$mnt/vms/plain.qcow2/disk.raw conv=notrunc,fsync status=none
   fusermount3 -u $mnt && qemu-img check $pool/vms/plain.qcow2 && qemu-img snapshot -l $pool/vms/plain.qcow2

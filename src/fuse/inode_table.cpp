@@ -105,7 +105,7 @@ std::shared_ptr<pool::OpenImage> InodeTable::Update(fuse_ino_t ino, const pool::
 
 void InodeTable::Moved(const pool::Namespace* ns, const std::string& old_host_path,
                        const std::string& new_host_path) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (auto& [ino, r] : records_) {
     if (r.node.kind != pool::SetNode::Kind::kPool || r.node.ns.get() != ns ||
         r.node.node.kind == pool::NodeKind::kFolder || r.node.node.host_path != old_host_path)
