@@ -97,7 +97,7 @@ qemu-io --object secret,id=s0,file="$demo/secure.pass" \
 # a file that is not an image: not shown in the mount
 echo "not an image" > "$pool/vms/README.txt"
 
-echo "=== mounting: $kvmfs $pool $mnt"
+echo "=== mounting: $kvmfs -o keys=$demo/keys.yaml,metrics=127.0.0.1:9109 $pool $mnt"
 "$kvmfs" -o keys="$demo/keys.yaml",metrics=127.0.0.1:9109 "$pool" "$mnt"
 
 cat <<EOF
@@ -116,7 +116,7 @@ kvmfs is mounted at $mnt (read-write; add -o ro for read-only). Try:
   dd if=$mnt/vms/compressed.qcow2/disk.raw bs=1k count=1 status=none | head -3
   ls $mnt/formats/                            # VMDK (sparse, streamOptimized), VDI, VHD, VHDX, qcow v1
   for f in $mnt/formats/*/disk.raw; do cmp -n 67108864 \$f $mnt/vms/plain.qcow2/disk.raw && echo "\$f same"; done
-  grep -A3 '"encrypt"' $mnt/secure/vault.luks/info.json; od -An -tx1 -N4 $mnt/secure/vault.luks/disk.raw
+  grep -E '"(encrypted|cipher-alg|cipher-mode)"' $mnt/secure/vault.luks/info.json; od -An -tx1 -N4 $mnt/secure/vault.luks/disk.raw
   qemu-io -c 'write -P 0x77 4M 64k' $pool/chain/middle.qcow2   # change a layer from outside...
   od -An -tx1 -N4 -j 4M $mnt/chain/top.qcow2/disk.raw        # ...the overlay shows it (77 77 77 77)
   cat $mnt/vms/snap.qcow2/check.json          # qemu-img check --output=json, as a file
