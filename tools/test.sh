@@ -58,7 +58,16 @@ run_phase() {
     return 0
   fi
   echo "=== [$label] build"
-  if ! ninja -C "$dir" -j "$jobs"; then
+  local targets=()
+  if [ "$label" = clang ]; then
+    # What this phase checks: the program and its libraries compile with clang
+    # under the thread-safety analysis, and the fuzz targets run; the unit and
+    # integration test programs are the other phases' (this saves a third of
+    # the build).
+    mapfile -t targets < <(ninja -C "$dir" -t targets all 2>/dev/null |
+      sed -n 's|^\(src/fuse/kvmfs\): .*|\1|p; s|^\(tests/fuzz/fuzz_[a-z0-9_]*\): .*|\1|p')
+  fi
+  if ! ninja -C "$dir" -j "$jobs" "${targets[@]}"; then
     echo "=== [$label] build FAILED"
     build_failures=$((build_failures + 1))
     return 0
@@ -90,7 +99,9 @@ run_phase() {
     fi
   fi
   # meson's exit status is not used: count-tests.py reads the log and decides.
-  TMPDIR="$phase_tmp" meson test -C "$dir" --print-errorlogs --num-processes "$jobs" \
+  local rebuild=()
+  [ "$label" = clang ] && rebuild=(--no-rebuild)
+  TMPDIR="$phase_tmp" meson test -C "$dir" "${rebuild[@]}" --print-errorlogs --num-processes "$jobs" \
     --timeout-multiplier "$mult" "${selection[@]}" || true
   # What a test left behind (a crashed daemon's directory) goes with the phase.
   left=$(du -sh "$phase_tmp" 2>/dev/null | cut -f1)

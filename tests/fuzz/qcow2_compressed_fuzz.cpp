@@ -40,7 +40,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       const size_t n = static_cast<size_t>(r->length);
-      if (r->type == Extent::Type::kData) ref_ok = e.ReadData(r->host, &ref[off], n).ok();
+      if (r->type == Extent::Type::kData) ref_ok = e.ReadData(off, r->host, &ref[off], n).ok();
       if (r->type == Extent::Type::kCompressed) {
         ++compressed;
         ref_ok = e.ReadCompressed(r->l2_entry, off & (cs - 1), &ref[off], n, off).ok();

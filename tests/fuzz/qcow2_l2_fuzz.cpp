@@ -66,7 +66,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         fuzz::Fail("Map() at " + std::to_string(off) + ": read and status modes disagree");
     }
     const size_t n = static_cast<size_t>(std::min<uint64_t>(r->length, buf.size()));
-    if (r->type == Extent::Type::kData) (void)e.ReadData(r->host, buf.data(), n);
+    if (r->type == Extent::Type::kData) (void)e.ReadData(off, r->host, buf.data(), n);
     if (r->type == Extent::Type::kCompressed)
       (void)e.ReadCompressed(r->l2_entry, off & (cs - 1), buf.data(), n, off);
     off += r->length;
