@@ -34,7 +34,7 @@ from kvmfs_harness import MiB
 
 SIZE = int(os.environ.get("KVMFS_SNAPMEM_MIB", "1024")) * MiB
 CACHE = 16 * MiB
-SLACK = 40 * MiB  # kvmfs(8), "Memory": the bound is cache_size + 40 MiB
+SLACK = 56 * MiB  # kvmfs(8), "Memory": the bound is cache_size + 56 MiB
 
 # Guest data written before mounting (offset, length, byte), then through the
 # mount after s1 (part of s2) and after s2 (active only).

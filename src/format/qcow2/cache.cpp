@@ -429,6 +429,28 @@ void ClusterCache::EraseIf(uint64_t key, const DecodedCluster* cluster) {
 
 void ClusterCache::Erase(uint64_t key) { lru_.Erase(key); }
 
+namespace {
+struct ClusterPin {
+  std::shared_ptr<DecodedCluster> cluster;
+  std::shared_ptr<CacheBudget> budget;
+  ~ClusterPin() {
+    cluster.reset();  // evictable from here on
+    if (budget && budget->over()) budget->Reclaim();
+  }
+};
+}  // namespace
+
+std::shared_ptr<const void> ClusterCache::Pin(std::shared_ptr<DecodedCluster> cluster) const {
+  auto pin = std::make_shared<ClusterPin>();
+  pin->cluster = std::move(cluster);
+  pin->budget = lru_.shared_budget();
+  return pin;
+}
+
+void ClusterCache::ReclaimIfOver() const {
+  if (lru_.budget().over()) lru_.budget().Reclaim();
+}
+
 }  // namespace kvmfs::qcow2
 
 namespace kvmfs {

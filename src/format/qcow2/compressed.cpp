@@ -168,7 +168,12 @@ void Engine::StartCompressed(const L1Table& l1, uint64_t from, uint64_t to) {
       // Another reader may have started the same cluster meanwhile.
       if (cluster_cache_.Insert(m.entry, cluster) != cluster) continue;
       // Without a pool thread (one core) the reader decodes it when needed.
-      PostDecodeTask([cluster] { cluster->TryDecode(); });
+      // The task's pin ends with it: the cache may drop the cluster then.
+      PostDecodeTask([pin = cluster_cache_.Pin(cluster), cluster]() mutable {
+        cluster->TryDecode();
+        cluster.reset();
+        pin.reset();
+      });
     }
   }
 }
@@ -222,6 +227,9 @@ Result<size_t> Engine::ReadCompressedRun(const L1Table& l1, const Extent& first,
     std::memcpy(out, c.cluster->data() + (c.guest_off & cluster_mask), c.n);
     out += c.n;
   }
+  // The run pinned its clusters past the Reclaim() of their inserts.
+  run.clear();
+  cluster_cache_.ReclaimIfOver();
   return done;
 }
 
@@ -233,12 +241,14 @@ Result<size_t> Engine::PlanCompressedRun(const L1Table& l1, const Extent& first,
   for (RunCluster& c : run) {
     const uint8_t* bytes = c.cluster->data() + (c.guest_off & cluster_mask);
     if (c.n >= kMinSharedPiece) {
-      plan.AddShared(bytes, c.n, std::move(c.cluster));
+      plan.AddShared(bytes, c.n, cluster_cache_.Pin(std::move(c.cluster)));
       continue;
     }
     KVMFS_ASSIGN_OR_RETURN(uint8_t * p, plan.AddMemory(c.n, false));
     std::memcpy(p, bytes, c.n);
   }
+  run.clear();
+  cluster_cache_.ReclaimIfOver();
   return done;
 }
 

@@ -465,6 +465,7 @@ class BudgetedLru final : public BudgetedCache {
   size_t size() const;
   uint64_t entry_bytes() const { return entry_bytes_; }
   CacheBudget& budget() const { return *budget_; }
+  const std::shared_ptr<CacheBudget>& shared_budget() const { return budget_; }
   uint64_t Evict(uint64_t bound, bool wait) override;
 
  private:
@@ -620,6 +621,12 @@ class ClusterCache {
   // The most clusters it keeps of its own accord (the budget may keep fewer).
   size_t max_clusters() const { return max_clusters_; }
   CacheBudget& budget() const { return lru_.budget(); }
+  // A pin on `cluster` that, when the last holder lets go, gives the budget
+  // back what it went over by while the cluster could not be evicted (a
+  // decode task or a reply plan held it past the reader's Reclaim()).
+  std::shared_ptr<const void> Pin(std::shared_ptr<DecodedCluster> cluster) const;
+  // Reclaim() when over the limit; holding no cache lock.
+  void ReclaimIfOver() const;
 
  private:
   const size_t max_clusters_;
