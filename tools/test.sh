@@ -138,7 +138,7 @@ if [ "$sanitize" = 1 ]; then
   # The read path is shared by FUSE worker threads: race-check the unit tests
   # (which include threaded readers) and the concurrent-readers mount test.
   export TSAN_OPTIONS="log_path=$san_logs/tsan:halt_on_error=0:second_deadlock_stack=1"
-  run_phase tsan "$build_root/build-tsan" -Db_sanitize=thread -Dbuildtype=debug
+  run_phase tsan "$build_root/build-tsan" -Db_sanitize=thread -Dbuildtype=debugoptimized
   unset TSAN_OPTIONS
 
   # clang: the code builds with clang too, the thread-safety annotations are
