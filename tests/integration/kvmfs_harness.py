@@ -66,6 +66,12 @@ def kvmfs_instrumented():
     return _instrumented
 
 
+def sanitizer_skip(what, checked_by="the release phase of tools/test.sh"):
+    """Says loudly that `what` is not checked with this (instrumented) kvmfs."""
+    print("\n%s\nSKIPPED: %s in a sanitizer build (%s);\n  %s checks it.\n%s" %
+          ("=" * 72, what, kvmfs_bin(), checked_by, "=" * 72), flush=True)
+
+
 def environment_problem():
     """Why these tests cannot run here, or None when they can."""
     if not os.path.exists(FUSE_DEV):

@@ -50,9 +50,6 @@ OP_TIMEOUT_S = 20
 # and 200000 extents: such a case counts as "QEMU does not read it".
 QEMU_TIMEOUT_S = 8
 RSS_LIMIT_MB = 320
-# Shadow memory of a sanitizer build counts as kvmfs's RSS: the bound is
-# checked by the release phase only.
-SANITIZER = bool(os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS"))
 MARKER = b"KVMFS-OUTSIDE-" + os.urandom(8).hex().encode() + b"-MARKER"
 PASS = b"hostile passphrase"
 
@@ -290,7 +287,7 @@ class Hostile(h.KvmfsTestCase):
         print("walked every view in %.1fs" % (time.time() - t0))
         self.assertEqual(found, [], "bytes from outside the pool visible through the mount")
         rss = peak_rss_mb(self.m.proc.pid)
-        if SANITIZER:
+        if h.kvmfs_instrumented():
             print("=" * 70 + "\nNOT CHECKED: the peak RSS bound (%d MiB) under a sanitizer build "
                   "(peak %d MiB with shadow memory); the release phase checks it\n" % (
                       RSS_LIMIT_MB, rss) + "=" * 70, flush=True)

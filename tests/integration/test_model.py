@@ -73,7 +73,7 @@ def fallocate(fd, mode, off, length):
 
 
 def sanitizer_build():
-    return bool(os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS"))
+    return h.kvmfs_instrumented()
 
 
 # Operations per shape of the CI run: all shapes in well under 90 s on a

@@ -112,9 +112,7 @@ class SnapshotMemory(h.KvmfsTestCase):
         if h.kvmfs_instrumented():
             # ASan's shadow memory and quarantine are not kvmfs's memory: the
             # bound is checked by the release phase (tools/test.sh).
-            print("\n%s\nSKIPPED: the RSS bound is not measurable in a sanitizer build (%s);\n"
-                  "  the release phase of tools/test.sh checks it.\n%s" %
-                  ("=" * 72, h.kvmfs_bin(), "=" * 72), flush=True)
+            h.sanitizer_skip("the RSS bound (not measurable)")
             raise unittest.SkipTest("sanitizer build")
         saved = tempfile.tempdir
         if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
