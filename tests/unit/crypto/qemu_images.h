@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <vector>
+#include "../test_files.h"
 
 namespace kvmfs::testing {
 
@@ -33,8 +34,7 @@ inline std::optional<std::string> Shell(const std::string& cmd) {
 }
 
 inline std::vector<uint8_t> ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+  return kvmfs::test::ReadFileBytes(path);
 }
 
 inline void WriteAll(const std::string& path, const std::vector<uint8_t>& bytes) {

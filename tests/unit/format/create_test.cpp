@@ -2,6 +2,7 @@
 // `qemu-img create` (QEMU 7.2, default options) makes: byte for byte where
 // the format holds nothing random, and field for field (qemu-img info and
 // check) everywhere; each created image then opens through the chain opener.
+#include <algorithm>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -17,6 +18,7 @@
 #include "kvmfs/backend.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/format.h"
+#include "../test_files.h"
 
 namespace kvmfs {
 namespace {
@@ -42,8 +44,7 @@ ShellRun Shell(const std::string& cmd) {
 }
 
 std::vector<uint8_t> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+  return kvmfs::test::ReadFileBytes(path);
 }
 
 // Byte ranges a format fills with random or time-dependent values at
@@ -117,8 +118,10 @@ TEST_P(FormatCreate, MatchesQemuImgCreate) {
   ASSERT_EQ(a.size(), b.size()) << c.format << " " << size;
   for (const Mask& m : c.masks)
     for (uint64_t i = m.off; i < m.off + m.len && i < a.size(); ++i) a[i] = b[i] = 0;
-  for (size_t i = 0; i < a.size(); ++i)
-    ASSERT_EQ(a[i], b[i]) << c.format << " " << size << ": first difference at byte " << i;
+  if (a != b) {
+    const auto diff = std::mismatch(a.begin(), a.end(), b.begin(), b.end());
+    FAIL() << c.format << " " << size << ": first difference at byte " << (diff.first - a.begin());
+  }
 
   json qi = Info(theirs), ki = Info(ours);
   for (const char* key : {"virtual-size", "format", "cluster-size", "backing-filename",

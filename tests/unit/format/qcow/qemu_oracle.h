@@ -21,6 +21,7 @@
 
 #include "kvmfs/chain.h"
 #include "kvmfs/image.h"
+#include "../../test_files.h"
 
 namespace kvmfs::test {
 
@@ -47,8 +48,7 @@ inline bool HaveQemu() {
 }
 
 inline std::vector<uint8_t> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+  return kvmfs::test::ReadFileBytes(path);
 }
 
 inline void WriteWholeFile(const std::string& path, const std::vector<uint8_t>& data) {
@@ -149,8 +149,10 @@ class QemuOracleTest : public ::testing::Test {
     std::vector<uint8_t> got(expected.size(), 0xee);
     Status st = image.Read(0, got.data(), got.size());
     ASSERT_TRUE(st.ok()) << st.ToString();
-    for (size_t i = 0; i < got.size(); ++i)
-      ASSERT_EQ(got[i], expected[i]) << name << " differs at byte " << i;
+    if (got != expected) {
+      const auto diff = std::mismatch(got.begin(), got.end(), expected.begin(), expected.end());
+      FAIL() << name << " differs at byte " << (diff.first - got.begin());
+    }
     std::vector<uint8_t> piece;
     for (uint64_t off = 0; off < expected.size(); off += 497 * 131) {
       size_t n = std::min<uint64_t>(497 * 3, expected.size() - off);

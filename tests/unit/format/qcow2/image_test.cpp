@@ -1,5 +1,6 @@
 // Real images made with qemu-img / qemu-io at test time, opened through the
 // chain opener and compared byte for byte (and map for map) with qemu-img.
+#include <algorithm>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -17,6 +18,7 @@
 #include "kvmfs/backend.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/format.h"
+#include "../../test_files.h"
 
 namespace kvmfs {
 namespace {
@@ -46,8 +48,7 @@ bool HaveQemu() {
 }
 
 std::vector<uint8_t> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+  return kvmfs::test::ReadFileBytes(path);
 }
 
 class Qcow2Image : public ::testing::Test {
@@ -90,8 +91,10 @@ class Qcow2Image : public ::testing::Test {
     std::vector<uint8_t> got(expected.size(), 0xee);
     Status st = image.Read(0, got.data(), got.size());
     ASSERT_TRUE(st.ok()) << st.ToString();
-    for (size_t i = 0; i < got.size(); ++i)
-      ASSERT_EQ(got[i], expected[i]) << name << " differs at byte " << i;
+    if (got != expected) {
+      const auto diff = std::mismatch(got.begin(), got.end(), expected.begin(), expected.end());
+      FAIL() << name << " differs at byte " << (diff.first - got.begin());
+    }
     // And in odd, unaligned pieces across cluster boundaries.
     std::vector<uint8_t> piece;
     for (uint64_t off = 0; off < expected.size(); off += 497 * 131) {

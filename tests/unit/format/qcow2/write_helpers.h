@@ -18,6 +18,7 @@
 #include "kvmfs/backend.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/format.h"
+#include "../../test_files.h"
 
 namespace kvmfs::test {
 
@@ -49,8 +50,7 @@ inline bool HaveQemuTools() {
 }
 
 inline std::vector<uint8_t> ReadHostFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+  return kvmfs::test::ReadFileBytes(path);
 }
 
 inline void WriteHostFile(const std::string& path, const std::vector<uint8_t>& data) {

@@ -15,6 +15,7 @@
 #include "kvmfs/backend.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/format.h"
+#include "../../test_files.h"
 
 namespace kvmfs {
 namespace {
@@ -46,8 +47,7 @@ bool HaveQemu() {
 }
 
 std::vector<uint8_t> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+  return kvmfs::test::ReadFileBytes(path);
 }
 
 // An odd size: not a multiple of the 64 KiB grain (nor of 2 KiB).

@@ -19,6 +19,7 @@
 #include "kvmfs/backend.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/format.h"
+#include "../../test_files.h"
 
 namespace kvmfs::test {
 
@@ -44,8 +45,7 @@ inline bool HaveQemu() {
 }
 
 inline std::vector<uint8_t> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+  return kvmfs::test::ReadFileBytes(path);
 }
 
 inline void WriteFile(const std::string& path, const std::vector<uint8_t>& data) {
