@@ -35,7 +35,7 @@ class SecretQsdExport(benchrun.QsdExport):
     """QSD exporting an encrypted qcow2, its passphrase given as a secret object."""
 
     def __init__(self, bench, image, writable):
-        super().__init__(bench, image, "qcow2", writable)
+        super().__init__(bench, [(image, "qcow2")], writable)
         self.argv[1:1] = ["--object", "secret,id=sec0,file=%s" % bench.pass_file]
         for i, a in enumerate(self.argv):
             if a.startswith("driver=qcow2,"):

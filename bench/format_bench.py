@@ -111,7 +111,7 @@ class FormatBench:
             obj = benchrun.KvmfsMount(self, row.pool, readonly=True).start()
             target = obj.path(os.path.basename(row.image), "disk.raw")
         else:
-            obj = benchrun.QsdExport(self, row.image, row.fmt, writable=False).start()
+            obj = benchrun.QsdExport(self, [(row.image, row.fmt)], writable=False).start()
             target = obj.mnt
         try:
             return benchrun.run_fio(target, row.rw, row.bs, row.jobs, self.args.runtime)
