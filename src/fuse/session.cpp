@@ -23,7 +23,8 @@ namespace kvmfs::fuse {
 namespace {
 
 int Fail(const std::string& reason) {
-  std::fprintf(stderr, "kvmfs: %s\n", reason.c_str());
+  // Under systemd the journal files it as an error (<3>), not as info.
+  std::fprintf(stderr, "%skvmfs: %s\n", StderrIsJournal() ? "<3>" : "", reason.c_str());
   return 1;
 }
 

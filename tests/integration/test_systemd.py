@@ -263,6 +263,18 @@ class SystemdTest(h.KvmfsTestCase):
             self.assertNotRegex(l, r"^\d{4}-\d\d-\d\d ")
             self.assertRegex(l, r"^<[0-7]>", lines)
 
+    def test_journal_stream_failure_is_an_error(self):
+        # A config refused before mounting: the one line is filed as an error.
+        config = os.path.join(self.tmp, "bad.yaml")
+        with open(config, "w") as f:
+            f.write("pools:\n  - name: [\n")
+        proc, mnt, log_path = self.start(config, "mnt-bad", {"JOURNAL_STREAM": "@LOG@"})
+        self.assertEqual(proc.wait(timeout=20), 1)
+        with open(log_path) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(lines[0], r"^<3>kvmfs: .*bad\.yaml")
+
     def test_systemd_analyze_verify(self):
         if SYSTEMD_ANALYZE is None:
             print("\n%s\nSKIPPED: systemd-analyze is not installed (package systemd): "
