@@ -5,6 +5,11 @@ images and on images damaged at test time.
 
 VDI: QEMU's check looks at the block map only. Damage: two guest blocks naming
 one data block, an entry past blocks_in_image, blocks_allocated off by one.
+
+VMDK: QEMU's check looks up every grain; one past the end of its extent file
+ends it with "Check failed: Invalid argument" (qemu-img prints no counts and
+exits 1; check.json says the same under "error"). Clean images of four
+subformats; damage: the last grain cut off, a flat extent file emptied.
 """
 
 import json
@@ -88,6 +93,51 @@ class VdiCheck(h.KvmfsTestCase):
     def test_blocks_allocated_mismatch(self):
         rc, got = self.compare("count.vdi")
         self.assertEqual((rc, got["corruptions"]), (2, 1))
+
+
+class VmdkCheck(h.KvmfsTestCase):
+
+    SUBFORMATS = ("monolithicSparse", "streamOptimized", "monolithicFlat", "twoGbMaxExtentSparse")
+
+    @classmethod
+    def make_images(cls):
+        cls.images = {}
+        for sub in cls.SUBFORMATS + ("truncated", "emptyflat"):
+            path = os.path.join(cls.pool, sub + ".vmdk")
+            kind = {"truncated": "monolithicSparse", "emptyflat": "monolithicFlat"}.get(sub, sub)
+            h.qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=" + kind, path, str(4 * MiB))
+            h.qemu_io(path, "write -P 1 0 64k", "write -P 2 3M 64k", fmt="vmdk")
+            cls.images[sub] = path
+        # The grain of 3M was appended last: cut it off.
+        path = cls.images["truncated"]
+        os.truncate(path, os.path.getsize(path) - 65536)
+        os.truncate(os.path.join(cls.pool, "emptyflat-flat.vmdk"), 0)
+        cls.m = cls.mount()
+
+    def qemu_check(self, name):
+        img = self.images[name]
+        return h.qemu_img("check", "--output=json", img, check=False), os.path.realpath(img)
+
+    def test_clean(self):
+        for name in self.SUBFORMATS:
+            p, path = self.qemu_check(name)
+            self.assertEqual(p.returncode, 0, name)
+            want = json.loads(p.stdout)
+            want["filename"] = path
+            with open(self.m.path(name + ".vmdk", "check.json"), "rb") as f:
+                got = json.loads(f.read())
+            self.assertEqual(got, want, name)
+            self.assertEqual(list(got), list(want), "key order of %s" % name)
+
+    def test_grain_past_end_of_file(self):
+        for name in ("truncated", "emptyflat"):
+            p, path = self.qemu_check(name)
+            self.assertEqual(p.returncode, 1, name)
+            self.assertEqual(p.stdout.strip(), "", name)
+            self.assertIn("Check failed: Invalid argument", p.stderr, name)
+            got = h.read_json(self.m.path(name + ".vmdk", "check.json"))
+            self.assertEqual(got["error"], "Check failed: Invalid argument", (name, got))
+            self.assertEqual((got["filename"], got["format"]), (path, "vmdk"))
 
 
 if __name__ == "__main__":
