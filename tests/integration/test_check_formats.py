@@ -112,6 +112,14 @@ class VmdkCheck(h.KvmfsTestCase):
         path = cls.images["truncated"]
         os.truncate(path, os.path.getsize(path) - 65536)
         os.truncate(os.path.join(cls.pool, "emptyflat-flat.vmdk"), 0)
+        # Grain table 0 named far past the end of the file: QEMU reads zeros there
+        # (its grains are unallocated) and finds nothing wrong.
+        path = os.path.join(cls.pool, "gtfar.vmdk")
+        h.qemu_img("create", "-q", "-f", "vmdk", path, str(4 * MiB))
+        h.qemu_io(path, "write -P 1 0 64k", fmt="vmdk")
+        gd_sector = struct.unpack("<Q", h.peek(path, 56, 8))[0]
+        poke_u32(path, gd_sector * 512, 0x7fffffff)
+        cls.images["gtfar"] = path
         cls.m = cls.mount()
 
     def qemu_check(self, name):
@@ -119,7 +127,7 @@ class VmdkCheck(h.KvmfsTestCase):
         return h.qemu_img("check", "--output=json", img, check=False), os.path.realpath(img)
 
     def test_clean(self):
-        for name in self.SUBFORMATS:
+        for name in self.SUBFORMATS + ("gtfar",):
             p, path = self.qemu_check(name)
             self.assertEqual(p.returncode, 0, name)
             want = json.loads(p.stdout)
