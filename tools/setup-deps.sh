@@ -11,6 +11,8 @@ PACKAGES=(
   libfuse3-dev libspdlog-dev zlib1g-dev libzstd-dev libdeflate-dev liblz4-dev
   libssl-dev libyaml-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev libcryptsetup-dev
   libmicrohttpd-dev
+  # sd_notify readiness under systemd (Type=notify); systemd for systemd-analyze verify in tests
+  libsystemd-dev systemd
   # runtime and tests
   fuse3 qemu-utils qemu-system-common python3 fio util-linux man-db groff
   cryptsetup-bin gdb openssl

@@ -139,7 +139,9 @@ void KernelCache::PoolsReplaced(const std::vector<std::string>& names) {
   std::vector<Task> tasks;
   tasks.push_back(Task{FUSE_ROOT_ID, ""});
   for (const std::string& name : names) tasks.push_back(Task{FUSE_ROOT_ID, name});
-  Push(std::move(tasks), false);
+  // Waited for: once the reload is done (systemd hears READY=1), a listing
+  // of the root shows the new pools.
+  Push(std::move(tasks), true);
 }
 
 void KernelCache::EntriesChanged(const std::vector<std::pair<fuse_ino_t, std::string>>& entries) {

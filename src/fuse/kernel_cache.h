@@ -78,7 +78,8 @@ class KernelCache : public pool::ChangeListener {
   void Written(const std::string& canonical_path, fuse_ino_t written);
 
   // The pool set was replaced (SIGHUP): the root's listing and the entries
-  // `names` (old and new pool names) are dropped.
+  // `names` (old and new pool names) are dropped. Waits until pushed
+  // (bounded), like Written(); never call it from a FUSE request.
   void PoolsReplaced(const std::vector<std::string>& names);
 
   // Names the tree changed itself (an image made by ln -s, renamed by mv):

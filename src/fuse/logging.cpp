@@ -4,14 +4,20 @@
 #include <fuse_log.h>
 #include <syslog.h>
 
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <cstdarg>
 #include <cstdio>
 #include <mutex>
 
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
 #include <spdlog/spdlog.h>
+
+#include "fuse/systemd.h"
 
 namespace kvmfs::fuse {
 namespace {
@@ -48,11 +54,50 @@ void FuseLog(fuse_log_level level, const char* fmt, va_list ap) {
   if (!msg.empty()) spdlog::log(ToSpdlog(level), "{}", msg);
 }
 
+// The log of a service whose stderr is the journal (StderrIsJournal): one
+// "<N>message" line per message, N its syslog priority, which journald keeps
+// as the entry's PRIORITY (so `journalctl -p warning` works).
+class JournalStreamSink : public spdlog::sinks::base_sink<std::mutex> {
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    spdlog::memory_buf_t formatted;
+    formatter_->format(msg, formatted);
+    const std::string line =
+        JournalLine(Priority(msg.level), std::string_view(formatted.data(), formatted.size()));
+    for (size_t done = 0; done < line.size();) {
+      const ssize_t n = ::write(STDERR_FILENO, line.data() + done, line.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // nowhere left to say it
+      done += static_cast<size_t>(n);
+    }
+  }
+  void flush_() override {}
+
+ private:
+  static int Priority(spdlog::level::level_enum level) {
+    switch (level) {
+      case spdlog::level::trace:
+      case spdlog::level::debug: return LOG_DEBUG;
+      case spdlog::level::info: return LOG_INFO;
+      case spdlog::level::warn: return LOG_WARNING;
+      case spdlog::level::err: return LOG_ERR;
+      case spdlog::level::critical: return LOG_CRIT;
+      default: return LOG_INFO;
+    }
+  }
+};
+
 }  // namespace
 
 void SetupLogging(bool foreground, bool debug, const std::string& level) {
   std::shared_ptr<spdlog::logger> logger;
-  if (foreground) {
+  if (foreground && StderrIsJournal()) {
+    // Run by systemd (kvmfs@.service runs kvmfs -f): the journal adds the
+    // time, the name and the pid, and takes the priority from the line.
+    logger = std::make_shared<spdlog::logger>("kvmfs", std::make_shared<JournalStreamSink>());
+    logger->set_pattern("%v");
+    spdlog::register_logger(logger);
+  } else if (foreground) {
     logger = spdlog::stderr_color_mt("kvmfs");
     logger->set_pattern("%Y-%m-%d %H:%M:%S.%e kvmfs[%t] %^%l%$: %v");
   } else {

@@ -1,5 +1,8 @@
 // Logging: spdlog to stderr in the foreground, to syslog (ident "kvmfs",
 // facility daemon) in the background. libfuse's own messages go the same way.
+// In the foreground with stderr the service's journal stream (run by
+// systemd: StderrIsJournal()), lines carry their syslog priority as "<N>"
+// and no time or name (the journal adds them).
 #pragma once
 
 #include <string>

@@ -11,6 +11,7 @@
 #include "format/qcow2/options.h"
 #include "fuse/options.h"
 #include "fuse/session.h"
+#include "fuse/systemd.h"
 #include "pool/file_key.h"
 #include "pool/namespace.h"
 #include "pool/pool_set.h"
@@ -24,7 +25,8 @@ namespace {
 using namespace kvmfs;
 
 int Fail(const std::string& reason) {
-  std::fprintf(stderr, "kvmfs: %s\n", reason.c_str());
+  // Under systemd the journal files it as an error (<3>), not as info.
+  std::fprintf(stderr, "%skvmfs: %s\n", kvmfs::fuse::StderrIsJournal() ? "<3>" : "", reason.c_str());
   return 1;
 }
 

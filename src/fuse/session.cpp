@@ -16,12 +16,15 @@
 #include "fuse/filesystem.h"
 #include "fuse/logging.h"
 #include "fuse/ops.h"
+#include "fuse/systemd.h"
+#include "pool/layer_file.h"
 
 namespace kvmfs::fuse {
 namespace {
 
 int Fail(const std::string& reason) {
-  std::fprintf(stderr, "kvmfs: %s\n", reason.c_str());
+  // Under systemd the journal files it as an error (<3>), not as info.
+  std::fprintf(stderr, "%skvmfs: %s\n", StderrIsJournal() ? "<3>" : "", reason.c_str());
   return 1;
 }
 
@@ -114,6 +117,26 @@ void OnPoolsReplaced(Filesystem& fs) {
 }
 
 }  // namespace
+
+std::string StatusLine(const pool::PoolSet& pools, const std::string& mountpoint) {
+  std::string names;
+  size_t n = 0;
+  if (pools.mirrored()) {
+    names = pools.root()->options().source;
+    n = 1;
+  } else {
+    for (const pool::PoolEntry& p : pools.pools()) {
+      names += (names.empty() ? "" : ", ") + p.name;
+      ++n;
+    }
+  }
+  const uint64_t images = pool::OpenLayerFiles();
+  const uint64_t files = OpenFiles();
+  return "serving " + std::to_string(n) + (n == 1 ? " pool" : " pools") +
+         (names.empty() ? "" : " (" + names + ")") + " at " + mountpoint + "; " +
+         std::to_string(images) + (images == 1 ? " image file" : " image files") + " open, " +
+         std::to_string(files) + (files == 1 ? " file" : " files") + " open through the mount";
+}
 
 std::string EscapeFuseOption(const std::string& value) {
   std::string out;
@@ -220,14 +243,23 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
     metrics->Start(root);
     spdlog::info("metrics: {}", metrics->Describe());
   }
+  // Under systemd: READY=1 once the loop below answers, STATUS= lines.
+  const std::string mountpoint = options.mountpoint;
+  Notifier notifier(mountpoint, [&root, mountpoint] { return StatusLine(*root.Get(), mountpoint); });
   HupWatcher watcher;
   if (reload) {
     // SIGHUP reloads from here on (before, libfuse's handler would unmount).
-    Status started = watcher.Start(reload);
+    Status started = watcher.Start([&notifier, reload] {
+      notifier.Reloading();
+      reload();
+      notifier.Reloaded();
+    });
     if (!started.ok()) spdlog::warn("SIGHUP reload unavailable: {}", started.ToString());
     reload();  // the first load with logging set up: warnings reach the log
   }
+  notifier.Start();
   int rc = Serve(se, options);
+  notifier.Stopping();
   watcher.Stop();
   if (metrics) metrics->Stop();
   root.OnSet(nullptr);
@@ -235,6 +267,7 @@ int MountAndServe(const Options& options, pool::PoolRoot& root, std::function<vo
   fs.cache.Stop();
   fuse_remove_signal_handlers(se);
   fuse_session_unmount(se);
+  notifier.Join();  // after the unmount: a stat that was never answered fails now
   fuse_session_destroy(se);  // calls Destroy(): write sessions end
   spdlog::shutdown();
   // A positive value is the signal that ended the loop: a clean stop.

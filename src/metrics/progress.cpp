@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <tuple>
 #include <vector>
 
 #include "base/mutex.h"
@@ -22,8 +23,10 @@ Running& All() {
 
 }  // namespace
 
-Progress::Progress(std::string op, std::string image) : entry_(std::make_shared<Entry>()) {
+Progress::Progress(std::string op, std::string pool, std::string image)
+    : entry_(std::make_shared<Entry>()) {
   entry_->op = std::move(op);
+  entry_->pool = std::move(pool);
   entry_->image = std::move(image);
   Running& r = All();
   MutexLock lock(r.mu);
@@ -46,14 +49,19 @@ void Progress::Update(uint64_t done, uint64_t total) {
 }
 
 void WriteProgress(Exposition& out) {
-  std::map<std::pair<std::string, std::string>, double> ratios;
+  using Key = std::tuple<std::string, std::string, std::string>;  // op, pool, image
+  std::map<Key, double> ratios;
   std::map<std::string, uint64_t> running;
   {
     Running& r = All();
     MutexLock lock(r.mu);
+    // In the order they started: the oldest keep their own series.
     for (const auto& e : r.entries) {
       const double v = e->ratio.load(std::memory_order_relaxed);
-      auto [it, fresh] = ratios.emplace(std::make_pair(e->op, e->image), v);
+      Key key{e->op, e->pool, e->image};
+      if (ratios.size() >= kMaxProgressSeries && ratios.count(key) == 0)
+        key = Key{e->op, e->pool, "_other"};
+      auto [it, fresh] = ratios.emplace(std::move(key), v);
       if (!fresh) it->second = std::min(it->second, v);
       ++running[e->op];
     }
@@ -62,7 +70,9 @@ void WriteProgress(Exposition& out) {
              "Fraction done of a running long operation (check, snapshot create or delete) on "
              "an image; the series exists only while the operation runs.",
              "gauge");
-  for (const auto& [key, v] : ratios) out.Sample("kvmfs_operation_progress_ratio", {{"op", key.first}, {"image", key.second}}, v);
+  for (const auto& [key, v] : ratios)
+    out.Sample("kvmfs_operation_progress_ratio",
+               {{"op", std::get<0>(key)}, {"pool", std::get<1>(key)}, {"image", std::get<2>(key)}}, v);
   out.Family("kvmfs_operations_running", "Long operations running now, by operation.", "gauge");
   for (const auto& [op, n] : running) out.SampleInt("kvmfs_operations_running", {{"op", op}}, n);
 }

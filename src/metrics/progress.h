@@ -1,7 +1,7 @@
 // Progress of long operations (checks, snapshot creation and deletion), for
-// kvmfs_operation_progress_ratio{op,image} and kvmfs_operations_running{op}.
+// kvmfs_operation_progress_ratio{op,pool,image} and kvmfs_operations_running{op}.
 //
-//   metrics::Progress p("check", "pool/vm1.qcow2");   // shown from now on, at 0
+//   metrics::Progress p("check", "pool", "vm1.qcow2");  // shown from now on, at 0
 //   for (...) p.Update(done, total);                  // cheap: one atomic store
 //   // gone from the metrics when `p` is destroyed
 //
@@ -20,9 +20,9 @@ class Exposition;
 class Progress {
  public:
   // Registers a running operation `op` ("check", "snapshot_create") on
-  // `image` (a pool-relative path, or whatever names the image to an
-  // administrator) at ratio 0.
-  Progress(std::string op, std::string image);
+  // `image` (a path relative to the pool, or whatever names the image to an
+  // administrator) of `pool` at ratio 0.
+  Progress(std::string op, std::string pool, std::string image);
   ~Progress();
   Progress(const Progress&) = delete;
   Progress& operator=(const Progress&) = delete;
@@ -34,6 +34,7 @@ class Progress {
 
   struct Entry {
     std::string op;
+    std::string pool;
     std::string image;
     std::atomic<double> ratio{0};
   };
@@ -41,6 +42,12 @@ class Progress {
  private:
   std::shared_ptr<Entry> entry_;
 };
+
+// At most this many (op, pool, image) progress series are shown; operations
+// on further images count under image="_other" (the least advanced of them).
+// Series exist only while operations run, so this bounds a burst (many
+// check.json files read at once), not the history.
+inline constexpr size_t kMaxProgressSeries = 64;
 
 // Renders kvmfs_operation_progress_ratio (the least advanced one when several
 // run on one image) and kvmfs_operations_running (by op).

@@ -644,7 +644,8 @@ Status Namespace::MakeSnapshotDir(Node parent, const std::string& path, const st
       return Status::AlreadyExists(path + ": a snapshot named '" + s.name + "' exists (id " + s.id + ")");
   // Shown as running in the metrics while it lasts (the format layer
   // reports no finer progress: 0 until done).
-  metrics::Progress progress("snapshot_create", RelativeImagePath(options_.source, parent.host_path));
+  auto [pool_label, image_label] = MetricLabels(parent.host_path);
+  metrics::Progress progress("snapshot_create", pool_label, image_label);
   return WithWriter(parent, [&](Image& image) -> Status {
     auto created = image.CreateSnapshot(*snapshot_name);
     if (!created.ok()) return created.status().WithContext(path);
@@ -666,7 +667,8 @@ Status Namespace::RemoveSnapshotDir(const Node& node, const std::string& path) {
   }
   if (node.image->ViewOpen(node.view))
     return Status::Busy(path + ": the snapshot's disk.raw is open");
-  metrics::Progress progress("snapshot_delete", RelativeImagePath(options_.source, node.host_path));
+  auto [pool_label, image_label] = MetricLabels(node.host_path);
+  metrics::Progress progress("snapshot_delete", pool_label, image_label);
   return WithWriter(node, [&](Image& image) -> Status {
     Status deleted = image.DeleteSnapshot(node.view.snapshot_id);
     if (!deleted.ok()) return deleted.WithContext(path);
@@ -674,6 +676,11 @@ Status Namespace::RemoveSnapshotDir(const Node& node, const std::string& path) {
     snapshots_deleted_.fetch_add(1, std::memory_order_relaxed);
     return Status::OK();
   });
+}
+
+std::pair<std::string, std::string> Namespace::MetricLabels(const std::string& host_path) const {
+  return {options_.pool_name.empty() ? options_.source : options_.pool_name,
+          RelativeImagePath(options_.source, host_path)};
 }
 
 Result<struct statvfs> Namespace::StatFs() {

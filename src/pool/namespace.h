@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "crypto/key_ring.h"
@@ -36,6 +37,9 @@ namespace kvmfs::pool {
 
 struct NamespaceOptions {
   std::string source;                      // canonical directory
+  // The pool's name in a YAML SOURCE (the `pool` label of its metrics);
+  // empty for a directory SOURCE, whose label is `source`.
+  std::string pool_name;
   std::vector<std::string> backing_roots;  // canonical directories
   uid_t uid = 0;                           // (unused by the tree: it mirrors host owners)
   gid_t gid = 0;
@@ -263,6 +267,10 @@ class Namespace {
   ChangeListener* change_listener() const { return listener_.load(); }
 
   const NamespaceOptions& options() const { return options_; }
+  // The `pool` and `image` labels of the metrics (the progress of checks and
+  // snapshot operations) for the image file `host_path`: the pool's name (a
+  // directory SOURCE: its path) and `host_path` relative to the pool.
+  std::pair<std::string, std::string> MetricLabels(const std::string& host_path) const;
   ImageCache& cache() { return cache_; }
   // Snapshots made and deleted through this namespace (mkdir/rmdir under
   // snapshots/), for the metrics. Lock-free.

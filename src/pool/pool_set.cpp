@@ -278,6 +278,7 @@ Result<PoolEntry> RbdPool(const config::Config& config, const config::PoolConfig
   entry.readonly = p.readonly || options.readonly;
   NamespaceOptions ns;
   ns.source = (*store)->root();
+  ns.pool_name = p.name;
   ns.store = std::move(store).value();
   ns.uid = options.uid;
   ns.gid = options.gid;
@@ -330,6 +331,7 @@ Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
     } else {
       NamespaceOptions ns;
       ns.source = *canonical;
+      ns.pool_name = p.name;
       for (const std::string& root : p.backing_roots) {
         auto r = CanonicalPath(root);
         if (r.ok())

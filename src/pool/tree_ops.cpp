@@ -17,6 +17,7 @@
 
 #include "base/path.h"
 #include "base/unique_fd.h"
+#include "metrics/progress.h"
 #include "pool/info_json.h"
 #include "pool/namespace.h"
 
@@ -79,10 +80,11 @@ Result<std::string> Namespace::CheckText(const Node& node, const std::string& pa
   CheckOptions options;
   const auto start = Clock::now();
   auto last_log = start;
+  // kvmfs_operation_progress_ratio{op="check"} while the check runs.
+  auto [pool_label, image_label] = MetricLabels(file->path());
+  metrics::Progress progress("check", pool_label, image_label);
   options.progress = [&](uint64_t done, uint64_t total) {
-    // METRICS: the single call site of the check progress gauge. The
-    // metrics helper's gauge API (src/metrics/) is not in this tree yet;
-    // report (file->path(), done, total) to it here once it is.
+    progress.Update(done, total);
     const auto now = Clock::now();
     if (now - last_log < kProgressLogInterval || total == 0) return;
     last_log = now;

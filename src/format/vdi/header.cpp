@@ -146,4 +146,31 @@ std::string ScanBlockMap(const std::vector<uint32_t>& bmap, const Header& h) {
   return "";
 }
 
+CheckResult CheckBlockMap(const std::vector<uint32_t>& bmap, const Header& h,
+                          const CheckOptions& options) {
+  CheckResult res;
+  // One bit per data block (QEMU keeps a u32 each): at most 64 MiB for the
+  // largest map, whose entries alone take 2 GiB.
+  std::vector<bool> used(h.blocks, false);
+  uint64_t count = 0;
+  constexpr uint32_t kProgressEvery = 1u << 16;
+  for (uint32_t i = 0; i < bmap.size(); ++i) {
+    if (options.progress && i % kProgressEvery == 0) options.progress(i, bmap.size());
+    const uint32_t e = bmap[i];
+    if (!IsAllocated(e)) continue;
+    if (e >= h.blocks) {
+      ++res.corruptions;  // "block index too large"
+      continue;
+    }
+    ++count;
+    if (used[e])
+      ++res.corruptions;  // "block index also used by"
+    else
+      used[e] = true;
+  }
+  if (count != h.allocated) ++res.corruptions;  // "allocated blocks mismatch"
+  if (options.progress) options.progress(bmap.size(), bmap.size());
+  return res;
+}
+
 }  // namespace kvmfs::vdi

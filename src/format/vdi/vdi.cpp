@@ -153,6 +153,13 @@ class VdiImage final : public Image {
 
   Result<uint64_t> ActualSize() override { return file_->AllocatedBytes(); }
 
+  // The block map as this image holds it (what it reads and writes by),
+  // under the readers' lock: writes in place go on, allocation waits.
+  Result<CheckResult> Check(const CheckOptions& options) override {
+    std::shared_lock<std::shared_mutex> lock(rw_);
+    return CheckBlockMap(bmap_, h_, options);
+  }
+
  private:
   Status CheckRange(uint64_t off, uint64_t len, const char* what) const {
     if (off > size() || len > size() - off)
@@ -294,7 +301,7 @@ class VdiImage final : public Image {
 class VdiDriver final : public FormatDriver {
  public:
   const char* name() const override { return "vdi"; }
-  FormatCaps caps() const override { return {.writable = true}; }
+  FormatCaps caps() const override { return {.writable = true, .check = true}; }
   std::vector<std::string> extensions() const override { return {"vdi"}; }
   int Probe(const uint8_t* h, size_t len) const override {
     if (len < 68 || LoadLE32(h + 64) != kSignature) return 0;

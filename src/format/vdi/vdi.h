@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "kvmfs/backend.h"
+#include "kvmfs/image.h"
 #include "kvmfs/status.h"
 
 namespace kvmfs::vdi {
@@ -115,5 +116,14 @@ Result<std::vector<uint32_t>> ReadBlockMap(Backend& file, const Header& h, const
 // blocks_in_image, two blocks sharing one, blocks_allocated not matching the
 // map: what `qemu-img check` calls corruption); empty when it is consistent.
 std::string ScanBlockMap(const std::vector<uint32_t>& bmap, const Header& h);
+
+// What `qemu-img check` says of a VDI image (QEMU's vdi_co_check, which looks
+// at the block map only): one corruption per allocated entry not below
+// blocks_in_image, per entry naming a data block an earlier entry named, and
+// one when blocks_allocated differs from the entries below blocks_in_image.
+// No leaks, image end or cluster counts (qemu-img prints none for VDI).
+// `options.progress` hears of entries scanned.
+CheckResult CheckBlockMap(const std::vector<uint32_t>& bmap, const Header& h,
+                          const CheckOptions& options);
 
 }  // namespace kvmfs::vdi

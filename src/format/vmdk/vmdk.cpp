@@ -260,6 +260,8 @@ class VmdkImage final : public Image {
     return info;
   }
 
+  Result<CheckResult> Check(const CheckOptions& options) override { return engine_->Check(options); }
+
   Result<uint64_t> ActualSize() override {
     KVMFS_ASSIGN_OR_RETURN(uint64_t total, engine_->file().AllocatedBytes());
     for (const auto& e : engine_->extents()) {
@@ -405,7 +407,7 @@ class VmdkDriver final : public FormatDriver {
  public:
   const char* name() const override { return "vmdk"; }
   FormatCaps caps() const override {
-    return {.writable = true, .backing_files = true, .compression = true};
+    return {.writable = true, .backing_files = true, .compression = true, .check = true};
   }
   std::vector<std::string> extensions() const override { return {"vmdk"}; }
   int Probe(const uint8_t* head, size_t len) const override { return ProbeVmdk(head, len); }

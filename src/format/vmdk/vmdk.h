@@ -221,6 +221,12 @@ class Engine {
   // Whether the grain is readable data at `host` of `e` (inside the file).
   Status CheckGrain(Extent& e, uint64_t host, uint64_t guest_off);
 
+  // What `qemu-img check` says of the image (check.cpp): every grain looked
+  // up in disk order; the first one past the end of its file, or a lookup
+  // that fails, sets `failure` (and one corruption) and ends the check.
+  // Takes mutex() shared.
+  Result<CheckResult> Check(const CheckOptions& options);
+
   // ---- Writing (write.cpp) ----
   void SetWritable(bool opened_writable, std::string read_only_reason);
   bool writable() const { return writing_.load(std::memory_order_acquire); }

@@ -2,6 +2,8 @@
 // cap, the text exposition format, progress and backend registration.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -192,9 +194,9 @@ TEST(MetricsProgress, ShownWhileRunningTheLeastAdvancedPerImage) {
   WriteProgress(before);
   EXPECT_TRUE(SampleLines(before.text(), "kvmfs_operation_progress_ratio").empty());
   {
-    Progress a("check", "p/vm.qcow2");
-    Progress b("check", "p/vm.qcow2");
-    Progress c("snapshot_create", "p/other.qcow2");
+    Progress a("check", "p", "vm.qcow2");
+    Progress b("check", "p", "vm.qcow2");
+    Progress c("snapshot_create", "p", "other.qcow2");
     a.Update(3, 4);
     b.Set(0.5);
     c.Set(7);  // clamped
@@ -203,12 +205,36 @@ TEST(MetricsProgress, ShownWhileRunningTheLeastAdvancedPerImage) {
     ExpectWellFormed(out.text());
     auto lines = SampleLines(out.text(), "kvmfs_operation_progress_ratio");
     EXPECT_EQ(lines, (std::vector<std::string>{
-                         "kvmfs_operation_progress_ratio{op=\"check\",image=\"p/vm.qcow2\"} 0.5",
-                         "kvmfs_operation_progress_ratio{op=\"snapshot_create\",image=\"p/other.qcow2\"} 1"}));
+                         "kvmfs_operation_progress_ratio{op=\"check\",pool=\"p\",image=\"vm.qcow2\"} 0.5",
+                         "kvmfs_operation_progress_ratio{op=\"snapshot_create\",pool=\"p\",image=\"other.qcow2\"} 1"}));
     EXPECT_EQ(SampleLines(out.text(), "kvmfs_operations_running"),
               (std::vector<std::string>{"kvmfs_operations_running{op=\"check\"} 2",
                                         "kvmfs_operations_running{op=\"snapshot_create\"} 1"}));
   }
+  Exposition after;
+  WriteProgress(after);
+  EXPECT_TRUE(SampleLines(after.text(), "kvmfs_operation_progress_ratio").empty());
+}
+
+TEST(MetricsProgress, SeriesBeyondTheCapCountAsOther) {
+  std::vector<std::unique_ptr<Progress>> running;
+  for (size_t i = 0; i < kMaxProgressSeries + 3; ++i) {
+    running.push_back(std::make_unique<Progress>("check", "p", "vm" + std::to_string(i) + ".qcow2"));
+    running.back()->Set(i < kMaxProgressSeries ? 0.9 : 0.1 * static_cast<double>(i - kMaxProgressSeries + 1));
+  }
+  Exposition out;
+  WriteProgress(out);
+  ExpectWellFormed(out.text());
+  auto lines = SampleLines(out.text(), "kvmfs_operation_progress_ratio");
+  EXPECT_EQ(lines.size(), kMaxProgressSeries + 1);
+  // The three past the cap: one series, the least advanced of them.
+  EXPECT_NE(std::find(lines.begin(), lines.end(),
+                      "kvmfs_operation_progress_ratio{op=\"check\",pool=\"p\",image=\"_other\"} 0.1"),
+            lines.end());
+  EXPECT_EQ(SampleLines(out.text(), "kvmfs_operations_running"),
+            (std::vector<std::string>{"kvmfs_operations_running{op=\"check\"} " +
+                                      std::to_string(kMaxProgressSeries + 3)}));
+  running.clear();
   Exposition after;
   WriteProgress(after);
   EXPECT_TRUE(SampleLines(after.text(), "kvmfs_operation_progress_ratio").empty());

@@ -6,9 +6,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 
+#include "metrics/exposition.h"
+#include "metrics/progress.h"
 #include "pool/namespace.h"
 #include "temp_dir.h"
 
@@ -17,6 +24,102 @@ namespace {
 
 using testing::HaveQemuImg;
 using testing::TempDir;
+
+// Holds the reads of the files it opens while closed, letting through one
+// per Step(): a check can be stopped in the middle and looked at.
+class Gate {
+ public:
+  void Close() {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+  }
+  void Open() {
+    std::lock_guard lock(mu_);
+    closed_ = false;
+    cv_.notify_all();
+  }
+  void Step() {
+    std::lock_guard lock(mu_);
+    ++budget_;
+    cv_.notify_all();
+  }
+  // Until a read waits at the gate with no step left to take it through
+  // (true), or `done` (false).
+  bool WaitForReader(const std::atomic<bool>& done) {
+    std::unique_lock lock(mu_);
+    while ((waiting_ == 0 || budget_ > 0) && !done) cv_.wait_for(lock, std::chrono::milliseconds(5));
+    return waiting_ > 0 && budget_ == 0;
+  }
+  void Pass() {
+    std::unique_lock lock(mu_);
+    ++waiting_;
+    cv_.notify_all();
+    cv_.wait(lock, [this] { return !closed_ || budget_ > 0; });
+    if (closed_) --budget_;
+    --waiting_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool closed_ = false;
+  uint64_t budget_ = 0;
+  int waiting_ = 0;
+};
+
+class GatedBackend final : public Backend {
+ public:
+  GatedBackend(std::unique_ptr<Backend> inner, Gate& gate) : inner_(std::move(inner)), gate_(gate) {}
+  Status ReadAt(uint64_t off, void* buf, size_t len) override {
+    gate_.Pass();
+    return inner_->ReadAt(off, buf, len);
+  }
+  Status WriteAt(uint64_t off, const void* buf, size_t len) override { return inner_->WriteAt(off, buf, len); }
+  Status Flush() override { return inner_->Flush(); }
+  Result<uint64_t> Size() override { return inner_->Size(); }
+  Status Truncate(uint64_t size) override { return inner_->Truncate(size); }
+  Result<uint64_t> AllocatedBytes() override { return inner_->AllocatedBytes(); }
+  bool writable() const override { return inner_->writable(); }
+  const std::string& name() const override { return inner_->name(); }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+  Gate& gate_;
+};
+
+class GatedStore final : public Store {
+ public:
+  GatedStore(std::shared_ptr<Store> inner, Gate& gate) : inner_(std::move(inner)), gate_(gate) {}
+  std::string_view kind() const override { return inner_->kind(); }
+  StoreCaps caps() const override { return inner_->caps(); }
+  const std::string& root() const override { return inner_->root(); }
+  Result<std::vector<StoreEntry>> List(const std::string& dir) override { return inner_->List(dir); }
+  Result<struct stat> Stat(const std::string& path, bool follow) override { return inner_->Stat(path, follow); }
+  Result<std::string> Canonical(const std::string& path) override { return inner_->Canonical(path); }
+  Result<std::unique_ptr<Backend>> Open(const std::string& path, bool writable) override {
+    KVMFS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, inner_->Open(path, writable));
+    return std::unique_ptr<Backend>(std::make_unique<GatedBackend>(std::move(b), gate_));
+  }
+  Result<std::unique_ptr<StoreLock>> Lock(const std::string& path, LockSet set) override {
+    return inner_->Lock(path, set);
+  }
+  Result<struct statvfs> StatFs(const std::string& path) override { return inner_->StatFs(path); }
+
+ private:
+  std::shared_ptr<Store> inner_;
+  Gate& gate_;
+};
+
+// The value of the progress series of `image`'s check, or -1 when absent.
+double CheckProgress(const std::string& pool, const std::string& image) {
+  metrics::Exposition out;
+  metrics::WriteProgress(out);
+  const std::string key = "kvmfs_operation_progress_ratio{op=\"check\",pool=\"" + pool +
+                          "\",image=\"" + image + "\"} ";
+  const std::string& text = out.text();
+  const size_t at = text.find(key);
+  return at == std::string::npos ? -1 : std::stod(text.substr(at + key.size()));
+}
 
 class TreeOpsTest : public ::testing::Test {
  protected:
@@ -202,6 +305,56 @@ TEST_F(TreeOpsTest, CheckJson) {
   bool found = false;
   for (const DirEntry& e : *listed) found = found || e.name == "check.json";
   EXPECT_TRUE(found);
+}
+
+TEST_F(TreeOpsTest, CheckShowsItsProgressWhileItRuns) {
+  if (!HaveQemuImg()) GTEST_SKIP() << "qemu-img not installed (qemu-utils)";
+  // 512-byte clusters: one L2 table maps 32 KiB, so eight writes 32 KiB
+  // apart make eight tables (the check's unit of progress).
+  std::string cmd = "qemu-img create -q -f qcow2 -o cluster_size=512 '" + dir_.P("p.qcow2") +
+                    "' 1M && qemu-io -f qcow2";
+  for (int i = 0; i < 8; ++i) cmd += " -c 'write -P 7 " + std::to_string(i * 32768) + " 512'";
+  ASSERT_TRUE(TempDir::Run(cmd + " '" + dir_.P("p.qcow2") + "'"));
+  Gate gate;
+  NamespaceOptions options;
+  options.source = dir_.path();
+  options.pool_name = "pool";
+  options.store = std::make_shared<GatedStore>(NewLocalStore(dir_.path()), gate);
+  ns_ = std::make_unique<Namespace>(options);
+  auto disk = ns_->Open("/p.qcow2/disk.raw", O_RDONLY);  // the image open, its header read
+  ASSERT_TRUE(disk.ok()) << disk.status().ToString();
+  EXPECT_EQ(CheckProgress("pool", "p.qcow2"), -1);
+
+  gate.Close();
+  std::atomic<bool> done{false};
+  nlohmann::json result;
+  std::thread checker([&] {
+    result = CheckJson("/p.qcow2/check.json");
+    done = true;
+  });
+  // Stopped at its first read: running, at 0.
+  ASSERT_TRUE(gate.WaitForReader(done));
+  EXPECT_EQ(CheckProgress("pool", "p.qcow2"), 0);
+  // A read at a time: the ratio goes up, stays within [0, 1], never back.
+  double last = 0, seen_between = -1;
+  int steps = 0;
+  while (gate.WaitForReader(done)) {
+    ++steps;
+    const double now = CheckProgress("pool", "p.qcow2");
+    ASSERT_GE(now, last);
+    ASSERT_LE(now, 1.0);
+    if (now > 0 && now < 1) seen_between = now;
+    last = now;
+    gate.Step();
+  }
+  gate.Open();
+  checker.join();
+  EXPECT_GE(steps, 8) << "the check read fewer than its eight L2 tables through the gate";
+  EXPECT_GT(seen_between, 0) << "no progress between 0 and 1 was shown";
+  EXPECT_EQ(result["check-errors"], 0) << result.dump();
+  EXPECT_EQ(result["allocated-clusters"], 8) << result.dump();
+  // Gone once the check ended.
+  EXPECT_EQ(CheckProgress("pool", "p.qcow2"), -1);
 }
 
 }  // namespace

@@ -281,6 +281,67 @@ TEST(VdiBlockMap, InconsistentMapIsServedReadOnly) {
   }
 }
 
+// Image::Check counts as QEMU's vdi_co_check (the integration test
+// it-check-formats compares with qemu-img check on images qemu-img made).
+TEST(VdiBlockMap, CheckCountsCorruptionsAsQemu) {
+  struct Case {
+    const char* what;
+    void (*make)(MemVdi&);
+    uint64_t corruptions;
+  } cases[] = {
+      {"clean", [](MemVdi& v) {
+         v.Map(0, 0, 1);
+         v.Map(2, 1, 2);
+         v.SetAllocated(2);
+       }, 0},
+      {"two guest blocks share data block 0", [](MemVdi& v) {
+         v.Map(0, 0, 1);
+         v.Le32(512 + 4, 0);
+         v.Le32(512 + 8, 0);
+         v.SetAllocated(3);
+       }, 2},
+      {"an entry past blocks_in_image, and the count off", [](MemVdi& v) {
+         v.Map(0, 0, 1);
+         v.Le32(512 + 4, 9);
+         v.SetAllocated(2);
+       }, 2},
+      {"discarded entries are not allocated", [](MemVdi& v) {
+         v.Map(0, 0, 1);
+         v.Le32(512 + 4, 0xfffffffe);
+         v.SetAllocated(1);
+       }, 0},
+      {"blocks_allocated too low", [](MemVdi& v) {
+         v.Map(0, 0, 1);
+         v.SetAllocated(0);
+       }, 1},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    MemVdi v;
+    c.make(v);
+    auto image = v.Open("c.vdi");
+    ASSERT_TRUE(image.ok()) << image.status().ToString();
+    uint64_t last_done = 0, calls = 0;
+    CheckOptions options;
+    options.progress = [&](uint64_t done, uint64_t total) {
+      EXPECT_LE(done, total);
+      EXPECT_GE(done, last_done);
+      last_done = done;
+      ++calls;
+    };
+    auto r = (*image)->Check(options);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r->corruptions, c.corruptions);
+    EXPECT_EQ(r->check_errors, 0u);
+    EXPECT_EQ(r->leaks, 0u);
+    EXPECT_EQ(r->image_end_offset, 0u);  // qemu-img prints none for VDI
+    EXPECT_EQ(r->total_clusters, 0u);
+    EXPECT_TRUE(r->failure.empty());
+    EXPECT_GT(calls, 0u);
+    EXPECT_EQ(last_done, v.blocks);
+  }
+}
+
 // Fuzzer finding: a data offset of ~4 GiB in a 1 KiB file made the first
 // allocating write grow the file by 4 GiB (out of memory on the fuzzer's
 // in-memory file). Such an image reads, but is not written.

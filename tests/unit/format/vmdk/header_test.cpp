@@ -135,6 +135,44 @@ TEST(VmdkSparse, GrainPastEofFailsTheRead) {
   EXPECT_TRUE((*r)->Read(65536, buf.data(), buf.size()).ok());
 }
 
+// check.json as QEMU's vmdk_co_check (it-check-formats compares with
+// qemu-img): a grain past the end fails the check with EINVAL's text; a
+// grain table past the end reads as zeros in QEMU, so nothing is wrong.
+TEST(VmdkSparse, CheckAsQemu) {
+  MemVmdk clean;
+  auto r = OpenBytes(clean.b);
+  ASSERT_TRUE(r.ok());
+  auto res = (*r)->Check({});
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_EQ(res->corruptions, 0u);
+  EXPECT_TRUE(res->failure.empty());
+
+  MemVmdk past;
+  past.Gte(3, static_cast<uint32_t>(past.b.size() / 512 + 10));
+  r = OpenBytes(past.b);
+  ASSERT_TRUE(r.ok());
+  uint64_t last = 0;
+  CheckOptions options;
+  options.progress = [&](uint64_t done, uint64_t total) {
+    EXPECT_LE(done, total);
+    last = done;
+  };
+  res = (*r)->Check(options);
+  ASSERT_TRUE(res.ok());
+  EXPECT_EQ(res->corruptions, 1u);
+  EXPECT_EQ(res->failure, "Invalid argument");
+  EXPECT_LT(last, (*r)->size());  // it stopped at the bad grain
+
+  MemVmdk far;
+  far.Le32(far.gd_sector * 512, 0x7fffffff);
+  r = OpenBytes(far.b);
+  ASSERT_TRUE(r.ok());
+  res = (*r)->Check({});
+  ASSERT_TRUE(res.ok());
+  EXPECT_EQ(res->corruptions, 0u);
+  EXPECT_TRUE(res->failure.empty());
+}
+
 TEST(VmdkSparse, ZeroedGrainEntryReadsZerosOnlyWithTheFlag) {
   MemVmdk m;
   m.Gte(0, 1);  // without the flag: data at sector 1 (the descriptor), as QEMU
