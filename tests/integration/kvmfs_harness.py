@@ -72,6 +72,27 @@ def sanitizer_skip(what, checked_by="the release phase of tools/test.sh"):
           ("=" * 72, what, kvmfs_bin(), checked_by, "=" * 72), flush=True)
 
 
+def core_dump(pid, work_dir):
+    """The bytes of a core dump of process `pid` (gcore, while it runs), or None
+    after a loud SKIPPED when kvmfs is a sanitizer build: gcore writes out the
+    sanitizer's terabytes of shadow mappings and fills the disk."""
+    if kvmfs_instrumented():
+        sanitizer_skip("the core-dump check")
+        return None
+    base = os.path.join(work_dir, "core")
+    p = subprocess.run(["gcore", "-o", base, str(pid)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=300)
+    core = "%s.%d" % (base, pid)
+    try:
+        if p.returncode != 0:
+            raise AssertionError("gcore failed: " + p.stdout.decode(errors="replace")[-2000:])
+        with open(core, "rb") as f:
+            return f.read()
+    finally:
+        if os.path.exists(core):
+            os.unlink(core)
+
+
 def environment_problem():
     """Why these tests cannot run here, or None when they can."""
     if not os.path.exists(FUSE_DEV):
