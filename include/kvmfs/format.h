@@ -72,6 +72,10 @@ struct FormatCaps {
   bool create = false;              // Create() makes empty images (qemu-img create)
   bool create_backing = false;      // Create() records a backing file (overlays, linked clones)
   bool check = false;               // Image::Check() checks (else "does not support checks")
+  // Image::Resize() grows the virtual disk, as `qemu-img resize` can. Without
+  // it an empty image made by `mkdir NAME.<ext>` (size 0) could never hold
+  // anything, so the tree refuses to make one.
+  bool resize = false;
 };
 
 // What the first bytes of an image say about its tree, without opening it:

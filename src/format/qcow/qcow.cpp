@@ -106,8 +106,13 @@ class QcowImage final : public Image, private BackingReader {
     return engine_->WriteZeroes(off, len, unmap, *this);
   }
   Status Flush() override { return engine_->Flush(); }
-  // Resize: QEMU's qcow driver cannot ("Image format driver does not support
-  // resize"); the default answers kNotSupported.
+  // QEMU's qcow driver cannot resize ("Image format driver does not support
+  // resize").
+  Status Resize(uint64_t) override {
+    if (!writable()) return Status::ReadOnly(engine_->name() + ": image is read-only");
+    return Status::NotSupported(engine_->name() + ": qcow images cannot be resized (QEMU's qcow "
+                                                  "driver does not support resize either)");
+  }
 
   ImageInfo Info() const override {
     const Header& h = engine_->header();

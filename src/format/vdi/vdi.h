@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "kvmfs/backend.h"
+#include "kvmfs/format.h"
 #include "kvmfs/status.h"
 
 namespace kvmfs::vdi {
@@ -115,5 +116,11 @@ Result<std::vector<uint32_t>> ReadBlockMap(Backend& file, const Header& h, const
 // blocks_in_image, two blocks sharing one, blocks_allocated not matching the
 // map: what `qemu-img check` calls corruption); empty when it is consistent.
 std::string ScanBlockMap(const std::vector<uint32_t>& bmap, const Header& h);
+
+// Writes an empty dynamic image of options.size bytes into `file` (writable,
+// empty) as `qemu-img create -f vdi` does (create.cpp). Errors: kTooLarge
+// (past QEMU's VDI size limit), kNotSupported (a backing file), the
+// backend's own errors.
+Status CreateImage(Backend& file, const CreateOptions& options);
 
 }  // namespace kvmfs::vdi
