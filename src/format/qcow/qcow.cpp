@@ -152,7 +152,11 @@ class QcowDriver final : public FormatDriver {
  public:
   const char* name() const override { return "qcow"; }
   FormatCaps caps() const override {
-    return {.writable = true, .backing_files = true, .compression = true};
+    return {.writable = true, .backing_files = true, .compression = true, .create = true,
+            .create_backing = true};
+  }
+  Status Create(Backend& file, const CreateOptions& options) const override {
+    return CreateImage(file, options);
   }
   std::vector<std::string> extensions() const override { return {"qcow"}; }
   int Probe(const uint8_t* h, size_t len) const override {

@@ -80,10 +80,12 @@ class CreateOracleTest : public QemuOracleTest {
 
   // Opens `name` for writing, writes a few patterns across block boundaries
   // (and the last bytes), reads them back, reopens it and reads again, and
-  // has qemu-img compare it with the model.
+  // has qemu-img compare it with the model: `before` (what it reads before
+  // the writes; empty: zeros) with the writes.
   void WriteReadCompare(const std::string& name, const std::string& format, uint64_t size,
-                        uint64_t block) {
-    std::vector<uint8_t> model(size, 0);
+                        uint64_t block, std::vector<uint8_t> before = {}) {
+    std::vector<uint8_t> model = before.empty() ? std::vector<uint8_t>(size, 0) : std::move(before);
+    ASSERT_EQ(model.size(), size);
     {
       Chain chain = Open(name, true);
       ASSERT_FALSE(chain.layers.empty());
