@@ -61,6 +61,11 @@ struct CreateOptions {
   // FormatCaps::create_backing.
   std::string backing_file;
   std::string backing_format;  // its format ("qcow2"); recorded with the name
+  // The backing image, opened (its own top layer), for formats that record
+  // something of it besides its name (a VMDK overlay records its parent's
+  // CID); used only during Create(). May be null: such formats then fail
+  // with kInvalidArgument.
+  const Image* backing_image = nullptr;
 };
 
 // What a format can do, for the layers above (CONTRACT.md "The tree").
@@ -117,7 +122,9 @@ class FormatDriver {
                                               const OpenContext& ctx) const = 0;
   // Writes a new image into `file` (writable and empty) byte for byte as
   // `qemu-img create` of QEMU 7.2 makes it with default options (the
-  // layout, not the random UUIDs some formats carry). Does not flush.
+  // layout, not the random UUIDs, CIDs and timestamps some formats carry).
+  // Formats that record their own file name (VMDK's extent line) take the
+  // last component of file.name(). Does not flush.
   // Errors: kNotSupported (no caps().create, or a backing file without
   // caps().create_backing), kTooLarge (the size exceeds the format's limits),
   // the backend's own errors. Default: kNotSupported.

@@ -269,10 +269,12 @@ Status Namespace::CloneImage(const Node& parent, const std::string& path, const 
     return Status::InvalidArgument(path + ": " + target + " is not an image file");
   KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<OpenImage> image, cache_.Get(canonical));
   if (!image->ok()) return image->status().WithContext(path + ": " + target);
+  const std::shared_ptr<Image> base_top = image->top();
   CreateOptions create;
-  create.size = image->top()->size();
+  create.size = base_top->size();
   create.backing_file = target;
   create.backing_format = image->format();
+  create.backing_image = base_top.get();  // (a VMDK overlay records its parent's CID)
   return CreateImageFile(host, parent.host_st, driver->name(), create);
 }
 
