@@ -5,6 +5,7 @@
 // in whole sectors: the file ends there. Without a backing file clusters are
 // 4 KiB with 4 KiB L2 tables; with one, 512-byte clusters (nothing of the
 // backing file is copied on partial writes) with 32 KiB L2 tables.
+#include <algorithm>
 #include <string>
 #include <vector>
 
