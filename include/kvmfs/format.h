@@ -61,6 +61,11 @@ struct CreateOptions {
   // FormatCaps::create_backing.
   std::string backing_file;
   std::string backing_format;  // its format ("qcow2"); recorded with the name
+  // The backing image, opened (its own top layer), for formats that record
+  // something of it besides its name (a VMDK overlay records its parent's
+  // CID); used only during Create(). May be null: such formats then fail
+  // with kInvalidArgument.
+  const Image* backing_image = nullptr;
 };
 
 // What a format can do, for the layers above (CONTRACT.md "The tree").
@@ -72,6 +77,10 @@ struct FormatCaps {
   bool create = false;              // Create() makes empty images (qemu-img create)
   bool create_backing = false;      // Create() records a backing file (overlays, linked clones)
   bool check = false;               // Image::Check() checks (else "does not support checks")
+  // Image::Resize() grows the virtual disk, as `qemu-img resize` can. Without
+  // it an empty image made by `mkdir NAME.<ext>` (size 0) could never hold
+  // anything, so the tree refuses to make one.
+  bool resize = false;
 };
 
 // What the first bytes of an image say about its tree, without opening it:
@@ -113,7 +122,9 @@ class FormatDriver {
                                               const OpenContext& ctx) const = 0;
   // Writes a new image into `file` (writable and empty) byte for byte as
   // `qemu-img create` of QEMU 7.2 makes it with default options (the
-  // layout, not the random UUIDs some formats carry). Does not flush.
+  // layout, not the random UUIDs, CIDs and timestamps some formats carry).
+  // Formats that record their own file name (VMDK's extent line) take the
+  // last component of file.name(). Does not flush.
   // Errors: kNotSupported (no caps().create, or a backing file without
   // caps().create_backing), kTooLarge (the size exceeds the format's limits),
   // the backend's own errors. Default: kNotSupported.

@@ -181,6 +181,20 @@ Status Namespace::MakeDir(Node parent, const std::string& path, const std::strin
     // An image name: the format it says, or qemu-img create's default (raw)
     // for a name that says only "image" (.img).
     const FormatDriver* driver = FormatForName(name);
+    if (driver == nullptr) driver = FindFormat("raw");
+    // mkdir makes a 0-byte disk that truncate then sizes: a format whose
+    // images cannot grow (qemu-img resize refuses them) would make a disk
+    // that stays empty forever, so none is made.
+    if (driver != nullptr && driver->caps().create && !driver->caps().resize) {
+      const std::string format = driver->name();
+      spdlog::info("{}: not created: {} images cannot be resized (nor can qemu-img resize them), "
+                   "so an empty one could never hold data; make it on the host with qemu-img "
+                   "create -f {} FILE SIZE",
+                   host, format, format);
+      return Status::NotSupported(path + ": " + format + " images cannot grow from size 0 (" +
+                                  format + " cannot be resized); use qemu-img create -f " + format +
+                                  " FILE SIZE on the host");
+    }
     return CreateImageFile(host, parent.host_st, driver ? driver->name() : "raw", CreateOptions{});
   }
   if (::mkdir(host.c_str(), 0700) != 0) return Status::FromErrno(errno, host);
@@ -257,10 +271,12 @@ Status Namespace::CloneImage(const Node& parent, const std::string& path, const 
     return Status::InvalidArgument(path + ": " + target + " is not an image file");
   KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<OpenImage> image, cache_.Get(canonical));
   if (!image->ok()) return image->status().WithContext(path + ": " + target);
+  const std::shared_ptr<Image> base_top = image->top();
   CreateOptions create;
-  create.size = image->top()->size();
+  create.size = base_top->size();
   create.backing_file = target;
   create.backing_format = image->format();
+  create.backing_image = base_top.get();  // (a VMDK overlay records its parent's CID)
   return CreateImageFile(host, parent.host_st, driver->name(), create);
 }
 

@@ -214,6 +214,90 @@ class TreeGestures(h.KvmfsTestCase):
         self.assertEqual(h.md5_file(self.m.path("r-clone2.qcow2", "disk.raw")), self.base_md5)
 
 
+class OtherFormats(h.KvmfsTestCase):
+    """The gestures with the other formats kvmfs creates (vmdk, vdi, vpc,
+    vhdx, qcow): overlays of VMDK and VDI bases, in the formats that take a
+    backing file; mkdir and truncate refused for the formats QEMU cannot
+    resize (an empty image of them could never hold data)."""
+
+    @classmethod
+    def make_images(cls):
+        p = cls.pool
+        cls.vmdk = os.path.join(p, "base.vmdk")
+        h.qemu_img("create", "-q", "-f", "vmdk", cls.vmdk, str(3 * MiB))
+        h.qemu_io(cls.vmdk, "write -P 0x31 0 100k", "write -P 0x32 2M 70000", fmt="vmdk")
+        cls.vdi = os.path.join(p, "base.vdi")
+        h.qemu_img("create", "-q", "-f", "vdi", cls.vdi, str(3 * MiB))
+        h.qemu_io(cls.vdi, "write -P 0x41 512k 300k", fmt="vdi")
+        cls.md5 = {"vmdk": h.oracle_md5(cls.vmdk, cls.work), "vdi": h.oracle_md5(cls.vdi, cls.work)}
+
+    def host(self, *parts):
+        return os.path.join(self.pool, *parts)
+
+    def test_overlays_of_vmdk_and_vdi(self):
+        m = self.mount(options=h.RW)
+        made = {  # clone -> (its format, its base, the base's format)
+            "c.vmdk": ("vmdk", "base.vmdk", "vmdk"),
+            "c-vmdk.qcow2": ("qcow2", "base.vmdk", "vmdk"),
+            "c-vdi.qcow2": ("qcow2", "base.vdi", "vdi"),
+            "c-vdi.qcow": ("qcow", "base.vdi", "vdi"),
+        }
+        for clone, (fmt, base, base_fmt) in made.items():
+            os.symlink(base, m.path(clone))
+            info = qemu_json("info", "-U", "--output=json", self.host(clone))
+            self.assertEqual((info["format"], info["backing-filename"], info["virtual-size"]),
+                             (fmt, base, 3 * MiB), clone)
+            if fmt == "qcow2":
+                self.assertEqual(info["backing-filename-format"], base_fmt, clone)
+            self.assertEqual(os.listdir(m.path(clone, "backing")), ["1-" + base], clone)
+            self.assertEqual(h.md5_file(m.path(clone, "disk.raw")), self.md5[base_fmt], clone)
+        # a VMDK overlay records its parent's CID, or QEMU would not read through
+        cid = qemu_json("info", "-U", "--output=json", self.vmdk)["format-specific"]["data"]["cid"]
+        got = qemu_json("info", "-U", "--output=json", self.host("c.vmdk"))["format-specific"]["data"]
+        self.assertEqual(got["parent-cid"], cid)
+        # writes land in the clones, the bases keep their bytes
+        expected = {}
+        for i, clone in enumerate(sorted(made)):
+            with open(m.path(clone, "disk.raw"), "r+b") as f:
+                f.seek(MiB + 4096 * i)
+                f.write(bytes([0x70 + i]) * 70000)
+            expected[clone] = os.path.join(self.work, clone + ".raw")
+            h.copy_file(m.path(clone, "disk.raw"), expected[clone])
+        self.unmount(m)
+        for clone, (fmt, base, base_fmt) in made.items():
+            p = h.qemu_img("check", self.host(clone), check=False)
+            self.assertIn(p.returncode, (0, 63) if fmt == "qcow" else (0,), clone + p.stdout + p.stderr)
+            p = h.qemu_img("compare", "-f", "raw", "-F", fmt, expected[clone], self.host(clone), check=False)
+            self.assertEqual(p.returncode, 0, clone + p.stdout + p.stderr)
+        self.assertEqual(h.oracle_md5(self.vmdk, self.work), self.md5["vmdk"])
+        self.assertEqual(h.oracle_md5(self.vdi, self.work), self.md5["vdi"])
+
+    def test_formats_that_cannot_grow_are_refused(self):
+        m = self.mount(options=h.RW, name="mnt-refusals")
+        # mkdir: a 0-byte disk of these could never be resized (qemu-img resize refuses them)
+        for name in ("new.vdi", "new.vmdk", "new.vhd", "new.vhdx", "new.qcow"):
+            with self.assertRaises(OSError) as cm:
+                os.mkdir(m.path(name))
+            self.assertEqual(cm.exception.errno, errno.EOPNOTSUPP, name)
+            self.assertFalse(os.path.lexists(self.host(name)), name)
+        # truncate of an existing one: EOPNOTSUPP, nothing changed
+        size = os.path.getsize(self.vdi)
+        p = h.run(["truncate", "-s", "8M", m.path("base.vdi", "disk.raw")], check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("not supported", p.stderr)
+        self.assertEqual(os.stat(m.path("base.vdi", "disk.raw")).st_size, 3 * MiB)
+        self.assertEqual(os.path.getsize(self.vdi), size)
+        # overlays only where the format takes a backing file, of a parent QEMU accepts
+        for clone, base in (("c.vdi", "base.vmdk"), ("c.vhdx", "base.vmdk"), ("c.vhd", "base.vdi"),
+                            ("c2.vmdk", "base.vdi")):
+            with self.assertRaises(OSError) as cm:
+                os.symlink(base, m.path(clone))
+            self.assertEqual(cm.exception.errno, errno.EOPNOTSUPP, clone)
+            self.assertFalse(os.path.lexists(self.host(clone)), clone)
+        self.unmount(m)
+        self.assertEqual(h.qemu_img("check", self.vdi, check=False).returncode, 0)
+
+
 class PoolRules(h.KvmfsTestCase):
     """A config with two pools: the create rules of kvmfs.yaml(5), and images
     that do not move between pools."""

@@ -174,7 +174,7 @@ class LuksImage final : public Image {
 class LuksFormatDriver final : public FormatDriver {
  public:
   const char* name() const override { return "luks"; }
-  FormatCaps caps() const override { return {.writable = true}; }
+  FormatCaps caps() const override { return {.writable = true, .resize = true}; }
   std::vector<std::string> extensions() const override { return {"luks"}; }
   // QEMU's probe is the magic and version 1. A LUKS2 container is claimed
   // too, so that it is refused with its reason rather than served as raw

@@ -106,8 +106,13 @@ class QcowImage final : public Image, private BackingReader {
     return engine_->WriteZeroes(off, len, unmap, *this);
   }
   Status Flush() override { return engine_->Flush(); }
-  // Resize: QEMU's qcow driver cannot ("Image format driver does not support
-  // resize"); the default answers kNotSupported.
+  // QEMU's qcow driver cannot resize ("Image format driver does not support
+  // resize").
+  Status Resize(uint64_t) override {
+    if (!writable()) return Status::ReadOnly(engine_->name() + ": image is read-only");
+    return Status::NotSupported(engine_->name() + ": qcow images cannot be resized (QEMU's qcow "
+                                                  "driver does not support resize either)");
+  }
 
   ImageInfo Info() const override {
     const Header& h = engine_->header();
@@ -147,7 +152,11 @@ class QcowDriver final : public FormatDriver {
  public:
   const char* name() const override { return "qcow"; }
   FormatCaps caps() const override {
-    return {.writable = true, .backing_files = true, .compression = true};
+    return {.writable = true, .backing_files = true, .compression = true, .create = true,
+            .create_backing = true};
+  }
+  Status Create(Backend& file, const CreateOptions& options) const override {
+    return CreateImage(file, options);
   }
   std::vector<std::string> extensions() const override { return {"qcow"}; }
   int Probe(const uint8_t* h, size_t len) const override {

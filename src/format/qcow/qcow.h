@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "kvmfs/backend.h"
+#include "kvmfs/format.h"
 #include "kvmfs/cipher.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
@@ -118,6 +119,13 @@ struct Header {
 // kNotSupported (another version), kTooLarge (QEMU's size limits).
 // Encryption is reported in the header, not refused here.
 Result<Header> ReadHeader(Backend& file, uint64_t file_size, const std::string& name);
+
+// Writes an empty image of options.size bytes (over options.backing_file,
+// when named) into `file` (writable, empty) as `qemu-img create -f qcow`
+// does (create.cpp). Errors: kInvalidArgument (size 0, as QEMU; a backing
+// name past 1023 bytes), kTooLarge (an L1 table QEMU would not open), the
+// backend's own errors.
+Status CreateImage(Backend& file, const CreateOptions& options);
 
 // ---- Mapping ------------------------------------------------------------------------
 

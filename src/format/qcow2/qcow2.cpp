@@ -382,7 +382,7 @@ class Qcow2Driver final : public FormatDriver {
   const char* name() const override { return "qcow2"; }
   FormatCaps caps() const override {
     return {.writable = true, .internal_snapshots = true, .backing_files = true, .compression = true,
-            .create = true, .create_backing = true, .check = true};
+            .create = true, .create_backing = true, .check = true, .resize = true};
   }
   Status Create(Backend& file, const CreateOptions& options) const override {
     return qcow2::CreateImage(file, options);

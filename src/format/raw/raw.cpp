@@ -97,7 +97,7 @@ class RawImage final : public Image {
 class RawFormatDriver final : public FormatDriver {
  public:
   const char* name() const override { return "raw"; }
-  FormatCaps caps() const override { return {.writable = true, .create = true}; }
+  FormatCaps caps() const override { return {.writable = true, .create = true, .resize = true}; }
   std::vector<std::string> extensions() const override { return {"raw", "iso"}; }
   // qemu-img create -f raw: a sparse file of the size (rounded up to 512).
   Status Create(Backend& file, const CreateOptions& options) const override {

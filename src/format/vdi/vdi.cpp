@@ -140,8 +140,13 @@ class VdiImage final : public Image {
     }
     return Status::OK();
   }
-  // Resize: QEMU's vdi driver cannot ("Image format driver does not support
-  // resize"); the default answers kNotSupported.
+  // QEMU's vdi driver cannot resize ("Image format driver does not support
+  // resize").
+  Status Resize(uint64_t) override {
+    if (!writable()) return Status::ReadOnly(name_ + ": image is read-only");
+    return Status::NotSupported(name_ + ": VDI images cannot be resized (QEMU's vdi driver does "
+                                        "not support resize either)");
+  }
 
   ImageInfo Info() const override {
     ImageInfo info;
@@ -301,8 +306,11 @@ class VdiImage final : public Image {
 class VdiDriver final : public FormatDriver {
  public:
   const char* name() const override { return "vdi"; }
-  FormatCaps caps() const override { return {.writable = true, .check = true}; }
+  FormatCaps caps() const override { return {.writable = true, .create = true, .check = true}; }
   std::vector<std::string> extensions() const override { return {"vdi"}; }
+  Status Create(Backend& file, const CreateOptions& options) const override {
+    return CreateImage(file, options);
+  }
   int Probe(const uint8_t* h, size_t len) const override {
     if (len < 68 || LoadLE32(h + 64) != kSignature) return 0;
     // As QEMU's vdi_probe once the whole header is there; a shorter file is

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "kvmfs/backend.h"
+#include "kvmfs/format.h"
 #include "kvmfs/image.h"
 #include "kvmfs/status.h"
 
@@ -125,5 +126,11 @@ std::string ScanBlockMap(const std::vector<uint32_t>& bmap, const Header& h);
 // `options.progress` hears of entries scanned.
 CheckResult CheckBlockMap(const std::vector<uint32_t>& bmap, const Header& h,
                           const CheckOptions& options);
+
+// Writes an empty dynamic image of options.size bytes into `file` (writable,
+// empty) as `qemu-img create -f vdi` does (create.cpp). Errors: kTooLarge
+// (past QEMU's VDI size limit), kNotSupported (a backing file), the
+// backend's own errors.
+Status CreateImage(Backend& file, const CreateOptions& options);
 
 }  // namespace kvmfs::vdi

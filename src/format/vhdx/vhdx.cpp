@@ -392,7 +392,12 @@ class VhdxImage final : public Image {
 class VhdxDriver final : public FormatDriver {
  public:
   const char* name() const override { return "vhdx"; }
-  FormatCaps caps() const override { return {.writable = true, .backing_files = true}; }
+  FormatCaps caps() const override {
+    return {.writable = true, .backing_files = true, .create = true};
+  }
+  Status Create(Backend& file, const CreateOptions& options) const override {
+    return CreateImage(file, options);
+  }
   std::vector<std::string> extensions() const override { return {"vhdx"}; }
   int Probe(const uint8_t* head, size_t len) const override {
     return len >= 8 && std::memcmp(head, "vhdxfile", 8) == 0 ? 100 : 0;

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "kvmfs/backend.h"
+#include "kvmfs/format.h"
 #include "kvmfs/status.h"
 
 namespace kvmfs::vhdx {
@@ -264,5 +265,11 @@ struct LogCursor {
 // 4 KiB BAT page), flush, the page written in place, flush, log GUID cleared.
 Status WriteBatEntryThroughLog(Backend& file, State& s, const Guid& session, LogCursor& cursor,
                                uint64_t index, const std::string& name);
+
+// Writes an empty dynamic VHDX of options.size bytes into `file` (writable,
+// empty) as `qemu-img create -f vhdx` does with default options (create.cpp).
+// Errors: kTooLarge (past 64 TiB), kNotSupported (a backing file), the
+// backend's own errors.
+Status CreateImage(Backend& file, const CreateOptions& options);
 
 }  // namespace kvmfs::vhdx

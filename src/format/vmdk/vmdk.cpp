@@ -407,7 +407,11 @@ class VmdkDriver final : public FormatDriver {
  public:
   const char* name() const override { return "vmdk"; }
   FormatCaps caps() const override {
-    return {.writable = true, .backing_files = true, .compression = true, .check = true};
+    return {.writable = true, .backing_files = true, .compression = true, .create = true,
+            .create_backing = true, .check = true};
+  }
+  Status Create(Backend& file, const CreateOptions& options) const override {
+    return CreateImage(file, options);
   }
   std::vector<std::string> extensions() const override { return {"vmdk"}; }
   int Probe(const uint8_t* head, size_t len) const override { return ProbeVmdk(head, len); }

@@ -293,4 +293,13 @@ class Engine {
 // Opens an image (vmdk.cpp), for the driver and the tests.
 Result<std::unique_ptr<Image>> OpenVmdk(std::shared_ptr<Backend> file, const OpenContext& ctx);
 
+// Writes an empty monolithicSparse image of options.size bytes (an overlay of
+// options.backing_file, a VMDK whose CID options.backing_image states, when
+// named) into `file` (writable, empty) as `qemu-img create -f vmdk` does
+// (create.cpp); the extent line names the last component of file.name().
+// Errors: kInvalidArgument (size 0, names that do not fit the descriptor, no
+// parent CID), kNotSupported (a parent that is not a VMDK), kTooLarge (256
+// TiB and more, where QEMU's own layout breaks), the backend's own errors.
+Status CreateImage(Backend& file, const CreateOptions& options);
+
 }  // namespace kvmfs::vmdk

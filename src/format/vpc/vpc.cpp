@@ -264,8 +264,11 @@ class VpcDriver final : public FormatDriver {
   const char* name() const override { return "vpc"; }
   // QEMU follows no VHD parent (a differencing VHD reads as a standalone
   // dynamic disk), so neither does kvmfs: no backing files.
-  FormatCaps caps() const override { return {.writable = true}; }
+  FormatCaps caps() const override { return {.writable = true, .create = true}; }
   std::vector<std::string> extensions() const override { return {"vhd"}; }
+  Status Create(Backend& file, const CreateOptions& options) const override {
+    return CreateImage(file, options);
+  }
   // vpc_probe: "conectix" at offset 0 (dynamic disks). A fixed VHD has its
   // footer only at the end and probes as raw, as in QEMU.
   int Probe(const uint8_t* head, size_t len) const override {

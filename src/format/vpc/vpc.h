@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kvmfs/backend.h"
+#include "kvmfs/format.h"
 #include "kvmfs/status.h"
 
 namespace kvmfs::vpc {
@@ -108,5 +109,11 @@ struct Layout {
 // errors (formats-vhd.md §1.4, §1.14), each naming `name`. Every BAT entry
 // is within the file when this returns.
 Result<Layout> ReadLayout(Backend& file, uint64_t file_size, const std::string& name);
+
+// Writes an empty dynamic VHD of at least options.size bytes into `file`
+// (writable, empty) as `qemu-img create -f vpc` does (create.cpp): the size
+// grows to the first CHS geometry that holds it. Errors: kTooLarge (past
+// 2040 GiB), kNotSupported (a backing file), the backend's own errors.
+Status CreateImage(Backend& file, const CreateOptions& options);
 
 }  // namespace kvmfs::vpc
