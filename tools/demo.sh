@@ -120,6 +120,8 @@ kvmfs is mounted at $mnt (read-write; add -o ro for read-only). Try:
   qemu-io -c 'write -P 0x77 4M 64k' $pool/chain/middle.qcow2   # change a layer from outside...
   od -An -tx1 -N4 -j 4M $mnt/chain/top.qcow2/disk.raw        # ...the overlay shows it (77 77 77 77)
   cat $mnt/vms/snap.qcow2/check.json          # qemu-img check --output=json, as a file
+  cat $mnt/formats/disk.vdi/check.json        # ... for VDI and VMDK too
+  ln -s disk.vmdk $mnt/formats/clone.vmdk && cat $mnt/formats/clone.vmdk/info.json | grep -E 'parent|backing'   # a VMDK linked clone
   mkdir $mnt/vms/new.qcow2 && truncate -s 1G $mnt/vms/new.qcow2/disk.raw   # a new image, sized
   ln -s plain.qcow2 $mnt/vms/clone.qcow2 && ls $mnt/vms/clone.qcow2/backing/   # a linked clone
   curl -s http://127.0.0.1:9109/metrics | grep -E '^kvmfs_(read|pool)_' | head   # Prometheus metrics
