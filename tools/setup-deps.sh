@@ -10,7 +10,7 @@ PACKAGES=(
   # libraries
   libfuse3-dev libspdlog-dev zlib1g-dev libzstd-dev libdeflate-dev liblz4-dev
   libssl-dev libyaml-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev libcryptsetup-dev
-  libmicrohttpd-dev
+  libmicrohttpd-dev libcurl4-openssl-dev libexpat1-dev
   # runtime and tests
   fuse3 qemu-utils qemu-system-common python3 fio util-linux man-db groff
   cryptsetup-bin gdb openssl
