@@ -268,7 +268,7 @@ Result<std::vector<uint8_t>> S3Client::ReadHead(const ObjectInfo& obj, size_t n)
   return out;
 }
 
-Result<std::shared_ptr<Backend>> S3Client::OpenObject(const ObjectInfo& obj) {
+Result<std::unique_ptr<Backend>> S3Client::OpenObject(const ObjectInfo& obj) {
   if (obj.path.empty()) return Status::InvalidArgument(Url("") + ": no object path");
   return NewS3ObjectBackend(shared_from_this(), obj);
 }

@@ -88,7 +88,7 @@ class S3Client : public std::enable_shared_from_this<S3Client> {
   // GETs through the block cache, Size() = obj.size with no round trip, and
   // kIOError ESTALE once the object's ETag changed (then Stat() it and open
   // the new version). The backend keeps the client alive.
-  Result<std::shared_ptr<Backend>> OpenObject(const ObjectInfo& obj);
+  Result<std::unique_ptr<Backend>> OpenObject(const ObjectInfo& obj);
 
   // "s3://bucket/prefix/path": the name in messages and info.json.
   std::string Url(const std::string& path) const;
@@ -130,6 +130,6 @@ class S3Client : public std::enable_shared_from_this<S3Client> {
 };
 
 // The object backend (object_backend.cpp); OpenObject's result.
-std::shared_ptr<Backend> NewS3ObjectBackend(std::shared_ptr<S3Client> client, ObjectInfo info);
+std::unique_ptr<Backend> NewS3ObjectBackend(std::shared_ptr<S3Client> client, ObjectInfo info);
 
 }  // namespace kvmfs::s3

@@ -12,17 +12,26 @@ BlockFetcher::BlockFetcher(const S3Config& config, GetFn get, ConnectFn connect,
       prefetch_max_(std::max<size_t>(config.readahead_blocks, 1) * 4),
       get_(std::move(get)),
       connect_(std::move(connect)),
-      cache_(std::move(cache)) {
-  for (uint32_t i = 0; i < config.connections; ++i) workers_.emplace_back([this] { WorkerLoop(); });
-}
+      cache_(std::move(cache)),
+      connections_(config.connections) {}
 
 BlockFetcher::~BlockFetcher() {
+  std::vector<std::thread> workers;
   {
     MutexLock lock(mu_);
     stopping_ = true;
+    workers.swap(workers_);
   }
   work_cv_.notify_all();
-  for (std::thread& t : workers_) t.join();
+  for (std::thread& t : workers) t.join();
+}
+
+void BlockFetcher::StartWorkersLocked() {
+  // Started with the first job, not at construction: a mount builds its
+  // stores before it detaches into the background, and threads do not
+  // survive fork().
+  if (!workers_.empty() || stopping_) return;
+  for (uint32_t i = 0; i < connections_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
 std::string BlockFetcher::BlockName(const ObjectRef& obj, uint64_t index) {
@@ -86,6 +95,7 @@ Status BlockFetcher::Read(const ObjectRef& obj, uint64_t off, uint8_t* buf, size
       blocks[i] = LookupLocked(obj, first + i, name, &waits[i], &job);
       if (blocks[i]) ++stats_.ram_hits;
       if (job) {
+        StartWorkersLocked();
         demand_.push_back(std::move(job));
         ++queued;
       }
@@ -124,6 +134,7 @@ void BlockFetcher::Prefetch(const ObjectRef& obj, uint64_t first, uint64_t last)
       if (ram_.count(name) != 0 || inflight_.count(name) != 0) continue;
       auto pending = std::make_shared<Pending>();
       inflight_[name] = pending;
+      StartWorkersLocked();
       prefetch_.push_back(std::make_unique<Job>(Job{obj, i, std::move(name), pending}));
       ++queued;
       ++stats_.prefetched;

@@ -48,7 +48,8 @@ class BlockFetcher {
                                      uint8_t* buf, size_t len)>;
   using ConnectFn = std::function<std::unique_ptr<HttpConnection>()>;
 
-  // `cache` may be null. Starts config.connections worker threads.
+  // `cache` may be null. config.connections worker threads start with the
+  // first fetch.
   BlockFetcher(const S3Config& config, GetFn get, ConnectFn connect,
                std::shared_ptr<BlockCache> cache);
   ~BlockFetcher();  // waits for the workers (queued read-ahead is dropped)
@@ -94,6 +95,8 @@ class BlockFetcher {
   Block LookupLocked(const ObjectRef& obj, uint64_t index, const std::string& name,
                      std::shared_ptr<Pending>* pending, std::unique_ptr<Job>* job) REQUIRES(mu_);
   void InsertRamLocked(const std::string& name, Block data) REQUIRES(mu_);
+  // Starts the worker threads unless they run (or the fetcher stops).
+  void StartWorkersLocked() REQUIRES(mu_);
   void WorkerLoop();
   void RunJob(Job& job, std::unique_ptr<HttpConnection>& conn);
 
@@ -115,7 +118,8 @@ class BlockFetcher {
   uint64_t ram_bytes_ GUARDED_BY(mu_) = 0;
   bool stopping_ GUARDED_BY(mu_) = false;
   FetcherStats stats_ GUARDED_BY(mu_);
-  std::vector<std::thread> workers_;
+  const uint32_t connections_;
+  std::vector<std::thread> workers_ GUARDED_BY(mu_);
 };
 
 }  // namespace kvmfs::s3

@@ -153,8 +153,10 @@ void HttpConnection::Perform(const HttpRequest& req, HttpResponse* resp) {
   // curl 7.88 neither adds nor computes this header; it signs it as sent.
   headers.Add("x-amz-content-sha256: UNSIGNED-PAYLOAD");
   if (!impl_->token_header.empty()) headers.Add(impl_->token_header);
+  // (No "Expect:" to suppress 100-continue: there is no body to send, and
+  // curl 7.88 would sign the empty header it then leaves out, which radosgw
+  // answers with SignatureDoesNotMatch.)
   for (const std::string& h : req.headers) headers.Add(h);
-  headers.Add("Expect:");
   Transfer t{c, &req, resp};
   char errbuf[CURL_ERROR_SIZE] = {0};
   curl_easy_setopt(c, CURLOPT_URL, req.url.c_str());

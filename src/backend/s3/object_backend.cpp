@@ -88,8 +88,8 @@ class S3ObjectBackend final : public Backend {
 
 }  // namespace
 
-std::shared_ptr<Backend> NewS3ObjectBackend(std::shared_ptr<S3Client> client, ObjectInfo info) {
-  return std::make_shared<S3ObjectBackend>(std::move(client), std::move(info));
+std::unique_ptr<Backend> NewS3ObjectBackend(std::shared_ptr<S3Client> client, ObjectInfo info) {
+  return std::make_unique<S3ObjectBackend>(std::move(client), std::move(info));
 }
 
 }  // namespace kvmfs::s3

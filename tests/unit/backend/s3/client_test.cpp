@@ -42,7 +42,7 @@ class S3ClientTest : public ::testing::Test {
     if (!info.ok()) return nullptr;
     auto b = c.OpenObject(*info);
     EXPECT_TRUE(b.ok());
-    return b.ok() ? *b : nullptr;
+    return b.ok() ? std::shared_ptr<Backend>(std::move(*b)) : nullptr;
   }
   static std::string Read(Backend& b, uint64_t off, size_t len, Status* st = nullptr) {
     std::string out(len, '\0');
