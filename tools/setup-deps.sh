@@ -19,6 +19,8 @@ PACKAGES=(
   # Ceph RBD pools (librbd, librados) and the Ceph test fixture (one mon, one memstore
   # OSD, radosgw), the qemu rbd driver for the oracle and the benchmark
   librbd-dev librados-dev ceph-mon ceph-osd radosgw ceph-common qemu-block-extra
+  # bench/s3_bench.py compares S3 pools with s3fs
+  s3fs
 )
 
 missing=()

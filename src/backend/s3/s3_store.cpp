@@ -289,6 +289,11 @@ Result<std::vector<StoreEntry>> S3Store::List(const std::string& dir) {
     hash = hash * 1000003u ^ Hash(e.name + (e.is_folder ? "/" : "\n" + e.etag + ":" + std::to_string(e.size)));
   std::vector<StoreEntry> out;
   MutexLock lock(mu_);
+  if (listing.entries.empty() && !p.rel.empty()) {
+    // S3 has no empty folders: nothing below it, no folder (any more).
+    folders_.erase(p.rel);
+    return out;
+  }
   auto [state, first] = folders_.try_emplace(p.rel);
   if (first) {
     state->second.mtim = mounted_;

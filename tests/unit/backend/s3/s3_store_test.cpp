@@ -63,6 +63,8 @@ TEST_F(S3StoreTest, ListsFoldersAndObjectsBelowThePrefix) {
   ASSERT_TRUE(st.ok());
   EXPECT_TRUE(S_ISDIR(st->st_mode));
   EXPECT_TRUE(store->Stat(Root() + "/nothing", true).status().IsNotFound());
+  // Looking for it once does not make it a folder.
+  EXPECT_TRUE(store->Stat(Root() + "/nothing", true).status().IsNotFound());
 }
 
 TEST_F(S3StoreTest, OpensObjectsReadOnly) {
