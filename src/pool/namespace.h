@@ -288,6 +288,9 @@ class Namespace {
   // writable file (Store::PrepareWrite) and points `node` at the image
   // through it. Nothing for other stores or images already writable.
   Status PrepareWrite(Node& node);
+  // kNotSupported for a remote store: the tree gestures (mkdir NAME.ext, a
+  // folder, ln -s, mv, rmdir of a folder) work on host files only.
+  Status LocalTree(const std::string& path) const;
   bool HasExtension(const std::string& name) const;
   // A brief write session on the top image of `node` (truncate, snapshots).
   Status WithWriter(const Node& node, const std::function<Status(Image&)>& fn);

@@ -165,6 +165,10 @@ class Rgw(h.KvmfsTestCase):
         self.assertTrue(expected <= names, "%s not all in %s" % (expected, names))
         self.assertEqual(sorted(os.listdir(self.m.path("s3", "vms"))), ["base.qcow2", "top.qcow2"])
         self.assertIn("disk.raw", os.listdir(self.m.path("s3", "golden.qcow2")))
+        # Objects are made with S3's own tools, not through the tree.
+        with self.assertRaises(OSError) as cm:
+            os.mkdir(self.m.path("s3", "new.qcow2"))
+        self.assertEqual(cm.exception.errno, errno.EOPNOTSUPP)
 
     def test_every_format_reads_as_qemu(self):
         for key in sorted(self.images):
