@@ -10,7 +10,7 @@ PACKAGES=(
   # libraries
   libfuse3-dev libspdlog-dev zlib1g-dev libzstd-dev libdeflate-dev liblz4-dev
   libssl-dev libyaml-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev libcryptsetup-dev
-  libmicrohttpd-dev
+  libmicrohttpd-dev libcurl4-openssl-dev libexpat1-dev
   # sd_notify readiness under systemd (Type=notify); systemd for systemd-analyze verify in tests
   libsystemd-dev systemd
   # runtime and tests
@@ -21,6 +21,8 @@ PACKAGES=(
   # Ceph RBD pools (librbd, librados) and the Ceph test fixture (one mon, one memstore
   # OSD, radosgw), the qemu rbd driver for the oracle and the benchmark
   librbd-dev librados-dev ceph-mon ceph-osd radosgw ceph-common qemu-block-extra
+  # bench/s3_bench.py compares S3 pools with s3fs
+  s3fs
 )
 
 missing=()

@@ -25,6 +25,7 @@
 #include <sys/statvfs.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -104,6 +105,13 @@ struct StoreCaps {
   bool immutable_objects = false;
   // Remote: a stat or an open costs a network round trip.
   bool remote = false;
+  // Nothing in the store can be written (an S3 pool without overlay_dir):
+  // the pool is read-only whatever its config says.
+  bool read_only = false;
+  // Files are written elsewhere than where they are read (S3 with
+  // overlay_dir): an image's first writer calls PrepareWrite(), after which
+  // Canonical() of the image names a writable file over the original.
+  bool write_elsewhere = false;
 };
 
 // A store-level snapshot (RBD): as SnapshotInfo, plus whether it may be
@@ -177,7 +185,33 @@ class Store {
   // What the store itself says of the file at `path`, for info.json under
   // the key kind() (RBD: object size, features, parent). Default: none.
   virtual std::optional<InfoObject> Describe(const std::string& /*path*/) { return std::nullopt; }
+
+  // ---- Writes elsewhere (caps().write_elsewhere) ----------------------------
+
+  // Makes the image listed at `path` writable before its first write: the
+  // S3 store creates a local qcow2 overlay whose backing file is the object
+  // (read as `format`, a disk of `virtual_size` bytes). Afterwards
+  // Canonical(path) names the overlay; idempotent. Default: kNotSupported.
+  virtual Status PrepareWrite(const std::string& path, const std::string& format,
+                              uint64_t virtual_size);
 };
+
+// A pool's store as its config describes it (kvmfs.yaml(5) `backend:` and
+// that backend's keys), for OpenStore().
+struct StoreConfig {
+  std::string backend;  // "rbd", "s3"
+  std::string pool;     // the pool's name, for messages
+  // The backend's keys as the config gives them (files made absolute, sizes
+  // in bytes, booleans "true"/"false"), checked by the config reader.
+  std::map<std::string, std::string> options;
+};
+
+// Opens the store of a pool whose files are not local (the store registry,
+// backend/store_registry.cpp): connects and checks the credentials. Errors
+// in one line, nothing secret in them: the backend's (kPermission for wrong
+// keys, kNotFound, kIOError for an unreachable server), kNotSupported for a
+// backend this build does not have.
+Result<std::shared_ptr<Store>> OpenStore(const StoreConfig& config);
 
 // The local directory store of canonical directory `root`: host files,
 // symlinks followed as stat(2)/realpath(3) do, QEMU's OFD locks.

@@ -27,4 +27,9 @@ Status Store::DeleteSnapshot(const std::string& path, const std::string& /*id*/)
   return Status::NotSupported(path + ": the " + std::string(kind()) + " store keeps no snapshots");
 }
 
+Status Store::PrepareWrite(const std::string& path, const std::string& /*format*/,
+                           uint64_t /*virtual_size*/) {
+  return Status::NotSupported(path + ": the " + std::string(kind()) + " store writes files in place");
+}
+
 }  // namespace kvmfs

@@ -99,7 +99,8 @@ class Parser {
         Keys(node, key,
              {"name", "path", "layout", "backend", "readonly", "compress", "backing_roots",
               "extensions", "create_mode", "create_owner", "create_group", "ceph_conf", "client",
-              "keyring", "pool", "namespace"}));
+              "keyring", "pool", "namespace", "endpoint", "region", "bucket", "prefix", "path_style",
+              "ca_file", "credentials", "profile", "cache_dir", "cache_max", "overlay_dir"}));
     PoolConfig pool;
     pool.line = Line(node);
     if (!node["name"]) return Error(node, key + ".name", "missing (every pool needs a name)");
@@ -118,16 +119,26 @@ class Parser {
       } else if (b == "rbd") {
         pool.backend = Backend::kRbd;
       } else if (b == "s3") {
-        return Status::NotSupported(file_ + ":" + std::to_string(Line(node["backend"])) + ": " +
-                                    key +
-                                    ".backend: s3 is not supported yet (use dir, blockdev or rbd)");
+        pool.backend = Backend::kS3;
       } else {
         return Error(node["backend"], key + ".backend",
                      "expected dir, blockdev, rbd or s3, got \"" + b + "\"");
       }
     }
+    if (pool.backend != Backend::kS3) {
+      for (const char* k : kS3Keys)
+        if (node[k]) return Error(node[k], key + "." + k, "only for backend: s3");
+    }
     if (pool.backend == Backend::kRbd) {
       KVMFS_RETURN_IF_ERROR(RbdKeys(node, key, &pool.rbd));
+      pool.store_backend = "rbd";
+      pool.store_options = {{"ceph_conf", pool.rbd.ceph_conf}, {"client", pool.rbd.client},
+                            {"keyring", pool.rbd.keyring}, {"pool", pool.rbd.pool},
+                            {"namespace", pool.rbd.ns}};
+    } else if (pool.backend == Backend::kS3) {
+      for (const char* k : {"ceph_conf", "client", "keyring", "pool", "namespace"})
+        if (node[k]) return Error(node[k], key + "." + k, "only for backend: rbd");
+      KVMFS_RETURN_IF_ERROR(S3Keys(node, key, &pool));
     } else {
       for (const char* k : {"ceph_conf", "client", "keyring", "pool", "namespace"})
         if (node[k]) return Error(node[k], key + "." + k, "only for backend: rbd");
@@ -196,6 +207,68 @@ class Parser {
       if (::access(f.c_str(), R_OK) != 0)
         return Error(node[k], key + "." + k, "expected a readable file, " + f + ": " + std::strerror(errno));
       (k[0] == 'c' ? rbd->ceph_conf : rbd->keyring) = f;
+    }
+    return Status::OK();
+  }
+
+  static constexpr const char* kS3Keys[] = {"endpoint", "region", "bucket", "prefix",
+                                            "path_style", "ca_file", "credentials", "profile",
+                                            "cache_dir", "cache_max", "overlay_dir"};
+
+  // "4096", "512M", "10GiB": bytes (K, M, G, T are powers of 1024).
+  Result<uint64_t> Size(const YAML::Node& node, const std::string& key) const {
+    KVMFS_ASSIGN_OR_RETURN(std::string v, String(node, key));
+    size_t digits = std::min(v.find_first_not_of("0123456789"), v.size());
+    std::string unit = v.substr(digits);
+    static const std::pair<const char*, int> kUnits[] = {
+        {"", 0}, {"B", 0}, {"K", 10}, {"KiB", 10}, {"M", 20}, {"MiB", 20},
+        {"G", 30}, {"GiB", 30}, {"T", 40}, {"TiB", 40}};
+    for (const auto& [name, shift] : kUnits) {
+      if (unit != name || digits == 0 || digits > 12) continue;
+      return std::stoull(v.substr(0, digits)) << shift;
+    }
+    return Error(node, key, "expected a size such as 4096, 512M or 10G, got \"" + v + "\"");
+  }
+
+  // The keys of a backend: s3 pool (kvmfs.yaml(5)): bucket is required,
+  // the files must be readable, the folders absolute.
+  Status S3Keys(const YAML::Node& node, const std::string& key, PoolConfig* pool) const {
+    for (const char* k : {"path", "layout"})
+      if (node[k]) return Error(node[k], key + "." + k, "an s3 pool has no " + std::string(k) + " (its images are in bucket:)");
+    if (!node["bucket"]) return Error(node, key + ".bucket", "missing (the bucket of the images)");
+    pool->store_backend = "s3";
+    auto& o = pool->store_options;
+    for (const char* k : {"endpoint", "region", "bucket", "prefix", "profile"}) {
+      if (!node[k]) continue;
+      KVMFS_ASSIGN_OR_RETURN(o[k], String(node[k], key + "." + k, std::strcmp(k, "prefix") != 0));
+      if (o[k].find_first_of(std::string("\0\r\n", 3)) != std::string::npos)
+        return Error(node[k], key + "." + k, "expected one line");
+    }
+    const std::string& ep = o["endpoint"];
+    if (!ep.empty() && ep.rfind("http://", 0) != 0 && ep.rfind("https://", 0) != 0)
+      return Error(node["endpoint"], key + ".endpoint", "expected http://HOST[:PORT] or https://HOST[:PORT], got \"" + ep + "\"");
+    if (node["path_style"]) {
+      KVMFS_ASSIGN_OR_RETURN(bool ps, Bool(node["path_style"], key + ".path_style"));
+      o["path_style"] = ps ? "true" : "false";
+    }
+    for (const char* k : {"ca_file", "credentials"}) {
+      if (!node[k]) continue;
+      KVMFS_ASSIGN_OR_RETURN(std::string f, String(node[k], key + "." + k));
+      f = Absolute(f);
+      if (::access(f.c_str(), R_OK) != 0)
+        return Error(node[k], key + "." + k, "expected a readable file, " + f + ": " + std::strerror(errno));
+      o[k] = f;
+    }
+    for (const char* k : {"cache_dir", "overlay_dir"}) {
+      if (!node[k]) continue;
+      KVMFS_ASSIGN_OR_RETURN(std::string d, String(node[k], key + "." + k));
+      o[k] = Absolute(d);
+    }
+    if (node["cache_max"]) {
+      if (!node["cache_dir"]) return Error(node["cache_max"], key + ".cache_max", "without cache_dir there is no cache to bound");
+      KVMFS_ASSIGN_OR_RETURN(uint64_t max, Size(node["cache_max"], key + ".cache_max"));
+      if (max < (1u << 20)) return Error(node["cache_max"], key + ".cache_max", "expected at least 1M");
+      o["cache_max"] = std::to_string(max);
     }
     return Status::OK();
   }

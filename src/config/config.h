@@ -17,7 +17,7 @@
 
 namespace kvmfs::config {
 
-enum class Backend { kDir, kBlockdev, kRbd };
+enum class Backend { kDir, kBlockdev, kRbd, kS3 };
 
 // backend: rbd (kvmfs.yaml(5)): where the RBD images are and who reads them.
 struct RbdPoolConfig {
@@ -37,6 +37,12 @@ struct PoolConfig {
   std::string layout;  // set when the pool has `layout`
   Backend backend = Backend::kDir;
   RbdPoolConfig rbd;   // backend: rbd
+  // A pool whose files are not local (rbd, s3): its backend's name and keys
+  // for the store registry (kvmfs/store.h OpenStore, StoreConfig::options):
+  // files made absolute, sizes in bytes, booleans "true"/"false". Empty
+  // store_backend: a local directory (dir, blockdev).
+  std::string store_backend;
+  std::map<std::string, std::string> store_options;
   bool readonly = false;
   Compress compress = Compress::kNone;
   std::vector<std::string> backing_roots;  // as written, made absolute
@@ -87,8 +93,9 @@ struct Config {
 const std::vector<std::string>& DefaultExtensions();
 
 // Parses config text; `file` names it in messages and anchors relative paths.
-// Errors: kInvalidArgument "FILE:LINE: KEY: what was expected" (kNotSupported
-// for backend s3). Checks that every key file exists and is readable.
+// Errors: kInvalidArgument "FILE:LINE: KEY: what was expected". Checks that
+// every key file (and an S3 pool's credentials and ca_file) exists and is
+// readable.
 Result<Config> ParseConfig(const std::string& text, const std::string& file);
 
 // Reads and parses `path`. Errors as ParseConfig, plus "PATH: <strerror>".

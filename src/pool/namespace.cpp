@@ -215,6 +215,9 @@ Result<Node> Namespace::ImageChild(const Node& parent, const std::string& name) 
   Node node;
   node.host_path = parent.host_path;
   node.host_st = parent.host_st;
+  // (Refresh() of a node below the image directory finds the image the way
+  // the directory does: through the link when it was reached through one.)
+  node.canonical = parent.canonical;
   node.image = parent.image;
   node.view = parent.view;
   switch (parent.kind) {
@@ -354,10 +357,11 @@ Namespace::Owner Namespace::OwnerOf(const Node& node, bool narrow) const {
   size_t first = 0;
   if (node.view.kind == ViewId::Kind::kLayer) {
     first = node.view.layer;
-    struct stat st;
-    if (first >= files.size() || ::stat(files[first]->path().c_str(), &st) != 0)
-      return {owner.uid, owner.gid, 0};  // unknown: nobody (but root)
-    owner = {st.st_uid, st.st_gid, st.st_mode & 07777};
+    // (Through the file's store: its path need not be a host path.)
+    auto st = first < files.size() ? files[first]->store().Stat(files[first]->path(), true)
+                                   : Result<struct stat>(Status::NotFound("no such layer"));
+    if (!st.ok()) return {owner.uid, owner.gid, 0};  // unknown: nobody (but root)
+    owner = {st->st_uid, st->st_gid, st->st_mode & 07777};
   }
   if (!narrow) return owner;
   struct stat view {};
@@ -365,12 +369,12 @@ Namespace::Owner Namespace::OwnerOf(const Node& node, bool narrow) const {
   view.st_gid = owner.gid;
   mode_t reads = owner.mode & kReadBits;
   for (size_t i = first + 1; i < files.size() && reads != 0; ++i) {
-    struct stat st;
-    if (::stat(files[i]->path().c_str(), &st) != 0) {
+    auto st = files[i]->store().Stat(files[i]->path(), true);
+    if (!st.ok()) {
       reads = 0;
       break;
     }
-    reads &= ReadsAlsoAllowedBy(view, st);
+    reads &= ReadsAlsoAllowedBy(view, *st);
   }
   owner.mode = (owner.mode & ~kReadBits) | reads;
   return owner;
@@ -411,8 +415,29 @@ struct stat Namespace::BaseStat(const Node& node) const {
 }
 
 bool Namespace::TopWritable(const Node& node) const {
+  if (options_.readonly || !node.image) return false;
+  // An image of a store that writes elsewhere becomes writable at its first
+  // write (PrepareWrite).
+  if (store_.caps().write_elsewhere && node.image->ok()) return true;
   // A corrupt qcow2 image says so before anyone tries to write it.
-  return !options_.readonly && node.image && node.image->CanWrite().ok();
+  return node.image->CanWrite().ok();
+}
+
+Status Namespace::PrepareWrite(Node& node) {
+  if (!store_.caps().write_elsewhere || !node.image || node.image->CanWrite().ok()) return Status::OK();
+  std::shared_ptr<Image> top = node.image->top();
+  if (!top) return node.image->status();
+  KVMFS_RETURN_IF_ERROR(store_.PrepareWrite(node.host_path, node.image->format(), top->size()));
+  // The listed name now leads to the writable file: open the image through it.
+  Node dir = node;
+  dir.kind = NodeKind::kImageDir;
+  dir.canonical = false;
+  KVMFS_ASSIGN_OR_RETURN(dir.host_st, store_.Stat(dir.host_path, true));
+  KVMFS_ASSIGN_OR_RETURN(node.image, ImageOf(dir));
+  node.host_st = dir.host_st;
+  node.canonical = false;
+  node.image->EnsureCurrent(&node.host_st, true);
+  return Status::OK();
 }
 
 Result<struct stat> Namespace::Stat(const std::string& path) {
@@ -545,13 +570,15 @@ Result<OpenFile> Namespace::Open(const std::string& path, int flags) {
   return Open(node, path, flags);
 }
 
-Result<OpenFile> Namespace::Open(const Node& node, const std::string& path, int flags) {
+Result<OpenFile> Namespace::Open(const Node& node_in, const std::string& path, int flags) {
+  Node node = node_in;
   if (node.IsDir()) return Status::FromErrno(EISDIR, path);
   const bool write = (flags & O_ACCMODE) != O_RDONLY;
   const bool top_disk = node.kind == NodeKind::kDisk && node.view.kind == ViewId::Kind::kTop;
   if (write || (flags & O_TRUNC) != 0) {
     if (options_.readonly) return Status::ReadOnly(path + ": the pool is read-only");
     if (!top_disk) return Status::ReadOnly(path + ": read-only (only an image's own disk.raw is writable)");
+    KVMFS_RETURN_IF_ERROR(PrepareWrite(node));
     KVMFS_RETURN_IF_ERROR(node.image->CanWrite());
     // A disk has no "empty" state to truncate to; dd needs conv=notrunc.
     if ((flags & O_TRUNC) != 0)
@@ -584,8 +611,10 @@ Result<OpenFile> Namespace::Open(const Node& node, const std::string& path, int 
   return file;
 }
 
-Status Namespace::WithWriter(const Node& node, const std::function<Status(Image&)>& fn) {
-  if (options_.readonly) return Status::ReadOnly(node.host_path + ": the pool is read-only");
+Status Namespace::WithWriter(const Node& node_in, const std::function<Status(Image&)>& fn) {
+  if (options_.readonly) return Status::ReadOnly(node_in.host_path + ": the pool is read-only");
+  Node node = node_in;
+  KVMFS_RETURN_IF_ERROR(PrepareWrite(node));
   KVMFS_RETURN_IF_ERROR(node.image->CanWrite());
   AccessOptions access;
   access.force_share = options_.force_share;

@@ -291,6 +291,14 @@ class Namespace {
   std::optional<HeaderPeek> Unopened(const Node& image_dir);
   // Opens the image of a node below an image directory if still unopened.
   Status EnsureImage(Node& node);
+  // Before the first write to an image of a store that writes elsewhere (S3
+  // with overlay_dir, StoreCaps::write_elsewhere): has the store make the
+  // writable file (Store::PrepareWrite) and points `node` at the image
+  // through it. Nothing for other stores or images already writable.
+  Status PrepareWrite(Node& node);
+  // kNotSupported for a remote store: the tree gestures (mkdir NAME.ext, a
+  // folder, ln -s, mv, rmdir of a folder) work on host files only.
+  Status LocalTree(const std::string& path) const;
   bool HasExtension(const std::string& name) const;
   // A brief write session on the top image of `node` (truncate, snapshots).
   Status WithWriter(const Node& node, const std::function<Status(Image&)>& fn);

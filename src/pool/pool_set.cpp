@@ -1,7 +1,5 @@
 #include "pool/pool_set.h"
 
-#include "backend/rbd/rbd_store.h"
-
 #include <spdlog/spdlog.h>
 #include <time.h>
 #include <unistd.h>
@@ -262,32 +260,35 @@ void PoolSet::SetChangeListener(ChangeListener* listener) {
 
 namespace {
 
-// A backend: rbd pool: its namespace over the RBD store. A cluster that
-// cannot be reached or refuses the key fails the mount (or the reload), in
+// A pool whose files are not local (rbd, s3): its namespace over the store
+// the registry opens for its backend (kvmfs/store.h OpenStore). A store that
+// cannot be reached or refuses the keys fails the mount (or the reload), in
 // one line naming the config file and the pool.
-Result<PoolEntry> RbdPool(const config::Config& config, const config::PoolConfig& p,
-                          const PoolSetOptions& options, const std::shared_ptr<LayerRegistry>& registry,
-                          const std::vector<crypto::KeyRule>& keys) {
-  rbd::RbdConfig rc{p.rbd.ceph_conf, p.rbd.client, p.rbd.keyring, p.rbd.pool, p.rbd.ns};
-  auto store = rbd::NewRbdStore(rc);
+Result<PoolEntry> StorePool(const config::Config& config, const config::PoolConfig& p,
+                            const PoolSetOptions& options, const std::shared_ptr<LayerRegistry>& registry,
+                            const std::vector<crypto::KeyRule>& keys) {
+  auto store = OpenStore(StoreConfig{p.store_backend, p.name, p.store_options});
   if (!store.ok())
     return store.status().WithContext(config.file + ":" + std::to_string(p.line) + ": pool " + p.name);
   PoolEntry entry;
   entry.name = p.name;
   entry.path = (*store)->root();
-  entry.readonly = p.readonly || options.readonly;
+  const StoreCaps caps = (*store)->caps();
+  entry.readonly = p.readonly || options.readonly || caps.read_only;
   NamespaceOptions ns;
   ns.source = (*store)->root();
   ns.pool_name = p.name;
   ns.store = std::move(store).value();
   ns.uid = options.uid;
   ns.gid = options.gid;
+  ns.extensions = p.extensions.empty() ? config.extensions : p.extensions;
   ns.readonly = entry.readonly;
   ns.force_share = options.force_share;
   ns.registry = registry;
   ns.keys = keys;
   entry.ns = std::make_shared<Namespace>(std::move(ns));
-  spdlog::info("pool {}: RBD pool {} ({})", p.name, entry.path, entry.readonly ? "read-only" : "read-write");
+  spdlog::info("pool {}: {} store {} ({})", p.name, p.store_backend, entry.path,
+               entry.readonly ? "read-only" : "read-write");
   return entry;
 }
 
@@ -309,8 +310,8 @@ Result<std::shared_ptr<PoolSet>> BuildPoolSet(const config::Config& config,
   const std::vector<crypto::KeyRule> keys = KeyRules(config.file, config.keys);
   std::vector<PoolEntry> pools;
   for (const config::PoolConfig& p : config.pools) {
-    if (p.backend == config::Backend::kRbd) {
-      KVMFS_ASSIGN_OR_RETURN(PoolEntry entry, RbdPool(config, p, options, registry, keys));
+    if (!p.store_backend.empty()) {
+      KVMFS_ASSIGN_OR_RETURN(PoolEntry entry, StorePool(config, p, options, registry, keys));
       pools.push_back(std::move(entry));
       continue;
     }

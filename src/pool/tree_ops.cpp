@@ -160,6 +160,15 @@ Status Namespace::CreateImageFile(const std::string& host_path, const struct sta
   return Status::OK();
 }
 
+Status Namespace::LocalTree(const std::string& path) const {
+  // Files and folders are made, removed and renamed on the host; a remote
+  // store's (RBD, S3) are made with its own tools.
+  if (store_.caps().remote)
+    return Status::NotSupported(path + ": images and folders of a " + std::string(store_.kind()) +
+                                " pool are made and moved with its own tools, not through kvmfs");
+  return Status::OK();
+}
+
 Status Namespace::MakeDir(const std::string& path) {
   std::string p = path;
   while (p.size() > 1 && p.back() == '/') p.pop_back();
@@ -172,6 +181,7 @@ Status Namespace::MakeDir(const std::string& path) {
 Status Namespace::MakeDir(Node parent, const std::string& path, const std::string& name) {
   if (parent.kind != NodeKind::kFolder) return MakeSnapshotDir(std::move(parent), path, name);
   if (options_.readonly) return Status::ReadOnly(path + ": the pool is read-only");
+  KVMFS_RETURN_IF_ERROR(LocalTree(path));
   if (Hidden(name)) return Status::NotPermitted(path + ": names starting with '.' are not shown");
   if (options_.blockdev) return Status::NotPermitted(path + ": a blockdev pool shows block devices only");
   const std::string host = parent.host_path + "/" + name;
@@ -221,6 +231,7 @@ Status Namespace::RemoveDir(const Node& node, const std::string& path) {
                                          "on the host)");
     case NodeKind::kFolder:
       if (options_.readonly) return Status::ReadOnly(path + ": the pool is read-only");
+      KVMFS_RETURN_IF_ERROR(LocalTree(path));
       if (node.host_path == options_.source)
         return Status::NotPermitted(path + ": the pool's own folder cannot be removed");
       // Fails (ENOTEMPTY) while anything is in it, shown or not.
@@ -237,6 +248,7 @@ Status Namespace::RemoveDir(const Node& node, const std::string& path) {
 Status Namespace::CloneImage(const Node& parent, const std::string& path, const std::string& name,
                              const std::string& target) {
   if (options_.readonly) return Status::ReadOnly(path + ": the pool is read-only");
+  KVMFS_RETURN_IF_ERROR(LocalTree(path));
   if (parent.kind != NodeKind::kFolder)
     return Status::NotPermitted(path + ": overlays can only be made in folders");
   const FormatDriver* driver = Hidden(name) || !HasExtension(name) ? nullptr : FormatForName(name);
@@ -359,6 +371,7 @@ Status Namespace::CheckRenameable(const Node& node, const std::string& path, boo
 Status Namespace::RenameImage(const Node& node, const std::string& path, const Node& new_parent,
                               const std::string& new_name) {
   if (options_.readonly) return Status::ReadOnly(path + ": the pool is read-only");
+  KVMFS_RETURN_IF_ERROR(LocalTree(path));
   if (node.kind != NodeKind::kImageDir)
     return Status::NotPermitted(path + ": only images can be renamed" +
                                 (node.kind == NodeKind::kFolder ? " (not folders)" : ""));

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
 #include <string>
 
 namespace kvmfs::config {
@@ -120,6 +121,48 @@ TEST_F(ConfigTest, RbdPool) {
   EXPECT_TRUE(small->pools[0].rbd.client.empty());
 }
 
+TEST_F(ConfigTest, S3Pool) {
+  std::ofstream(dir_ + "/creds") << "[default]\n";
+  auto c = ParseConfig(
+      "pools:\n"
+      "  - name: golden\n"
+      "    backend: s3\n"
+      "    endpoint: http://127.0.0.1:9000\n"
+      "    region: eu-1\n"
+      "    bucket: images\n"
+      "    prefix: golden/\n"
+      "    path_style: yes\n"
+      "    credentials: " + dir_ + "/creds\n"
+      "    cache_dir: cache\n"
+      "    cache_max: 2G\n"
+      "    overlay_dir: /var/lib/kvmfs/overlays\n",
+      F());
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  const PoolConfig& p = c->pools[0];
+  EXPECT_EQ(p.backend, Backend::kS3);
+  EXPECT_EQ(p.store_backend, "s3");
+  const std::map<std::string, std::string> want = {
+      {"endpoint", "http://127.0.0.1:9000"}, {"region", "eu-1"}, {"bucket", "images"},
+      {"prefix", "golden/"}, {"path_style", "true"}, {"credentials", dir_ + "/creds"},
+      {"cache_dir", dir_ + "/cache"}, {"cache_max", std::to_string(2ull << 30)},
+      {"overlay_dir", "/var/lib/kvmfs/overlays"}};
+  EXPECT_EQ(p.store_options, want);
+  EXPECT_TRUE(p.path.empty());
+}
+
+TEST_F(ConfigTest, S3PoolErrors) {
+  EXPECT_EQ(Error("pools:\n  - name: c\n    backend: s3\n"),
+            F() + ":2: pools[0].bucket: missing (the bucket of the images)");
+  EXPECT_EQ(Error("pools:\n  - name: c\n    backend: s3\n    bucket: b\n    cache_dir: /c\n    cache_max: lots\n"),
+            F() + ":6: pools[0].cache_max: expected a size such as 4096, 512M or 10G, got \"lots\"");
+  EXPECT_EQ(Error("pools:\n  - name: c\n    backend: s3\n    bucket: b\n    endpoint: ftp://x\n"),
+            F() + ":5: pools[0].endpoint: expected http://HOST[:PORT] or https://HOST[:PORT], got \"ftp://x\"");
+  EXPECT_EQ(Error("pools:\n  - name: c\n    path: /x\n    bucket: b\n"),
+            F() + ":4: pools[0].bucket: only for backend: s3");
+  EXPECT_EQ(Error("pools:\n  - name: c\n    backend: s3\n    bucket: b\n    pool: p\n"),
+            F() + ":5: pools[0].pool: only for backend: rbd");
+}
+
 TEST_F(ConfigTest, RbdPoolErrors) {
   EXPECT_EQ(Error("pools:\n  - name: c\n    backend: rbd\n"),
             F() + ":2: pools[0].pool: missing (the RADOS pool of the RBD images)");
@@ -160,7 +203,8 @@ TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
                 ":4: pools[0].colour: unknown key (expected one of: name, path, layout, backend, "
                 "readonly, compress, "
                 "backing_roots, extensions, create_mode, create_owner, create_group, ceph_conf, "
-                "client, keyring, pool, namespace)");
+                "client, keyring, pool, namespace, endpoint, region, bucket, prefix, path_style, "
+                "ca_file, credentials, profile, cache_dir, cache_max, overlay_dir)");
   EXPECT_EQ(Error("pools: []\nfoo: 1\n").substr(0, F().size() + 8), F() + ":2: foo:");
   EXPECT_EQ(Error("pools:\n  - path: /x\n"),
             F() + ":2: pools[0].name: missing (every pool needs a name)");
@@ -181,8 +225,8 @@ TEST_F(ConfigTest, ErrorsNameFileLineAndKey) {
             F() + ":3: pools[0].layout: expected the name of a layout under layouts, got \"nope\"");
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backend: nfs\n"),
             F() + ":4: pools[0].backend: expected dir, blockdev, rbd or s3, got \"nfs\"");
-  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backend: s3\n"),
-            F() + ":4: pools[0].backend: s3 is not supported yet (use dir, blockdev or rbd)");
+  EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backend: s3\n    bucket: b\n"),
+            F() + ":3: pools[0].path: an s3 pool has no path (its images are in bucket:)");
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: /x\n    backing_roots: /y\n"),
             F() + ":4: pools[0].backing_roots: expected a list of strings, got \"/y\"");
   EXPECT_EQ(Error("pools:\n  - name: a\n    path: [1]\n"),
