@@ -24,6 +24,23 @@ void Filesystem::Count(Op op, fuse_ino_t ino) {
   spdlog::debug("request {} ino {}", OpName(op), ino);
 }
 
+void Filesystem::AddHandle(FileHandle* handle) {
+  MutexLock lock(handles_mu_);
+  handles_.insert(handle);
+}
+
+void Filesystem::RemoveHandle(FileHandle* handle) {
+  MutexLock lock(handles_mu_);
+  handles_.erase(handle);
+}
+
+std::vector<FileHandle*> Filesystem::TakeHandles() {
+  MutexLock lock(handles_mu_);
+  std::vector<FileHandle*> out(handles_.begin(), handles_.end());
+  handles_.clear();
+  return out;
+}
+
 std::string Filesystem::CountsText() const {
   std::string out;
   for (size_t i = 0; i < counts_.size(); ++i) {

@@ -11,7 +11,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_set>
+#include <vector>
 
+#include "base/mutex.h"
 #include "fuse/inode_table.h"
 #include "fuse/kernel_cache.h"
 #include "kvmfs/status.h"
@@ -27,6 +30,8 @@ enum class Op {
   kMkDir, kRmDir, kSymlink, kRename, kRefused, kCount_
 };
 const char* OpName(Op op);
+
+struct FileHandle;  // ops.h
 
 class Filesystem {
  public:
@@ -59,7 +64,17 @@ class Filesystem {
   // The mount path of `ino` (+ "/" + name), for messages.
   std::string PathOf(fuse_ino_t ino, const char* name = nullptr) const;
 
+  // The files open through the mount (added before the open is replied to,
+  // removed at RELEASE). The kernel sends no RELEASE for what is still open
+  // when the connection ends (an unmount racing a close): Destroy() frees
+  // what TakeHandles() returns.
+  void AddHandle(FileHandle* handle) EXCLUDES(handles_mu_);
+  void RemoveHandle(FileHandle* handle) EXCLUDES(handles_mu_);
+  std::vector<FileHandle*> TakeHandles() EXCLUDES(handles_mu_);
+
  private:
+  Mutex handles_mu_;
+  std::unordered_set<FileHandle*> handles_ GUARDED_BY(handles_mu_);
   std::array<std::atomic<uint64_t>, static_cast<size_t>(Op::kCount_)> counts_{};
 };
 

@@ -2,6 +2,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <vector>
 
 #include "fuse/ops.h"
 #include "pool/image_cache.h"
@@ -56,6 +57,13 @@ void Init(void* userdata, fuse_conn_info* conn) {
 void Destroy(void* userdata) {
   auto& fs = *static_cast<Filesystem*>(userdata);
   pool::EndAllWrites();
+  // Files the kernel never released (the connection ended first).
+  const std::vector<FileHandle*> left = fs.TakeHandles();
+  for (FileHandle* handle : left) {
+    AllDoneWithFile(handle);
+    delete handle;
+  }
+  if (!left.empty()) spdlog::debug("{} files still open at unmount closed", left.size());
   spdlog::debug("requests: {}; invalidations pushed: {}; inodes live: {}", fs.CountsText(),
                 fs.cache.pushed(), fs.inodes.live());
   spdlog::info("unmounted");

@@ -58,15 +58,22 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (!file.writable) fi->noflush = 1;
   fi->fh = reinterpret_cast<uintptr_t>(handle.get());
   std::shared_ptr<Inode> inode = handle->inode;
+  // Known before the reply: a RELEASE may follow it at once.
+  fs.AddHandle(handle.get());
   // An interrupted open: the kernel will never release it.
-  if (fuse_reply_open(req, fi) != 0) return;
+  if (fuse_reply_open(req, fi) != 0) {
+    fs.RemoveHandle(handle.get());
+    return;
+  }
   handle.release();
   fs.cache.Recheck(*inode, epoch);
 }
 
 void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  Fs(req).Count(Op::kRelease, ino);
+  Filesystem& fs = Fs(req);
+  fs.Count(Op::kRelease, ino);
   AllDoneWithFile(Handle(fi));
+  fs.RemoveHandle(Handle(fi));
   delete Handle(fi);
   fi->fh = 0;
   fuse_reply_err(req, 0);
