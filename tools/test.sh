@@ -96,12 +96,12 @@ run_phase() {
     if [ ${#suite_args[@]} -eq 0 ]; then
       # The unit tests with threads in them (helper pools, caches shared by
       # readers and writers, parallel allocating writes, the inode table, the
-      # metrics shards, the layer registry). The single-threaded format checks
+      # metrics shards, the layer registry, the S3 block fetcher). The single-threaded format checks
       # take many minutes under TSan and find no races: the release and ASan
       # phases run them.
       mapfile -t selection < <(meson test -C "$dir" --list --suite unit 2>/dev/null | grep ' / ' |
         sed 's|.* / ||' |
-        grep -xE 'unit-(base|backend|codec|crypto|metrics|pool|fuse-inodes|format-qcow2-cache|format-qcow2-write)')
+        grep -xE 'unit-(base|backend|backend-s3|codec|crypto|metrics|pool|fuse-inodes|format-qcow2-cache|format-qcow2-write)')
       selection+=(it-concurrency it-coherence)
     fi
   fi
