@@ -1,5 +1,6 @@
 // An in-memory backend for tests and fuzzing.
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <mutex>
 
@@ -9,6 +10,12 @@
 
 namespace kvmfs {
 namespace {
+
+// An in-memory file grows no larger than this, as a disk of that size would
+// (EFBIG past it): a hostile image whose allocator lands a cluster at a
+// terabyte offset makes a sparse host file, but would make this a terabyte
+// vector (the qcow2_refcount fuzz target found one).
+constexpr uint64_t kMaxMemFile = uint64_t{1} << 30;
 
 class MemBackend final : public Backend {
  public:
@@ -27,6 +34,8 @@ class MemBackend final : public Backend {
   }
   Status WriteAt(uint64_t off, const void* buf, size_t len) override {
     if (!writable_) return Status::ReadOnly(name_ + ": read-only");
+    if (off > kMaxMemFile || len > kMaxMemFile - off)
+      return Status::FromErrno(EFBIG, name_ + ": write past the in-memory file limit");
     MutexLock lock(mu_);
     if (off + len > data_.size()) data_.resize(off + len);
     std::memcpy(data_.data() + off, buf, len);
@@ -39,6 +48,8 @@ class MemBackend final : public Backend {
   }
   Status Truncate(uint64_t size) override {
     if (!writable_) return Status::ReadOnly(name_ + ": read-only");
+    if (size > kMaxMemFile)
+      return Status::FromErrno(EFBIG, name_ + ": truncate past the in-memory file limit");
     MutexLock lock(mu_);
     data_.resize(size);
     return Status::OK();

@@ -148,8 +148,14 @@ TEST_F(S3ClientTest, SequentialReadsReadAhead) {
   for (uint64_t off = 0; off < data.size(); off += 16384) {
     ASSERT_EQ(Read(*b, off, 16384), data.substr(off, 16384)) << off;
   }
+  // Read-ahead ran (blocks fetched before any read asked for them), and the
+  // reads were served from memory at least as often as without it (3 of the
+  // 4 reads of each 64 KiB block). How many first reads of a block found its
+  // read-ahead already done depends on the machine's load (99 of 128 hits
+  // once on a loaded one), so it is not asserted.
   EXPECT_GT(c->fetcher().stats().prefetched, 10u);
-  EXPECT_GT(c->fetcher().stats().ram_hits, 100u);
+  EXPECT_GE(c->fetcher().stats().ram_hits, 96u);
+  EXPECT_LE(c->fetcher().stats().fetched, 32u + 4u);  // each block fetched once (and a few past the end)
 }
 
 TEST_F(S3ClientTest, RetriesSlowDownAndResetsThenSucceeds) {
