@@ -55,6 +55,15 @@ class CreateOracleTest : public QemuOracleTest {
     options.size = size;
     return KvmfsCreate(format, name, options);
   }
+  // Create() of a `format` image (file extension `ext`) over a backing file
+  // refuses with kNotSupported, as QEMU has no backing files for it.
+  void ExpectNoBackingFiles(const std::string& format, const std::string& ext) {
+    CreateOptions backing;
+    backing.size = 1 << 20;
+    backing.backing_file = "base." + ext;
+    backing.backing_format = format;
+    EXPECT_EQ(KvmfsCreate(format, "o." + ext, backing).code(), Status::Code::kNotSupported) << format;
+  }
 
   // `ours` and `theirs` (both in the scratch directory) have the same length
   // and the same bytes outside `skip`.
