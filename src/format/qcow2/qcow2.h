@@ -980,6 +980,10 @@ class Engine {
   // The writable L2 table of L1 index `l1_index` (allocated or copied when
   // needed).
   Result<std::shared_ptr<L2Table>> WritableL2(uint64_t l1_index);
+  // Clears the active L1/L2 entries of guest clusters [from, to) (past the
+  // old size, before a grow shows them), without releasing what they point
+  // to (write.cpp).
+  Status ClearPastSize(uint64_t from, uint64_t to);
   // Writes part of one cluster whose L2 entry is not a COPIED normal
   // cluster, or a run of such clusters (write.cpp).
   Status WriteRun(uint64_t off, const uint8_t* buf, size_t len, const BackingView& backing,

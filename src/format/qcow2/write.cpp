@@ -994,6 +994,40 @@ Status Engine::ZeroLocked(uint64_t off, uint64_t len, bool unmap, const BackingV
 
 // ---- Resize ----------------------------------------------------------------------------------
 
+// Past the virtual size, QEMU's images hold no mapping (a shrink clears it),
+// but a hostile image may hold anything there, and a grow would show it to
+// the guest: a mapping out of the file (the read fails), or onto metadata
+// (a write in place would overwrite it). So the entries are cleared first.
+// They are not released: what they point to was never the guest's, and
+// lowering the refcount of a cluster used elsewhere would be worse than a
+// leak (`qemu-img check -r leaks` repairs one).
+Status Engine::ClearPastSize(uint64_t from, uint64_t to) {
+  const Geometry& g = geo_;
+  const uint64_t stride = g.extended_l2 ? 2 : 1;
+  const uint64_t last = std::min<uint64_t>(l1_.size(), ((to - 1) >> g.l1_shift()) + 1);
+  for (uint64_t i = from >> g.l1_shift(); i < last; ++i) {
+    const uint64_t l2_off = l1_[i] & kL1OffsetMask;
+    const uint64_t table_start = i << g.l1_shift();
+    if (l2_off == 0 || table_start >= from) {
+      // A whole table past the old size (or only flags in the entry).
+      if (l1_[i] != 0) {
+        l1_[i] = 0;
+        l1_dirty_ = true;
+      }
+      continue;
+    }
+    const uint64_t first = (from - table_start) >> g.cluster_bits;
+    KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<const L2Table> seen, GetL2(l2_off, i));
+    bool stale = false;
+    for (uint64_t k = first * stride; k < seen->words.size() && !stale; ++k) stale = seen->words[k] != 0;
+    if (!stale) continue;
+    KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<L2Table> t, WritableL2(i));
+    std::fill(t->words.begin() + static_cast<ptrdiff_t>(first * stride), t->words.end(), 0);
+    MarkDirty(*t);
+  }
+  return Status::OK();
+}
+
 Status Engine::Resize(uint64_t new_size, const BackingView& backing) {
   std::unique_lock<std::shared_mutex> lock = LockExclusive();
   KVMFS_RETURN_IF_ERROR(CheckWritable());
@@ -1040,6 +1074,8 @@ Status Engine::Resize(uint64_t new_size, const BackingView& backing) {
     KVMFS_ASSIGN_OR_RETURN(uint64_t data_size, data_->Size());
     if (data_size < new_size) KVMFS_RETURN_IF_ERROR(data_->Truncate(new_size));
   }
+  const uint64_t old_end = (old + geo_.cluster_size - 1) & ~(geo_.cluster_size - 1);
+  if (new_size > old_end) KVMFS_RETURN_IF_ERROR(Fatal(ClearPastSize(old_end, new_size)));
   // The new part reads as zeros: the rest of the old last cluster and what
   // a bigger backing file would show through. Zeroed while the size is
   // still the old one (nothing past it is read meanwhile).

@@ -60,5 +60,43 @@ TEST_F(Qcow2FuzzRegression, WriteToSubclusterBothAllocatedAndZeroIsRefusedAndMar
   EXPECT_NE(out.find("corrupt: true"), std::string::npos) << out;
 }
 
+// qcow2_write target: entries past the virtual size, which QEMU never
+// leaves (a shrink clears them), became the guest's after a grow: one past
+// the end of the file made the grown part unreadable ("Data cluster offset
+// 0x514649fb000000 is past the end"), one onto the L1 table would have taken
+// a write in place. The grow clears them (not releasing what they name: it
+// was never the guest's), and the image checks clean.
+TEST_F(Qcow2FuzzRegression, GrowClearsMappingsLeftPastTheOldSize) {
+  Sh("qemu-img create -q -f qcow2 img.qcow2 1M");
+  Sh("qemu-io -c 'write -P 0x21 0 64k' img.qcow2 >/dev/null");
+  auto f = File("img.qcow2");
+  const uint64_t l2 = L2Of(f);
+  ASSERT_NE(l2, 0u);
+  StoreBE64(&f[l2 + 8 * 32], qcow2::kOflagCopied | 0x30000);    // guest 2 MiB: the L1 table
+  StoreBE64(&f[l2 + 8 * 40], 0x00514649fb000000ull);            // guest 2.5 MiB: past the end
+  StoreBE64(&f[0x30000 + 8 * 1], qcow2::kOflagCopied | l2);     // guest 512 MiB..: a table again
+  WriteHostFile(P("img.qcow2"), f);
+  {
+    auto w = OpenWritable("img.qcow2");
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    ASSERT_OK(w->image->BeginWrites());
+    ASSERT_OK(w->image->Resize(600u << 20));
+    for (uint64_t at : {1ull << 20, 2ull << 20, 5ull << 19, 512ull << 20}) {
+      std::vector<uint8_t> got(1 << 20, 0xee);
+      ASSERT_OK(w->image->Read(at, got.data(), got.size()));
+      EXPECT_EQ(std::count(got.begin(), got.end(), 0), static_cast<ptrdiff_t>(got.size())) << at;
+    }
+    std::vector<uint8_t> p(4096, 0x5a);
+    ASSERT_OK(w->image->Write(2u << 20, p.data(), p.size()));
+    ASSERT_OK(w->image->EndWrites());
+  }
+  std::string out;
+  EXPECT_EQ(RunCmd("cd " + dir_ + " && qemu-img check img.qcow2 2>&1", &out), 0) << out;
+  Sh("qemu-img create -q -f raw want.raw 600M");
+  Sh("qemu-io -f raw -c 'write -P 0x21 0 64k' -c 'write -P 0x5a 2M 4k' want.raw >/dev/null");
+  EXPECT_EQ(RunCmd("cd " + dir_ + " && qemu-img compare -f qcow2 -F raw img.qcow2 want.raw 2>&1", &out), 0)
+      << out;
+}
+
 }  // namespace
 }  // namespace kvmfs::test
