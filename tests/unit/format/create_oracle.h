@@ -26,17 +26,6 @@ struct ByteRange {
   uint64_t length;
 };
 
-// The whole file at `path` in one read (istreambuf_iterator copies take
-// minutes for the 71 MiB of a 0-byte VHDX under ASan at -O0).
-inline std::vector<uint8_t> ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) return {};
-  std::vector<uint8_t> data(static_cast<size_t>(in.tellg()));
-  in.seekg(0);
-  in.read(reinterpret_cast<char*>(data.data()), static_cast<std::streamsize>(data.size()));
-  return data;
-}
-
 class CreateOracleTest : public QemuOracleTest {
  public:
   // Makes `name` (a new file in the scratch directory) with driver `format`'s
@@ -69,8 +58,8 @@ class CreateOracleTest : public QemuOracleTest {
   // and the same bytes outside `skip`.
   void ExpectSameFile(const std::string& ours, const std::string& theirs,
                       const std::vector<ByteRange>& skip = {}) {
-    std::vector<uint8_t> a = ReadAll(P(ours));
-    std::vector<uint8_t> b = ReadAll(P(theirs));
+    std::vector<uint8_t> a = ReadFileBytes(P(ours));
+    std::vector<uint8_t> b = ReadFileBytes(P(theirs));
     ASSERT_EQ(a.size(), b.size()) << ours << " vs " << theirs;
     for (const ByteRange& r : skip) {
       if (r.offset >= a.size()) continue;
@@ -140,7 +129,7 @@ class CreateOracleTest : public QemuOracleTest {
     std::vector<uint8_t> got(size);
     ASSERT_TRUE(again.top()->Read(0, got.data(), size).ok());
     EXPECT_TRUE(got == model) << name << ": read back after reopening";
-    WriteWholeFile(P("model.raw"), model);
+    WriteFileBytes(P("model.raw"), model);
     Sh("qemu-img compare -q -f " + format + " -F raw " + name + " model.raw");
   }
 };

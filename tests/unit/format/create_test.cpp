@@ -43,9 +43,7 @@ ShellRun Shell(const std::string& cmd) {
   return r;
 }
 
-std::vector<uint8_t> ReadFile(const std::string& path) {
-  return kvmfs::test::ReadFileBytes(path);
-}
+using kvmfs::test::ReadFileBytes;
 
 // Byte ranges a format fills with random or time-dependent values at
 // creation (UUIDs, timestamps) and the checksums that cover them.
@@ -114,7 +112,7 @@ TEST_P(FormatCreate, MatchesQemuImgCreate) {
   Status st = Create(c, ours, options);
   ASSERT_TRUE(st.ok()) << st.ToString();
 
-  std::vector<uint8_t> a = ReadFile(P(theirs)), b = ReadFile(P(ours));
+  std::vector<uint8_t> a = ReadFileBytes(P(theirs)), b = ReadFileBytes(P(ours));
   ASSERT_EQ(a.size(), b.size()) << c.format << " " << size;
   for (const Mask& m : c.masks)
     for (uint64_t i = m.off; i < m.off + m.len && i < a.size(); ++i) a[i] = b[i] = 0;

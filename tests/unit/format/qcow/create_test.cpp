@@ -47,7 +47,7 @@ TEST_F(QcowCreateTest, OverlaysAreWhatQemuImgCreateMakes) {
   auto info = nlohmann::json::parse(Out("qemu-img info --output=json over.qcow"));
   EXPECT_EQ(info["backing-filename"].get<std::string>(), "base.vmdk");
   Sh("qemu-img convert -O raw base.vmdk base.raw");
-  WriteReadCompare("over.qcow", "qcow", 5 * kMiB, 4096, test::ReadAll(P("base.raw")));
+  WriteReadCompare("over.qcow", "qcow", 5 * kMiB, 4096, test::ReadFileBytes(P("base.raw")));
 }
 
 TEST_F(QcowCreateTest, WrittenImagesAreWhatQemuReads) {
@@ -63,7 +63,7 @@ TEST_F(QcowCreateTest, RefusesWhatQemuRefusesOrCannotOpen) {
   EXPECT_EQ(st.code(), Status::Code::kInvalidArgument) << st.ToString();
   st = KvmfsCreate("qcow", "big.qcow", uint64_t{1} << 50);
   EXPECT_EQ(st.code(), Status::Code::kTooLarge) << st.ToString();
-  EXPECT_EQ(test::ReadAll(P("big.qcow")).size(), 0u);
+  EXPECT_EQ(test::ReadFileBytes(P("big.qcow")).size(), 0u);
   CreateOptions o;
   o.size = kMiB;
   o.backing_file = std::string(1024, 'a');

@@ -14,7 +14,7 @@ namespace kvmfs {
 namespace {
 
 using test::QemuOracleTest;
-using test::ReadWholeFile;
+using test::ReadFileBytes;
 
 class QcowImageTest : public QemuOracleTest {};
 
@@ -103,7 +103,7 @@ class QcowWriteTest : public QemuOracleTest {
   // The model (a raw file) and the image agree for qemu-img compare, and
   // through our own reads.
   void ExpectImageIs(const std::string& name, const std::vector<uint8_t>& model) {
-    test::WriteWholeFile(P("model.raw"), model);
+    test::WriteFileBytes(P("model.raw"), model);
     Sh("qemu-img compare -q -f qcow -F raw " + name + " model.raw");
     Chain again = Open(name);
     ASSERT_FALSE(again.layers.empty());
@@ -143,7 +143,7 @@ TEST_F(QcowWriteTest, WritesAsQemuReadsThem) {
 TEST_F(QcowWriteTest, PartialOverwriteOfCompressedClusterDecompressesIt) {
   MakeMixedRaw("src.raw", 2 << 20, 11);
   MakeCompressedQcow("src.raw", "c.qcow");
-  std::vector<uint8_t> model = ReadWholeFile(P("src.raw"));
+  std::vector<uint8_t> model = ReadFileBytes(P("src.raw"));
   {
     Chain chain = Open("c.qcow", true);
     ASSERT_FALSE(chain.layers.empty());

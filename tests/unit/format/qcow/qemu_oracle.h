@@ -1,87 +1,27 @@
-// Test helpers shared by the qcow and vdi driver tests: a scratch directory,
-// qemu-img / qemu-io at test time, and comparisons of an Image with what
+// Test helpers shared by the qcow and vdi driver tests (on
+// qemu_scratch.h): comparisons of an Image with what
 // `qemu-img convert` and `qemu-img map` say about the same file.
 #pragma once
 
 #include <gtest/gtest.h>
-#include <stdlib.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <cstring>
 #include <algorithm>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kvmfs/chain.h"
 #include "kvmfs/image.h"
-#include "../../test_files.h"
+#include "../qemu_scratch.h"
 
 namespace kvmfs::test {
 
-// Runs a shell command; returns its output, or nullopt (and a test failure)
-// when it fails.
-inline std::optional<std::string> Shell(const std::string& cmd, bool expect_ok = true) {
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return std::nullopt;
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int rc = ::pclose(p);
-  if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
-    if (expect_ok) ADD_FAILURE() << "command failed: " << cmd << "\n" << out;
-    return std::nullopt;
-  }
-  return out;
-}
-
-inline bool HaveQemu() {
-  return std::system("qemu-img --version >/dev/null 2>&1") == 0 &&
-         std::system("qemu-io --version >/dev/null 2>&1") == 0;
-}
-
-inline std::vector<uint8_t> ReadWholeFile(const std::string& path) {
-  return kvmfs::test::ReadFileBytes(path);
-}
-
-inline void WriteWholeFile(const std::string& path, const std::vector<uint8_t>& data) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
-}
-
-// A fixture with a scratch directory and the qemu tools.
-class QemuOracleTest : public ::testing::Test {
+// The scratch directory with the comparisons of the qcow and vdi tests.
+class QemuOracleTest : public QemuScratchTest {
  public:
-  void SetUp() override {
-    if (!HaveQemu()) GTEST_SKIP() << "qemu-img/qemu-io not installed (Debian package qemu-utils)";
-    char tmpl[] = "/tmp/kvmfs-fmt-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = std::filesystem::canonical(tmpl).string();
-  }
-  void TearDown() override {
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
-  }
-
-  std::string P(const std::string& name) const { return dir_ + "/" + name; }
-  void Sh(const std::string& cmd) { ASSERT_TRUE(Shell("cd " + dir_ + " && " + cmd)); }
-  std::string Out(const std::string& cmd) {
-    auto out = Shell("cd " + dir_ + " && " + cmd);
-    EXPECT_TRUE(out);
-    return out.value_or("");
-  }
-  void Io(const std::string& image, const std::vector<std::string>& cmds, const std::string& fmt) {
-    std::string cmd = "qemu-io -f " + fmt;
-    for (const auto& c : cmds) cmd += " -c '" + c + "'";
-    Sh(cmd + " " + image + " >/dev/null");
-  }
-
   // A raw file of `size` bytes with zero, text, random and unwritten
   // (host hole) regions, none of them aligned to anything.
   void MakeMixedRaw(const std::string& name, uint64_t size, uint32_t seed) {
@@ -102,7 +42,7 @@ class QemuOracleTest : public ::testing::Test {
       }
       off += n;
     }
-    WriteWholeFile(P(name), data);
+    WriteFileBytes(P(name), data);
     // Punch a few holes (unallocated in the host file: qemu-img convert
     // leaves them unallocated in the image).
     for (uint64_t off = size / 7; off + 200000 < size; off += size / 3) {
@@ -115,7 +55,7 @@ class QemuOracleTest : public ::testing::Test {
   // (qemu-img convert -c -O qcow fails in QEMU 7.2); all-zero clusters stay
   // unallocated, clusters that do not compress are stored normally by QEMU.
   void MakeCompressedQcow(const std::string& raw, const std::string& name) {
-    const std::vector<uint8_t> data = ReadWholeFile(P(raw));
+    const std::vector<uint8_t> data = ReadFileBytes(P(raw));
     ASSERT_EQ(data.size() % 512, 0u);
     Sh("qemu-img create -q -f qcow " + name + " " + std::to_string(data.size()));
     std::string cmd = "qemu-io -f qcow";
@@ -125,7 +65,7 @@ class QemuOracleTest : public ::testing::Test {
       if (std::all_of(data.begin() + off, data.begin() + off + n, [](uint8_t b) { return b == 0; }))
         continue;
       const std::string chunk = "chunk." + std::to_string(i);
-      WriteWholeFile(P(chunk), std::vector<uint8_t>(data.begin() + off, data.begin() + off + n));
+      WriteFileBytes(P(chunk), std::vector<uint8_t>(data.begin() + off, data.begin() + off + n));
       cmd += " -c 'write -q -c -s " + chunk + " " + std::to_string(off) + " " + std::to_string(n) + "'";
     }
     Sh(cmd + " " + name + " && rm -f chunk.*");
@@ -144,7 +84,7 @@ class QemuOracleTest : public ::testing::Test {
   // whole and in odd pieces across cluster and block boundaries.
   void ExpectSameBytes(Image& image, const std::string& name) {
     Sh("qemu-img convert -U -O raw " + name + " expected.raw");
-    auto expected = ReadWholeFile(P("expected.raw"));
+    auto expected = ReadFileBytes(P("expected.raw"));
     ASSERT_EQ(image.size(), expected.size()) << name;
     std::vector<uint8_t> got(expected.size(), 0xee);
     Status st = image.Read(0, got.data(), got.size());
@@ -203,7 +143,6 @@ class QemuOracleTest : public ::testing::Test {
     ExpectSameMap(*chain.top(), name);
   }
 
-  std::string dir_;
 };
 
 }  // namespace kvmfs::test

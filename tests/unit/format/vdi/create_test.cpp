@@ -31,8 +31,8 @@ TEST_F(VdiCreateTest, SameBytesAsQemuImgCreate) {
 TEST_F(VdiCreateTest, UuidsAreRandomVersion4) {
   ASSERT_TRUE(KvmfsCreate("vdi", "a.vdi", kMiB).ok());
   ASSERT_TRUE(KvmfsCreate("vdi", "b.vdi", kMiB).ok());
-  auto a = test::ReadAll(P("a.vdi"));
-  auto b = test::ReadAll(P("b.vdi"));
+  auto a = test::ReadFileBytes(P("a.vdi"));
+  auto b = test::ReadFileBytes(P("b.vdi"));
   EXPECT_FALSE(std::equal(a.begin() + 392, a.begin() + 408, b.begin() + 392));
   EXPECT_FALSE(std::equal(a.begin() + 392, a.begin() + 408, a.begin() + 408));
   // Stored with data3 little-endian: its version nibble is in byte 7.
@@ -53,7 +53,7 @@ TEST_F(VdiCreateTest, RefusesWhatQemuRefuses) {
   const uint64_t max = uint64_t{0x1fffff80} << 20;  // QEMU's VDI_DISK_SIZE_MAX
   Status st = KvmfsCreate("vdi", "big.vdi", max + 1);
   EXPECT_EQ(st.code(), Status::Code::kTooLarge) << st.ToString();
-  EXPECT_EQ(test::ReadAll(P("big.vdi")).size(), 0u);
+  EXPECT_EQ(test::ReadFileBytes(P("big.vdi")).size(), 0u);
   ExpectNoBackingFiles("vdi", "vdi");
 }
 

@@ -14,7 +14,7 @@ namespace kvmfs {
 namespace {
 
 using test::QemuOracleTest;
-using test::ReadWholeFile;
+using test::ReadFileBytes;
 
 constexpr uint64_t kMiB = 1 << 20;
 
@@ -34,7 +34,7 @@ class VdiImageTest : public QemuOracleTest {
   // do our own reads after reopening.
   void ExpectImageIs(const std::string& name, const std::vector<uint8_t>& model) {
     Sh("qemu-img check -q -f vdi " + name);
-    test::WriteWholeFile(P("model.raw"), model);
+    test::WriteFileBytes(P("model.raw"), model);
     Sh("qemu-img compare -q -f vdi -F raw " + name + " model.raw");
     Chain again = Open(name);
     ASSERT_FALSE(again.layers.empty());
@@ -120,7 +120,7 @@ TEST_F(VdiImageTest, WritesToStaticAndConvertedImages) {
   Sh("qemu-img convert -q -f raw -O vdi src.raw d.vdi");
   for (const char* name : {"s.vdi", "d.vdi"}) {
     SCOPED_TRACE(name);
-    std::vector<uint8_t> model = ReadWholeFile(P("src.raw"));
+    std::vector<uint8_t> model = ReadFileBytes(P("src.raw"));
     {
       Chain chain = Open(name, true);
       ASSERT_FALSE(chain.layers.empty());

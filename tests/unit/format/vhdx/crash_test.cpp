@@ -10,7 +10,7 @@
 namespace kvmfs {
 namespace {
 
-using test::ReadFile;
+using test::ReadFileBytes;
 
 class VhdxCrash : public test::QemuDirTest {
  public:
@@ -29,7 +29,7 @@ class VhdxCrash : public test::QemuDirTest {
     Sh("qemu-img create -q -f vhdx -o block_size=1M pristine.vhdx 16M");
     Io("pristine.vhdx", {"write -P 0x11 1M 2M"}, "vhdx");
     Sh("qemu-img convert -f vhdx -O raw pristine.vhdx old.raw");
-    old_ = ReadFile(P("old.raw"));
+    old_ = ReadFileBytes(P("old.raw"));
     new_ = old_;
     for (const W& w : writes_) std::fill(new_.begin() + w.off, new_.begin() + w.off + w.len, w.fill);
   }
@@ -78,7 +78,7 @@ class VhdxCrash : public test::QemuDirTest {
     auto out = ShOut("qemu-img check -r all -f vhdx work.vhdx", false);
     ASSERT_TRUE(out.has_value()) << "qemu-img check -r all failed";
     Sh("qemu-img convert -f vhdx -O raw work.vhdx got.raw");
-    const auto got = ReadFile(P("got.raw"));
+    const auto got = ReadFileBytes(P("got.raw"));
     ASSERT_EQ(got.size(), old_.size());
     EXPECT_TRUE(got == mine) << "kvmfs and QEMU read the crashed image differently";
     for (uint64_t s = 0; s < kSize; s += 512) {

@@ -21,8 +21,8 @@ class VhdxCreateTest : public test::CreateOracleTest {
     SCOPED_TRACE(size);
     ASSERT_TRUE(KvmfsCreate("vhdx", "k.vhdx", size).ok());
     Sh("qemu-img create -q -f vhdx q.vhdx " + std::to_string(size));
-    const std::vector<uint8_t> q = test::ReadAll(P("q.vhdx"));
-    const std::vector<uint8_t> k = test::ReadAll(P("k.vhdx"));
+    const std::vector<uint8_t> q = test::ReadFileBytes(P("q.vhdx"));
+    const std::vector<uint8_t> k = test::ReadFileBytes(P("k.vhdx"));
     ASSERT_EQ(k.size(), q.size());
     // The two headers: checksum, sequence, file and data write GUIDs.
     std::vector<ByteRange> skip = {{8, 64 * 1024 - 8}, {64 * 1024 + 4, 44}, {128 * 1024 + 4, 44}};
@@ -60,7 +60,7 @@ TEST_F(VhdxCreateTest, WrittenImagesAreWhatQemuReads) {
 TEST_F(VhdxCreateTest, RefusesWhatQemuRefuses) {
   Status st = KvmfsCreate("vhdx", "big.vhdx", (uint64_t{64} << 40) + 512);
   EXPECT_EQ(st.code(), Status::Code::kTooLarge) << st.ToString();
-  EXPECT_EQ(test::ReadAll(P("big.vhdx")).size(), 0u);
+  EXPECT_EQ(test::ReadFileBytes(P("big.vhdx")).size(), 0u);
   ExpectNoBackingFiles("vhdx", "vhdx");
 }
 

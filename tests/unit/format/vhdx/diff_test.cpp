@@ -8,7 +8,7 @@
 namespace kvmfs {
 namespace {
 
-using test::ReadFile;
+using test::ReadFileBytes;
 using test::VhdxFile;
 
 std::vector<uint8_t> Utf16(const std::string& s) {
@@ -33,7 +33,7 @@ class VhdxDiffTest : public test::QemuDirTest {
     Sh("qemu-img create -q -f vhdx -o block_size=1M child.vhdx 16M");
     Io("child.vhdx", {"write -P 0x60 2M 1M", "write -P 0x61 5M 1M"}, "vhdx");
     Sh("qemu-img convert -f vhdx -O raw parent.vhdx model.raw");
-    std::vector<uint8_t> model = ReadFile(P("model.raw"));
+    std::vector<uint8_t> model = ReadFileBytes(P("model.raw"));
 
     VhdxFile parent(P("parent.vhdx"));
     vhdx::Guid data_guid;

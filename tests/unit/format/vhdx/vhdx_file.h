@@ -23,7 +23,7 @@ struct VhdxFile {
   uint64_t bat = 0, meta = 0;
   uint32_t bat_length = 0;
 
-  explicit VhdxFile(const std::string& path) : d(ReadFile(path)) {
+  explicit VhdxFile(const std::string& path) : d(ReadFileBytes(path)) {
     const uint64_t s1 = LoadLE64(&d[vhdx::kHeader1Offset + 8]);
     const uint64_t s2 = LoadLE64(&d[vhdx::kHeader2Offset + 8]);
     current = s2 > s1 ? 1 : 0;
@@ -38,7 +38,7 @@ struct VhdxFile {
       if (g == vhdx::kMetadataRegionGuid) meta = LoadLE64(e + 16);
     }
   }
-  void Save(const std::string& path) const { WriteFile(path, d); }
+  void Save(const std::string& path) const { WriteFileBytes(path, d); }
 
   uint64_t HeaderOffset(int i) const { return i == 0 ? vhdx::kHeader1Offset : vhdx::kHeader2Offset; }
   uint8_t* Header(int i) { return &d[HeaderOffset(i)]; }

@@ -13,22 +13,22 @@ namespace kvmfs {
 namespace {
 
 using nlohmann::json;
-using test::ReadFile;
+using test::ReadFileBytes;
 using test::VhdxFile;
-using test::WriteFile;
+using test::WriteFileBytes;
 
 class VhdxTest : public test::QemuDirTest {
  public:
   void MakeSource(const std::string& name, uint64_t size) {
     Sh("qemu-img create -q -f raw " + name + " " + std::to_string(size));
-    std::vector<uint8_t> data = ReadFile(P(name));
+    std::vector<uint8_t> data = ReadFileBytes(P(name));
     const std::string text = "kvmfs vhdx test: pack my box with five dozen liquor jugs\n";
     for (uint64_t i = 0; i < std::min<uint64_t>(size, 200000); ++i) data[i] = text[i % text.size()];
     std::mt19937 rng(11);
     for (uint64_t i = size / 3; i < std::min<uint64_t>(size, size / 3 + 1500000); ++i)
       data[i] = uint8_t(rng());
     for (uint64_t i = size - std::min<uint64_t>(size, 3333); i < size; ++i) data[i] = 0xa5;
-    WriteFile(P(name), data);
+    WriteFileBytes(P(name), data);
   }
 
   void ExpectSameAsQemu(const std::string& name) {
@@ -121,7 +121,7 @@ TEST_F(VhdxTest, WritesAreCheckedCleanAndComparedEqualByQemu) {
        " 20M");
     Io(name, {"write -P 0x31 3M 5000"}, "vhdx");
     Sh("qemu-img convert -f vhdx -O raw " + name + " model.raw");
-    auto model = ReadFile(P("model.raw"));
+    auto model = ReadFileBytes(P("model.raw"));
     {
       Chain chain = Open(name, true);
       ASSERT_FALSE(chain.layers.empty());
@@ -140,7 +140,7 @@ TEST_F(VhdxTest, WritesAreCheckedCleanAndComparedEqualByQemu) {
       EXPECT_EQ(image.Resize(40u << 20).code(), Status::Code::kNotSupported);
       ASSERT_TRUE(image.EndWrites().ok());
     }
-    WriteFile(P("model.raw"), model);
+    WriteFileBytes(P("model.raw"), model);
     Sh("qemu-img check -f vhdx " + name);
     Sh("qemu-img compare -f vhdx -F raw " + name + " model.raw");
     ExpectSameAsQemu(name);
@@ -233,14 +233,14 @@ TEST_F(VhdxLogTest, WritableOpenReadsAsReplayedAndWritesOnlyForAWriter) {
   MakeDirty("dirty.vhdx");
   Sh("cp dirty.vhdx qemu.vhdx && qemu-img check -q -r all qemu.vhdx >/dev/null; true");
   Sh("qemu-img convert -f vhdx -O raw qemu.vhdx expected.raw");
-  const auto before = ReadFile(P("dirty.vhdx"));
-  const auto expected = ReadFile(P("expected.raw"));
+  const auto before = ReadFileBytes(P("dirty.vhdx"));
+  const auto expected = ReadFileBytes(P("expected.raw"));
   Chain chain = Open("dirty.vhdx", true);
   ASSERT_FALSE(chain.layers.empty());
   std::vector<uint8_t> got(expected.size());
   ASSERT_TRUE(chain.top()->Read(0, got.data(), got.size()).ok());
   EXPECT_TRUE(got == expected) << "reads before the replay differ from QEMU's after it";
-  EXPECT_TRUE(ReadFile(P("dirty.vhdx")) == before) << "the file was written before any writer";
+  EXPECT_TRUE(ReadFileBytes(P("dirty.vhdx")) == before) << "the file was written before any writer";
   // The first writer replays it on disk, as QEMU does on a read-write open.
   ASSERT_TRUE(chain.top()->BeginWrites().ok());
   ASSERT_TRUE(chain.top()->EndWrites().ok());
@@ -431,7 +431,7 @@ TEST_F(VhdxTest, CraftedHeadersAreRefusedAsQemuRefusesThem) {
     EXPECT_NE(st.message().find("bad.vhdx"), std::string::npos) << st.ToString();
   }
   // Not a VHDX at all.
-  WriteFile(P("junk.vhdx"), std::vector<uint8_t>(1 << 20, 0x41));
+  WriteFileBytes(P("junk.vhdx"), std::vector<uint8_t>(1 << 20, 0x41));
   EXPECT_TRUE(OpenStatus("junk.vhdx").IsCorruption());
 }
 
@@ -447,7 +447,7 @@ TEST_F(VhdxTest, PresentBlockAtOffsetZeroReadsAsQemu) {
   ASSERT_TRUE(QemuOpens("z.vhdx"));
   // The whole disk as convert reads it (block-aligned requests)...
   Sh("qemu-img convert -f vhdx -O raw z.vhdx expected.raw");
-  auto expected = ReadFile(P("expected.raw"));
+  auto expected = ReadFileBytes(P("expected.raw"));
   Chain chain = Open("z.vhdx", true);
   ASSERT_FALSE(chain.layers.empty());
   std::vector<uint8_t> got(expected.size());
@@ -483,7 +483,7 @@ TEST_F(VhdxTest, LogPastTheEndOfTheFileIsNotWritten) {
   ASSERT_TRUE(chain.top()->BeginWrites().ok());
   uint8_t b[512] = {7};
   EXPECT_EQ(chain.top()->Write(0, b, sizeof b).code(), Status::Code::kNotSupported);
-  EXPECT_LT(ReadFile(P("far.vhdx")).size(), 1ull << 30);
+  EXPECT_LT(ReadFileBytes(P("far.vhdx")).size(), 1ull << 30);
 }
 
 TEST_F(VhdxTest, ProbeAndPeek) {
@@ -493,7 +493,7 @@ TEST_F(VhdxTest, ProbeAndPeek) {
   EXPECT_EQ(*fmt, "vhdx");
   const FormatDriver* vhdx = FindFormat("vhdx");
   ASSERT_NE(vhdx, nullptr);
-  auto head = ReadFile(P("d.img"));
+  auto head = ReadFileBytes(P("d.img"));
   EXPECT_FALSE(vhdx->Peek(head.data(), 512).known);  // the identifier cannot tell
   EXPECT_TRUE(vhdx->caps().backing_files);
 }

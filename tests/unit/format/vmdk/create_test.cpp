@@ -15,7 +15,7 @@ class VmdkCreateTest : public test::CreateOracleTest {
  public:
   // The descriptor with its CID line (random) taken out.
   std::string DescriptorWithoutCid(const std::string& name) {
-    std::vector<uint8_t> all = test::ReadAll(P(name));
+    std::vector<uint8_t> all = test::ReadFileBytes(P(name));
     std::string d(all.begin() + 512, all.begin() + 512 * 21);
     d.resize(d.find('\0') == std::string::npos ? d.size() : d.find('\0'));
     const size_t at = d.find("\nCID=");
@@ -60,7 +60,7 @@ TEST_F(VmdkCreateTest, OverlaysRecordTheParentAndItsCid) {
   auto info = nlohmann::json::parse(Out("qemu-img info --output=json x.vmdk"));
   EXPECT_EQ(info["backing-filename"].get<std::string>(), "base.vmdk");
   Sh("qemu-img convert -O raw base.vmdk base.raw");
-  WriteReadCompare("x.vmdk", "vmdk", 6 * kMiB, 64 * 1024, test::ReadAll(P("base.raw")));
+  WriteReadCompare("x.vmdk", "vmdk", 6 * kMiB, 64 * 1024, test::ReadFileBytes(P("base.raw")));
   ExpectCheckClean("x.vmdk", "vmdk");
 }
 
@@ -77,7 +77,7 @@ TEST_F(VmdkCreateTest, RefusesWhatQemuRefusesOrCannotOpen) {
   EXPECT_EQ(KvmfsCreate("vmdk", "zero.vmdk", 0).code(), Status::Code::kInvalidArgument);
   Status st = KvmfsCreate("vmdk", "big.vmdk", uint64_t{256} << 40);
   EXPECT_EQ(st.code(), Status::Code::kTooLarge) << st.ToString();
-  EXPECT_EQ(test::ReadAll(P("big.vmdk")).size(), 0u);
+  EXPECT_EQ(test::ReadFileBytes(P("big.vmdk")).size(), 0u);
   Sh("qemu-img create -q -f qcow2 base.qcow2 1M");
   Chain base = Open("base.qcow2");
   CreateOptions o;

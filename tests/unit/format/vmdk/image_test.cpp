@@ -3,10 +3,7 @@
 // `qemu-img convert -O raw`, map for map with `qemu-img map`, and key for key
 // with `qemu-img info`; writes checked with `qemu-img check` and `compare`.
 #include <gtest/gtest.h>
-#include <stdlib.h>
-#include <sys/wait.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -15,7 +12,7 @@
 #include "kvmfs/backend.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/format.h"
-#include "../../test_files.h"
+#include "../qemu_scratch.h"
 
 namespace kvmfs {
 namespace {
@@ -25,52 +22,16 @@ using nlohmann::json;
 
 constexpr uint64_t KiB = 1024, MiB = 1024 * 1024;
 
-// Runs a shell command; its output, or nullopt (and a failure) when it fails.
-std::optional<std::string> Shell(const std::string& cmd, bool expect_ok = true) {
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return std::nullopt;
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int rc = ::pclose(p);
-  if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
-    if (expect_ok) ADD_FAILURE() << "command failed: " << cmd << "\n" << out;
-    return std::nullopt;
-  }
-  return out;
-}
-
-bool HaveQemu() {
-  return std::system("qemu-img --version >/dev/null 2>&1") == 0 &&
-         std::system("qemu-io --version >/dev/null 2>&1") == 0;
-}
-
-std::vector<uint8_t> ReadFile(const std::string& path) {
-  return kvmfs::test::ReadFileBytes(path);
-}
+using test::ReadFileBytes;
+using test::Shell;
 
 // An odd size: not a multiple of the 64 KiB grain (nor of 2 KiB).
 constexpr uint64_t kOddSize = 5 * MiB + 7 * 512;
 
-class VmdkQemu : public ::testing::Test {
+class VmdkQemu : public test::QemuScratchTest {
  public:
-  void SetUp() override {
-    if (!HaveQemu()) GTEST_SKIP() << "qemu-img/qemu-io not installed (Debian package qemu-utils)";
-    char tmpl[] = "/tmp/kvmfs-vmdk-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = fs::canonical(tmpl).string();
-  }
-  void TearDown() override {
-    if (!dir_.empty()) fs::remove_all(dir_);
-  }
-
-  std::string P(const std::string& name) const { return dir_ + "/" + name; }
-  void Sh(const std::string& cmd) { ASSERT_TRUE(Shell("cd " + dir_ + " && " + cmd)); }
   void Io(const std::string& image, const std::vector<std::string>& cmds) {
-    std::string cmd = "qemu-io -f vmdk";
-    for (const auto& c : cmds) cmd += " -c '" + c + "'";
-    Sh(cmd + " " + image + " >/dev/null");
+    QemuScratchTest::Io(image, cmds, "vmdk");
   }
 
   // A raw file of kOddSize with text, random, zero and hole regions and a
@@ -98,7 +59,7 @@ class VmdkQemu : public ::testing::Test {
 
   std::vector<uint8_t> Oracle(const std::string& name) {
     Sh("qemu-img convert -U -O raw " + name + " oracle.raw");
-    auto bytes = ReadFile(P("oracle.raw"));
+    auto bytes = ReadFileBytes(P("oracle.raw"));
     fs::remove(P("oracle.raw"));
     return bytes;
   }
@@ -216,7 +177,6 @@ class VmdkQemu : public ::testing::Test {
     Sh("qemu-img compare -f vmdk -F raw " + name + " " + mirror + " >/dev/null");
   }
 
-  std::string dir_;
 };
 
 const char* kSubformats[] = {"monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse",

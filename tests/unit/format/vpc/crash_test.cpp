@@ -9,7 +9,7 @@
 namespace kvmfs {
 namespace {
 
-using test::ReadFile;
+using test::ReadFileBytes;
 
 class VpcCrash : public test::QemuDirTest {
  public:
@@ -27,7 +27,7 @@ class VpcCrash : public test::QemuDirTest {
     Sh("qemu-img create -q -f vpc -o force_size=on pristine.vhd 16M");
     Io("pristine.vhd", {"write -P 0x11 1M 2M"}, "vpc");
     Sh("qemu-img convert -f vpc -O raw pristine.vhd old.raw");
-    old_ = ReadFile(P("old.raw"));
+    old_ = ReadFileBytes(P("old.raw"));
     new_ = old_;
     for (const W& w : writes_) std::fill(new_.begin() + w.off, new_.begin() + w.off + w.len, w.fill);
   }
@@ -73,7 +73,7 @@ class VpcCrash : public test::QemuDirTest {
       ASSERT_TRUE(chain.top()->Read(0, mine.data(), mine.size()).ok());
     }
     Sh("qemu-img convert -f vpc -O raw work.vhd got.raw");
-    const auto got = ReadFile(P("got.raw"));
+    const auto got = ReadFileBytes(P("got.raw"));
     ASSERT_EQ(got.size(), old_.size());
     EXPECT_TRUE(got == mine) << "kvmfs and QEMU read the crashed image differently";
     for (uint64_t s = 0; s < kSize; s += 512) {

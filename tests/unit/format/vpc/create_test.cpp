@@ -23,7 +23,7 @@ class VpcCreateTest : public test::CreateOracleTest {
     SCOPED_TRACE(size);
     ASSERT_TRUE(KvmfsCreate("vpc", "k.vhd", size).ok());
     Sh("qemu-img create -q -f vpc q.vhd " + std::to_string(size));
-    const uint64_t len = test::ReadAll(P("q.vhd")).size();
+    const uint64_t len = test::ReadFileBytes(P("q.vhd")).size();
     std::vector<ByteRange> skip = FooterTimeAndId(0);
     for (ByteRange r : FooterTimeAndId(len - 512)) skip.push_back(r);
     ExpectSameFile("k.vhd", "q.vhd", skip);
@@ -51,7 +51,7 @@ TEST_F(VpcCreateTest, WrittenImagesAreWhatQemuReads) {
 TEST_F(VpcCreateTest, RefusesWhatQemuRefuses) {
   Status st = KvmfsCreate("vpc", "big.vhd", 2040 * kGiB + 512);
   EXPECT_EQ(st.code(), Status::Code::kTooLarge) << st.ToString();
-  EXPECT_EQ(test::ReadAll(P("big.vhd")).size(), 0u);
+  EXPECT_EQ(test::ReadFileBytes(P("big.vhd")).size(), 0u);
   ExpectNoBackingFiles("vpc", "vhd");
 }
 

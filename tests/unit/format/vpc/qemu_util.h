@@ -1,82 +1,25 @@
-// Test helpers shared by the vpc and vhdx unit tests: a scratch directory,
-// qemu-img/qemu-io at test time, and byte/info comparisons with QEMU.
+// Test helpers shared by the vpc and vhdx unit tests (on qemu_scratch.h):
+// byte and info comparisons with QEMU.
 #pragma once
 
 #include <gtest/gtest.h>
-#include <stdlib.h>
-#include <sys/wait.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "kvmfs/backend.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/format.h"
-#include "../../test_files.h"
+#include "../qemu_scratch.h"
 
 namespace kvmfs::test {
 
-// Runs a shell command; stdout+stderr, or nullopt (and a failure) when it fails.
-inline std::optional<std::string> Shell(const std::string& cmd, bool expect_ok = true) {
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return std::nullopt;
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int rc = ::pclose(p);
-  if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
-    if (expect_ok) ADD_FAILURE() << "command failed: " << cmd << "\n" << out;
-    return std::nullopt;
-  }
-  return out;
-}
-
-inline bool HaveQemu() {
-  return std::system("qemu-img --version >/dev/null 2>&1") == 0 &&
-         std::system("qemu-io --version >/dev/null 2>&1") == 0;
-}
-
-inline std::vector<uint8_t> ReadFile(const std::string& path) {
-  return kvmfs::test::ReadFileBytes(path);
-}
-
-inline void WriteFile(const std::string& path, const std::vector<uint8_t>& data) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
-}
-
-// A scratch directory with qemu at hand.
-class QemuDirTest : public ::testing::Test {
+// The scratch directory with the comparisons of the vpc and vhdx tests.
+class QemuDirTest : public QemuScratchTest {
  public:
-  void SetUp() override {
-    if (!HaveQemu()) GTEST_SKIP() << "qemu-img/qemu-io not installed (Debian package qemu-utils)";
-    char tmpl[] = "/tmp/kvmfs-fmt-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = std::filesystem::canonical(tmpl).string();
-  }
-  void TearDown() override {
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
-  }
-
-  std::string P(const std::string& name) const { return dir_ + "/" + name; }
-  void Sh(const std::string& cmd) { ASSERT_TRUE(Shell("cd " + dir_ + " && " + cmd)); }
-  std::optional<std::string> ShOut(const std::string& cmd, bool expect_ok = true) {
-    return Shell("cd " + dir_ + " && " + cmd, expect_ok);
-  }
-  void Io(const std::string& image, const std::vector<std::string>& cmds, const std::string& fmt) {
-    std::string cmd = "qemu-io -f " + fmt;
-    for (const auto& c : cmds) cmd += " -c '" + c + "'";
-    Sh(cmd + " " + image + " >/dev/null");
-  }
-
   Result<Chain> TryOpen(const std::string& name, bool writable = false,
                         const std::string& format = "") {
     ChainPolicy policy;
@@ -94,7 +37,7 @@ class QemuDirTest : public ::testing::Test {
   // and in odd pieces that cross block boundaries.
   void ExpectSameBytes(Image& image, const std::string& name, const std::string& fmt) {
     Sh("qemu-img convert -f " + fmt + " -O raw " + name + " expected.raw");
-    auto expected = ReadFile(P("expected.raw"));
+    auto expected = ReadFileBytes(P("expected.raw"));
     ASSERT_EQ(image.size(), expected.size()) << name;
     std::vector<uint8_t> got(expected.size(), 0xee);
     Status st = image.Read(0, got.data(), got.size());
@@ -134,7 +77,6 @@ class QemuDirTest : public ::testing::Test {
     return out ? nlohmann::json::parse(*out) : nlohmann::json();
   }
 
-  std::string dir_;
 };
 
 }  // namespace kvmfs::test

@@ -11,8 +11,8 @@ namespace kvmfs {
 namespace {
 
 using nlohmann::json;
-using test::ReadFile;
-using test::WriteFile;
+using test::ReadFileBytes;
+using test::WriteFileBytes;
 
 class VpcTest : public test::QemuDirTest {
  public:
@@ -20,25 +20,25 @@ class VpcTest : public test::QemuDirTest {
   // an odd size.
   void MakeSource(const std::string& name, uint64_t size) {
     Sh("qemu-img create -q -f raw " + name + " " + std::to_string(size));
-    std::vector<uint8_t> data = ReadFile(P(name));
+    std::vector<uint8_t> data = ReadFileBytes(P(name));
     const std::string text = "kvmfs vpc test: the quick brown fox jumps over the lazy dog\n";
     for (uint64_t i = 0; i < std::min<uint64_t>(size, 300000); ++i) data[i] = text[i % text.size()];
     std::mt19937 rng(7);
     for (uint64_t i = size / 2; i < std::min<uint64_t>(size, size / 2 + 777777); ++i)
       data[i] = uint8_t(rng());
     for (uint64_t i = size - std::min<uint64_t>(size, 5000); i < size; ++i) data[i] = 0x5a;
-    WriteFile(P(name), data);
+    WriteFileBytes(P(name), data);
   }
 
   // Footer at 0 (dynamic) or at the end (fixed): patch and fix the checksum.
   void PatchFooter(const std::string& name, uint64_t footer_off,
                    const std::function<void(uint8_t*)>& patch) {
-    auto data = ReadFile(P(name));
+    auto data = ReadFileBytes(P(name));
     ASSERT_GE(data.size(), footer_off + 512);
     uint8_t* f = data.data() + footer_off;
     patch(f);
     StoreBE32(f + vpc::Footer::kOffChecksum, vpc::Checksum(f, 512, vpc::Footer::kOffChecksum));
-    WriteFile(P(name), data);
+    WriteFileBytes(P(name), data);
   }
 
   void ExpectSameAsQemu(const std::string& name) {
@@ -139,7 +139,7 @@ TEST_F(VpcTest, CreatorAppChoosesChsOrCurrentSizeAsQemu) {
 TEST_F(VpcTest, FixedWithOversizedCurrentSizeShowsFooterBytesAsQemu) {
   Sh("qemu-img create -q -f vpc -o subformat=fixed f.vhd 4M");
   Io("f.vhd", {"write -P 0x66 0 4M"}, "vpc");
-  const uint64_t size = ReadFile(P("f.vhd")).size();
+  const uint64_t size = ReadFileBytes(P("f.vhd")).size();
   PatchFooter("f.vhd", size - 512, [](uint8_t* f) {
     std::memcpy(f + vpc::Footer::kOffCreatorApp, "win ", 4);
     StoreBE64(f + vpc::Footer::kOffCurrentSize, 6u << 20);
@@ -168,7 +168,7 @@ TEST_F(VpcTest, ProbeAndPeek) {
   EXPECT_EQ(*fmt, "raw");
   const FormatDriver* vpc = FindFormat("vpc");
   ASSERT_NE(vpc, nullptr);
-  auto head = ReadFile(P("d.img"));
+  auto head = ReadFileBytes(P("d.img"));
   FormatPeek peek = vpc->Peek(head.data(), 512);
   EXPECT_TRUE(peek.known);
   EXPECT_FALSE(peek.has_backing);
@@ -195,7 +195,7 @@ TEST_F(VpcTest, WritesAreReadByQemuAsWritten) {
     Sh(std::string("qemu-img create -q -f vpc -o subformat=") + sub + " " + name + " 20M");
     Io(name, {"write -P 0x31 3M 5000"}, "vpc");
     Sh("qemu-img convert -f vpc -O raw " + name + " model.raw");
-    auto model = ReadFile(P("model.raw"));
+    auto model = ReadFileBytes(P("model.raw"));
     {
       Chain chain = Open(name, true);
       ASSERT_FALSE(chain.layers.empty());
@@ -215,7 +215,7 @@ TEST_F(VpcTest, WritesAreReadByQemuAsWritten) {
       EXPECT_EQ(image.Resize(40u << 20).code(), Status::Code::kNotSupported);
       ASSERT_TRUE(image.EndWrites().ok());
     }
-    WriteFile(P("model.raw"), model);
+    WriteFileBytes(P("model.raw"), model);
     Sh("qemu-img compare -f vpc -F raw " + name + " model.raw");
     ExpectSameAsQemu(name);
   }
@@ -243,7 +243,7 @@ struct Crafted {
 TEST_F(VpcTest, CraftedHeadersAreRefusedAsQemuRefusesThem) {
   Sh("qemu-img create -q -f vpc d.vhd 8M");
   Io("d.vhd", {"write -P 0x12 0 3M"}, "vpc");
-  const auto good = ReadFile(P("d.vhd"));
+  const auto good = ReadFileBytes(P("d.vhd"));
   const size_t dyn = 512, bat = 1536;
   const std::vector<Crafted> cases = {
       {"bad footer checksum", [](auto& d) { d[100] ^= 1; }, false},
@@ -281,23 +281,23 @@ TEST_F(VpcTest, CraftedHeadersAreRefusedAsQemuRefusesThem) {
     if (c.fix_checksum)
       StoreBE32(data.data() + vpc::Footer::kOffChecksum,
                 vpc::Checksum(data.data(), 512, vpc::Footer::kOffChecksum));
-    WriteFile(P("bad.vhd"), data);
+    WriteFileBytes(P("bad.vhd"), data);
     EXPECT_FALSE(QemuOpens("bad.vhd")) << "QEMU opens it: the case tests nothing";
     Status st = OpenStatus("bad.vhd");
     EXPECT_EQ(st.code(), c.code) << st.ToString();
     EXPECT_NE(st.message().find("bad.vhd"), std::string::npos) << st.ToString();
   }
   // Not a VHD at all, and an empty file.
-  WriteFile(P("junk.vhd"), std::vector<uint8_t>(4096, 0x41));
+  WriteFileBytes(P("junk.vhd"), std::vector<uint8_t>(4096, 0x41));
   EXPECT_TRUE(OpenStatus("junk.vhd").IsCorruption());
-  WriteFile(P("empty.vhd"), {});
+  WriteFileBytes(P("empty.vhd"), {});
   EXPECT_TRUE(OpenStatus("empty.vhd").IsCorruption());
   // What QEMU ignores, kvmfs ignores: the trailing footer and the dynamic
   // header checksum.
   auto data = good;
   data[data.size() - 300] ^= 0xff;
   data[dyn + vpc::DynHeader::kOffChecksum] ^= 0xff;
-  WriteFile(P("ignored.vhd"), data);
+  WriteFileBytes(P("ignored.vhd"), data);
   EXPECT_TRUE(QemuOpens("ignored.vhd"));
   ExpectSameAsQemu("ignored.vhd");
 }
