@@ -12,22 +12,18 @@ write run starts from a fresh copy of the image. Rounds alternate which system g
 Exit status 0 when everything ran (a missed goal does not fail), 1 when something failed, 77
 (skipped) without FUSE, fio or qemu-img. Prints
 `KVMFS-IT-RESULT: file=bench-crypto.py passed=N failed=N skipped=N`.
-It reuses bench/run.py's mount, QSD and fio helpers (imported, not changed).
+It reuses bench/run.py's mount, QSD and fio helpers and bench/side_bench.py's rounds.
 """
 
-import argparse
 import os
 import shutil
 import statistics
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as benchrun  # noqa: E402
+import side_bench  # noqa: E402
 
-MiB = benchrun.MiB
-GiB = benchrun.GiB
 PASSPHRASE = b"kvmfs-crypto-bench"
 
 
@@ -42,14 +38,9 @@ class SecretQsdExport(benchrun.QsdExport):
                 self.argv[i] = a + ",encrypt.format=luks,encrypt.key-secret=sec0"
 
 
-class CryptoBench:
+class CryptoBench(side_bench.SideBench):
     def __init__(self, args):
-        self.args = args
-        self.kvmfs = args.kvmfs
-        self.workdir = args.workdir or tempfile.mkdtemp(prefix="kvmfs-crypto-bench-")
-        os.makedirs(self.workdir, exist_ok=True)
-        self.passed = self.failed = 0
-        self.have_qsd = os.access(benchrun.QSD, os.X_OK)
+        super().__init__(args, "bench-crypto")
         self.pass_file = os.path.join(self.workdir, "pass")
         with open(self.pass_file, "wb") as f:
             f.write(PASSPHRASE)
@@ -73,11 +64,7 @@ class CryptoBench:
                 argv += (["-o", opts] if opts else []) + [src, img]
                 benchrun.run(argv, timeout=3600)
             self.images[key] = img
-
-    def warm(self, path):
-        with open(path, "rb", buffering=0) as f:
-            while f.read(8 * MiB):
-                pass
+        return [r for r in ROWS if not self.args.rows or r["name"] in self.args.rows.split(",")]
 
     def one_run(self, system, key, rw, bs):
         img = self.images[key]
@@ -88,7 +75,7 @@ class CryptoBench:
             os.makedirs(pool)
             shutil.copy(img, os.path.join(pool, "disk.qcow2"))
             img = os.path.join(pool, "disk.qcow2")
-        self.warm(img)
+        self.warm([img])
         if system == "kvmfs":
             opts = ["keys=" + self.keys] if key == "luks" else []
             obj = benchrun.KvmfsMount(self, os.path.dirname(img), readonly=not writing,
@@ -107,17 +94,11 @@ class CryptoBench:
         if not self.have_qsd:
             systems = [s for s in systems if s[0] != "qsd"]
         row["results"] = {s: [] for s in systems}
-        for r in range(self.args.rounds):
-            for s in (systems if r % 2 == 0 else list(reversed(systems))):
-                try:
-                    res = self.one_run(s[0], s[1], rw, bs)
-                    row["results"][s].append(res["MiB/s"])
-                    self.passed += 1
-                    benchrun.log("%s round %d %s/%s: %.1f MiB/s" % (name, r + 1, s[0], s[1],
-                                                                    res["MiB/s"]))
-                except benchrun.BenchError as e:
-                    self.failed += 1
-                    benchrun.log("%s round %d %s/%s FAILED: %s" % (name, r + 1, s[0], s[1], e))
+        for r, s in self.rounds(systems):
+            v = self.measure("%s round %d %s/%s" % (name, r, s[0], s[1]),
+                             lambda: self.one_run(s[0], s[1], rw, bs))
+            if v is not None:
+                row["results"][s].append(v)
 
     def table(self, rows):
         out = ["| row | kvmfs LUKS | QSD LUKS | kvmfs plain | LUKS/QSD | LUKS/plain |",
@@ -143,11 +124,6 @@ class CryptoBench:
                 ratio(k, p, row["goal_plain"])))
         return "\n".join(out)
 
-    def cleanup(self):
-        benchrun._cleanup_all()
-        if not self.args.keep and not self.args.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
 
 ROWS = [
     {"name": "luks-qcow2-seqread", "desc": "LUKS qcow2 aes-256-xts, seq read 1 MiB",
@@ -159,58 +135,14 @@ ROWS = [
 ]
 
 
-def parse_args(argv):
-    ap = argparse.ArgumentParser(description="LUKS qcow2 rows: kvmfs vs qemu-storage-daemon")
-    ap.add_argument("--kvmfs", default=benchrun.find_kvmfs(), help="the kvmfs binary")
-    ap.add_argument("--rows", default="", help="only these rows (comma-separated names)")
-    ap.add_argument("--size", type=benchrun.parse_size, default=1 * GiB, help="image size")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--runtime", type=int, default=10, help="seconds per fio run")
-    ap.add_argument("--smoke", action="store_true", help="64 MiB images, 1 round, 2 s runs")
-    ap.add_argument("--workdir", help="scratch directory (kept, images reused)")
-    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    # What bench/run.py's mount helpers read from their `bench.args`.
-    ap.add_argument("--kvmfs-opts", default="")
-    ap.add_argument("--qsd-file-opts", default="")
-    args = ap.parse_args(argv)
-    if args.smoke:
-        args.size, args.rounds, args.runtime = 64 * MiB, 1, 2
-    return args
-
-
 def main(argv):
-    args = parse_args(argv)
-    if not os.path.exists(benchrun.FUSE_DEV):
-        benchrun.skip("%s missing (no FUSE here)" % benchrun.FUSE_DEV)
-    for tool, pkg in ((benchrun.FUSERMOUNT, "fuse3"), (benchrun.FIO, "fio"),
-                      (benchrun.QEMU_IMG, "qemu-utils")):
-        if not os.access(tool, os.X_OK):
-            benchrun.skip("%s missing (apt-get install %s)" % (tool, pkg))
-    if not args.kvmfs or not os.access(args.kvmfs, os.X_OK):
-        print("crypto_bench: no kvmfs binary; pass --kvmfs BUILD/src/fuse/kvmfs")
-        print("KVMFS-IT-RESULT: file=bench-crypto.py passed=0 failed=1 skipped=0", flush=True)
-        return 1
+    args = side_bench.parse_args(
+        side_bench.arg_parser("LUKS qcow2 rows: kvmfs vs qemu-storage-daemon"), argv)
+    missing = side_bench.check_tools(args, "bench-crypto")
+    if missing is not None:
+        return missing
     bench = CryptoBench(args)
-    if not bench.have_qsd:
-        benchrun.log("qemu-storage-daemon not found: kvmfs only")
-    rows = [r for r in ROWS if not args.rows or r["name"] in args.rows.split(",")]
-    try:
-        bench.build_images()
-        t0 = time.monotonic()
-        for row in rows:
-            bench.run_row(row)
-        print()
-        print("%s images, %d round(s), %d s per run, %.0f s in all" % (
-            benchrun.human(args.size), args.rounds, args.runtime, time.monotonic() - t0))
-        print(bench.table(rows))
-    except benchrun.EnvironmentUnusable as e:
-        bench.cleanup()
-        benchrun.skip("mounting FUSE is impossible here: %s" % e)
-    finally:
-        bench.cleanup()
-    print("KVMFS-IT-RESULT: file=bench-crypto.py passed=%d failed=%d skipped=0" % (
-        bench.passed, bench.failed), flush=True)
-    return 1 if bench.failed else 0
+    return side_bench.run_rows(bench, bench.build_images, bench.run_row, bench.table)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ images, for the formats of issue 12, with fio (psync, O_DIRECT on the FUSE file)
     python3 bench/format_bench.py --kvmfs ... --rows vmdk-sparse-seqread      # one row
 
 Each format has its own section below (images, rows); the shared part only mounts, runs fio and
-prints the table. It reuses bench/run.py's mount, QSD and fio helpers (imported, not changed).
+prints the table. It reuses bench/run.py's mount, QSD and fio helpers and bench/side_bench.py's
+rounds.
 Every row is run in rounds that alternate which system goes first, each system on a fresh mount
 with the host page cache warmed by reading the image files; the table shows medians and the
 kvmfs/QSD ratio against the row's target. Exit status 0 when everything ran (a missed target
@@ -15,19 +16,14 @@ does not fail), 1 when something failed, 77 (skipped) without FUSE, fio or qemu-
 `KVMFS-IT-RESULT: file=bench-format.py passed=N failed=N skipped=N`.
 """
 
-import argparse
 import os
 import shutil
 import statistics
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as benchrun  # noqa: E402  (bench/run.py: KvmfsMount, QsdExport, run_fio, ...)
-
-MiB = benchrun.MiB
-GiB = benchrun.GiB
+import side_bench  # noqa: E402
 
 
 class Row:
@@ -76,15 +72,10 @@ def vhdx_rows(bench):
 FORMAT_ROWS = {"vmdk": vmdk_rows, "vhdx": vhdx_rows}
 
 
-class FormatBench:
+class FormatBench(side_bench.SideBench):
     def __init__(self, args):
-        self.args = args
-        self.kvmfs = args.kvmfs
-        self.workdir = args.workdir or tempfile.mkdtemp(prefix="kvmfs-format-bench-")
-        os.makedirs(self.workdir, exist_ok=True)
+        super().__init__(args, "bench-format")
         self._source = None
-        self.passed = self.failed = 0
-        self.have_qsd = os.access(benchrun.QSD, os.X_OK)
 
     def source(self):
         if self._source is None:
@@ -98,12 +89,6 @@ class FormatBench:
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
         return d
-
-    def warm(self, paths):
-        for p in paths:
-            with open(p, "rb", buffering=0) as f:
-                while f.read(8 * MiB):
-                    pass
 
     def one_run(self, system, row):
         self.warm(row.warm)
@@ -120,17 +105,11 @@ class FormatBench:
 
     def run_row(self, row):
         systems = ["kvmfs"] + (["qsd"] if self.have_qsd else [])
-        for r in range(self.args.rounds):
-            order = systems if r % 2 == 0 else list(reversed(systems))
-            for system in order:
-                try:
-                    res = self.one_run(system, row)
-                    row.results[system].append(res["MiB/s"])
-                    self.passed += 1
-                    benchrun.log("%s round %d %s: %.0f MiB/s" % (row.name, r + 1, system, res["MiB/s"]))
-                except benchrun.BenchError as e:
-                    self.failed += 1
-                    benchrun.log("%s round %d %s FAILED: %s" % (row.name, r + 1, system, e))
+        for r, system in self.rounds(systems):
+            v = self.measure("%s round %d %s" % (row.name, r, system),
+                             lambda: self.one_run(system, row))
+            if v is not None:
+                row.results[system].append(v)
 
     def table(self, rows):
         out = ["| row | kvmfs | QSD | kvmfs/QSD | target |", "|---|---|---|---|---|"]
@@ -146,71 +125,27 @@ class FormatBench:
                 ratio, target))
         return "\n".join(out)
 
-    def cleanup(self):
-        benchrun._cleanup_all()
-        if not self.args.keep and not self.args.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def parse_args(argv):
-    ap = argparse.ArgumentParser(description="format rows: kvmfs vs qemu-storage-daemon FUSE")
-    ap.add_argument("--kvmfs", default=benchrun.find_kvmfs(), help="the kvmfs binary")
-    ap.add_argument("--formats", default=",".join(FORMAT_ROWS), help="formats whose rows run")
-    ap.add_argument("--rows", default="", help="only these rows (comma-separated names)")
-    ap.add_argument("--size", type=benchrun.parse_size, default=1 * GiB, help="image size")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--runtime", type=int, default=10, help="seconds per fio run")
-    ap.add_argument("--smoke", action="store_true", help="64 MiB images, 1 round, 2 s runs")
-    ap.add_argument("--workdir", help="scratch directory (kept, images reused)")
-    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    # What bench/run.py's mount helpers read from their `bench.args`.
-    ap.add_argument("--kvmfs-opts", default="")
-    ap.add_argument("--qsd-file-opts", default="")
-    args = ap.parse_args(argv)
-    if args.smoke:
-        args.size, args.rounds, args.runtime = 64 * MiB, 1, 2
-    return args
+    def rows(self):
+        rows = []
+        for fmt in [f for f in self.args.formats.split(",") if f]:
+            if fmt not in FORMAT_ROWS:
+                raise SystemExit("unknown format %r (known: %s)" % (fmt, ", ".join(FORMAT_ROWS)))
+            rows += FORMAT_ROWS[fmt](self)
+        if self.args.rows:
+            wanted = set(self.args.rows.split(","))
+            rows = [r for r in rows if r.name in wanted]
+        return rows
 
 
 def main(argv):
-    args = parse_args(argv)
-    if not os.path.exists(benchrun.FUSE_DEV):
-        benchrun.skip("%s missing (no FUSE here)" % benchrun.FUSE_DEV)
-    for tool, pkg in ((benchrun.FUSERMOUNT, "fuse3"), (benchrun.FIO, "fio"),
-                      (benchrun.QEMU_IMG, "qemu-utils")):
-        if not os.access(tool, os.X_OK):
-            benchrun.skip("%s missing (apt-get install %s)" % (tool, pkg))
-    if not args.kvmfs or not os.access(args.kvmfs, os.X_OK):
-        print("format_bench: no kvmfs binary; pass --kvmfs BUILD/src/fuse/kvmfs")
-        print("KVMFS-IT-RESULT: file=bench-format.py passed=0 failed=1 skipped=0", flush=True)
-        return 1
+    ap = side_bench.arg_parser("format rows: kvmfs vs qemu-storage-daemon FUSE")
+    ap.add_argument("--formats", default=",".join(FORMAT_ROWS), help="formats whose rows run")
+    args = side_bench.parse_args(ap, argv)
+    missing = side_bench.check_tools(args, "bench-format")
+    if missing is not None:
+        return missing
     bench = FormatBench(args)
-    if not bench.have_qsd:
-        benchrun.log("qemu-storage-daemon not found: kvmfs only")
-    rows = []
-    try:
-        for fmt in [f for f in args.formats.split(",") if f]:
-            if fmt not in FORMAT_ROWS:
-                raise SystemExit("unknown format %r (known: %s)" % (fmt, ", ".join(FORMAT_ROWS)))
-            rows += FORMAT_ROWS[fmt](bench)
-        if args.rows:
-            wanted = set(args.rows.split(","))
-            rows = [r for r in rows if r.name in wanted]
-        t0 = time.monotonic()
-        for row in rows:
-            bench.run_row(row)
-        print()
-        print("%s images, %d round(s), %d s per run, %.0f s in all" % (
-            benchrun.human(args.size), args.rounds, args.runtime, time.monotonic() - t0))
-        print(bench.table(rows))
-    except benchrun.EnvironmentUnusable as e:
-        bench.cleanup()
-        benchrun.skip("mounting FUSE is impossible here: %s" % e)
-    finally:
-        bench.cleanup()
-    print("KVMFS-IT-RESULT: file=bench-format.py passed=%d failed=%d skipped=0" % (
-        bench.passed, bench.failed), flush=True)
-    return 1 if bench.failed else 0
+    return side_bench.run_rows(bench, bench.rows, bench.run_row, bench.table)
 
 
 if __name__ == "__main__":
