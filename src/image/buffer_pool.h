@@ -21,7 +21,7 @@ namespace kvmfs {
 inline constexpr size_t kBufferPoolMinBuffer = 32u << 10;
 inline constexpr size_t kBufferPoolMaxBuffer = 4u << 20;
 // At most this many bytes of free buffers are kept for reuse (process-wide).
-inline constexpr size_t kBufferPoolMaxFree = 16u << 20;
+inline constexpr size_t kBufferPoolMaxFree = 8u << 20;
 
 // A buffer of at least `size` bytes (at least one), uninitialised, that
 // goes back to the pool when its last owner lets go. Throws std::bad_alloc
