@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "format/qcow2/qcow2.h"
+#include "image/buffer_pool.h"
 
 namespace kvmfs::qcow2 {
 namespace {
@@ -373,11 +374,11 @@ std::shared_ptr<L2Table> L2Cache::NewTable(size_t words) const {
 // ---- DecodedCluster -------------------------------------------------------------------
 
 DecodedCluster::DecodedCluster(CompressionType type, size_t cluster_bytes,
-                               std::shared_ptr<const std::vector<uint8_t>> input,
-                               const uint8_t* in, size_t in_len)
+                               std::shared_ptr<const uint8_t[]> input, const uint8_t* in,
+                               size_t in_len)
     : type_(type),
       size_(cluster_bytes),
-      data_(std::make_unique_for_overwrite<uint8_t[]>(cluster_bytes)),
+      data_(PooledBuffer(cluster_bytes)),
       input_(std::move(input)),
       in_(in),
       in_len_(in_len) {}

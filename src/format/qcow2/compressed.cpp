@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "format/qcow2/qcow2.h"
+#include "image/buffer_pool.h"
 
 namespace kvmfs::qcow2 {
 namespace {
@@ -69,9 +70,10 @@ Result<std::shared_ptr<DecodedCluster>> Engine::LoadCompressed(uint64_t entry,
   if (std::shared_ptr<DecodedCluster> cached = cluster_cache_.Lookup(entry)) return cached;
   uint64_t coffset = 0, csize = 0, in_file = 0;
   KVMFS_RETURN_IF_ERROR(LocateCompressed(entry, guest_off, &coffset, &csize, &in_file));
-  auto in = std::make_shared<std::vector<uint8_t>>(in_file);
-  KVMFS_RETURN_IF_ERROR(file_->ReadAt(coffset, in->data(), in->size()));
-  const uint8_t* bytes = in->data();
+  // Pooled and not zero-filled: the read overwrites all of it.
+  std::shared_ptr<uint8_t[]> in = PooledBuffer(in_file);
+  KVMFS_RETURN_IF_ERROR(file_->ReadAt(coffset, in.get(), in_file));
+  const uint8_t* bytes = in.get();
   return cluster_cache_.Insert(entry, std::make_shared<DecodedCluster>(
                                           compression_, geo_.cluster_size, std::move(in), bytes,
                                           in_file));
@@ -159,12 +161,13 @@ void Engine::StartCompressed(const L1Table& l1, uint64_t from, uint64_t to) {
         break;
       end = std::max(end, m.coffset + m.in_file);
     }
-    auto buf = std::make_shared<std::vector<uint8_t>>(end - start);
-    if (!file_->ReadAt(start, buf->data(), buf->size()).ok()) return;
+    // Pooled and not zero-filled (the read overwrites all of it).
+    std::shared_ptr<uint8_t[]> buf = PooledBuffer(end - start);
+    if (!file_->ReadAt(start, buf.get(), end - start).ok()) return;
     for (; k < last; ++k) {
       const Miss& m = misses[k];
       auto cluster = std::make_shared<DecodedCluster>(compression_, geo_.cluster_size, buf,
-                                                      buf->data() + (m.coffset - start), m.in_file);
+                                                      buf.get() + (m.coffset - start), m.in_file);
       // Another reader may have started the same cluster meanwhile.
       if (cluster_cache_.Insert(m.entry, cluster) != cluster) continue;
       // Without a pool thread (one core) the reader decodes it when needed.

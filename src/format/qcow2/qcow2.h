@@ -571,8 +571,7 @@ class DecodedCluster {
  public:
   // `in` (`in_len` bytes) lies in `input`, kept until decoded.
   DecodedCluster(CompressionType type, size_t cluster_bytes,
-                 std::shared_ptr<const std::vector<uint8_t>> input, const uint8_t* in,
-                 size_t in_len);
+                 std::shared_ptr<const uint8_t[]> input, const uint8_t* in, size_t in_len);
   DecodedCluster(const DecodedCluster&) = delete;
   DecodedCluster& operator=(const DecodedCluster&) = delete;
 
@@ -591,9 +590,10 @@ class DecodedCluster {
   enum : uint32_t { kQueued, kRunning, kReady, kFailed };
   const CompressionType type_;
   const size_t size_;
-  const std::unique_ptr<uint8_t[]> data_;  // written by the claimer only, before kReady
+  // Pooled (image/buffer_pool.h); written by the claimer only, before kReady.
+  const std::shared_ptr<uint8_t[]> data_;
   // The claimer's alone once claimed (dropped after decoding).
-  std::shared_ptr<const std::vector<uint8_t>> input_;
+  std::shared_ptr<const uint8_t[]> input_;
   const uint8_t* in_;
   size_t in_len_;
   Status status_;  // written by the claimer before kFailed
