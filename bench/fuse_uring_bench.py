@@ -109,8 +109,21 @@ def fio(path, rw, bs, jobs, runtime, direct):
     if p.returncode != 0:
         raise RuntimeError("fio %s failed: %s" % (path, p.stderr[-800:]))
     out = p.stdout[p.stdout.index("{"):]
-    job = json.loads(out)["jobs"][0]["read"]
-    return job["bw_bytes"] / MiB if bs == "1M" else job["iops"]
+    job = json.loads(out)["jobs"][0]
+    rd = job["read"]
+    mib = rd["io_bytes"] / MiB
+    # fio's own CPU (the reader: syscalls, the kernel's copy into its buffer), per MiB read
+    fio_cpu = (job["usr_cpu"] + job["sys_cpu"]) / 100.0 * rd["runtime"] / 1000.0 * jobs
+    return (rd["bw_bytes"] / MiB if bs == "1M" else rd["iops"]), mib, fio_cpu
+
+
+def cpu_seconds(pid):
+    """utime + stime of process `pid` (all its threads), in seconds."""
+    if pid is None:
+        return 0.0
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spread(v):
@@ -129,10 +142,13 @@ def measure(args):
     work = tempfile.mkdtemp(prefix="kvmfs-uring-bench-", dir=args.workdir)
     procs = []
     try:
-        write_param("Y")
-        log("%s: %s -> Y for the run" % (URING_PARAM, before))
+        if not args.no_probe:
+            write_param("Y")
+            log("%s: %s -> Y for the run" % (URING_PARAM, before))
         mounts = {}
-        for mode in ("classic", "uring"):
+        names = {}
+        pids = {}
+        for mode in ([] if args.no_probe else ["classic", "uring"]):
             mnt = os.path.join(work, "mnt-" + mode)
             os.mkdir(mnt)
             proc = subprocess.Popen([args.probe, "--mode", mode, "--mount", mnt, "--size-mib",
@@ -140,40 +156,57 @@ def measure(args):
                                      "--depth", str(args.depth)],
                                     stdout=subprocess.DEVNULL, stderr=open(mnt + ".log", "w"))
             procs.append((proc, mnt))
+            pids[mode] = proc.pid
             wait_mounted(proc, mnt, "probe " + mode)
             mounts[mode] = os.path.join(mnt, "data")
         # The same bytes as a raw file in the page cache: the ceiling (and kvmfs's image).
         raw = os.path.join(work, "disk.img")
-        with open(mounts["classic"], "rb") as src, open(raw, "wb") as dst:
-            shutil.copyfileobj(src, dst, MiB)
+        with open(raw, "wb") as dst:
+            if mounts:
+                with open(mounts["classic"], "rb") as src:
+                    shutil.copyfileobj(src, dst, MiB)
+            else:
+                for _ in range(args.size_mib):
+                    dst.write(os.urandom(MiB))
         if args.kvmfs:
             pool = os.path.join(work, "pool")
             os.mkdir(pool)
-            subprocess.run(["qemu-img", "convert", "-O", "qcow2", raw,
-                            os.path.join(pool, "plain.qcow2")], check=True)
-            mnt = os.path.join(work, "mnt-kvmfs")
-            os.mkdir(mnt)
-            opts = ",".join(["ro"] + [o for o in args.kvmfs_opts.split(",") if o])
-            proc = subprocess.Popen([args.kvmfs, "-f", "-o", opts, pool, mnt],
-                                    stdout=subprocess.DEVNULL, stderr=open(mnt + ".log", "w"))
-            procs.append((proc, mnt))
-            wait_mounted(proc, mnt, "kvmfs")
-            mounts["kvmfs"] = os.path.join(mnt, "plain", "disk.raw")
-            subprocess.run(["cat", os.path.join(pool, "plain.qcow2")], stdout=subprocess.DEVNULL)
+            image = os.path.join(pool, "plain.qcow2")
+            subprocess.run(["qemu-img", "convert", "-O", "qcow2", raw, image], check=True)
+            for i, spec in enumerate(args.kvmfs):
+                binary, _, extra = spec.partition(":")
+                name = "kvmfs" if len(args.kvmfs) == 1 else "kvmfs%d" % (i + 1)
+                mnt = os.path.join(work, "mnt-" + name)
+                os.mkdir(mnt)
+                opts = ",".join(["ro"] + [o for o in (args.kvmfs_opts + "," + extra).split(",") if o])
+                proc = subprocess.Popen([binary, "-f", "-o", opts, pool, mnt],
+                                        stdout=subprocess.DEVNULL, stderr=open(mnt + ".log", "w"))
+                procs.append((proc, mnt))
+                pids[name] = proc.pid
+                wait_mounted(proc, mnt, name)
+                mounts[name] = os.path.join(mnt, "plain.qcow2", "disk.raw")
+                names[name] = "%s %s, plain qcow2, -o %s" % (name, binary, opts)
+            subprocess.run(["cat", image], stdout=subprocess.DEVNULL)
         subprocess.run(["cat", raw], stdout=subprocess.DEVNULL)
         mounts["ceiling"] = raw
         systems = list(mounts)
         res = {w: {s: [] for s in systems} for w in ("seq", "rand")}
+        # CPU per MiB read: the server (probe or kvmfs) and the reader (fio), seq and rand
+        cpu = {w: {s: {"server": [], "fio": []} for s in systems} for w in ("seq", "rand")}
         for r in range(args.rounds):
             order = systems if r % 2 == 0 else list(reversed(systems))
             log("round %d/%d (load %.2f): %s" % (r + 1, args.rounds, os.getloadavg()[0], " ".join(order)))
             for s in order:
                 direct = 0 if s == "ceiling" else 1
-                res["seq"][s].append(fio(mounts[s], "read", "1M", 1, args.runtime, direct))
-                res["rand"][s].append(fio(mounts[s], "randread", "4k", 2, args.runtime, direct))
+                for w, rw, bs, jobs in (("seq", "read", "1M", 1), ("rand", "randread", "4k", 2)):
+                    c0 = cpu_seconds(pids.get(s))
+                    rate, mib, fio_cpu = fio(mounts[s], rw, bs, jobs, args.runtime, direct)
+                    res[w][s].append(rate)
+                    cpu[w][s]["server"].append((cpu_seconds(pids.get(s)) - c0) * 1e6 / mib)
+                    cpu[w][s]["fio"].append(fio_cpu * 1e6 / mib)
                 log("  %-8s seq 1 MiB %6.0f MiB/s   rand 4 KiB %7.0f IOPS" % (
                     s, res["seq"][s][-1], res["rand"][s][-1]))
-        report(args, res, systems, before)
+        report(args, res, systems, before, names, cpu)
     finally:
         for proc, mnt in procs:
             unmount(proc, mnt)
@@ -185,12 +218,12 @@ def measure(args):
     return 0
 
 
-def report(args, res, systems, before):
+def report(args, res, systems, before, names, cpu):
     med = {w: {s: statistics.median(v) for s, v in res[w].items()} for w in res}
-    names = {"classic": "probe, classic /dev/fuse (%d threads, read + writev)" % args.threads,
-             "uring": "probe, FUSE-over-io_uring (1 queue per CPU, depth %d)" % args.depth,
-             "kvmfs": "kvmfs 0.1 (libfuse 3.14), plain qcow2, -o ro",
-             "ceiling": "ceiling: raw file in the host page cache, buffered"}
+    names = dict(names)
+    names.update({"classic": "probe, classic /dev/fuse (%d threads, read + writev)" % args.threads,
+                  "uring": "probe, FUSE-over-io_uring (1 queue per CPU, depth %d)" % args.depth,
+                  "ceiling": "ceiling: raw file in the host page cache, buffered"})
     lines = ["| transport | seq 1 MiB O_DIRECT, MiB/s | / ceiling | rand 4 KiB O_DIRECT, 2 jobs, IOPS | / ceiling (buffered 4 KiB) |",
              "|---|---|---|---|---|"]
     for s in systems:
@@ -198,11 +231,23 @@ def report(args, res, systems, before):
             names[s], spread(res["seq"][s]), med["seq"][s] / med["seq"]["ceiling"],
             spread(res["rand"][s]), med["rand"][s] / med["rand"]["ceiling"]))
     lines.append("")
-    lines.append("io_uring / classic: seq %.2f×, rand %.2f×" % (
-        med["seq"]["uring"] / med["seq"]["classic"], med["rand"]["uring"] / med["rand"]["classic"]))
-    if "kvmfs" in med:
-        lines.append("kvmfs / classic probe: seq %.2f×, rand %.2f×" % (
-            med["seq"]["kvmfs"] / med["seq"]["classic"], med["rand"]["kvmfs"] / med["rand"]["classic"]))
+    lines.append("CPU time per MiB read (medians; less sensitive to a loaded machine than the rates):")
+    lines.append("")
+    lines.append("| transport | seq: server µs/MiB | seq: fio µs/MiB | rand: server µs/MiB | rand: fio µs/MiB |")
+    lines.append("|---|---|---|---|---|")
+    for s in systems:
+        m = lambda w, side: statistics.median(cpu[w][s][side])
+        lines.append("| %s | %.0f | %.0f | %.0f | %.0f |" % (
+            s, m("seq", "server"), m("seq", "fio"), m("rand", "server"), m("rand", "fio")))
+    lines.append("")
+    if "uring" in systems:
+        lines.append("io_uring / classic: seq %.2f×, rand %.2f×" % (
+            med["seq"]["uring"] / med["seq"]["classic"], med["rand"]["uring"] / med["rand"]["classic"]))
+    for k in [s for s in systems if s.startswith("kvmfs")]:
+        base = "classic" if "classic" in systems else "kvmfs1"
+        if k != base:
+            lines.append("%s / %s: seq %.2f×, rand %.2f×" % (
+                k, base, med["seq"][k] / med["seq"][base], med["rand"][k] / med["rand"][base]))
     lines.append("")
     lines.append("Medians of %d rounds (min–max), %d s per fio run, %d MiB file, order reversed "
                  "every round; %d CPUs, kernel %s, load %.2f at the end; enable_uring was %s before "
@@ -218,9 +263,12 @@ def report(args, res, systems, before):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--probe", required=True, help="the fuse_uring_probe binary")
+    ap.add_argument("--probe", help="the fuse_uring_probe binary (not needed with --no-probe)")
     ap.add_argument("--self-test", choices=["classic", "uring"], help="the meson test")
-    ap.add_argument("--kvmfs", help="also measure kvmfs (-o ro) over a plain qcow2 of the same bytes")
+    ap.add_argument("--kvmfs", action="append", default=[],
+                    help="also measure kvmfs (-o ro) over a plain qcow2 of the same bytes: "
+                         "BINARY[:OPTS,...]; repeat to compare builds or options (A/B)")
+    ap.add_argument("--no-probe", action="store_true", help="kvmfs mounts and the ceiling only")
     ap.add_argument("--kvmfs-opts", default="", help="extra kvmfs -o options")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runtime", type=int, default=5)
@@ -230,6 +278,8 @@ def main():
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", help="also write the table (markdown) here")
     args = ap.parse_args()
+    if not args.probe and (args.self_test or not args.no_probe):
+        ap.error("--probe is needed (unless --no-probe)")
     if args.self_test:
         return self_test(args)
     return measure(args)
