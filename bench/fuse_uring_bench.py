@@ -172,7 +172,18 @@ def measure(args):
             pool = os.path.join(work, "pool")
             os.mkdir(pool)
             image = os.path.join(pool, "plain.qcow2")
-            subprocess.run(["qemu-img", "convert", "-O", "qcow2", raw, image], check=True)
+            if args.compress:
+                # bench/run.py's compressed rows: half random, half the host's executables
+                sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+                import run as bench_run
+                src = os.path.join(work, "exe.raw")
+                bench_run.write_source_raw(src, args.size_mib * MiB, corpus=bench_run.executable_corpus(
+                    min(args.size_mib * MiB, 256 * MiB)))
+                subprocess.run(["qemu-img", "convert", "-O", "qcow2", "-c", "-o",
+                                "compression_type=" + args.compress, src, image], check=True)
+                os.unlink(src)
+            else:
+                subprocess.run(["qemu-img", "convert", "-O", "qcow2", raw, image], check=True)
             for i, spec in enumerate(args.kvmfs):
                 binary, _, extra = spec.partition(":")
                 name = "kvmfs" if len(args.kvmfs) == 1 else "kvmfs%d" % (i + 1)
@@ -185,7 +196,7 @@ def measure(args):
                 pids[name] = proc.pid
                 wait_mounted(proc, mnt, name)
                 mounts[name] = os.path.join(mnt, "plain.qcow2", "disk.raw")
-                names[name] = "%s %s, plain qcow2, -o %s" % (name, binary, opts)
+                names[name] = "%s %s, %s qcow2, -o %s" % (name, binary, args.compress or "plain", opts)
             subprocess.run(["cat", image], stdout=subprocess.DEVNULL)
         subprocess.run(["cat", raw], stdout=subprocess.DEVNULL)
         mounts["ceiling"] = raw
@@ -269,6 +280,8 @@ def main():
                     help="also measure kvmfs (-o ro) over a plain qcow2 of the same bytes: "
                          "BINARY[:OPTS,...]; repeat to compare builds or options (A/B)")
     ap.add_argument("--no-probe", action="store_true", help="kvmfs mounts and the ceiling only")
+    ap.add_argument("--compress", choices=["zlib", "zstd"],
+                    help="kvmfs's image compressed, half executables (as bench/run.py's rows)")
     ap.add_argument("--kvmfs-opts", default="", help="extra kvmfs -o options")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runtime", type=int, default=5)
