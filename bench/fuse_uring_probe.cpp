@@ -122,6 +122,15 @@ void FillAttr(const Server& s, uint64_t ino, fuse_attr& a) {
   a.blksize = 4096;
 }
 
+// Page-aligned buffers (O_DIRECT reads, /dev/fuse requests), freed with free().
+struct FreeDeleter {
+  void operator()(char* p) const { std::free(p); }
+};
+using AlignedBuffer = std::unique_ptr<char[], FreeDeleter>;
+AlignedBuffer AlignedAlloc(size_t bytes) {
+  return AlignedBuffer(static_cast<char*>(std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096)));
+}
+
 // Per-thread scratch for the fixed-size replies.
 struct Scratch {
   fuse_entry_out entry;
@@ -250,7 +259,7 @@ void HandleInit(Server& s, int fd, const fuse_in_header& in, const char* body) {
 }
 
 void ClassicLoop(Server& s, int fd, bool init_only) {
-  std::unique_ptr<char[]> buf(new (std::align_val_t(4096)) char[kClassicBuffer]);
+  AlignedBuffer buf = AlignedAlloc(kClassicBuffer);
   Scratch t;
   while (!s.stop.load()) {
     ssize_t n = ::read(fd, buf.get(), kClassicBuffer);
@@ -430,7 +439,7 @@ bool SelfTest(Server& s) {
     std::fprintf(stderr, "probe: open %s: %s\n", path.c_str(), std::strerror(errno));
     return false;
   }
-  std::unique_ptr<char[]> buf(new (std::align_val_t(4096)) char[1 << 20]);
+  AlignedBuffer buf = AlignedAlloc(1 << 20);
   const uint64_t size = s.data.size();
   bool ok = true;
   auto pass = [&](size_t block, bool random, const char* name) {
