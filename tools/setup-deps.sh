@@ -23,6 +23,8 @@ PACKAGES=(
   librbd-dev librados-dev ceph-mon ceph-osd radosgw ceph-common qemu-block-extra
   # bench/s3_bench.py compares S3 pools with s3fs
   s3fs
+  # bench/fuse_uring_probe (FUSE-over-io_uring measured against /dev/fuse; optional)
+  liburing-dev
 )
 
 missing=()

@@ -27,6 +27,10 @@ void Init(void* userdata, fuse_conn_info* conn) {
   conn->max_write = kMaxWrite;
   conn->max_read = MaxRead();  // as the mount option (session.cpp)
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  // The kernel sends the max_read pieces of one large O_DIRECT read all at
+  // once instead of one after the other (libfuse's default, said here
+  // because kMaxRead counts on it: ops.h).
+  if (conn->capable & FUSE_CAP_ASYNC_DIO) conn->want |= FUSE_CAP_ASYNC_DIO;
   // Read replies may carry ranges of image files (op_read.cpp): libfuse
   // splices them into /dev/fuse instead of copying them through memory.
   if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;

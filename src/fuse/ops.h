@@ -32,17 +32,21 @@ inline FileHandle* Handle(const fuse_file_info* fi) {
   return reinterpret_cast<FileHandle*>(static_cast<uintptr_t>(fi->fh));
 }
 
-// Reads of at most 1 MiB per request (the max_read mount option, and the
+// Reads of at most 512 KiB per request (the max_read mount option, and the
 // same in init as libfuse requires). libfuse splices a read reply
 // (op_read.cpp) only when all of it fits its pipe with a page of slack per
 // piece, and a pipe may not grow past /proc/sys/fs/pipe-max-size (1 MiB by
 // default, for root too without CAP_SYS_RESOURCE): a 1 MiB reply never fits
-// and is read into one buffer instead; smaller replies are spliced. Measured
-// on the 2-core machine (bench/results/, medians of 3): 896 KiB, where every
-// fio 1 MiB read becomes two requests but both splice, was slower than 1 MiB
-// copied (plain qcow2 2277 vs 2678 MiB/s; raw 2453 vs 3012). A user's
+// and is read into memory first (pread, then writev: two copies). With
+// 512 KiB, the kernel sends a 1 MiB O_DIRECT read as two requests at once
+// (FUSE_CAP_ASYNC_DIO, libfuse's default), two threads serve them on two
+// cores, and both are spliced (one copy). Measured with
+// bench/fuse_uring_bench.py (A/B in one run, plain qcow2, 1 MiB O_DIRECT,
+// 2 cores, loaded machine): medians 1.75x (5 rounds) and 1.89x (3 rounds) of
+// 1 MiB, kvmfs CPU per MiB 232 vs 349 us; 896 KiB measured the same. (An
+// older quiet run had found 896 KiB slower than 1 MiB copied.) A user's
 // -o max_read=N wins.
-inline constexpr unsigned kMaxRead = 1u << 20;
+inline constexpr unsigned kMaxRead = 512u << 10;
 // The max_read of this mount (session.cpp sets it before mounting; init
 // must announce the same value as the mount option, or libfuse fails it).
 void SetMaxRead(unsigned bytes);
