@@ -23,10 +23,20 @@ MutableTimeouts g_timeouts;  // set once before mounting
 
 void SetMutableTimeouts(const MutableTimeouts& timeouts) { g_timeouts = timeouts; }
 
+bool UnseenWrites(const SetNode& n) {
+  if (n.kind != SetNode::Kind::kPool) return false;
+  const pool::Node& node = n.node;
+  if (node.kind != NodeKind::kDisk && node.kind != NodeKind::kInfo) return false;
+  if (node.view.kind != ViewId::Kind::kTop) return false;  // snapshots never change
+  const auto& store = n.ns->options().store;
+  return store != nullptr && store->caps().unseen_writes;
+}
+
 bool Immutable(const SetNode& n) {
   if (n.kind != SetNode::Kind::kPool) return true;  // changes only on reload, which invalidates
   const pool::Node& node = n.node;
   if (node.kind == NodeKind::kFolder) return false;  // mirrors a host folder
+  if (UnseenWrites(n)) return false;  // written by other hosts, read-only pool or not
   if (n.ns->options().readonly) return true;
   switch (node.kind) {
     case NodeKind::kSnapshotDir:
@@ -44,7 +54,8 @@ double AttrTimeout(const SetNode& n) {
 }
 
 double EntryTimeout(const SetNode& child) {
-  if (child.kind != SetNode::Kind::kPool || child.ns->options().readonly) return kLongTimeout;
+  if (child.kind != SetNode::Kind::kPool) return kLongTimeout;
+  if (child.ns->options().readonly && !UnseenWrites(child)) return kLongTimeout;
   return Immutable(child) ? kLongTimeout : g_timeouts.entry;
 }
 

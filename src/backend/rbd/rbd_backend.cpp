@@ -48,8 +48,8 @@ class Completion {
 
 class RbdBackend final : public Backend {
  public:
-  RbdBackend(std::shared_ptr<ImageHandle> handle, std::string path)
-      : handle_(std::move(handle)), path_(std::move(path)) {
+  RbdBackend(std::shared_ptr<ImageHandle> handle, std::shared_ptr<ImageHandle> reader, std::string path)
+      : handle_(std::move(handle)), reader_(std::move(reader)), path_(std::move(path)) {
     rbd_image_info_t info{};
     if (rbd_stat(handle_->get(), &info, sizeof info) == 0 && info.obj_size > 0)
       io_size_ = static_cast<uint32_t>(std::min<uint64_t>(info.obj_size, 1u << 30));
@@ -136,8 +136,17 @@ class RbdBackend final : public Backend {
     return Status::OK();
   }
 
+  // librbd's cache is off: a write is stable when it completes, and a
+  // flush only matters to the exclusive lock's owner (writes need the lock).
+  // Others never flush: librbd would take the lock for it.
   Status Flush() override {
     if (!handle_->writable()) return Status::OK();
+    int is_owner = 0;
+    if (rbd_is_exclusive_lock_owner(handle_->get(), &is_owner) == 0 && !is_owner) {
+      uint64_t features = 0;
+      if (rbd_get_features(handle_->get(), &features) == 0 && (features & RBD_FEATURE_EXCLUSIVE_LOCK) != 0)
+        return Status::OK();
+    }
     Completion c;
     if (!c.ok()) return Status::FromErrno(ENOMEM, path_ + ": cannot create an aio completion");
     int rc = rbd_aio_flush(handle_->get(), c.get());
@@ -168,7 +177,7 @@ class RbdBackend final : public Backend {
   Result<uint64_t> AllocatedBytes() override {
     KVMFS_ASSIGN_OR_RETURN(uint64_t size, Size());
     uint64_t total = 0;
-    int rc = rbd_diff_iterate2(handle_->get(), nullptr, 0, size, 1, 1, &CountData, &total);
+    int rc = rbd_diff_iterate2(reader_->get(), nullptr, 0, size, 1, 1, &CountData, &total);
     if (rc < 0) return RbdError(rc, path_ + ": allocation");
     return total;
   }
@@ -180,7 +189,7 @@ class RbdBackend final : public Backend {
     if (off >= size) return BlockStatus{Allocation::kZero, len};
     const uint64_t end = std::min<uint64_t>(off + len, size);
     Extent first{off, end, false, 0, 0};
-    int rc = rbd_diff_iterate2(handle_->get(), nullptr, off, end - off, 1, 1, &FirstExtent, &first);
+    int rc = rbd_diff_iterate2(reader_->get(), nullptr, off, end - off, 1, 1, &FirstExtent, &first);
     // Errors and images without an object map: all data.
     if (rc < 0 && rc != -ECANCELED) return BlockStatus{Allocation::kData, len};
     if (!first.found || first.start >= end) return BlockStatus{Allocation::kZero, end - off};
@@ -228,14 +237,16 @@ class RbdBackend final : public Backend {
   }
 
   const std::shared_ptr<ImageHandle> handle_;
+  const std::shared_ptr<ImageHandle> reader_;  // allocation queries
   const std::string path_;
   uint32_t io_size_ = 4u << 20;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> NewRbdBackend(std::shared_ptr<ImageHandle> handle, std::string path) {
-  return std::make_unique<RbdBackend>(std::move(handle), std::move(path));
+std::unique_ptr<Backend> NewRbdBackend(std::shared_ptr<ImageHandle> handle, std::shared_ptr<ImageHandle> reader,
+                                       std::string path) {
+  return std::make_unique<RbdBackend>(std::move(handle), std::move(reader), std::move(path));
 }
 
 }  // namespace kvmfs::rbd
