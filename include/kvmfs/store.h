@@ -109,8 +109,9 @@ struct StoreCaps {
   // (RBD: the modify timestamp moves at most once a minute, and nothing tells
   // a reader of a write). The kernel then never keeps such a file's pages for
   // an image's own disk.raw unless this mount writes it (and so holds its
-  // write lock), and its attributes expire as a writable image's do, in a
-  // read-only pool too (kvmfs(8) COHERENCE).
+  // write lock), and the pool's nodes are cached by the kernel as in a
+  // read-write pool (short attribute timeouts for images, snapshots/ and
+  // info.json), in a read-only pool too (kvmfs(8) COHERENCE).
   bool unseen_writes = false;
   // Nothing in the store can be written (an S3 pool without overlay_dir):
   // the pool is read-only whatever its config says.

@@ -42,7 +42,8 @@ struct MutableTimeouts {
 void SetMutableTimeouts(const MutableTimeouts& timeouts);
 
 // Whether the attributes and content of `node` change only with its image
-// file (kvmfs then pushes invalidations).
+// file (kvmfs then pushes invalidations). A read-only pool whose images
+// other hosts write (StoreCaps::unseen_writes) counts as read-write here.
 bool Immutable(const pool::SetNode& node);
 // Whether `node` is an image's own disk.raw or info.json in a pool whose
 // store lets other hosts write files unseen (StoreCaps::unseen_writes, RBD):

@@ -384,6 +384,16 @@ class TwoHosts(h.KvmfsTestCase):
                 lambda: os.stat(self.disk(m, "grows")).st_size == 6 * MiB, timeout=5),
                 "%s still has size %d" % (m.mnt, os.stat(self.disk(m, "grows")).st_size))
             self.assertEqual(h.peek(self.disk(m, "grows"), 5 * MiB, 4096), b"\xc4" * 4096)
+        # A snapshot made elsewhere (rbd snap create) shows on every host too.
+        for m in (self.b, self.ro):
+            self.assertEqual(os.listdir(m.path("ceph", "grows", "snapshots")), [])
+        CLUSTER.rbd("snap", "create", "grows@elsewhere")
+        for m in (self.a, self.b, self.ro):
+            snaps = m.path("ceph", "grows", "snapshots")
+            self.assertTrue(h.wait_until(lambda: os.listdir(snaps) == ["elsewhere"], timeout=5),
+                            "%s lists %s" % (snaps, os.listdir(snaps)))
+            self.assertEqual(h.peek(os.path.join(snaps, "elsewhere", "disk.raw"), 5 * MiB, 4096),
+                             b"\xc4" * 4096)
 
 
 def _fallocate(fd, mode, off, length):
