@@ -334,6 +334,10 @@ class TwoHosts(h.KvmfsTestCase):
             self.assertEqual(h.open_err(self.disk(self.b), os.O_WRONLY), errno.EBUSY)
             owners = json.loads(CLUSTER.rbd("lock", "ls", "--format", "json", "shared").stdout)
             self.assertEqual(len(owners), 1, owners)
+            # Nor may the other host snapshot the image under the writer.
+            with self.assertRaises(OSError) as cm:
+                os.mkdir(self.b.path("ceph", "shared", "snapshots", "from-b"))
+            self.assertEqual(cm.exception.errno, errno.EBUSY)
             # Still A's lock: A writes on.
             os.pwrite(wa, b"\xa2" * 4096, 7 * MiB)
             want[7 * MiB:7 * MiB + 4096] = b"\xa2" * 4096
@@ -364,6 +368,14 @@ class TwoHosts(h.KvmfsTestCase):
             os.close(ra)
         self.assertEqual(h.peek(self.disk(self.a), 7 * MiB, 8192), b"\xb3" * 8192)
         self.assertExported("shared", want)
+        # Nobody writes now: a snapshot by A, removed by B, leaves no lock
+        # behind (librbd takes it for them; kvmfs gives it back).
+        os.mkdir(self.a.path("ceph", "shared", "snapshots", "from-a"))
+        listed = json.loads(CLUSTER.rbd("snap", "ls", "--format", "json", "shared").stdout)
+        self.assertEqual([x["name"] for x in listed], ["from-a"])
+        os.rmdir(self.b.path("ceph", "shared", "snapshots", "from-a"))
+        self.assertEqual(json.loads(CLUSTER.rbd("snap", "ls", "--format", "json", "shared").stdout), [])
+        self.assertEqual(json.loads(CLUSTER.rbd("lock", "ls", "--format", "json", "shared").stdout), [])
         p = h.run([h.QEMU_IMG, "compare", "-f", "raw", "-F", "raw", uri("shared"),
                    self.disk(self.ro)], check=False, env=CLUSTER.env())
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
