@@ -142,6 +142,15 @@ class Rbd(h.KvmfsTestCase):
             _fallocate(fd, zero, 6 * MiB + 512, 8192)
             os.ftruncate(fd, 10 * MiB)
             os.fsync(fd)
+            # The grown part is a hole (no RBD object there), as qemu-img map
+            # says, until written (allocation follows a resize at once).
+            with self.assertRaises(OSError) as cm:
+                os.lseek(fd, 8 * MiB + 4096, os.SEEK_DATA)
+            self.assertEqual(cm.exception.errno, errno.ENXIO)
+            os.pwrite(fd, b"\x67" * 4096, 9 * MiB)
+            os.fsync(fd)
+            self.assertEqual(os.lseek(fd, 8 * MiB + 4096, os.SEEK_DATA), 8 * MiB + 4096)
+            os.pwrite(fd, b"\0" * 4096, 9 * MiB)  # as the expected bytes below
         finally:
             os.close(fd)
         ref = file_bytes(qemu_raw(self.work, "img-z"))

@@ -5,6 +5,7 @@
 #include <rbd/librbd.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -80,11 +81,15 @@ class ImageHandle {
 // A librbd error (-errno) as Status, naming `what`.
 Status RbdError(int r, const std::string& what);
 
+// The current read-only handle of an image (a new one once the header
+// changed: ImageHandle::changed()).
+using ReaderSource = std::function<Result<std::shared_ptr<ImageHandle>>()>;
+
 // A Backend on `handle`; `path` names it in messages. Allocation queries go
-// to `reader`, a read-only handle of the same image (`handle` itself when
-// that is read-only): on a read-write handle librbd takes the exclusive lock
-// for them.
-std::unique_ptr<Backend> NewRbdBackend(std::shared_ptr<ImageHandle> handle, std::shared_ptr<ImageHandle> reader,
+// to a read-only handle of the same image from `reader` (on a read-write
+// handle librbd would take the exclusive lock for them), or to `handle`
+// itself when `reader` is empty (`handle` is read-only).
+std::unique_ptr<Backend> NewRbdBackend(std::shared_ptr<ImageHandle> handle, ReaderSource reader,
                                        std::string path);
 
 }  // namespace kvmfs::rbd

@@ -413,14 +413,16 @@ Result<std::unique_ptr<Backend>> RbdStore::Open(const std::string& path, bool wr
   KVMFS_ASSIGN_OR_RETURN(Spec spec, Parse(path));
   if (writable && !spec.snap.empty()) return Status::ReadOnly(path + ": an RBD snapshot is read-only");
   std::shared_ptr<ImageHandle> h;
-  // Allocation queries of a writer's backend go to a read-only handle:
-  // librbd would take the exclusive lock for them on a read-write one.
-  KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<ImageHandle> reader, MetaHandle(spec, /*own=*/true));
   if (writable) {
     KVMFS_ASSIGN_OR_RETURN(h, WriteHandle(spec.name));
   } else {
-    h = reader;
+    KVMFS_ASSIGN_OR_RETURN(h, MetaHandle(spec));  // the writer's handle while one is open
   }
+  if (!h->writable()) return NewRbdBackend(std::move(h), nullptr, path);
+  // Allocation queries on a read-write handle go to a read-only one: librbd
+  // would take the exclusive lock for them. (The backend keeps the store, and
+  // so the cluster, alive.)
+  ReaderSource reader = [store = shared_from_this(), spec] { return store->MetaHandle(spec, /*own=*/true); };
   return NewRbdBackend(std::move(h), std::move(reader), path);
 }
 
