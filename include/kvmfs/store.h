@@ -105,6 +105,14 @@ struct StoreCaps {
   bool immutable_objects = false;
   // Remote: a stat or an open costs a network round trip.
   bool remote = false;
+  // Other hosts may write a file in place without its stat version changing
+  // (RBD: the modify timestamp moves at most once a minute, and nothing tells
+  // a reader of a write). The kernel then never keeps such a file's pages for
+  // an image's own disk.raw unless this mount writes it (and so holds its
+  // write lock), and the pool's nodes are cached by the kernel as in a
+  // read-write pool (short attribute timeouts for images, snapshots/ and
+  // info.json), in a read-only pool too (kvmfs(8) COHERENCE).
+  bool unseen_writes = false;
   // Nothing in the store can be written (an S3 pool without overlay_dir):
   // the pool is read-only whatever its config says.
   bool read_only = false;

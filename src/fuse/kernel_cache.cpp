@@ -23,11 +23,34 @@ MutableTimeouts g_timeouts;  // set once before mounting
 
 void SetMutableTimeouts(const MutableTimeouts& timeouts) { g_timeouts = timeouts; }
 
+namespace {
+
+// Whether other hosts may change the pool's images (StoreCaps::unseen_writes):
+// its nodes are then cached as in a read-write pool, read-only or not.
+bool WrittenElsewhere(const SetNode& n) {
+  if (n.kind != SetNode::Kind::kPool) return false;
+  const auto& store = n.ns->options().store;
+  return store != nullptr && store->caps().unseen_writes;
+}
+
+// Read-only as far as the kernel's caches are concerned: nobody else
+// changes the pool's images.
+bool ReadOnlyHere(const SetNode& n) { return n.ns->options().readonly && !WrittenElsewhere(n); }
+
+}  // namespace
+
+bool UnseenWrites(const SetNode& n) {
+  if (!WrittenElsewhere(n)) return false;
+  const pool::Node& node = n.node;
+  if (node.kind != NodeKind::kDisk && node.kind != NodeKind::kInfo) return false;
+  return node.view.kind == ViewId::Kind::kTop;  // snapshots never change
+}
+
 bool Immutable(const SetNode& n) {
   if (n.kind != SetNode::Kind::kPool) return true;  // changes only on reload, which invalidates
   const pool::Node& node = n.node;
   if (node.kind == NodeKind::kFolder) return false;  // mirrors a host folder
-  if (n.ns->options().readonly) return true;
+  if (ReadOnlyHere(n)) return true;
   switch (node.kind) {
     case NodeKind::kSnapshotDir:
     case NodeKind::kLayerDir:
@@ -44,7 +67,7 @@ double AttrTimeout(const SetNode& n) {
 }
 
 double EntryTimeout(const SetNode& child) {
-  if (child.kind != SetNode::Kind::kPool || child.ns->options().readonly) return kLongTimeout;
+  if (child.kind != SetNode::Kind::kPool || ReadOnlyHere(child)) return kLongTimeout;
   return Immutable(child) ? kLongTimeout : g_timeouts.entry;
 }
 

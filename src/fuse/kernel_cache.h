@@ -42,8 +42,15 @@ struct MutableTimeouts {
 void SetMutableTimeouts(const MutableTimeouts& timeouts);
 
 // Whether the attributes and content of `node` change only with its image
-// file (kvmfs then pushes invalidations).
+// file (kvmfs then pushes invalidations). A read-only pool whose images
+// other hosts write (StoreCaps::unseen_writes) counts as read-write here.
 bool Immutable(const pool::SetNode& node);
+// Whether `node` is an image's own disk.raw or info.json in a pool whose
+// store lets other hosts write files unseen (StoreCaps::unseen_writes, RBD):
+// such a disk.raw is never read from pages the kernel kept, unless opened for
+// writing (the writer holds the image's exclusive lock, so nobody else
+// writes while it is open).
+bool UnseenWrites(const pool::SetNode& node);
 // Attribute timeout of `node`. Folders always get the short one: their
 // mtime is how the kernel notices that a cached listing is stale.
 double AttrTimeout(const pool::SetNode& node);

@@ -2,7 +2,8 @@
 // the kernel keeps the file's cached pages is decided here (kernel_cache.h):
 // kept while the view is unchanged since its last open, never for O_DIRECT;
 // a writable image's info.json is read afresh at every open (direct I/O, so
-// that its length never comes from cached attributes).
+// that its length never comes from cached attributes), and so is an image
+// that other hosts may write unseen (RBD) unless opened for writing.
 #include <fcntl.h>
 
 #include <spdlog/spdlog.h>
@@ -51,8 +52,14 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     // (check.json is made at every open and its size is 0: only direct
     // reads return its text.)
     fi->direct_io = 1;
+  } else if (UnseenWrites(node) && !file.writable) {
+    // Another host may write the image (RBD) while this is open, and may
+    // have written it since any page was kept: every read asks the store.
+    fi->direct_io = 1;
   } else {
-    fi->keep_cache = file.unchanged ? 1 : 0;
+    // A writer holds the image's write lock: what it caches stays true while
+    // it is open (but pages kept from before may not be).
+    fi->keep_cache = file.unchanged && !UnseenWrites(node) ? 1 : 0;
   }
   // Nothing to write back at close(2) of a read-only file: no FLUSH request.
   if (!file.writable) fi->noflush = 1;

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "backend/rbd/rbd_internal.h"
@@ -48,8 +49,8 @@ class Completion {
 
 class RbdBackend final : public Backend {
  public:
-  RbdBackend(std::shared_ptr<ImageHandle> handle, std::string path)
-      : handle_(std::move(handle)), path_(std::move(path)) {
+  RbdBackend(std::shared_ptr<ImageHandle> handle, ReaderSource reader, std::string path)
+      : handle_(std::move(handle)), reader_source_(std::move(reader)), path_(std::move(path)) {
     rbd_image_info_t info{};
     if (rbd_stat(handle_->get(), &info, sizeof info) == 0 && info.obj_size > 0)
       io_size_ = static_cast<uint32_t>(std::min<uint64_t>(info.obj_size, 1u << 30));
@@ -136,8 +137,17 @@ class RbdBackend final : public Backend {
     return Status::OK();
   }
 
+  // librbd's cache is off: a write is stable when it completes, and a
+  // flush only matters to the exclusive lock's owner (writes need the lock).
+  // Others never flush: librbd would take the lock for it.
   Status Flush() override {
     if (!handle_->writable()) return Status::OK();
+    int is_owner = 0;
+    if (rbd_is_exclusive_lock_owner(handle_->get(), &is_owner) == 0 && !is_owner) {
+      uint64_t features = 0;
+      if (rbd_get_features(handle_->get(), &features) == 0 && (features & RBD_FEATURE_EXCLUSIVE_LOCK) != 0)
+        return Status::OK();
+    }
     Completion c;
     if (!c.ok()) return Status::FromErrno(ENOMEM, path_ + ": cannot create an aio completion");
     int rc = rbd_aio_flush(handle_->get(), c.get());
@@ -168,7 +178,8 @@ class RbdBackend final : public Backend {
   Result<uint64_t> AllocatedBytes() override {
     KVMFS_ASSIGN_OR_RETURN(uint64_t size, Size());
     uint64_t total = 0;
-    int rc = rbd_diff_iterate2(handle_->get(), nullptr, 0, size, 1, 1, &CountData, &total);
+    KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<ImageHandle> reader, Reader());
+    int rc = rbd_diff_iterate2(reader->get(), nullptr, 0, size, 1, 1, &CountData, &total);
     if (rc < 0) return RbdError(rc, path_ + ": allocation");
     return total;
   }
@@ -180,7 +191,9 @@ class RbdBackend final : public Backend {
     if (off >= size) return BlockStatus{Allocation::kZero, len};
     const uint64_t end = std::min<uint64_t>(off + len, size);
     Extent first{off, end, false, 0, 0};
-    int rc = rbd_diff_iterate2(handle_->get(), nullptr, off, end - off, 1, 1, &FirstExtent, &first);
+    auto reader = Reader();
+    if (!reader.ok()) return BlockStatus{Allocation::kData, len};
+    int rc = rbd_diff_iterate2((*reader)->get(), nullptr, off, end - off, 1, 1, &FirstExtent, &first);
     // Errors and images without an object map: all data.
     if (rc < 0 && rc != -ECANCELED) return BlockStatus{Allocation::kData, len};
     if (!first.found || first.start >= end) return BlockStatus{Allocation::kZero, end - off};
@@ -223,19 +236,33 @@ class RbdBackend final : public Backend {
     e->stop = std::max(e->stop, off + len);
     return 0;
   }
+  // The handle for allocation queries: this backend's own when read-only,
+  // else a read-only one, opened anew once its header changed (a resize).
+  Result<std::shared_ptr<ImageHandle>> Reader() {
+    if (!reader_source_) return handle_;
+    std::lock_guard lock(reader_mu_);
+    if (!reader_ || reader_->changed()) {
+      KVMFS_ASSIGN_OR_RETURN(reader_, reader_source_());
+    }
+    return reader_;
+  }
   std::string Where(const char* what, uint64_t off, uint64_t len) const {
     return path_ + ": " + what + " of " + std::to_string(len) + " bytes at offset " + std::to_string(off);
   }
 
   const std::shared_ptr<ImageHandle> handle_;
+  const ReaderSource reader_source_;
+  std::mutex reader_mu_;
+  std::shared_ptr<ImageHandle> reader_;  // GUARDED_BY(reader_mu_)
   const std::string path_;
   uint32_t io_size_ = 4u << 20;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> NewRbdBackend(std::shared_ptr<ImageHandle> handle, std::string path) {
-  return std::make_unique<RbdBackend>(std::move(handle), std::move(path));
+std::unique_ptr<Backend> NewRbdBackend(std::shared_ptr<ImageHandle> handle, ReaderSource reader,
+                                       std::string path) {
+  return std::make_unique<RbdBackend>(std::move(handle), std::move(reader), std::move(path));
 }
 
 }  // namespace kvmfs::rbd

@@ -17,6 +17,7 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "backend/rbd/rbd_internal.h"
 
@@ -62,6 +63,7 @@ class RbdStore final : public Store, public std::enable_shared_from_this<RbdStor
     caps.every_file_an_image = true;
     caps.snapshots = true;
     caps.remote = true;
+    caps.unseen_writes = true;
     return caps;
   }
   const std::string& root() const override { return root_; }
@@ -82,14 +84,41 @@ class RbdStore final : public Store, public std::enable_shared_from_this<RbdStor
 
   // The read-write handle of image `name`, shared by its backend and lock.
   Result<std::shared_ptr<ImageHandle>> WriteHandle(const std::string& name);
+
+  // RBD's exclusive lock as kvmfs' writers hold it. librbd also takes the
+  // lock by itself for a read-write handle on a flush, an object-map query or
+  // a snapshot operation, and then keeps it, which would refuse every other
+  // host's writer: kvmfs never lets that happen. Flushes and allocation
+  // queries go to handles that cannot take it (the backend), and a snapshot
+  // operation gives it back at once unless a writer of this mount holds it.
+  // lock_mu_ orders all of that, so a give-back never drops a writer's lock.
+  std::mutex& lock_mu() { return lock_mu_; }
+  // Counts a writer claim of this mount on image `name` in or out; returns
+  // how many remain.
+  int NoteWriter(const std::string& name, int delta) {  // lock_mu() held
+    int& n = writers_locked_[name];
+    n += delta;
+    const int left = n;
+    if (n <= 0) writers_locked_.erase(name);
+    return left;
+  }
+  // After librbd took the lock for an operation (a snapshot) on `h`: gives it
+  // back unless a writer of this mount holds it.
+  void GiveBackLock(ImageHandle& h) {  // lock_mu() held
+    if (writers_locked_.count(h.name()) != 0) return;
+    int rc = rbd_lock_release(h.get());
+    if (rc < 0 && rc != -ENOENT && rc != -EINVAL)
+      spdlog::warn("{}: giving back the exclusive lock: {}", PathOf(Spec{h.name(), ""}), std::strerror(-rc));
+  }
   std::string PathOf(const Spec& spec) const {
     return root_ + "/" + spec.name + (spec.snap.empty() ? "" : "@" + spec.snap);
   }
 
  private:
   Result<Spec> Parse(const std::string& path) const;
-  // A read-only handle of `spec` (the read-write one when open), cached.
-  Result<std::shared_ptr<ImageHandle>> MetaHandle(const Spec& spec);
+  // A read-only handle of `spec` (the read-write one when open, unless
+  // `own`), cached.
+  Result<std::shared_ptr<ImageHandle>> MetaHandle(const Spec& spec, bool own = false);
   Result<std::shared_ptr<ImageHandle>> OpenHandle(const Spec& spec, bool writable);
   struct Snap {
     uint64_t id;
@@ -109,6 +138,9 @@ class RbdStore final : public Store, public std::enable_shared_from_this<RbdStor
   // Most recent use first.
   std::list<std::pair<std::string, std::shared_ptr<ImageHandle>>> meta_;  // GUARDED_BY(mu_)
   std::map<std::string, std::weak_ptr<ImageHandle>> writers_;              // GUARDED_BY(mu_)
+
+  std::mutex lock_mu_;                          // taken before mu_
+  std::map<std::string, int> writers_locked_;  // GUARDED_BY(lock_mu_): RbdLocks holding, by image
 };
 
 // RBD's exclusive lock for a kvmfs writer; nothing for readers (QEMU's rbd
@@ -119,21 +151,14 @@ class RbdLock final : public StoreLock {
       : store_(std::move(store)), spec_(std::move(spec)), path_(std::move(path)) {}
   ~RbdLock() override {
     std::lock_guard lock(mu_);
-    if (held_ && handle_) {
-      int rc = rbd_lock_release(handle_->get());
-      if (rc < 0 && rc != -ENOENT) spdlog::warn("{}: releasing the exclusive lock: {}", path_, std::strerror(-rc));
-    }
+    if (held_) Release();
   }
 
   Status Change(LockSet set) override {
     std::lock_guard lock(mu_);
     const bool want = (set.perms & kPermWrite) != 0;
     if (want && !held_) KVMFS_RETURN_IF_ERROR(Acquire());
-    if (!want && held_) {
-      int rc = rbd_lock_release(handle_->get());
-      if (rc < 0 && rc != -ENOENT) spdlog::warn("{}: releasing the exclusive lock: {}", path_, std::strerror(-rc));
-      held_ = false;
-    }
+    if (!want && held_) Release();
     set_ = set;
     return Status::OK();
   }
@@ -144,10 +169,30 @@ class RbdLock final : public StoreLock {
   }
 
  private:
+  // The last writer claim of this mount on the image gives the lock back
+  // (all of them share one handle, the lock's owner).
+  void Release() {
+    std::lock_guard order(store_->lock_mu());
+    held_ = false;
+    if (store_->NoteWriter(spec_.name, -1) > 0) return;
+    int is_owner = 0;
+    if (rbd_is_exclusive_lock_owner(handle_->get(), &is_owner) != 0 || !is_owner) return;
+    int rc = rbd_lock_release(handle_->get());
+    if (rc < 0 && rc != -ENOENT) spdlog::warn("{}: releasing the exclusive lock: {}", path_, std::strerror(-rc));
+  }
+
   Status Acquire() {
     if (!spec_.snap.empty()) return Status::ReadOnly(path_ + ": a snapshot is read-only");
     if (!handle_) {
       KVMFS_ASSIGN_OR_RETURN(handle_, store_->WriteHandle(spec_.name));
+    }
+    std::lock_guard order(store_->lock_mu());
+    // Another writer of this mount holds it through the same handle.
+    int is_owner = 0;
+    if (rbd_is_exclusive_lock_owner(handle_->get(), &is_owner) == 0 && is_owner) {
+      store_->NoteWriter(spec_.name, +1);
+      held_ = true;
+      return Status::OK();
     }
     // A running QEMU holds the lock cooperatively and would hand it over on
     // request: ask who holds it first, and leave it to them.
@@ -158,21 +203,22 @@ class RbdLock final : public StoreLock {
     if (rc == 0 && count > 0) {
       std::string who = owners[0];
       rbd_lock_get_owners_cleanup(owners, count);
-      int is_owner = 0;
-      if (rbd_is_exclusive_lock_owner(handle_->get(), &is_owner) != 0 || !is_owner)
-        return Status::Busy("Failed to get \"write\" lock. Is another process using the image [" + path_ +
+      return Status::Busy("Failed to get \"write\" lock. Is another process using the image [" + path_ +
                             "]? (RBD exclusive lock held by " + who + ")");
     }
     rc = rbd_lock_acquire(handle_->get(), RBD_LOCK_MODE_EXCLUSIVE);
     if (rc == -EINVAL || rc == -EOPNOTSUPP) {
       // No exclusive-lock feature: nothing to take, as QEMU.
       spdlog::warn("{}: the image has no exclusive-lock feature: other writers are not kept out", path_);
+      store_->NoteWriter(spec_.name, +1);
+      held_ = true;
       return Status::OK();
     }
     if (rc == -EROFS || rc == -EBUSY || rc == -EAGAIN)
       return Status::Busy("Failed to get \"write\" lock. Is another process using the image [" + path_ +
                           "]? (RBD exclusive lock: " + std::strerror(-rc) + ")");
     if (rc < 0) return RbdError(rc, path_ + ": acquiring the exclusive lock");
+    store_->NoteWriter(spec_.name, +1);
     held_ = true;
     return Status::OK();
   }
@@ -182,7 +228,7 @@ class RbdLock final : public StoreLock {
   const std::string path_;
   mutable std::mutex mu_;
   std::shared_ptr<ImageHandle> handle_;  // GUARDED_BY(mu_)
-  bool held_ = false;                    // GUARDED_BY(mu_)
+  bool held_ = false;                    // GUARDED_BY(mu_): counted in the store's writers_locked_
   LockSet set_;                          // GUARDED_BY(mu_)
 };
 
@@ -210,27 +256,48 @@ Result<std::shared_ptr<ImageHandle>> RbdStore::OpenHandle(const Spec& spec, bool
   return std::make_shared<ImageHandle>(image, spec.name, spec.snap, writable);
 }
 
-Result<std::shared_ptr<ImageHandle>> RbdStore::MetaHandle(const Spec& spec) {
+Result<std::shared_ptr<ImageHandle>> RbdStore::MetaHandle(const Spec& spec, bool own) {
   const std::string key = spec.name + "@" + spec.snap;
   {
     std::lock_guard lock(mu_);
-    if (spec.snap.empty()) {
+    if (spec.snap.empty() && !own) {
       auto w = writers_.find(spec.name);
       if (w != writers_.end())
         if (auto h = w->second.lock()) return h;
     }
     for (auto it = meta_.begin(); it != meta_.end(); ++it) {
       if (it->first != key) continue;
+      // Its header changed (resized, snapshots made or removed by anyone):
+      // opened anew below; users of the old one keep it until they let go.
+      if (it->second->changed()) break;
       meta_.splice(meta_.begin(), meta_, it);
       return meta_.front().second;
     }
   }
   KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<ImageHandle> h, OpenHandle(spec, false));
-  std::shared_ptr<ImageHandle> closing;  // closed outside the lock
+  if (spec.snap.empty()) {
+    // A snapshot never changes; the image's header is watched (ImageHandle).
+    char id[64] = {};
+    const std::string oid = rbd_get_id(h->get(), id, sizeof id) == 0 ? "rbd_header." + std::string(id)
+                                                                     : spec.name + ".rbd";  // format 1
+    int rc = h->WatchHeader(cluster_->io, oid);
+    if (rc < 0)
+      spdlog::warn("{}: cannot watch the image header {} ({}): changes by other clients are seen only "
+                   "at the next open", PathOf(spec), oid, std::strerror(-rc));
+  }
+  std::vector<std::shared_ptr<ImageHandle>> closing;  // closed outside the lock
   std::lock_guard lock(mu_);
+  for (auto it = meta_.begin(); it != meta_.end();) {
+    auto next = std::next(it);
+    if (it->first == key) {
+      closing.push_back(std::move(it->second));
+      meta_.erase(it);
+    }
+    it = next;
+  }
   meta_.emplace_front(key, h);
   if (meta_.size() > kMaxMetaHandles) {
-    closing = std::move(meta_.back().second);
+    closing.push_back(std::move(meta_.back().second));
     meta_.pop_back();
   }
   return h;
@@ -349,9 +416,14 @@ Result<std::unique_ptr<Backend>> RbdStore::Open(const std::string& path, bool wr
   if (writable) {
     KVMFS_ASSIGN_OR_RETURN(h, WriteHandle(spec.name));
   } else {
-    KVMFS_ASSIGN_OR_RETURN(h, MetaHandle(spec));
+    KVMFS_ASSIGN_OR_RETURN(h, MetaHandle(spec));  // the writer's handle while one is open
   }
-  return NewRbdBackend(std::move(h), path);
+  if (!h->writable()) return NewRbdBackend(std::move(h), nullptr, path);
+  // Allocation queries on a read-write handle go to a read-only one: librbd
+  // would take the exclusive lock for them. (The backend keeps the store, and
+  // so the cluster, alive.)
+  ReaderSource reader = [store = shared_from_this(), spec] { return store->MetaHandle(spec, /*own=*/true); };
+  return NewRbdBackend(std::move(h), std::move(reader), path);
 }
 
 Result<std::unique_ptr<StoreLock>> RbdStore::Lock(const std::string& path, LockSet set) {
@@ -410,7 +482,12 @@ Result<SnapshotInfo> RbdStore::CreateSnapshot(const std::string& path, const std
   if (name.empty() || name.find('@') != std::string::npos || name.find('/') != std::string::npos)
     return Status::InvalidArgument(path + ": '" + name + "' is not an RBD snapshot name");
   KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<ImageHandle> h, WriteHandle(spec.name));
-  int rc = rbd_snap_create(h->get(), name.c_str());
+  int rc;
+  {
+    std::lock_guard order(lock_mu_);
+    rc = rbd_snap_create(h->get(), name.c_str());
+    GiveBackLock(*h);
+  }
   if (rc == -EEXIST) return Status::AlreadyExists(path + ": a snapshot named '" + name + "' exists");
   if (rc < 0) return RbdError(rc, path + ": creating snapshot '" + name + "'");
   KVMFS_ASSIGN_OR_RETURN(std::vector<StoreSnapshot> snaps, Snapshots(path));
@@ -427,7 +504,12 @@ Status RbdStore::DeleteSnapshot(const std::string& path, const std::string& id) 
     if (s.is_protected)
       return Status::Busy(path + ": snapshot '" + s.info.name + "' is protected (rbd snap unprotect)");
     KVMFS_ASSIGN_OR_RETURN(std::shared_ptr<ImageHandle> h, WriteHandle(spec.name));
-    int rc = rbd_snap_remove(h->get(), s.info.name.c_str());
+    int rc;
+    {
+      std::lock_guard order(lock_mu_);
+      rc = rbd_snap_remove(h->get(), s.info.name.c_str());
+      GiveBackLock(*h);
+    }
     if (rc == -EBUSY) return Status::Busy(path + ": snapshot '" + s.info.name + "' has clones");
     return RbdError(rc, path + ": removing snapshot '" + s.info.name + "'");
   }

@@ -13,8 +13,14 @@
 // write handle opens (after checking that nobody holds it: a running QEMU
 // holds it cooperatively, and would give it up), so a second writer — another
 // kvmfs on any host, or QEMU — fails cleanly (EBUSY for kvmfs, an I/O error
-// for QEMU) instead of both writing. librbd's cache is off: a reader on
-// another host sees what a writer flushed.
+// for QEMU) instead of both writing. Nothing else of kvmfs takes that lock:
+// librbd would take it by itself on a read-write handle for a flush or an
+// object-map query (kvmfs sends those elsewhere) and for a snapshot (given
+// back at once unless this mount is writing). librbd's cache is off: a
+// reader on another host sees what a writer flushed; read-only handles,
+// which librbd does not keep current, watch the image header themselves
+// and are opened anew after a resize or a snapshot change by anyone
+// (ImageHandle::WatchHeader).
 #pragma once
 
 #include <memory>

@@ -11,6 +11,7 @@
 #include "../pool/fake_image.h"
 #include "../pool/temp_dir.h"
 #include "fuse/kernel_cache.h"
+#include "kvmfs/store.h"
 
 namespace kvmfs::fuse {
 namespace {
@@ -46,7 +47,34 @@ class InodeTableTest : public ::testing::Test {
  protected:
   void SetUp() override { Make(false); }
 
-  void Make(bool readonly) {
+  // The local store of the pool folder, as a store whose files other hosts
+  // write unseen (StoreCaps::unseen_writes, as RBD's).
+  class WrittenElsewhereStore final : public Store {
+   public:
+    explicit WrittenElsewhereStore(std::string root) : local_(NewLocalStore(std::move(root))) {}
+    std::string_view kind() const override { return "shared"; }
+    StoreCaps caps() const override {
+      StoreCaps caps = local_->caps();
+      caps.unseen_writes = true;
+      return caps;
+    }
+    const std::string& root() const override { return local_->root(); }
+    Result<std::vector<StoreEntry>> List(const std::string& dir) override { return local_->List(dir); }
+    Result<struct stat> Stat(const std::string& path, bool follow) override { return local_->Stat(path, follow); }
+    Result<std::string> Canonical(const std::string& path) override { return local_->Canonical(path); }
+    Result<std::unique_ptr<Backend>> Open(const std::string& path, bool writable) override {
+      return local_->Open(path, writable);
+    }
+    Result<std::unique_ptr<StoreLock>> Lock(const std::string& path, LockSet set) override {
+      return local_->Lock(path, set);
+    }
+    Result<struct statvfs> StatFs(const std::string& path) override { return local_->StatFs(path); }
+
+   private:
+    const std::shared_ptr<Store> local_;
+  };
+
+  void Make(bool readonly, bool written_elsewhere = false) {
     dir_.MkDir("sub");
     dir_.MkDir("base");
     dir_.Write("vm.qcow2", std::string("QFI\xfb\0\0\0\3", 8) + std::string(504, '\0'));
@@ -56,6 +84,7 @@ class InodeTableTest : public ::testing::Test {
     options.source = dir_.path();
     options.readonly = readonly;
     options.backing_roots.push_back(dir_.P("base"));
+    if (written_elsewhere) options.store = std::make_shared<WrittenElsewhereStore>(dir_.path());
     ns_ = std::make_shared<pool::Namespace>(
         options, [this](const std::string& path, const ChainPolicy&, const std::string& format) {
           return Opener(path, format);
@@ -263,6 +292,34 @@ TEST_F(InodeTableTest, TimeoutsFollowMutability) {
     EXPECT_EQ(AttrTimeout(node(path)), kLongTimeout) << path;
   EXPECT_EQ(AttrTimeout(node("/sub")), kShortTimeout);
   EXPECT_EQ(EntryTimeout(node("/sub")), kLongTimeout);
+  for (const char* path : {"/vm.qcow2/disk.raw", "/vm.qcow2/snapshots/a/disk.raw"})
+    EXPECT_FALSE(UnseenWrites(node(path))) << path;
+}
+
+TEST_F(InodeTableTest, ImagesWrittenElsewhereAreNeverCachedLong) {
+  auto node = [&](const char* path) {
+    auto n = Walk(path);
+    EXPECT_TRUE(n.ok()) << path;
+    return n.ok() ? *n : SetNode{};
+  };
+  // A read-only pool whose store's files other hosts write (RBD): cached as
+  // a read-write pool, and the image's own disk.raw never from kept pages.
+  Make(true, /*written_elsewhere=*/true);
+  for (const char* path : {"/vm.qcow2", "/vm.qcow2/disk.raw", "/vm.qcow2/info.json", "/vm.qcow2/snapshots"}) {
+    EXPECT_FALSE(Immutable(node(path))) << path;
+    EXPECT_EQ(AttrTimeout(node(path)), kShortTimeout) << path;
+    EXPECT_EQ(EntryTimeout(node(path)), kShortTimeout) << path;
+  }
+  for (const char* path : {"/vm.qcow2/snapshots/a", "/vm.qcow2/snapshots/a/disk.raw",
+                           "/vm.qcow2/backing/1-base.img/disk.raw"}) {
+    EXPECT_TRUE(Immutable(node(path))) << path;
+    EXPECT_EQ(AttrTimeout(node(path)), kLongTimeout) << path;
+  }
+  EXPECT_TRUE(UnseenWrites(node("/vm.qcow2/disk.raw")));
+  EXPECT_TRUE(UnseenWrites(node("/vm.qcow2/info.json")));
+  EXPECT_FALSE(UnseenWrites(node("/vm.qcow2/snapshots/a/disk.raw")));
+  EXPECT_FALSE(UnseenWrites(node("/vm.qcow2/backing/1-base.img/disk.raw")));
+  EXPECT_FALSE(UnseenWrites(node("/vm.qcow2")));
 }
 
 }  // namespace
