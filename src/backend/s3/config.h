@@ -49,6 +49,8 @@ struct RetryPolicy {
 };
 
 struct S3Config {
+  // The pool's name: the `pool` label of its store counters (/metrics).
+  std::string pool;
   // "http://host:port" or "https://host[:port][/base]". Empty: AWS
   // (https://s3.<region>.amazonaws.com).
   std::string endpoint;
@@ -72,6 +74,9 @@ struct S3Config {
   uint32_t connections = 8;
   // Unit of fetching, caching and readahead (a power of two, 64 KiB..16 MiB).
   uint32_t block_size = 1u << 20;
+  // The most consecutive blocks one ranged GET fetches (1..64): fewer,
+  // larger requests for sequential readers.
+  uint32_t fetch_blocks = 4;
   // Blocks fetched ahead of a sequential reader (0: no readahead).
   uint32_t readahead_blocks = 16;
   // In-memory blocks kept per client (recent and read ahead).
