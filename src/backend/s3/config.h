@@ -77,9 +77,13 @@ struct S3Config {
   // The most consecutive blocks one ranged GET fetches (1..64): fewer,
   // larger requests for sequential readers.
   uint32_t fetch_blocks = 4;
-  // Blocks fetched ahead of a sequential reader (0: no readahead).
-  uint32_t readahead_blocks = 16;
-  // In-memory blocks kept per client (recent and read ahead).
+  // Blocks fetched ahead of a sequential reader (0: no readahead). 32 MiB
+  // ahead with 8 connections and 4-block GETs read radosgw fastest on the
+  // bench (bench/results/2026-12-03-s3-*.md); a warm reader's blocks are
+  // decoded from the disk cache as far ahead.
+  uint32_t readahead_blocks = 32;
+  // In-memory blocks kept per client (recent and read ahead): twice the
+  // read-ahead, so blocks read ahead are not evicted before they are read.
   uint64_t ram_cache_bytes = 64ull << 20;
 
   // Checks the fields (bucket name rules, block size, region); kInvalidArgument.
