@@ -125,7 +125,32 @@ Status BlockFetcher::Read(const ObjectRef& obj, uint64_t off, uint8_t* buf, size
   return Status::OK();
 }
 
-void BlockFetcher::Prefetch(const ObjectRef& obj, uint64_t first, uint64_t last) {
+uint64_t BlockFetcher::NewOwner() {
+  MutexLock lock(mu_);
+  return next_owner_++;
+}
+
+void BlockFetcher::DropPrefetch(uint64_t owner) {
+  {
+    MutexLock lock(mu_);
+    for (auto it = prefetch_.begin(); it != prefetch_.end();) {
+      Job& j = **it;
+      // Held by the queue and inflight_ only: no reader joined it.
+      if (j.owner != owner || j.pending.use_count() > 2) {
+        ++it;
+        continue;
+      }
+      j.pending->done = true;
+      j.pending->status = Status::FromErrno(ECANCELED, "s3: read-ahead dropped");
+      inflight_.erase(j.name);
+      it = prefetch_.erase(it);
+      ++stats_.dropped;
+    }
+  }
+  done_cv_.notify_all();
+}
+
+void BlockFetcher::Prefetch(const ObjectRef& obj, uint64_t first, uint64_t last, uint64_t owner) {
   if (obj.size == 0) return;
   last = std::min(last, (obj.size - 1) / block_size_);
   size_t queued = 0;
@@ -137,7 +162,7 @@ void BlockFetcher::Prefetch(const ObjectRef& obj, uint64_t first, uint64_t last)
       auto pending = std::make_shared<Pending>();
       inflight_[name] = pending;
       StartWorkersLocked();
-      prefetch_.push_back(std::make_unique<Job>(Job{obj, i, std::move(name), pending}));
+      prefetch_.push_back(std::make_unique<Job>(Job{obj, i, std::move(name), pending, owner}));
       ++queued;
       ++stats_.prefetched;
     }

@@ -44,6 +44,7 @@ struct ObjectRef {
 struct FetcherStats {
   uint64_t ram_hits = 0, disk_hits = 0, fetched = 0, fetch_errors = 0, prefetched = 0;
   uint64_t gets = 0;  // ranged GETs sent (one per run of coalesced blocks)
+  uint64_t dropped = 0;  // read-ahead blocks dropped before they were fetched
 };
 
 class BlockFetcher {
@@ -67,8 +68,14 @@ class BlockFetcher {
   // Thread-safe.
   Status Read(const ObjectRef& obj, uint64_t off, uint8_t* buf, size_t len);
   // Queues blocks [first, last] of `obj` (clamped to the object) that are
-  // neither in memory nor in flight, behind every demand read. Thread-safe.
-  void Prefetch(const ObjectRef& obj, uint64_t first, uint64_t last);
+  // neither in memory nor in flight, behind every demand read, on behalf of
+  // reader `owner` (NewOwner()). Thread-safe.
+  void Prefetch(const ObjectRef& obj, uint64_t first, uint64_t last, uint64_t owner = 0);
+  // A fresh reader id for Prefetch() and DropPrefetch().
+  uint64_t NewOwner();
+  // Drops the read-ahead `owner` queued that no worker has started and no
+  // reader waits for (the reader closed its file). Thread-safe.
+  void DropPrefetch(uint64_t owner);
   // Forgets the in-memory blocks of `obj` (its ETag changed) and, in the disk
   // cache, every other version of its key but `obj.etag`.
   void DropObject(const ObjectRef& obj);
@@ -94,6 +101,7 @@ class BlockFetcher {
     uint64_t index;
     std::string name;
     std::shared_ptr<Pending> pending;
+    uint64_t owner = 0;  // read-ahead: the reader it is for
   };
   using Batch = std::vector<std::unique_ptr<Job>>;
   struct RamEntry {
@@ -139,6 +147,7 @@ class BlockFetcher {
   std::list<std::string> ram_lru_ GUARDED_BY(mu_);  // most recent first
   uint64_t ram_bytes_ GUARDED_BY(mu_) = 0;
   bool stopping_ GUARDED_BY(mu_) = false;
+  uint64_t next_owner_ GUARDED_BY(mu_) = 1;
   FetcherStats stats_ GUARDED_BY(mu_);
   const uint32_t connections_;
   std::vector<std::thread> workers_ GUARDED_BY(mu_);
