@@ -74,13 +74,14 @@ struct S3Config {
   uint32_t connections = 8;
   // Unit of fetching, caching and readahead (a power of two, 64 KiB..16 MiB).
   uint32_t block_size = 1u << 20;
-  // The most consecutive blocks one ranged GET fetches (1..64): fewer,
-  // larger requests for sequential readers.
-  uint32_t fetch_blocks = 4;
-  // Blocks fetched ahead of a sequential reader (0: no readahead). 32 MiB
-  // ahead with 8 connections and 4-block GETs read radosgw fastest on the
-  // bench (bench/results/2026-12-03-s3-*.md); a warm reader's blocks are
-  // decoded from the disk cache as far ahead.
+  // The most consecutive blocks one ranged GET fetches (1..64, at most
+  // 64 MiB): read-ahead goes out in groups of this many blocks, one GET
+  // each, so radosgw serves 8 MiB requests rather than 1 MiB ones.
+  uint32_t fetch_blocks = 8;
+  // Blocks fetched ahead of a sequential reader (0: no readahead): 4 GETs
+  // of 8 MiB in flight read radosgw fastest on the bench
+  // (bench/results/2026-12-03-s3-*.md); a warm reader's blocks are decoded
+  // from the disk cache as far ahead.
   uint32_t readahead_blocks = 32;
   // In-memory blocks kept per client (recent and read ahead): twice the
   // read-ahead, so blocks read ahead are not evicted before they are read.

@@ -10,7 +10,9 @@ BlockFetcher::BlockFetcher(const S3Config& config, GetFn get, ConnectFn connect,
     : block_size_(config.block_size),
       ram_max_(std::max<uint64_t>(config.ram_cache_bytes, 4ull * config.block_size)),
       prefetch_max_(std::max<size_t>(config.readahead_blocks, 1) * 4),
-      fetch_blocks_(std::clamp<uint32_t>(config.fetch_blocks, 1, 64)),
+      // At most 64 MiB per GET (one buffer).
+      fetch_blocks_(std::clamp<uint32_t>(config.fetch_blocks, 1,
+                                         std::max<uint32_t>(1, (64u << 20) / config.block_size))),
       get_(std::move(get)),
       connect_(std::move(connect)),
       cache_(std::move(cache)),
@@ -226,10 +228,12 @@ BlockFetcher::Batch BlockFetcher::TakeBatchLocked() {
   Batch batch;
   batch.push_back(std::move(q.front()));
   q.pop_front();
-  // A long queue is shared out over the workers: as many blocks per GET as
-  // it takes for every worker to have one GET, up to fetch_blocks_.
+  // Read-ahead goes out fetch_blocks_ at a time (readers queue it in whole
+  // groups). A demand queue is shared out over the workers: as many blocks
+  // per GET as it takes for every worker to have one, up to fetch_blocks_.
   const size_t share = (q.size() + 1 + connections_ - 1) / connections_;
-  const size_t want = std::min<size_t>(fetch_blocks_, std::max<size_t>(share, 1));
+  const size_t want = &q == &prefetch_ ? fetch_blocks_
+                                       : std::min<size_t>(fetch_blocks_, std::max<size_t>(share, 1));
   if (want <= 1 || InDiskCache(*batch.front())) return batch;
   while (batch.size() < want && !q.empty()) {
     const Job& last = *batch.back();

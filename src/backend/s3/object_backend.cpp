@@ -74,7 +74,12 @@ class S3ObjectBackend final : public Backend {
     last_block_.store(last, std::memory_order_relaxed);
     uint32_t run = sequential ? run_.fetch_add(1, std::memory_order_relaxed) + 1 : 0;
     if (!sequential) run_.store(0, std::memory_order_relaxed);
-    if (run >= 2) client_->fetcher().Prefetch(ref_, last + 1, last + readahead_, owner_);
+    if (run < 2) return;
+    // The window ends on a multiple of fetch_blocks: it grows by whole
+    // groups, each fetched by one GET, not by one block per read.
+    const uint64_t group = std::max<uint32_t>(client_->config().fetch_blocks, 1);
+    const uint64_t end = (last + readahead_ + 1) / group * group;  // exclusive
+    if (end > last + 1) client_->fetcher().Prefetch(ref_, last + 1, end - 1, owner_);
   }
 
   static constexpr uint64_t kNone = ~uint64_t{0};
