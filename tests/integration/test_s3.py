@@ -500,6 +500,8 @@ class FakeS3(h.KvmfsTestCase):
         # A second mount on the same cache: a block it holds comes from the disk.
         self.unmount(self.m)
         self.m = self.mount(source=cfg, name="mnt-" + self._testMethodName)
+        self.assertEqual(value(self.scrape(port), "kvmfs_store_cache_bytes"),
+                         sum(e[3] for e in self.cache_entries()))
         index = max(e[1] for e in self.cache_entries() if e[0] == "big.raw")
         fd = self.open_no_readahead(self.disk("big.raw"))
         try:

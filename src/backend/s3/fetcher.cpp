@@ -17,7 +17,10 @@ BlockFetcher::BlockFetcher(const S3Config& config, GetFn get, ConnectFn connect,
       connect_(std::move(connect)),
       cache_(std::move(cache)),
       counters_(metrics::StoreCountersFor(config.pool)),
-      connections_(config.connections) {}
+      connections_(config.connections) {
+  // What an earlier mount left in the cache counts from the start.
+  if (cache_) counters_.cache_bytes.Set(static_cast<double>(cache_->stats().bytes));
+}
 
 BlockFetcher::~BlockFetcher() {
   std::vector<std::thread> workers;
