@@ -160,12 +160,16 @@ def main():
             order = [("s3fs cold", lambda: s3fs_read(cluster, work, "disk.raw", "s3fs")),
                      ("kvmfs s3 cold", lambda: kvmfs_read(args, work, cfg, "p/disk.raw/disk.raw",
                                                           "cold"))]
+            warm = [("kvmfs s3 warm", lambda: kvmfs_read(args, work, cfg, "p/disk.raw/disk.raw",
+                                                         "warm")),
+                    ("kvmfs dir pool", lambda: kvmfs_read(args, work, local_cfg,
+                                                          "p/disk.raw/disk.raw", "dir"))]
+            # Which side goes first alternates per round (the warm row needs
+            # the cold row's cache, so the pairs stay in that order).
             if r % 2:
                 order.reverse()
-            order += [("kvmfs s3 warm", lambda: kvmfs_read(args, work, cfg, "p/disk.raw/disk.raw",
-                                                           "warm")),
-                      ("kvmfs dir pool", lambda: kvmfs_read(args, work, local_cfg,
-                                                            "p/disk.raw/disk.raw", "dir"))]
+                warm.reverse()
+            order += warm
             for name, fn in order:
                 secs, digest = fn()
                 if digest != want:
@@ -174,17 +178,22 @@ def main():
                 rows[name].append(secs)
         mb = args.size_mib
         med = {k: statistics.median(v) for k, v in rows.items() if v}
-        print("\nS3 sequential read, %d MiB object, %d round(s) (medians)" % (mb, args.rounds))
-        print("| reader | MiB/s |")
-        print("|---|---:|")
+        print("\nS3 sequential read, %d MiB object, %d round(s) (medians, range of the rounds)"
+              % (mb, args.rounds))
+        print("| reader | MiB/s | range |")
+        print("|---|---:|---:|")
         for k in rows:
             if k in med:
-                print("| %s | %.1f |" % (k, mb / med[k]))
-        if "s3fs cold" in med and "kvmfs s3 cold" in med:
-            print("cold: kvmfs %.2fx s3fs (goal >= 2)" % (med["s3fs cold"] / med["kvmfs s3 cold"]))
-        if "kvmfs dir pool" in med and "kvmfs s3 warm" in med:
-            print("warm: kvmfs s3 %.2fx the local pool (goal >= 0.8)" % (
-                med["kvmfs dir pool"] / med["kvmfs s3 warm"]))
+                print("| %s | %.1f | %.1f-%.1f |" % (k, mb / med[k], mb / max(rows[k]),
+                                                      mb / min(rows[k])))
+
+        def ratio(line, fast, slow, goal):
+            if fast in med and slow in med:
+                per_round = sorted(b / a for a, b in zip(rows[fast], rows[slow]))
+                print("%s %.2fx (rounds %s; goal >= %s)" % (
+                    line, med[slow] / med[fast], ", ".join("%.2f" % x for x in per_round), goal))
+        ratio("cold: kvmfs vs s3fs", "kvmfs s3 cold", "s3fs cold", 2)
+        ratio("warm: kvmfs s3 vs the local pool", "kvmfs s3 warm", "kvmfs dir pool", 0.8)
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         print("FAILED: %s" % e)
         ok = False

@@ -659,9 +659,11 @@ def main():
     result = runner.run(suite)
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
     skipped = len(result.skipped)
-    # An error in setUpClass counts once for its class (its tests did not run).
+    # An error or SkipTest in setUpClass counts once for its class (its tests did not run and
+    # are not in testsRun): only skips and errors of tests that ran are taken from testsRun.
     passed = max(0, result.testsRun - len(result.failures) - sum(
-        1 for t, _ in result.errors if isinstance(t, unittest.TestCase)) - skipped
+        1 for t, _ in result.errors if isinstance(t, unittest.TestCase)) - sum(
+        1 for t, _ in result.skipped if isinstance(t, unittest.TestCase))
         - len(result.unexpectedSuccesses) - len(result.expectedFailures))
     impossible = [e for _, e in result.errors if "MountImpossible" in e]
     if impossible and len(impossible) == len(result.errors) and not result.failures and passed == 0:

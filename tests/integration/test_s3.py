@@ -15,7 +15,10 @@ Against fake_s3.py (a stdlib S3 server that checks SigV4 and injects faults):
 503 SlowDown and connection resets are retried; during an outage reads fail
 with EIO, the mount stays up and listing serves the last good listing, and
 reads recover with the server; the block cache under cache_dir serves a
-second mount without a GET to the server and stays within cache_max.
+second mount without a GET to the server and stays within cache_max; the
+store counters of /metrics (requests by kind and result, retries, bytes
+fetched, block-cache hits, misses, evictions and bytes) move by what the
+server counted and the cache holds.
 
 Without Ceph the radosgw class is SKIPPED loudly (not passed); the fake_s3
 tests still run."""
@@ -34,6 +37,7 @@ import urllib.request
 import ceph_fixture
 import kvmfs_harness as h
 from kvmfs_harness import MiB
+from test_metrics import free_port, http_get, parse_text, sample
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAKE_S3 = os.path.join(HERE, "..", "unit", "backend", "s3", "fake_s3.py")
@@ -403,6 +407,116 @@ class FakeS3(h.KvmfsTestCase):
         used = sum(os.path.getsize(os.path.join(d, f))
                    for d, _, fs in os.walk(self.cache) for f in fs)
         self.assertLessEqual(used, 6 * MiB + 64 * 1024)
+
+    def scrape(self, port):
+        status, _, text = http_get("http://127.0.0.1:%d/metrics" % port)
+        self.assertEqual(status, 200)
+        return parse_text(text)
+
+    def cache_entries(self):
+        """(key, block index, block bytes, bytes on disk) of every entry in the cache
+        (block_cache.cpp: header with the index at 16 and the length at 24, then
+        bucket NUL key NUL etag)."""
+        out = []
+        for d, _, fs in os.walk(self.cache):
+            for f in fs:
+                if f.startswith(".") or f.startswith("tmp."):
+                    continue
+                b = file_bytes(os.path.join(d, f))
+                ident = b[48:48 + int.from_bytes(b[32:36], "little")].split(b"\0")
+                out.append((ident[1].decode(), int.from_bytes(b[16:24], "little"),
+                            int.from_bytes(b[24:28], "little"), (len(b) + 4095) // 4096 * 4096))
+        return out
+
+    def test_store_counters_in_metrics(self):
+        self.unmount(self.m)
+        port = free_port()
+        cfg = os.path.join(self.tmp, "metrics.yaml")
+        with open(self.cfg) as f:
+            text = f.read()
+        with open(cfg, "w") as f:
+            f.write(text + "metrics:\n  listen: 127.0.0.1:%d\n" % port)
+        self.m = self.mount(source=cfg, name="mnt-" + self._testMethodName)
+
+        def value(s, name, **labels):
+            v = sample(s, name, pool="fake", **labels)
+            self.assertIsNotNone(v, "%s %s missing from /metrics" % (name, labels))
+            return v
+
+        def delta(a, b, name, **labels):
+            return value(b, name, **labels) - value(a, name, **labels)
+
+        def settled():
+            """A scrape once the cache writes (after the readers have their bytes) are done:
+            every miss was fetched and stored or stored and evicted since."""
+            def check():
+                a = self.scrape(port)
+                e = self.cache_entries()
+                ok = (value(a, "kvmfs_store_cache_misses_total") ==
+                      len(e) + value(a, "kvmfs_store_cache_evictions_total") and
+                      value(a, "kvmfs_store_cache_bytes") == sum(x[3] for x in e))
+                return (a, e) if ok else None
+            got = h.wait_until(check)
+            self.assertTrue(got, "the cache counters do not match the cache: %s %s" % (
+                {k: v for k, v in self.scrape(port).items() if "cache" in k[0]}, self.cache_entries()))
+            return got
+
+        # Cold reads (and whatever the pool probes): each GET the server saw is
+        # counted with result ok; each block missed in the cache was stored
+        # there, its bytes counted; nothing was a hit or evicted yet.
+        self.ctl("reset_stats")
+        before = self.scrape(port)
+        self.assertTrue(file_bytes(self.disk("dir/other.raw")) == self.data["dir/other.raw"])
+        after, entries = settled()
+        self.assertEqual(delta(before, after, "kvmfs_store_requests_total", request="GET",
+                               result="ok"), self.stats().get("get", 0))
+        self.assertEqual(delta(before, after, "kvmfs_store_requests_total", request="HEAD",
+                               result="ok") + delta(before, after, "kvmfs_store_requests_total",
+                                                    request="HEAD", result="not_found"),
+                         self.stats().get("head", 0))
+        self.assertIn(("dir/other.raw", 0, MiB), [e[:3] for e in entries])
+        self.assertEqual(value(after, "kvmfs_store_cache_evictions_total"), 0)
+        self.assertEqual(value(after, "kvmfs_store_cache_hits_total"), 0)
+        self.assertEqual(value(after, "kvmfs_store_cache_inserted_bytes_total"),
+                         sum(e[2] for e in entries))
+        # Every block stored came by GET (probes add their first bytes).
+        self.assertGreaterEqual(value(after, "kvmfs_store_fetched_bytes_total"),
+                                sum(e[2] for e in entries))
+        # Two 503 SlowDown answers: two retries, then ok.
+        self.ctl("fault?kind=get&count=2&action=status:503:SlowDown")
+        before = self.scrape(port)
+        fd = self.open_no_readahead(self.disk("big.raw"))
+        try:
+            self.assertEqual(os.pread(fd, 4096, 3 * MiB), self.data["big.raw"][3 * MiB:3 * MiB + 4096])
+        finally:
+            os.close(fd)
+        after = self.scrape(port)
+        self.assertEqual(delta(before, after, "kvmfs_store_retries_total", request="GET"), 2)
+        # The whole of big.raw (8 MiB) through a 6 MiB cache: blocks evicted.
+        self.assertTrue(file_bytes(self.disk("big.raw")) == self.data["big.raw"])
+        after, entries = settled()
+        self.assertGreaterEqual(value(after, "kvmfs_store_cache_evictions_total"), 3)
+        self.assertLessEqual(value(after, "kvmfs_store_cache_bytes"), 6 * MiB)
+        # A second mount on the same cache: a block it holds comes from the disk.
+        self.unmount(self.m)
+        self.m = self.mount(source=cfg, name="mnt-" + self._testMethodName)
+        self.assertEqual(value(self.scrape(port), "kvmfs_store_cache_bytes"),
+                         sum(e[3] for e in self.cache_entries()))
+        index = max(e[1] for e in self.cache_entries() if e[0] == "big.raw")
+        fd = self.open_no_readahead(self.disk("big.raw"))
+        try:
+            time.sleep(0.2)
+            self.ctl("reset_stats")
+            before = self.scrape(port)
+            self.assertEqual(os.pread(fd, 4096, index * MiB + 100),
+                             self.data["big.raw"][index * MiB + 100:index * MiB + 4196])
+            after = self.scrape(port)
+        finally:
+            os.close(fd)
+        self.assertEqual(delta(before, after, "kvmfs_store_cache_hits_total"), 1)
+        self.assertEqual(delta(before, after, "kvmfs_store_cache_hit_bytes_total"), MiB)
+        self.assertEqual(delta(before, after, "kvmfs_store_requests_total", request="GET",
+                               result="ok"), self.stats().get("get", 0))
 
     def test_wrong_credentials_fail_the_mount(self):
         bad = os.path.join(self.tmp, "bad-credentials")

@@ -16,10 +16,24 @@
 #include <cstring>
 #include <map>
 
+#ifdef KVMFS_HAVE_LIBDEFLATE
+#include <libdeflate.h>
+#endif
+
 #include "base/endian.h"
 
 namespace kvmfs::s3 {
 namespace {
+
+// CRC-32 (zlib's polynomial): libdeflate's is several times faster (PCLMUL)
+// and computes the same value, so entries stay readable either way.
+uint32_t Crc32(const uint8_t* p, size_t n) {
+#ifdef KVMFS_HAVE_LIBDEFLATE
+  return libdeflate_crc32(0, p, n);
+#else
+  return static_cast<uint32_t>(crc32_z(0, p, n));
+#endif
+}
 
 // ---- The entry file --------------------------------------------------------
 // [header 48 bytes][identity: bucket \0 key \0 etag][payload: LZ4 block or raw]
@@ -153,39 +167,38 @@ std::vector<uint8_t> EncodeCacheEntry(const BlockKey& key, const uint8_t* data, 
     if (len > 0) std::memcpy(payload, data, len);
   }
   std::memcpy(out.data() + kHeaderSize, id.data(), id.size());
-  h.payload_crc = static_cast<uint32_t>(
-      crc32_z(0, out.data() + kHeaderSize, id.size() + h.stored_len));
+  h.payload_crc = Crc32(out.data() + kHeaderSize, id.size() + h.stored_len);
   h.Encode(out.data());
   out.resize(kHeaderSize + id.size() + h.stored_len);
   return out;
 }
 
+bool DecodeCacheEntryInto(const uint8_t* file, size_t file_len, const BlockKey& key, uint8_t* out,
+                          size_t len) {
+  EntryHeader h;
+  if (file_len < kHeaderSize || !h.Decode(file)) return false;
+  if (file_len != kHeaderSize + h.ident_len + h.stored_len) return false;
+  if (h.raw_len != len || h.index != key.index) return false;
+  std::string id = Identity(key);
+  if (h.ident_len != id.size() || std::memcmp(file + kHeaderSize, id.data(), id.size()) != 0) {
+    return false;
+  }
+  if (Crc32(file + kHeaderSize, h.ident_len + h.stored_len) != h.payload_crc) return false;
+  const uint8_t* payload = file + kHeaderSize + h.ident_len;
+  if ((h.flags & kFlagLz4) != 0) {
+    int n = LZ4_decompress_safe(reinterpret_cast<const char*>(payload), reinterpret_cast<char*>(out),
+                                static_cast<int>(h.stored_len), static_cast<int>(len));
+    return n >= 0 && static_cast<size_t>(n) == len;
+  }
+  if (h.stored_len != len) return false;
+  if (len > 0) std::memcpy(out, payload, len);
+  return true;
+}
+
 std::optional<std::vector<uint8_t>> DecodeCacheEntry(const std::vector<uint8_t>& file,
                                                      const BlockKey& key, size_t len) {
-  EntryHeader h;
-  if (file.size() < kHeaderSize || !h.Decode(file.data())) return std::nullopt;
-  if (file.size() != kHeaderSize + h.ident_len + h.stored_len) return std::nullopt;
-  if (h.raw_len != len || h.index != key.index) return std::nullopt;
-  std::string id = Identity(key);
-  if (h.ident_len != id.size() ||
-      std::memcmp(file.data() + kHeaderSize, id.data(), id.size()) != 0) {
-    return std::nullopt;
-  }
-  if (static_cast<uint32_t>(crc32_z(0, file.data() + kHeaderSize, h.ident_len + h.stored_len)) !=
-      h.payload_crc) {
-    return std::nullopt;
-  }
-  const uint8_t* payload = file.data() + kHeaderSize + h.ident_len;
   std::vector<uint8_t> out(len);
-  if ((h.flags & kFlagLz4) != 0) {
-    int n = LZ4_decompress_safe(reinterpret_cast<const char*>(payload),
-                                reinterpret_cast<char*>(out.data()),
-                                static_cast<int>(h.stored_len), static_cast<int>(len));
-    if (n < 0 || static_cast<size_t>(n) != len) return std::nullopt;
-  } else {
-    if (h.stored_len != len) return std::nullopt;
-    if (len > 0) std::memcpy(out.data(), payload, len);
-  }
+  if (!DecodeCacheEntryInto(file.data(), file.size(), key, out.data(), len)) return std::nullopt;
   return out;
 }
 
@@ -310,13 +323,16 @@ void BlockCache::Forget(const std::string& name) {
   stats_.bytes = bytes_;
 }
 
-void BlockCache::EvictLocked(uint64_t incoming) {
+size_t BlockCache::EvictLocked(uint64_t incoming) {
+  size_t n = 0;
   while (!lru_.empty() && bytes_ + incoming > max_bytes_) {
     std::string victim = lru_.back();
     ::unlink((dir_ + "/" + victim).c_str());
     Forget(victim);
     ++stats_.evictions;
+    ++n;
   }
+  return n;
 }
 
 bool BlockCache::Contains(const BlockKey& key) const {
@@ -326,30 +342,40 @@ bool BlockCache::Contains(const BlockKey& key) const {
 }
 
 std::optional<std::vector<uint8_t>> BlockCache::Get(const BlockKey& key, size_t len) {
+  std::vector<uint8_t> out(len);
+  if (!GetInto(key, out.data(), len)) return std::nullopt;
+  return out;
+}
+
+bool BlockCache::GetInto(const BlockKey& key, uint8_t* out, size_t len) {
   std::string name = RelName(key);
   {
     MutexLock lock(mu_);
     auto it = index_.find(name);
     if (it == index_.end()) {
       ++stats_.misses;
-      return std::nullopt;
+      return false;
     }
     lru_.splice(lru_.begin(), lru_, it->second.lru);
   }
   std::string path = dir_ + "/" + name;
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOATIME));
   if (!fd.valid() && errno == EPERM) fd.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  std::optional<std::vector<uint8_t>> out;
-  if (fd.valid()) {
-    struct stat st;
-    if (::fstat(fd.get(), &st) == 0 && static_cast<uint64_t>(st.st_size) <= kMaxBlock + 65536) {
-      std::vector<uint8_t> file(static_cast<size_t>(st.st_size));
-      ssize_t n = ::pread(fd.get(), file.data(), file.size(), 0);
-      if (n == static_cast<ssize_t>(file.size())) out = DecodeCacheEntry(file, key, len);
-    }
+  bool ok = false;
+  struct stat st;
+  if (fd.valid() && ::fstat(fd.get(), &st) == 0 &&
+      static_cast<uint64_t>(st.st_size) <= kMaxBlock + 65536) {
+    // Grown once per thread, never zeroed again.
+    thread_local std::vector<uint8_t> file;
+    const size_t size = static_cast<size_t>(st.st_size);
+    if (file.size() < size) file.resize(size);
+    ssize_t n = ::pread(fd.get(), file.data(), size, 0);
+    ok = n == static_cast<ssize_t>(size) && DecodeCacheEntryInto(file.data(), size, key, out, len);
+    // The LRU order of the next mount comes from mtimes (outside the lock).
+    if (ok) ::futimens(fd.get(), nullptr);
   }
   MutexLock lock(mu_);
-  if (!out) {
+  if (!ok) {
     // Torn, foreign or gone: never served, removed so it is fetched anew.
     if (fd.valid()) {
       ::unlink(path.c_str());
@@ -359,22 +385,20 @@ std::optional<std::vector<uint8_t>> BlockCache::Get(const BlockKey& key, size_t 
     }
     Forget(name);
     ++stats_.misses;
-    return std::nullopt;
+    return false;
   }
   ++stats_.hits;
-  // The LRU order of the next mount comes from mtimes.
-  ::futimens(fd.get(), nullptr);
-  return out;
+  return true;
 }
 
-void BlockCache::Put(const BlockKey& key, const uint8_t* data, size_t len) {
-  if (len > kMaxBlock) return;
+BlockCache::PutResult BlockCache::Put(const BlockKey& key, const uint8_t* data, size_t len) {
+  if (len > kMaxBlock) return {};
   std::string name = RelName(key);
   std::vector<uint8_t> bytes = EncodeCacheEntry(key, data, len);
   std::string tmp;
   {
     MutexLock lock(mu_);
-    if (index_.count(name) != 0) return;
+    if (index_.count(name) != 0) return {};
     tmp = dir_ + "/" + name.substr(0, 2) + "/tmp." + std::to_string(::getpid()) + "." +
           std::to_string(++tmp_counter_);
   }
@@ -398,12 +422,13 @@ void BlockCache::Put(const BlockKey& key, const uint8_t* data, size_t len) {
     ::unlink(tmp.c_str());
     if (!warned_) spdlog::warn("s3 cache {}: cannot store blocks: {}", dir_, st.ToString());
     warned_ = true;
-    return;
+    return {};
   }
   uint64_t disk = DiskBytes(bytes.size());
-  EvictLocked(disk);
+  PutResult r{true, EvictLocked(disk)};
   Index(name, disk);
   ++stats_.inserts;
+  return r;
 }
 
 void BlockCache::DropOtherVersions(const std::string& bucket, const std::string& key,

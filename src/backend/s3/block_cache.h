@@ -64,9 +64,17 @@ class BlockCache {
   std::optional<std::vector<uint8_t>> Get(const BlockKey& key, size_t len);
   // Whether an entry for `key` is indexed (no I/O; it may still prove torn).
   bool Contains(const BlockKey& key) const;
+  // As Get(), into `out` (len bytes; its contents are undefined on a miss).
+  // Reads through a per-thread buffer: no allocation once warm.
+  bool GetInto(const BlockKey& key, uint8_t* out, size_t len);
   // Stores a block (best effort: a full or failing disk is logged once and
-  // the block is simply not cached).
-  void Put(const BlockKey& key, const uint8_t* data, size_t len);
+  // the block is simply not cached). Says whether it stored it and how many
+  // entries it evicted to stay within the bound.
+  struct PutResult {
+    bool stored = false;
+    size_t evicted = 0;
+  };
+  PutResult Put(const BlockKey& key, const uint8_t* data, size_t len);
   // Removes the entries of (bucket, key) whose ETag is not `etag`: the
   // object changed and its old blocks will never be read again.
   void DropOtherVersions(const std::string& bucket, const std::string& key,
@@ -90,7 +98,8 @@ class BlockCache {
   // Indexes `name` (`bytes` on disk) as most recent and evicts past the bound.
   void Index(const std::string& name, uint64_t bytes) REQUIRES(mu_);
   void Forget(const std::string& name) REQUIRES(mu_);
-  void EvictLocked(uint64_t incoming) REQUIRES(mu_);
+  // Evicts down to the bound minus `incoming`; returns how many entries.
+  size_t EvictLocked(uint64_t incoming) REQUIRES(mu_);
   void SetMaxBytes(uint64_t max_bytes);
 
   const std::string dir_;
@@ -110,5 +119,8 @@ std::vector<uint8_t> EncodeCacheEntry(const BlockKey& key, const uint8_t* data, 
 // The block in `file` if it is an intact entry of `key` holding `len` bytes.
 std::optional<std::vector<uint8_t>> DecodeCacheEntry(const std::vector<uint8_t>& file,
                                                      const BlockKey& key, size_t len);
+// As DecodeCacheEntry, into `out` (len bytes); false when not intact.
+bool DecodeCacheEntryInto(const uint8_t* file, size_t file_len, const BlockKey& key, uint8_t* out,
+                          size_t len);
 
 }  // namespace kvmfs::s3

@@ -48,7 +48,16 @@ S3Client::S3Client(S3Config config, Endpoint endpoint, std::shared_ptr<BlockCach
     : config_(std::move(config)),
       endpoint_(std::move(endpoint)),
       prefix_(NormalizePrefix(config_.prefix)),
-      cache_(std::move(cache)) {}
+      cache_(std::move(cache)),
+      counters_(metrics::StoreCountersFor(config_.pool)) {
+  static constexpr const char* kKindNames[kKinds] = {"GET", "LIST", "HEAD"};
+  static constexpr const char* kResultNames[kResults] = {"ok", "not_found", "denied", "changed",
+                                                         "error"};
+  for (int k = 0; k < kKinds; ++k) {
+    for (int r = 0; r < kResults; ++r) requests_by_[k][r] = &counters_.Request(kKindNames[k], kResultNames[r]);
+    retries_by_[k] = &counters_.Retries(kKindNames[k]);
+  }
+}
 
 S3Client::~S3Client() { fetcher_.reset(); }
 
@@ -75,12 +84,15 @@ void S3Client::Release(std::unique_ptr<HttpConnection> conn) {
 
 void S3Client::Execute(HttpConnection& conn, const HttpRequest& req, HttpResponse* resp,
                        const std::string& what) {
+  // Ranged GETs write into `dest`; listings are GETs into the body.
+  const Kind kind = req.method == "HEAD" ? kHead : req.dest != nullptr ? kGet : kList;
   for (int attempt = 1;; ++attempt) {
     ++requests_;
     conn.Perform(req, resp);
     if (Classify(*resp) == Outcome::kDone) break;
     if (attempt >= config_.retry.attempts) {
       ++failures_;
+      requests_by_[kind][kError]->Add();
       spdlog::warn("s3: {}: {} (gave up after {} attempts)", what, DescribeFailure(*resp),
                    attempt);
       return;
@@ -90,13 +102,25 @@ void S3Client::Execute(HttpConnection& conn, const HttpRequest& req, HttpRespons
     spdlog::debug("s3: {}: {}, retry {} in {} ms", what, DescribeFailure(*resp), attempt,
                   wait.count());
     ++retries_;
+    retries_by_[kind]->Add();
     std::this_thread::sleep_for(wait);
   }
+  RequestResult result = kError;
   if (resp->curl_code == CURLE_OK && resp->status >= 200 && resp->status < 300) {
-    bytes_ += resp->dest_written + resp->body.size();
+    const uint64_t got = resp->dest_written + resp->body.size();
+    bytes_ += got;
+    counters_.fetched_bytes.Add(got);
+    result = kOk;
   } else {
     ++failures_;
+    if (resp->curl_code == CURLE_OK) {
+      result = resp->status == 404                          ? kNotFound
+               : resp->status == 401 || resp->status == 403 ? kDenied
+               : resp->status == 412                        ? kChanged
+                                                            : kError;
+    }
   }
+  requests_by_[kind][result]->Add();
 }
 
 Status S3Client::ToStatus(const HttpResponse& resp, const std::string& what) const {

@@ -29,6 +29,7 @@
 #include "base/mutex.h"
 #include "kvmfs/backend.h"
 #include "kvmfs/status.h"
+#include "metrics/store_metrics.h"
 
 namespace kvmfs::s3 {
 
@@ -127,6 +128,14 @@ class S3Client : public std::enable_shared_from_this<S3Client> {
   std::map<std::string, FolderListing> last_good_ GUARDED_BY(mu_);
 
   std::atomic<uint64_t> requests_{0}, retries_{0}, failures_{0}, bytes_{0};
+
+  // The pool's store counters (/metrics): requests by kind and result,
+  // resolved once.
+  enum Kind { kGet, kList, kHead, kKinds };
+  enum RequestResult { kOk, kNotFound, kDenied, kChanged, kError, kResults };
+  metrics::StoreCounters& counters_;
+  metrics::Counter* requests_by_[kKinds][kResults] = {};
+  metrics::Counter* retries_by_[kKinds] = {};
 };
 
 // The object backend (object_backend.cpp); OpenObject's result.

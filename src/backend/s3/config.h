@@ -49,6 +49,8 @@ struct RetryPolicy {
 };
 
 struct S3Config {
+  // The pool's name: the `pool` label of its store counters (/metrics).
+  std::string pool;
   // "http://host:port" or "https://host[:port][/base]". Empty: AWS
   // (https://s3.<region>.amazonaws.com).
   std::string endpoint;
@@ -72,9 +74,17 @@ struct S3Config {
   uint32_t connections = 8;
   // Unit of fetching, caching and readahead (a power of two, 64 KiB..16 MiB).
   uint32_t block_size = 1u << 20;
-  // Blocks fetched ahead of a sequential reader (0: no readahead).
-  uint32_t readahead_blocks = 16;
-  // In-memory blocks kept per client (recent and read ahead).
+  // The most consecutive blocks one ranged GET fetches (1..64, at most
+  // 64 MiB): read-ahead goes out in groups of this many blocks, one GET
+  // each, so radosgw serves 8 MiB requests rather than 1 MiB ones.
+  uint32_t fetch_blocks = 8;
+  // Blocks fetched ahead of a sequential reader (0: no readahead): 4 GETs
+  // of 8 MiB in flight read radosgw fastest on the bench
+  // (bench/results/2026-12-03-s3-*.md); a warm reader's blocks are decoded
+  // from the disk cache as far ahead.
+  uint32_t readahead_blocks = 32;
+  // In-memory blocks kept per client (recent and read ahead): twice the
+  // read-ahead, so blocks read ahead are not evicted before they are read.
   uint64_t ram_cache_bytes = 64ull << 20;
 
   // Checks the fields (bucket name rules, block size, region); kInvalidArgument.

@@ -167,6 +167,9 @@ Status S3Config::Validate() const {
   if (connections < 1 || connections > 64) {
     return Status::InvalidArgument("s3: connections must be 1..64");
   }
+  if (fetch_blocks < 1 || fetch_blocks > 64) {
+    return Status::InvalidArgument("s3: fetch_blocks must be 1..64");
+  }
   if (retry.attempts < 1 || retry.attempts > 20) {
     return Status::InvalidArgument("s3: retry attempts must be 1..20");
   }

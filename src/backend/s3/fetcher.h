@@ -5,8 +5,12 @@
 // cache, else from the server by a ranged GET; every miss of one request is
 // fetched at once by a pool of worker threads, each with its own keep-alive
 // connection, so a large read is as many GETs in flight as there are
-// connections. A block being fetched is fetched once: later readers wait for
-// it. Read-ahead blocks queue behind demand reads.
+// connections. Consecutive queued blocks of one object that the disk cache
+// does not hold are fetched by one GET of up to config.fetch_blocks blocks
+// (a long queue is shared out over the workers, so a short one still uses
+// them all). A block being fetched is fetched once: later readers wait for
+// it. Read-ahead blocks queue behind demand reads; read-ahead of blocks the
+// disk cache holds decodes them ahead of the reader the same way.
 #pragma once
 
 #include <condition_variable>
@@ -25,6 +29,7 @@
 #include "backend/s3/http.h"
 #include "base/mutex.h"
 #include "kvmfs/status.h"
+#include "metrics/store_metrics.h"
 
 namespace kvmfs::s3 {
 
@@ -38,6 +43,8 @@ struct ObjectRef {
 
 struct FetcherStats {
   uint64_t ram_hits = 0, disk_hits = 0, fetched = 0, fetch_errors = 0, prefetched = 0;
+  uint64_t gets = 0;  // ranged GETs sent (one per run of coalesced blocks)
+  uint64_t dropped = 0;  // read-ahead blocks dropped before they were fetched
 };
 
 class BlockFetcher {
@@ -61,8 +68,14 @@ class BlockFetcher {
   // Thread-safe.
   Status Read(const ObjectRef& obj, uint64_t off, uint8_t* buf, size_t len);
   // Queues blocks [first, last] of `obj` (clamped to the object) that are
-  // neither in memory nor in flight, behind every demand read. Thread-safe.
-  void Prefetch(const ObjectRef& obj, uint64_t first, uint64_t last);
+  // neither in memory nor in flight, behind every demand read, on behalf of
+  // reader `owner` (NewOwner()). Thread-safe.
+  void Prefetch(const ObjectRef& obj, uint64_t first, uint64_t last, uint64_t owner = 0);
+  // A fresh reader id for Prefetch() and DropPrefetch().
+  uint64_t NewOwner();
+  // Drops the read-ahead `owner` queued that no worker has started and no
+  // reader waits for (the reader closed its file). Thread-safe.
+  void DropPrefetch(uint64_t owner);
   // Forgets the in-memory blocks of `obj` (its ETag changed) and, in the disk
   // cache, every other version of its key but `obj.etag`.
   void DropObject(const ObjectRef& obj);
@@ -71,7 +84,13 @@ class BlockFetcher {
   FetcherStats stats() const;
 
  private:
-  using Block = std::shared_ptr<const std::vector<uint8_t>>;
+  // A block's bytes: its own buffer or a slice of a coalesced GET's (the
+  // buffer lives as long as any of its blocks).
+  struct Block {
+    std::shared_ptr<const uint8_t> data;
+    size_t size = 0;
+    explicit operator bool() const { return data != nullptr; }
+  };
   struct Pending {
     bool done = false;
     Status status;
@@ -82,7 +101,9 @@ class BlockFetcher {
     uint64_t index;
     std::string name;
     std::shared_ptr<Pending> pending;
+    uint64_t owner = 0;  // read-ahead: the reader it is for
   };
+  using Batch = std::vector<std::unique_ptr<Job>>;
   struct RamEntry {
     Block data;
     std::list<std::string>::iterator lru;
@@ -98,14 +119,23 @@ class BlockFetcher {
   // Starts the worker threads unless they run (or the fetcher stops).
   void StartWorkersLocked() REQUIRES(mu_);
   void WorkerLoop();
-  void RunJob(Job& job, std::unique_ptr<HttpConnection>& conn);
+  // Takes the next job and the consecutive ones that share its GET.
+  Batch TakeBatchLocked() REQUIRES(mu_);
+  bool InDiskCache(const Job& job) const;
+  void RunBatch(Batch& batch, std::unique_ptr<HttpConnection>& conn);
+  // The block from the disk cache, or an empty Block.
+  Block FromDisk(const Job& job, size_t len);
+  // Publishes the outcome of `job` and wakes its readers.
+  void Finish(Job& job, const Status& st, Block data, bool from_disk);
 
   const uint32_t block_size_;
   const uint64_t ram_max_;
   const size_t prefetch_max_;
+  const uint32_t fetch_blocks_;
   GetFn get_;
   ConnectFn connect_;
   std::shared_ptr<BlockCache> cache_;
+  metrics::StoreCounters& counters_;
 
   mutable Mutex mu_;
   std::condition_variable_any work_cv_;  // with mu_: jobs queued or stopping
@@ -117,6 +147,7 @@ class BlockFetcher {
   std::list<std::string> ram_lru_ GUARDED_BY(mu_);  // most recent first
   uint64_t ram_bytes_ GUARDED_BY(mu_) = 0;
   bool stopping_ GUARDED_BY(mu_) = false;
+  uint64_t next_owner_ GUARDED_BY(mu_) = 1;
   FetcherStats stats_ GUARDED_BY(mu_);
   const uint32_t connections_;
   std::vector<std::thread> workers_ GUARDED_BY(mu_);

@@ -19,7 +19,10 @@ class S3ObjectBackend final : public Backend {
         ref_{client_->config().bucket, client_->Key(info_.path), info_.etag, info_.size},
         name_(client_->Url(info_.path)),
         block_size_(client_->fetcher().block_size()),
-        readahead_(client_->config().readahead_blocks) {}
+        readahead_(client_->config().readahead_blocks),
+        owner_(client_->fetcher().NewOwner()) {}
+  // Read-ahead queued for this reader and not started is dropped with it.
+  ~S3ObjectBackend() override { client_->fetcher().DropPrefetch(owner_); }
 
   Status ReadAt(uint64_t off, void* buf, size_t len) override {
     if (len == 0) return Status::OK();
@@ -71,7 +74,12 @@ class S3ObjectBackend final : public Backend {
     last_block_.store(last, std::memory_order_relaxed);
     uint32_t run = sequential ? run_.fetch_add(1, std::memory_order_relaxed) + 1 : 0;
     if (!sequential) run_.store(0, std::memory_order_relaxed);
-    if (run >= 2) client_->fetcher().Prefetch(ref_, last + 1, last + readahead_);
+    if (run < 2) return;
+    // The window ends on a multiple of fetch_blocks: it grows by whole
+    // groups, each fetched by one GET, not by one block per read.
+    const uint64_t group = std::max<uint32_t>(client_->config().fetch_blocks, 1);
+    const uint64_t end = (last + readahead_ + 1) / group * group;  // exclusive
+    if (end > last + 1) client_->fetcher().Prefetch(ref_, last + 1, end - 1, owner_);
   }
 
   static constexpr uint64_t kNone = ~uint64_t{0};
@@ -81,6 +89,7 @@ class S3ObjectBackend final : public Backend {
   const std::string name_;
   const uint32_t block_size_;
   const uint32_t readahead_;
+  const uint64_t owner_;
   std::atomic<bool> stale_{false};
   std::atomic<uint64_t> last_block_{kNone};
   std::atomic<uint32_t> run_{0};

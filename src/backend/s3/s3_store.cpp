@@ -488,6 +488,7 @@ Result<std::shared_ptr<Store>> OpenS3Store(const StoreConfig& config) {
     return it == config.options.end() ? std::string() : it->second;
   };
   S3StoreConfig c;
+  c.s3.pool = config.pool;
   c.s3.endpoint = get("endpoint");
   if (!get("region").empty()) c.s3.region = get("region");
   c.s3.bucket = get("bucket");

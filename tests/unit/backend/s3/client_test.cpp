@@ -158,6 +158,37 @@ TEST_F(S3ClientTest, SequentialReadsReadAhead) {
   EXPECT_LE(c->fetcher().stats().fetched, 32u + 4u);  // each block fetched once (and a few past the end)
 }
 
+TEST_F(S3ClientTest, ReadAheadIsDroppedWithItsReaderAndGetsCoalesce) {
+  std::string data = TestBytes(20 * 65536, 17);
+  server_.Put("ra.raw", data);
+  S3Config cfg = server_.Config();
+  cfg.connections = 1;
+  cfg.readahead_blocks = 16;
+  cfg.fetch_blocks = 4;
+  auto c = Client(cfg);
+  auto b = Open(*c, "ra.raw");
+  // Three reads in block 0 make a sequential run: blocks 1..15 are queued
+  // (the window ends on a multiple of fetch_blocks); the one worker hangs in
+  // the first GET of them while the reader closes.
+  EXPECT_EQ(Read(*b, 0, 16384), data.substr(0, 16384));
+  EXPECT_EQ(Read(*b, 16384, 16384), data.substr(16384, 16384));
+  server_.Fault("get", 1, "hang:2");
+  EXPECT_EQ(Read(*b, 32768, 16384), data.substr(32768, 16384));
+  b.reset();
+  const FetcherStats s = c->fetcher().stats();
+  EXPECT_EQ(s.prefetched, 15u);
+  // The worker took 4 blocks for its GET, or none yet.
+  EXPECT_GE(s.dropped, 11u);
+  EXPECT_LE(s.dropped, 15u);
+  // Dropped blocks read again (nothing left in flight for them), and a
+  // long demand read goes out as GETs of up to 4 blocks.
+  auto b2 = Open(*c, "ra.raw");
+  EXPECT_EQ(Read(*b2, 0, data.size()), data);
+  const FetcherStats t = c->fetcher().stats();
+  EXPECT_EQ(t.fetched, 20u);  // each block once
+  EXPECT_LE(t.gets, 6u);  // block 0, then blocks 1..19 four at a time
+}
+
 TEST_F(S3ClientTest, RetriesSlowDownAndResetsThenSucceeds) {
   std::string data = TestBytes(100000, 9);
   server_.Put("r.raw", data);
