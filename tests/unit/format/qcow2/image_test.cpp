@@ -2,8 +2,6 @@
 // chain opener and compared byte for byte (and map for map) with qemu-img.
 #include <algorithm>
 #include <gtest/gtest.h>
-#include <stdlib.h>
-#include <sys/wait.h>
 
 #include <atomic>
 #include <cstdio>
@@ -18,60 +16,21 @@
 #include "kvmfs/backend.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/format.h"
-#include "../../test_files.h"
+#include "../qemu_scratch.h"
 
 namespace kvmfs {
 namespace {
 
-namespace fs = std::filesystem;
 using nlohmann::json;
+using test::ReadFileBytes;
+using test::Shell;
 
-// Runs a shell command; returns its stdout, or nullopt on failure.
-std::optional<std::string> Shell(const std::string& cmd) {
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return std::nullopt;
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int rc = ::pclose(p);
-  if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
-    ADD_FAILURE() << "command failed: " << cmd << "\n" << out;
-    return std::nullopt;
-  }
-  return out;
-}
-
-bool HaveQemu() {
-  return std::system("qemu-img --version >/dev/null 2>&1") == 0 &&
-         std::system("qemu-io --version >/dev/null 2>&1") == 0;
-}
-
-std::vector<uint8_t> ReadFile(const std::string& path) {
-  return kvmfs::test::ReadFileBytes(path);
-}
-
-class Qcow2Image : public ::testing::Test {
+class Qcow2Image : public test::QemuScratchTest {
  public:
-  void SetUp() override {
-    if (!HaveQemu()) GTEST_SKIP() << "qemu-img/qemu-io not installed (Debian package qemu-utils)";
-    char tmpl[] = "/tmp/kvmfs-qcow2-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = fs::canonical(tmpl).string();
-  }
-  void TearDown() override {
-    if (!dir_.empty()) fs::remove_all(dir_);
-  }
-
-  std::string P(const std::string& name) const { return dir_ + "/" + name; }
-
-  void Sh(const std::string& cmd) { ASSERT_TRUE(Shell("cd " + dir_ + " && " + cmd)); }
   // qemu-io commands, each `-c`.
   void Io(const std::string& image, const std::vector<std::string>& cmds,
           const std::string& fmt = "qcow2") {
-    std::string cmd = "qemu-io -f " + fmt;
-    for (const auto& c : cmds) cmd += " -c '" + c + "'";
-    Sh(cmd + " " + image + " >/dev/null");
+    QemuScratchTest::Io(image, cmds, fmt);
   }
 
   Chain Open(const std::string& name) {
@@ -86,7 +45,7 @@ class Qcow2Image : public ::testing::Test {
   void ExpectSameBytes(Image& image, const std::string& name, const std::string& snapshot = "") {
     std::string opt = snapshot.empty() ? "" : " -l snapshot.name=" + snapshot;
     Sh("qemu-img convert -U -O raw" + opt + " " + name + " expected.raw");
-    auto expected = ReadFile(P("expected.raw"));
+    auto expected = ReadFileBytes(P("expected.raw"));
     ASSERT_EQ(image.size(), expected.size());
     std::vector<uint8_t> got(expected.size(), 0xee);
     Status st = image.Read(0, got.data(), got.size());
@@ -135,7 +94,6 @@ class Qcow2Image : public ::testing::Test {
     ExpectSameMap(*chain.top(), name);
   }
 
-  std::string dir_;
 };
 
 // Writes, zero writes and discards of every size class over a v2/v3 image.
@@ -245,7 +203,7 @@ TEST_F(Qcow2Image, CompressedEveryClusterSizeMatchesQemu) {
       Chain chain = Open(name);
       ASSERT_FALSE(chain.layers.empty());
       ExpectSameBytes(*chain.top(), name);
-      const auto expected = ReadFile(P("expected.raw"));
+      const auto expected = ReadFileBytes(P("expected.raw"));
       std::vector<uint8_t> got(1 << 20);
       for (uint64_t off = 4096 + 512; off < expected.size(); off += got.size()) {
         const size_t n = std::min<uint64_t>(got.size(), expected.size() - off);
@@ -262,7 +220,7 @@ TEST_F(Qcow2Image, CompressedEveryClusterSizeMatchesQemu) {
 TEST_F(Qcow2Image, ConcurrentCompressedRunsSeeTheRightBytes) {
   WriteMixedRaw(P("cr.raw"), 6 << 20, 5);
   Sh("qemu-img convert -c -O qcow2 -o cluster_size=16k cr.raw cr.qcow2");
-  const auto expected = ReadFile(P("cr.raw"));
+  const auto expected = ReadFileBytes(P("cr.raw"));
   ChainPolicy policy;
   policy.allowed_roots = {dir_};
   Qcow2Options options;
@@ -431,7 +389,7 @@ TEST_F(Qcow2Image, ConcurrentRandomReadsSeeTheRightBytes) {
   }
   Io("cc.qcow2", cmds);
   Sh("qemu-img convert -O raw cc.qcow2 expected.raw");
-  const auto expected = ReadFile(P("expected.raw"));
+  const auto expected = ReadFileBytes(P("expected.raw"));
   ASSERT_EQ(expected.size(), 8u << 20);
 
   // Open with tiny caches so that threads evict each other's tables.
@@ -552,7 +510,7 @@ TEST_F(Qcow2Image, RandomMetadataDamageNeverCrashes) {
   std::mt19937 rng(1234);
   int opened = 0;
   for (const char* name : {"d.qcow2", "e.qcow2"}) {
-    const auto pristine = ReadFile(P(name));
+    const auto pristine = ReadFileBytes(P(name));
     const uint64_t metadata = std::min<uint64_t>(pristine.size(), 8 * 32768);
     for (int round = 0; round < 300; ++round) {
       auto damaged = pristine;
