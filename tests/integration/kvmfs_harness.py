@@ -153,6 +153,19 @@ def qemu_img(*args, check=True, cwd=None):
     return run([QEMU_IMG] + [str(a) for a in args], check=check, cwd=cwd)
 
 
+def run_pbkdf(argv, what, attempts=6):
+    """A qemu-img command that derives a LUKS key (create, convert), again when QEMU's PBKDF2
+    calibration measured no CPU time ("Unable to get accurate CPU usage": a short iter-time
+    on a busy machine, or the thread clock's tick granularity); any other failure raises."""
+    for _ in range(attempts):
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        if p.returncode == 0:
+            return
+        if b"accurate CPU usage" not in p.stdout:
+            raise AssertionError("%s: %s" % (what, p.stdout.decode()))
+    raise AssertionError("%s kept failing" % what)
+
+
 def imgdir(img):
     """QEMU 7.2 opens a relative external data_file name relative to its cwd
     (backing names are relative to the image): run qemu in the image's folder

@@ -51,15 +51,9 @@ def create_luks(path, pass_file, opts="", size="4M"):
     """qemu-img create -f luks, retried: the PBKDF2 calibration of a short
     iter-time sometimes fails on a busy machine."""
     o = "key-secret=sec0,iter-time=10" + ("," + opts if opts else "")
-    for _ in range(6):
-        p = subprocess.run([h.QEMU_IMG, "create", "-q", "-f", "luks", "--object",
-                            secret_object(pass_file), "-o", o, path, size],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
-        if p.returncode == 0:
-            return path
-        if b"accurate CPU usage" not in p.stdout:
-            raise AssertionError("qemu-img create %s: %s" % (path, p.stdout.decode()))
-    raise AssertionError("qemu-img create %s kept failing" % path)
+    h.run_pbkdf([h.QEMU_IMG, "create", "-q", "-f", "luks", "--object", secret_object(pass_file),
+                 "-o", o, path, size], "qemu-img create %s" % path)
+    return path
 
 
 def qemu_io_luks(path, pass_file, *cmds):
