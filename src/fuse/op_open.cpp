@@ -46,20 +46,21 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
   std::unique_ptr<FileHandle> handle = std::move(opened).value();
   const pool::OpenFile& file = handle->file;
+  const bool unseen_writes = UnseenWrites(node);
   if (fi->flags & O_DIRECT) {
     fi->direct_io = 1;  // O_DIRECT: bypass the page cache, as the caller asked
   } else if (file.fresh || (file.is_info && !Immutable(node))) {
     // (check.json is made at every open and its size is 0: only direct
     // reads return its text.)
     fi->direct_io = 1;
-  } else if (UnseenWrites(node) && !file.writable) {
+  } else if (unseen_writes && !file.writable) {
     // Another host may write the image (RBD) while this is open, and may
     // have written it since any page was kept: every read asks the store.
     fi->direct_io = 1;
   } else {
     // A writer holds the image's write lock: what it caches stays true while
     // it is open (but pages kept from before may not be).
-    fi->keep_cache = file.unchanged && !UnseenWrites(node) ? 1 : 0;
+    fi->keep_cache = file.unchanged && !unseen_writes ? 1 : 0;
   }
   // Nothing to write back at close(2) of a read-only file: no FLUSH request.
   if (!file.writable) fi->noflush = 1;
