@@ -19,7 +19,6 @@ import os
 import shutil
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as benchrun  # noqa: E402
@@ -39,18 +38,10 @@ class SecretQsdExport(benchrun.QsdExport):
                 self.argv[i] = a + ",encrypt.format=luks,encrypt.key-secret=sec0"
 
 
-def convert_luks(argv, attempts=5):
-    """qemu-img convert, again when QEMU's PBKDF calibration measured no CPU time ("Unable to
-    get accurate CPU usage": getrusage's thread time is tick-based here, and a short first
-    round reads 0 ms now and then, busy machine or not)."""
-    for attempt in range(attempts):
-        try:
-            return benchrun.run(argv, timeout=3600)
-        except benchrun.BenchError as e:
-            if "accurate CPU usage" not in str(e) or attempt == attempts - 1:
-                raise
-            benchrun.log("qemu-img's PBKDF calibration failed, again (%d)" % (attempt + 1))
-            time.sleep(1)
+# qemu-img for commands that derive a LUKS key: again while QEMU's PBKDF2 calibration measures
+# no CPU time (the script says why).
+QEMU_IMG_PBKDF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools",
+                              "qemu-img-pbkdf")
 
 
 class CryptoBench(side_bench.SideBench):
@@ -74,10 +65,10 @@ class CryptoBench(side_bench.SideBench):
             os.makedirs(pool, exist_ok=True)
             img = os.path.join(pool, "disk.qcow2")
             if not os.path.exists(img):
-                argv = [benchrun.QEMU_IMG, "convert", "-q", "--object",
+                argv = [QEMU_IMG_PBKDF, "convert", "-q", "--object",
                         "secret,id=sec0,file=" + self.pass_file, "-f", "raw", "-O", "qcow2"]
                 argv += (["-o", opts] if opts else []) + [src, img]
-                convert_luks(argv)
+                benchrun.run(argv, timeout=3600)
             self.images[key] = img
         return [r for r in ROWS if not self.args.rows or r["name"] in self.args.rows.split(",")]
 

@@ -302,14 +302,8 @@ def qcow1_poke(*pokes):
 def luks(T, pokes_fn=None):
     def build(p):
         sec = ["--object", "secret,id=s0,file=%s" % os.path.join(T.tmp, "pass")]
-        for _ in range(6):
-            r = subprocess.run([h.QEMU_IMG, "create", "-q", "-f", "luks"] + sec +
-                               ["-o", "key-secret=s0,iter-time=10", p, str(4 * MiB)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            if r.returncode == 0:
-                break
-        else:
-            raise AssertionError(r.stdout.decode())
+        h.run_pbkdf(["create", "-q", "-f", "luks"] + sec +
+                    ["-o", "key-secret=s0,iter-time=10", p, str(4 * MiB)], "qemu-img create %s" % p)
         if pokes_fn:
             for off, data in pokes_fn(p):
                 h.poke(p, off, data)

@@ -48,10 +48,9 @@ def image_opts(path):
 
 
 def create_luks(path, pass_file, opts="", size="4M"):
-    """qemu-img create -f luks, retried: the PBKDF2 calibration of a short
-    iter-time sometimes fails on a busy machine."""
+    """qemu-img create -f luks through h.run_pbkdf (QEMU's PBKDF2 calibration)."""
     o = "key-secret=sec0,iter-time=10" + ("," + opts if opts else "")
-    h.run_pbkdf([h.QEMU_IMG, "create", "-q", "-f", "luks", "--object", secret_object(pass_file),
+    h.run_pbkdf(["create", "-q", "-f", "luks", "--object", secret_object(pass_file),
                  "-o", o, path, size], "qemu-img create %s" % path)
     return path
 

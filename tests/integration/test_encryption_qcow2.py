@@ -66,9 +66,8 @@ def opts_of(path, fmt="qcow2", secret="sec0", backing_secret=None):
 
 
 def qemu_create(path, size, opts, secrets, fmt="qcow2", backing=None):
-    """qemu-img create, retried: PBKDF2 calibration of a short iter-time
-    sometimes fails on a busy machine."""
-    argv = [h.QEMU_IMG, "create", "-q", "-f", fmt] + objects(secrets) + ["-o", opts]
+    """qemu-img create through h.run_pbkdf (QEMU's PBKDF2 calibration)."""
+    argv = ["create", "-q", "-f", fmt] + objects(secrets) + ["-o", opts]
     if backing:
         argv += ["-b", backing, "-F", "qcow2"]
     argv += [path, size]

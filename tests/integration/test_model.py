@@ -177,14 +177,8 @@ def make_luks(d, rng):
     with open(os.path.join(d, "pass"), "wb") as f:
         f.write(PASS)
     p = os.path.join(d, "img.luks")
-    for _ in range(6):  # PBKDF2 calibration of a short iter-time may fail on a busy machine
-        r = subprocess.run([h.QEMU_IMG, "create", "-q", "-f", "luks"] + secret_args(d) +
-                           ["-o", "key-secret=sec0,iter-time=10", p, str(4 * MiB)],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
-        if r.returncode == 0:
-            break
-    else:
-        raise AssertionError("qemu-img create luks: %s" % r.stdout.decode())
+    h.run_pbkdf(["create", "-q", "-f", "luks"] + secret_args(d) +
+                ["-o", "key-secret=sec0,iter-time=10", p, str(4 * MiB)], "qemu-img create %s" % p)
     argv = [h.QEMU_IO] + secret_args(d) + ["--image-opts", luks_opts(p)]
     for c in prefill_cmds(rng, 4 * MiB):
         argv += ["-c", c]

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <vector>
+#include "../qemu_img_pbkdf.h"
 #include "../test_files.h"
 
 namespace kvmfs::testing {
@@ -62,31 +63,17 @@ inline std::string SecretObject(const std::string& pass) {
   return "--object secret,id=sec0,data=" + pass;
 }
 
-// qemu-img create with LUKS options (`opts` e.g. "cipher-alg=aes-128,..."),
-// retried: qemu-img's PBKDF2 calibration with a short iter-time sometimes
-// fails with "Unable to get accurate CPU usage" on a busy machine.
+// qemu-img create with LUKS options (`opts` e.g. "cipher-alg=aes-128,...")
+// through tools/qemu-img-pbkdf (qemu_img_pbkdf.h).
 inline bool CreateLuks(const std::string& path, const std::string& pass, const std::string& opts,
                        const std::string& size, const std::string& format = "luks") {
   const std::string prefix = format == "luks" ? "" : "encrypt.";
   std::string o = prefix + "key-secret=sec0," + prefix + "iter-time=10";
   if (format != "luks") o += ",encrypt.format=luks";
   if (!opts.empty()) o += "," + opts;
-  for (int attempt = 0; attempt < 6; ++attempt) {
-    std::string cmd = "qemu-img create -q -f " + format + " " + SecretObject(pass) + " -o " + o +
-                      " '" + path + "' " + size + " 2>&1";
-    FILE* p = ::popen(cmd.c_str(), "r");
-    std::string out;
-    char buf[512];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    if (::pclose(p) == 0) return true;
-    if (out.find("accurate CPU usage") == std::string::npos) {
-      ADD_FAILURE() << cmd << "\n" << out;
-      return false;
-    }
-  }
-  ADD_FAILURE() << "qemu-img create kept failing for " << path;
-  return false;
+  return Shell(kvmfs::test::kQemuImgPbkdf + " create -q -f " + format + " " + SecretObject(pass) +
+               " -o " + o + " '" + path + "' " + size)
+      .has_value();
 }
 
 // Several CreateLuks() at once, three at a time (qemu-img spends seconds of
@@ -95,10 +82,9 @@ inline bool CreateLuks(const std::string& path, const std::string& pass, const s
 inline bool CreateManyLuks(const std::vector<std::pair<std::string, std::string>>& images,
                            const std::string& pass, const std::string& format = "luks") {
   const std::string prefix = format == "luks" ? "" : "encrypt.";
-  std::string script = "set -u\nmk() { for i in 1 2 3 4 5 6; do out=$(qemu-img create -q -f " +
-                       format + " " + SecretObject(pass) + " -o \"$2\" \"$1\" 192K 2>&1) && return 0; "
-                       "case \"$out\" in *'accurate CPU usage'*) ;; *) echo \"$1: $out\"; return 1;; esac; "
-                       "done; return 1; }\nrc=0\nn=0\npids=''\n";
+  std::string script = "set -u\nmk() { out=$(" + kvmfs::test::kQemuImgPbkdf + " create -q -f " +
+                       format + " " + SecretObject(pass) + " -o \"$2\" \"$1\" 192K 2>&1) || "
+                       "{ echo \"$1: $out\"; return 1; }; }\nrc=0\nn=0\npids=''\n";
   for (const auto& [path, opts] : images) {
     std::string o = prefix + "key-secret=sec0," + prefix + "iter-time=10";
     if (format != "luks") o += ",encrypt.format=luks";

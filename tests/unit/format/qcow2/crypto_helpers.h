@@ -15,6 +15,7 @@
 #include "kvmfs/chain.h"
 #include "kvmfs/cipher.h"
 #include "kvmfs/format.h"
+#include "../../qemu_img_pbkdf.h"
 #include "write_helpers.h"
 
 namespace kvmfs::test {
@@ -49,15 +50,12 @@ class CryptoImageTest : public WriteTest {
   }
 
   // Runs the qemu-img create commands (arguments after `create -q`, with
-  // Objects()) three at a time, each retried while qemu-img's PBKDF2
-  // calibration gives up ("Unable to get accurate CPU usage", a busy
-  // machine). Fails the test when one fails otherwise.
+  // Objects()) three at a time through tools/qemu-img-pbkdf
+  // (qemu_img_pbkdf.h). Fails the test when one fails.
   void CreateMany(const std::vector<std::string>& args) {
     std::string script =
-        "set -u\nmk() { for i in 1 2 3 4 5 6 7 8; do out=$(eval \"qemu-img create -q " +
-        Objects() +
-        " $1\" 2>&1) && return 0; case \"$out\" in *'accurate CPU usage'*) sleep 1;; "
-        "*) echo \"$1: $out\"; return 1;; esac; done; echo \"$1: $out\"; return 1; }\n"
+        "set -u\nmk() { out=$(eval \"" + kQemuImgPbkdf + " create -q " + Objects() +
+        " $1\" 2>&1) || { echo \"$1: $out\"; return 1; }; }\n"
         "rc=0; n=0; pids=''\n";
     for (const std::string& a : args) {
       std::string quoted;

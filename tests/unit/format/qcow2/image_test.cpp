@@ -16,12 +16,14 @@
 #include "kvmfs/backend.h"
 #include "kvmfs/chain.h"
 #include "kvmfs/format.h"
+#include "../../qemu_img_pbkdf.h"
 #include "../qemu_scratch.h"
 
 namespace kvmfs {
 namespace {
 
 using nlohmann::json;
+using test::kQemuImgPbkdf;
 using test::ReadFileBytes;
 using test::Shell;
 
@@ -557,11 +559,8 @@ TEST_F(Qcow2Image, EncryptedImagesWithoutAKeyAreDescribedButTheirDataRefused) {
   for (const char* format : {"luks", "aes"}) {
     SCOPED_TRACE(format);
     const std::string name = std::string("enc-") + format + ".qcow2";
-    // qemu-img times PBKDF with the thread's CPU clock and gives up ("Unable
-    // to get accurate CPU usage") on a busy or sanitized machine: retry.
-    Sh(std::string("for i in 1 2 3 4 5; do qemu-img create -q -f qcow2 --object "
-                   "secret,id=sec0,data=abc -o encrypt.format=") +
-       format + ",encrypt.key-secret=sec0 " + name + " 1M && exit 0; sleep 1; done; exit 1");
+    Sh(kQemuImgPbkdf + " create -q -f qcow2 --object secret,id=sec0,data=abc -o encrypt.format=" +
+       format + ",encrypt.key-secret=sec0 " + name + " 1M");
     ChainPolicy policy;
     policy.allowed_roots = {dir_};
     auto chain = OpenChain(P(name), policy);
