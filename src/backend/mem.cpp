@@ -23,6 +23,7 @@ class MemBackend final : public Backend {
       : name_(std::move(name)), data_(std::move(data)), writable_(writable) {}
 
   Status ReadAt(uint64_t off, void* buf, size_t len) override {
+    if (len == 0) return Status::OK();  // (buf may be null)
     MutexLock lock(mu_);
     auto* p = static_cast<uint8_t*>(buf);
     std::memset(p, 0, len);
@@ -34,6 +35,7 @@ class MemBackend final : public Backend {
   }
   Status WriteAt(uint64_t off, const void* buf, size_t len) override {
     if (!writable_) return Status::ReadOnly(name_ + ": read-only");
+    if (len == 0) return Status::OK();  // (buf may be null)
     if (off > kMaxMemFile || len > kMaxMemFile - off)
       return Status::FromErrno(EFBIG, name_ + ": write past the in-memory file limit");
     MutexLock lock(mu_);

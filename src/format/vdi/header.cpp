@@ -118,6 +118,7 @@ Result<Header> ReadHeader(Backend& file, uint64_t file_size, const std::string& 
 }
 
 Result<std::vector<uint32_t>> ReadBlockMap(Backend& file, const Header& h, const std::string& name) {
+  if (h.blocks == 0) return std::vector<uint32_t>{};  // a 0-byte disk, as qemu-img creates one
   std::vector<uint8_t> raw(uint64_t{h.blocks} * 4);
   KVMFS_RETURN_IF_ERROR(file.ReadAt(h.offset_bmap, raw.data(), raw.size()).WithContext(name));
   std::vector<uint32_t> bmap(h.blocks);

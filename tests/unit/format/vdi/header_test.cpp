@@ -178,6 +178,16 @@ TEST(VdiHeader, SizeLimits) {
   }
 }
 
+TEST(VdiHeader, EmptyDiskHasNoBlockMap) {
+  // qemu-img create -f vdi x.vdi 0 writes blocks_in_image = 0 (the fuzzer
+  // found the driver reading a 0-byte map into a null buffer).
+  MemVdi v(0, 0);
+  auto image = v.Open();
+  ASSERT_TRUE(image.ok()) << image.status().ToString();
+  EXPECT_EQ((*image)->size(), 0u);
+  EXPECT_TRUE((*image)->Read(0, nullptr, 0).ok());
+}
+
 TEST(VdiHeader, DifferencingImagesAreNotSupported) {
   {
     MemVdi v;

@@ -67,6 +67,11 @@ TEST_F(VdiImageTest, QemuIoWritesMatchQemu) {
   ExpectSame("q.vdi");
 }
 
+TEST_F(VdiImageTest, EmptyDiskMatchesQemu) {
+  Sh("qemu-img create -q -f vdi empty.vdi 0");
+  ExpectSame("empty.vdi");
+}
+
 TEST_F(VdiImageTest, InfoMatchesQemuImgInfo) {
   Sh("qemu-img create -q -f vdi a.vdi 3000000");
   Sh("qemu-img create -q -f vdi -o static=on b.vdi 2M");
