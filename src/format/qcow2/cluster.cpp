@@ -190,6 +190,13 @@ Result<Extent> Engine::Map(const L1Table& l1, uint64_t off, uint64_t len, MapMod
       const bool allocated = host != 0 || (header_.has_data_file() && (entry & kOflagCopied));
       if (allocated && (host & cluster_mask))
         return corrupt("Cluster allocation offset " + Hex(host) + " unaligned " + where());
+      // QEMU (and a write here) puts a data-file cluster at its own guest
+      // offset; one anywhere else is refused as QEMU refuses it, and would
+      // alias the slot of another guest cluster.
+      if (allocated && header_.has_data_file() && host != cluster_start)
+        return corrupt("External data file host cluster offset " + Hex(host) +
+                       " does not match guest cluster offset: " + Hex(cluster_start) +
+                       ", L2 index: " + Hex(l2_index) + ")");
       const bool zero_entry = !g.extended_l2 && (entry & kOflagZero);
       if (zero_entry && header_.version < 3)
         return corrupt("Zero cluster entry found in pre-v3 image " + where());

@@ -447,7 +447,8 @@ Status Engine::Write(uint64_t off, const uint8_t* buf, size_t len, const Backing
         const uint64_t entry = (*t)->words[l2_index * (g.extended_l2 ? 2 : 1)];
         const uint64_t host = entry & kL2OffsetMask;
         if (!(entry & kOflagCopied) || (entry & kOflagCompressed) || (entry & kL2StdReservedMask) ||
-            (host & mask) || (host == 0 && in_image) || (!g.extended_l2 && (entry & kOflagZero))) {
+            (host & mask) || (host == 0 && in_image) || (!g.extended_l2 && (entry & kOflagZero)) ||
+            (header_.has_data_file() && host != cstart)) {  // refused below, as QEMU does
           in_place = false;
           break;
         }
@@ -789,6 +790,14 @@ Status Engine::WriteRun(uint64_t pos, const uint8_t* p, size_t len, const Backin
     if (k->allocated && (k->host & mask))
       return Status::Corruption(name_ + ": cluster allocation offset " + Hex(k->host) +
                                 " unaligned" + where());
+    // As Map() and QEMU: a data-file cluster lives at its own guest offset
+    // (where an allocating write puts it); an in-place write anywhere else
+    // would land on another guest cluster's slot.
+    const uint64_t guest_cluster = ((pos >> g.l1_shift()) << g.l1_shift()) + l2_index * cs;
+    if (k->allocated && data_file && k->host != guest_cluster)
+      return Status::Corruption(name_ + ": external data file host cluster offset " +
+                                Hex(k->host) + " does not match guest cluster offset " +
+                                Hex(guest_cluster) + where());
     if (g.extended_l2 && !k->allocated && (bitmap & kBitmapAllAlloc))
       return Status::Corruption(name_ + ": unallocated cluster has subclusters allocated" +
                                 where());

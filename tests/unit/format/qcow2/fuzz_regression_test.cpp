@@ -98,5 +98,40 @@ TEST_F(Qcow2FuzzRegression, GrowClearsMappingsLeftPastTheOldSize) {
       << out;
 }
 
+// qcow2_write target: with an external data file, QEMU puts each data
+// cluster at its own guest offset, and so does an allocating write here. An
+// entry that mapped a guest cluster onto another one's offset was read and
+// written in place; the next write of the session that allocated the other
+// cluster overwrote what the first one read. QEMU refuses such an entry with
+// EIO on read and write ("does not match guest cluster offset") and marks
+// the image corrupt; so does kvmfs now, before writing anything, and the
+// rest of the image stays readable and writable as in QEMU.
+TEST_F(Qcow2FuzzRegression, DataFileClusterOffItsGuestOffsetIsRefusedAsQemuRefusesIt) {
+  Sh("qemu-img create -q -f qcow2 -o data_file=img.data img.qcow2 1M");
+  Sh("qemu-io -c 'write -P 0x21 0 64k' -c 'write -P 0x22 128k 64k' img.qcow2 >/dev/null");
+  auto f = File("img.qcow2");
+  const uint64_t l2 = L2Of(f);
+  ASSERT_NE(l2, 0u);
+  ASSERT_EQ(LoadBE64(&f[l2 + 8 * 2]) & qcow2::kL2OffsetMask, 128u << 10);  // as QEMU maps it
+  StoreBE64(&f[l2 + 8 * 3], qcow2::kOflagCopied | (128u << 10));  // guest 192k -> guest 128k's
+  WriteHostFile(P("img.qcow2"), f);
+  std::string out;
+  ASSERT_NE(RunCmd("cd " + dir_ + " && qemu-io -r -c 'read 192k 4k' img.qcow2 2>&1", &out), 0) << out;
+  ASSERT_NE(out.find("does not match guest cluster offset"), std::string::npos) << out;
+  auto w = OpenWritable("img.qcow2");
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  ASSERT_OK(w->image->BeginWrites());
+  std::vector<uint8_t> got(4096);
+  Status st = w->image->Read(192 << 10, got.data(), got.size());
+  EXPECT_EQ(st.code(), Code::kCorruption) << st.ToString();
+  EXPECT_NE(st.message().find("does not match guest cluster offset"), std::string::npos)
+      << st.ToString();
+  std::vector<uint8_t> p(4096, 0x5a);
+  st = w->image->Write(192 << 10, p.data(), p.size());
+  EXPECT_EQ(st.code(), Code::kCorruption) << st.ToString();
+  ASSERT_OK(w->image->Read(128 << 10, got.data(), got.size()));
+  EXPECT_EQ(std::count(got.begin(), got.end(), 0x22), static_cast<ptrdiff_t>(got.size()));
+}
+
 }  // namespace
 }  // namespace kvmfs::test
